@@ -1,0 +1,419 @@
+"""The expression language: Python syntax, parsed with ``ast``, checked against
+a whitelist and translated node by node into sympy.
+
+Nothing here evaluates user text: no ``eval``, no ``sympify`` of a string.
+Every node type that is not explicitly handled is refused with a diagnostic
+that points at it.
+
+Grammar (see docs/spec-language.md)::
+
+    numbers, size symbols, i, j, bound variables of sum(...)
+    field[idx, ...]            one integer index per field dimension
+    + - * / ** // %            // and % with Python's floor semantics
+    -E  +E  not C  C and C  C or C
+    a < b <= c  ==  !=         comparisons, chained too
+    A if C else B
+    sum(E for k in range(a, b) [if C]),  range(b)
+    min, max, abs, exp, log, sqrt
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import keyword
+import math
+from dataclasses import dataclass
+
+import sympy as sp
+
+from .errors import Collector, Pos, did_you_mean
+
+MAX_EXPR_CHARS = 4000
+MAX_NODES = 2000
+MAX_DEPTH = 60
+MAX_INT_DIGITS = 60
+MAX_POW_BITS = 4096
+MAX_SYMBOLIC_EXPONENT = 64
+
+FUNCTIONS = ("min", "max", "abs", "exp", "log", "sqrt", "sum", "range")
+
+#: The two index variables of getindex.
+#: (No sign assumption: after substituting ``j = i - 1`` the atom ``j >= 0``
+#: must survive as ``i >= 1``.)
+I = sp.Symbol("i", integer=True)
+J = sp.Symbol("j", integer=True)
+
+
+class IntDiv(sp.Function):
+    """Python's ``a // b`` on integers (floor division)."""
+
+    is_integer = True
+
+    @classmethod
+    def eval(cls, a, b):
+        if b == 1:
+            return a
+        if a.is_Integer and b.is_Integer and b != 0:
+            return sp.Integer(int(a) // int(b))
+        if a == 0:
+            return sp.S.Zero
+        return None
+
+
+def is_int(e) -> bool:
+    """Whether ``e`` is integer-valued (``a % b`` of integers counts, although
+    sympy leaves it undecided because ``b`` might be zero: that raises at run time)."""
+    if e.is_integer:
+        return True
+    e = e.replace(lambda x: isinstance(x, sp.Mod) and all(is_int(a) for a in x.args),
+                  lambda x: sp.Dummy(integer=True))
+    return e.is_integer is True
+
+
+def size_symbol(name: str) -> sp.Symbol:
+    return sp.Symbol(name, integer=True, nonnegative=True)
+
+
+def field_base(name: str) -> sp.IndexedBase:
+    return sp.IndexedBase(name, real=True)
+
+
+RESERVED = (
+    set(keyword.kwlist)
+    | set(keyword.softkwlist)
+    | set(dir(builtins))
+    | set(FUNCTIONS)
+    | {"i", "j", "np", "numba", "math", "shape", "self", "cls"}
+    | {
+        "destructure", "destructure_pushforward", "destructure_pullback",
+        "restructure_pushforward", "restructure_pullback", "project",
+        "parametrisation", "matvec", "rmatvec", "bilinear_pullback",
+    }
+)
+
+
+def check_identifier(name: str) -> str | None:
+    """Why ``name`` cannot be a size or field name, or None if it can."""
+    if not isinstance(name, str) or not name.isidentifier() or not name.isascii():
+        return f"'{name}' is not an identifier"
+    if name.startswith("_"):
+        return f"'{name}' starts with an underscore (reserved for generated code)"
+    if name in RESERVED:
+        return f"'{name}' is reserved"
+    return None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Names an expression may use."""
+
+    sizes: dict          # name -> Symbol
+    fields: dict         # name -> ndim
+    indices: bool        # whether i and j are in scope (getindex only)
+
+
+class _Refused(Exception):
+    def __init__(self, node, message, hint=None):
+        self.node, self.message, self.hint = node, message, hint
+
+
+class _Translator:
+    """One pass over an ``ast`` tree, building sympy objects.
+
+    Each visit returns ``(value, kind)`` with kind ``"num"`` or ``"bool"``.
+    """
+
+    def __init__(self, scope: Scope):
+        self.scope = scope
+        self.bound: dict[str, sp.Symbol] = {}
+        self.depth = 0
+
+    def visit(self, node):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Refused(node, f"expression nested deeper than {MAX_DEPTH} levels")
+        try:
+            method = getattr(self, "v_" + type(node).__name__, None)
+            if method is None:
+                raise _Refused(node, f"unsupported syntax: {_describe(node)}")
+            return method(node)
+        finally:
+            self.depth -= 1
+
+    def num(self, node):
+        value, kind = self.visit(node)
+        if kind != "num":
+            raise _Refused(node, "expected a number here, got a condition")
+        return value
+
+    def cond(self, node):
+        value, kind = self.visit(node)
+        if kind != "bool":
+            raise _Refused(node, "expected a condition (a comparison) here, got a number")
+        return value
+
+    def v_Expression(self, node):
+        return self.visit(node.body)
+
+    def v_Constant(self, node):
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _Refused(node, f"unsupported constant {v!r}")
+        if isinstance(v, int):
+            if len(str(abs(v))) > MAX_INT_DIGITS:
+                raise _Refused(node, f"integer constant has more than {MAX_INT_DIGITS} digits")
+            return sp.Integer(v), "num"
+        if not math.isfinite(v):
+            raise _Refused(node, "constant is not finite")
+        return sp.Rational(repr(v)), "num"
+
+    def v_Name(self, node):
+        name = node.id
+        if name in self.bound:
+            return self.bound[name], "num"
+        if name in self.scope.sizes:
+            return self.scope.sizes[name], "num"
+        if self.scope.indices and name in ("i", "j"):
+            return (I if name == "i" else J), "num"
+        if name in self.scope.fields:
+            if self.scope.fields[name] != 0:
+                nd = self.scope.fields[name]
+                raise _Refused(node, f"field '{name}' has {nd} dimension{'s' if nd > 1 else ''} "
+                                     f"and needs {nd} ind{'ices' if nd > 1 else 'ex'}: {name}[...]")
+            return field_base(name)[0], "num"
+        if name in FUNCTIONS:
+            raise _Refused(node, f"'{name}' is a function; call it")
+        known = set(self.scope.sizes) | set(self.scope.fields) | set(self.bound)
+        if self.scope.indices:
+            known |= {"i", "j"}
+        raise _Refused(node, f"unknown name '{name}'", did_you_mean(name, known))
+
+    def v_UnaryOp(self, node):
+        if isinstance(node.op, ast.Not):
+            return sp.Not(self.cond(node.operand)), "bool"
+        operand = self.num(node.operand)
+        if isinstance(node.op, ast.USub):
+            return -operand, "num"
+        if isinstance(node.op, ast.UAdd):
+            return operand, "num"
+        raise _Refused(node, f"unsupported operator {_describe(node.op)}")
+
+    def v_BinOp(self, node):
+        a, b = self.num(node.left), self.num(node.right)
+        op = node.op
+        if isinstance(op, ast.Add):
+            return a + b, "num"
+        if isinstance(op, ast.Sub):
+            return a - b, "num"
+        if isinstance(op, ast.Mult):
+            return a * b, "num"
+        if isinstance(op, ast.Div):
+            if b == 0:
+                raise _Refused(node, "division by zero")
+            return a / b, "num"
+        if isinstance(op, (ast.FloorDiv, ast.Mod)):
+            if b == 0:
+                raise _Refused(node, "division by zero")
+            if not (is_int(a) and is_int(b)):
+                raise _Refused(node, f"'{'//' if isinstance(op, ast.FloorDiv) else '%'}' needs integer operands")
+            return (IntDiv(a, b) if isinstance(op, ast.FloorDiv) else sp.Mod(a, b)), "num"
+        if isinstance(op, ast.Pow):
+            return self._pow(node, a, b), "num"
+        raise _Refused(node, f"unsupported operator {_describe(op)}")
+
+    def _pow(self, node, a, b):
+        if b.is_Number:
+            if abs(b) > MAX_SYMBOLIC_EXPONENT and not (a.is_Number and abs(a) <= 1):
+                if a.is_Number:
+                    bits = float(abs(b)) * math.log2(max(float(abs(a)), 2.0))
+                    if bits > MAX_POW_BITS:
+                        raise _Refused(node, "constant too large (exponent out of bounds)")
+                else:
+                    raise _Refused(node, f"exponent larger than {MAX_SYMBOLIC_EXPONENT}")
+            if a == 0 and b < 0:
+                raise _Refused(node, "division by zero (0 to a negative power)")
+        elif a.is_Number and abs(a) > 1 and not b.is_Number:
+            pass  # symbolic exponent: evaluated at run time
+        result = sp.Pow(a, b)
+        if result.has(sp.zoo, sp.oo, -sp.oo, sp.nan, sp.I):
+            raise _Refused(node, "expression is not a finite real number")
+        return result
+
+    def v_BoolOp(self, node):
+        parts = [self.cond(v) for v in node.values]
+        return (sp.And(*parts) if isinstance(node.op, ast.And) else sp.Or(*parts)), "bool"
+
+    _COMPARE = {ast.Lt: sp.Lt, ast.LtE: sp.Le, ast.Gt: sp.Gt, ast.GtE: sp.Ge,
+                ast.Eq: sp.Eq, ast.NotEq: sp.Ne}
+
+    def v_Compare(self, node):
+        left = self.num(node.left)
+        parts = []
+        for op, right_node in zip(node.ops, node.comparators):
+            rel = self._COMPARE.get(type(op))
+            if rel is None:
+                raise _Refused(node, f"unsupported comparison {_describe(op)}")
+            right = self.num(right_node)
+            parts.append(rel(left, right))
+            left = right
+        return sp.And(*parts), "bool"
+
+    def v_IfExp(self, node):
+        test = self.cond(node.test)
+        body = self.num(node.body)
+        orelse = self.num(node.orelse)
+        return sp.Piecewise((body, test), (orelse, True)), "num"
+
+    def v_Subscript(self, node):
+        if not isinstance(node.value, ast.Name):
+            raise _Refused(node, "only fields can be subscripted")
+        name = node.value.id
+        if name not in self.scope.fields:
+            if name in self.scope.sizes or name in self.bound or name in ("i", "j"):
+                raise _Refused(node.value, f"'{name}' is not a field and cannot be subscripted")
+            raise _Refused(node.value, f"unknown field '{name}'", did_you_mean(name, self.scope.fields))
+        ndim = self.scope.fields[name]
+        sl = node.slice
+        items = list(sl.elts) if isinstance(sl, ast.Tuple) else [sl]
+        if ndim == 0:
+            raise _Refused(node, f"field '{name}' is a scalar and takes no index")
+        if len(items) != ndim:
+            raise _Refused(node, f"field '{name}' has {ndim} dimension{'s' if ndim > 1 else ''}, "
+                                 f"got {len(items)} ind{'ices' if len(items) != 1 else 'ex'}")
+        idx = []
+        for item in items:
+            if isinstance(item, ast.Slice):
+                raise _Refused(item, "slices are not supported; index one element")
+            value = self.num(item)
+            if not is_int(value):
+                raise _Refused(item, "index must be integer-valued",
+                               "use '//' for integer division" if value.has(sp.Rational) or value.is_rational else None)
+            idx.append(value)
+        return field_base(name)[tuple(idx)], "num"
+
+    def v_Call(self, node):
+        if not isinstance(node.func, ast.Name):
+            raise _Refused(node, "only the functions min, max, abs, exp, log, sqrt and sum can be called")
+        fname = node.func.id
+        if node.keywords:
+            raise _Refused(node, f"{fname}() takes no keyword arguments")
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            raise _Refused(node, "*arguments are not supported")
+        if fname == "sum":
+            return self._sum(node), "num"
+        if fname in ("min", "max"):
+            if len(node.args) < 2:
+                raise _Refused(node, f"{fname}() needs at least two arguments")
+            args = [self.num(a) for a in node.args]
+            return (sp.Min(*args) if fname == "min" else sp.Max(*args)), "num"
+        if fname in ("abs", "exp", "log", "sqrt"):
+            if len(node.args) != 1:
+                raise _Refused(node, f"{fname}() takes exactly one argument")
+            arg = self.num(node.args[0])
+            if fname == "log" and arg.is_Number and arg <= 0:
+                raise _Refused(node, "log of a non-positive constant")
+            if fname == "sqrt" and arg.is_Number and arg < 0:
+                raise _Refused(node, "sqrt of a negative constant")
+            fn = {"abs": sp.Abs, "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt}[fname]
+            return fn(arg), "num"
+        if fname == "range":
+            raise _Refused(node, "range() is only allowed in sum(E for k in range(...))")
+        known = [f for f in FUNCTIONS if f != "range"]
+        raise _Refused(node.func, f"unknown function '{fname}'", did_you_mean(fname, known))
+
+    def _sum(self, node):
+        if len(node.args) != 1 or not isinstance(node.args[0], ast.GeneratorExp):
+            raise _Refused(node, "sum() takes one generator: sum(E for k in range(a, b))")
+        gen = node.args[0]
+        if len(gen.generators) != 1:
+            raise _Refused(gen, "sum() takes exactly one 'for' clause")
+        comp = gen.generators[0]
+        if comp.is_async:
+            raise _Refused(gen, "async comprehensions are not supported")
+        if not isinstance(comp.target, ast.Name):
+            raise _Refused(comp.target, "the loop variable must be a plain name")
+        var = comp.target.id
+        why = check_identifier(var)
+        if why is None and (var in self.scope.sizes or var in self.scope.fields or var in self.bound):
+            why = f"'{var}' is already a size, field or loop variable"
+        if why:
+            raise _Refused(comp.target, f"bad loop variable: {why}")
+        it = comp.iter
+        if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"):
+            raise _Refused(it, "sum() iterates over range(b) or range(a, b) only")
+        if it.keywords or not 1 <= len(it.args) <= 2:
+            raise _Refused(it, "range() takes one or two arguments here (no step)")
+        bounds = [self.num(a) for a in it.args]
+        for a, b in zip(it.args, bounds):
+            if not is_int(b):
+                raise _Refused(a, "range bounds must be integer-valued")
+        lo, hi = (sp.S.Zero, bounds[0]) if len(bounds) == 1 else bounds
+        k = sp.Symbol(var, integer=True)
+        self.bound[var] = k
+        try:
+            body = self.num(gen.elt)
+            for cond_node in comp.ifs:
+                body = sp.Piecewise((body, self.cond(cond_node)), (0, True))
+        finally:
+            del self.bound[var]
+        return sp.Sum(body, (k, lo, hi - 1))
+
+
+def _describe(node) -> str:
+    return {
+        "Lambda": "lambda", "ListComp": "list comprehension", "Attribute": "attribute access",
+        "NamedExpr": "':=' assignment", "JoinedStr": "f-string", "Await": "await",
+        "Yield": "yield", "BitAnd": "'&'", "BitOr": "'|'", "BitXor": "'^'",
+        "LShift": "'<<'", "RShift": "'>>'", "Invert": "'~'", "MatMult": "'@'",
+        "Is": "'is'", "IsNot": "'is not'", "In": "'in'", "NotIn": "'not in'",
+    }.get(type(node).__name__, type(node).__name__)
+
+
+def _node_pos(base: Pos, text: str, node) -> tuple[Pos, int]:
+    """Position of ``node`` inside an expression that starts at ``base``."""
+    lineno = getattr(node, "lineno", 1)
+    col = getattr(node, "col_offset", 0)
+    end_line = getattr(node, "end_lineno", lineno)
+    end_col = getattr(node, "end_col_offset", col + 1)
+    width = (end_col - col) if end_line == lineno else len(text.splitlines()[lineno - 1]) - col
+    if lineno == 1:
+        return base.shifted(col), max(1, width)
+    line_text = text.splitlines()[lineno - 1] if lineno - 1 < len(text.splitlines()) else ""
+    return Pos(base.path, base.line + lineno - 1, col + 1, line_text), max(1, width)
+
+
+def parse(text: str, pos: Pos, scope: Scope, errors: Collector, what: str):
+    """Translate ``text`` into sympy; on failure record a diagnostic and return None."""
+    if len(text) > MAX_EXPR_CHARS:
+        errors.error(pos, f"{what} is longer than {MAX_EXPR_CHARS} characters")
+        return None
+    try:
+        tree = ast.parse(text.strip("\n"), mode="eval")
+    except SyntaxError as exc:
+        col = (exc.offset or 1) - 1
+        line = (exc.lineno or 1)
+        p = pos.shifted(col) if line == 1 else Pos(pos.path, pos.line + line - 1, col + 1, exc.text or "")
+        errors.error(p, f"syntax error in {what}: {exc.msg}")
+        return None
+    except (RecursionError, MemoryError, ValueError):
+        errors.error(pos, f"{what} cannot be parsed (too deeply nested or invalid characters)")
+        return None
+    count = sum(1 for _ in ast.walk(tree))
+    if count > MAX_NODES:
+        errors.error(pos, f"{what} has more than {MAX_NODES} syntax nodes")
+        return None
+    translator = _Translator(scope)
+    try:
+        value, kind = translator.visit(tree)
+    except _Refused as exc:
+        p, width = _node_pos(pos, text, exc.node)
+        errors.error(p, exc.message, width, exc.hint)
+        return None
+    except RecursionError:
+        errors.error(pos, f"{what} is too deeply nested")
+        return None
+    if kind != "num":
+        errors.error(pos, f"{what} must be a number, not a condition")
+        return None
+    return value

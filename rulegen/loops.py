@@ -1,0 +1,188 @@
+"""Loop nests that visit only a region of the (i, j) rectangle.
+
+A region is a conjunction of atoms (relations in ``i``, ``j`` and the sizes).
+RECIPE.md, "Deriving loops that touch only the pattern":
+
+* an equality that pins one index (``i == j``, ``j == i + 1``, ``i == 0``) is
+  substituted away, so the region becomes a loop over the other index;
+* inequalities linear in a loop variable give that loop's bounds (clipped to
+  the matrix, since ``0 <= i < m`` and ``0 <= j < n`` are atoms too);
+* every other atom (``%``, ``//``, ``!=``, nonlinear) is tested at run time at
+  the outermost level where all its variables are known: always correct,
+  at worst ``O(N)``.
+
+A nest is a tuple of steps, outermost first:
+``("for", var, lo, hi)``, ``("let", var, expr)``, ``("if", cond)``.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from .expr import I, J, IntDiv, is_int
+
+LOOP_VARS = (I, J)
+
+
+def _clear_denominator(e):
+    """``(num, ok)`` with ``sign(num) == sign(e)`` and num free of fractions, if possible."""
+    num, den = sp.fraction(sp.together(e))
+    if not den.is_Number or den == 0:
+        return None
+    return sp.expand(-num if den < 0 else num)
+
+
+def as_nonneg(atom):
+    """An integer-valued ``g`` with ``atom <=> g >= 0``, or None."""
+    if not isinstance(atom, (sp.GreaterThan, sp.StrictGreaterThan, sp.LessThan, sp.StrictLessThan)):
+        return None
+    e = atom.lhs - atom.rhs if isinstance(atom, (sp.GreaterThan, sp.StrictGreaterThan)) else atom.rhs - atom.lhs
+    g = _clear_denominator(e)
+    if g is None or not is_int(g):
+        return None
+    if isinstance(atom, (sp.StrictGreaterThan, sp.StrictLessThan)):
+        g = g - 1
+    return g
+
+
+def _linear_in(g, v):
+    """``(a, rest)`` with ``g == a*v + rest``, ``a`` a non-zero integer, rest free of v; or None."""
+    a = g.coeff(v, 1)
+    rest = sp.expand(g - a * v)
+    if not a.is_Integer or a == 0 or rest.has(v) or not is_int(rest):
+        return None
+    return a, rest
+
+
+def solve_pin(atom, v):
+    """For ``Eq`` linear in ``v``: ``(expr, guard)`` with ``v == expr`` when guard holds."""
+    if not isinstance(atom, sp.Equality):
+        return None
+    g = _clear_denominator(atom.lhs - atom.rhs)
+    if g is None:
+        return None
+    lin = _linear_in(g, v)
+    if lin is None:
+        return None
+    a, rest = lin
+    if abs(a) == 1:
+        return -rest * a, sp.true
+    return IntDiv(-rest, a), sp.Eq(sp.Mod(rest, a), 0)
+
+
+def _atoms_of(cond):
+    if cond is sp.true:
+        return []
+    if isinstance(cond, sp.And):
+        return list(cond.args)
+    return [cond]
+
+
+def build_nest(atoms, rows, cols):
+    """Steps of the loop nest visiting ``{(i, j) : all atoms hold}``; None if empty."""
+    atoms = list(atoms) + [sp.Ge(I, 0), sp.Lt(I, rows), sp.Ge(J, 0), sp.Lt(J, cols)]
+    guards_extra = []
+    pins: dict = {}
+
+    def substitute(subs):
+        nonlocal atoms
+        new = []
+        for a in atoms:
+            a = a.xreplace(subs) if subs else a
+            if a is sp.false:
+                return False
+            new.extend(_atoms_of(a))
+        atoms = [a for a in new if a is not sp.true]
+        return True
+
+    if not substitute({}):
+        return None
+    # Pin j first (so the loop stays row-major), then i.
+    for v in (J, I):
+        for a in atoms:
+            sol = solve_pin(a, v)
+            if sol is None:
+                continue
+            expr, guard = sol
+            atoms.remove(a)
+            pins[v] = expr
+            guards_extra.extend(_atoms_of(guard))
+            if not substitute({v: expr}):
+                return None
+            pins = {w: e.xreplace({v: expr}) for w, e in pins.items()}
+            break
+    atoms.extend(a for a in guards_extra if a is not sp.true)
+    if any(a is sp.false for a in atoms):
+        return None
+
+    loop_vars = [v for v in LOOP_VARS if v not in pins]
+    # a pinned i that depends on j forces the j loop outermost (already the case: only j remains)
+    level_of = {v: k + 1 for k, v in enumerate(loop_vars)}
+
+    def level(expr):
+        return max([level_of[v] for v in loop_vars if expr.has(v)], default=0)
+
+    bounds = {v: ([sp.S.Zero], []) for v in loop_vars}
+    guards = {k: [] for k in range(len(loop_vars) + 1)}
+    for a in atoms:
+        lvl = level(a)
+        if lvl > 0:
+            v = loop_vars[lvl - 1]
+            g = as_nonneg(a)
+            lin = _linear_in(g, v) if g is not None else None
+            if lin is not None:
+                a_, rest = lin
+                if a_ > 0:
+                    bounds[v][0].append(-rest if a_ == 1 else -IntDiv(rest, a_))
+                else:
+                    bounds[v][1].append(rest + 1 if a_ == -1 else IntDiv(rest, -a_) + 1)
+                continue
+        guards[lvl].append(a)
+
+    # Loop variables are non-negative once their loop runs: use that to simplify.
+    nonneg = {v: sp.Dummy(v.name, integer=True, nonnegative=True) for v in loop_vars}
+    back = {d: v for v, d in nonneg.items()}
+
+    def simplified(e):
+        return e.xreplace(nonneg).xreplace(back)
+
+    for k, v in enumerate(loop_vars, start=1):
+        lo, hi = sp.Max(*bounds[v][0]), sp.Min(*bounds[v][1])
+        kept = []
+        for a in guards[k]:
+            # v != e is implied when e lies outside [lo, hi)
+            if isinstance(a, sp.Unequality):
+                sol = solve_pin(sp.Eq(a.lhs, a.rhs), v)
+                if sol is not None and sol[1] is sp.true:
+                    e = sol[0]
+                    if simplified(lo - e).is_positive or simplified(e - hi).is_nonnegative:
+                        continue
+            kept.append(a)
+        guards[k] = kept
+        bounds[v] = (simplified(lo), simplified(hi))
+
+    steps = []
+
+    def emit_level(k):
+        for v in [w for w in (I, J) if w in pins and level(pins[w]) == k]:
+            steps.append(("let", v, pins[v]))
+        if guards[k]:
+            steps.append(("if", sp.And(*guards[k])))
+
+    emit_level(0)
+    for k, v in enumerate(loop_vars, start=1):
+        lo, hi = bounds[v]
+        steps.append(("for", v, lo, hi))
+        emit_level(k)
+    if any(s[0] == "if" and s[1] is sp.false for s in steps):
+        return None
+    return tuple(steps), pins
+
+
+def nest_cost(steps) -> str:
+    """A readable bound on the number of iterations, like ``O(n)`` or ``O(m·n)``."""
+    loops = [s for s in steps if s[0] == "for"]
+    if not loops:
+        return "O(1)"
+    return "O(" + "·".join(str(sp.simplify(s[3] - s[2])) if not (s[3] - s[2]).has(*LOOP_VARS)
+                           else "…" for s in loops) + ")"

@@ -1,0 +1,65 @@
+"""sympy -> Python source that numba compiles (strict: unknown constructs fail
+at build time, not at numba compile time)."""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+
+class NumbaPrinter(PythonCodePrinter):
+    """Python code for numba's nopython mode; ``math`` functions, builtin
+    ``min``/``max``/``abs``, Python's ``//`` and ``%``."""
+
+    printmethod = "_numbacode"
+    _default_settings = dict(PythonCodePrinter._default_settings, strict=True,
+                             fully_qualified_modules=True)
+
+    def _print_IntDiv(self, expr):
+        a, b = expr.args
+        return f"(({self._print(a)}) // ({self._print(b)}))"
+
+    def _print_Mod(self, expr):
+        a, b = expr.args
+        return f"(({self._print(a)}) % ({self._print(b)}))"
+
+    def _print_Rational(self, expr):
+        if expr.q == 1:
+            return str(expr.p)
+        return f"({expr.p}.0 / {expr.q}.0)"
+
+    def _print_Integer(self, expr):
+        return str(expr.p)
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Min(self, expr):
+        return self._nest("min", expr.args)
+
+    def _print_Max(self, expr):
+        return self._nest("max", expr.args)
+
+    def _nest(self, fn, args):
+        args = sorted(args, key=sp.default_sort_key)
+        out = self._print(args[0])
+        for a in args[1:]:
+            out = f"{fn}({out}, {self._print(a)})"
+        return out
+
+    def _print_BooleanTrue(self, expr):
+        return "True"
+
+    def _print_BooleanFalse(self, expr):
+        return "False"
+
+    def _print_Sum(self, expr):
+        raise NotImplementedError("Sum is lowered to a loop by the emitter")
+
+
+_PRINTER = NumbaPrinter()
+
+
+def code(expr) -> str:
+    """Source text of ``expr``."""
+    return _PRINTER.doprint(sp.Integer(expr) if isinstance(expr, int) else expr)
