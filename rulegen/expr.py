@@ -124,8 +124,9 @@ class _Translator:
     Each visit returns ``(value, kind)`` with kind ``"num"`` or ``"bool"``.
     """
 
-    def __init__(self, scope: Scope):
+    def __init__(self, scope: Scope, what: str):
         self.scope = scope
+        self.what = what
         self.bound: dict[str, sp.Symbol] = {}
         self.depth = 0
 
@@ -187,7 +188,7 @@ class _Translator:
         known = set(self.scope.sizes) | set(self.scope.fields) | set(self.bound)
         if self.scope.indices:
             known |= {"i", "j"}
-        raise _Refused(node, f"unknown name '{name}'", did_you_mean(name, known))
+        raise _Refused(node, f"unknown name '{name}' in {self.what}", did_you_mean(name, known))
 
     def v_UnaryOp(self, node):
         if isinstance(node.op, ast.Not):
@@ -403,7 +404,7 @@ def parse(text: str, pos: Pos, scope: Scope, errors: Collector, what: str):
     if count > MAX_NODES:
         errors.error(pos, f"{what} has more than {MAX_NODES} syntax nodes")
         return None
-    translator = _Translator(scope)
+    translator = _Translator(scope, what)
     try:
         value, kind = translator.visit(tree)
     except _Refused as exc:

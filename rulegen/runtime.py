@@ -31,7 +31,7 @@ def as_array(owner: str, name: str, value, ndim: int, what: str = "field") -> np
     if arr.ndim != ndim:
         kind = "a scalar" if ndim == 0 else f"a {ndim}-dimensional array"
         raise ValueError(f"{owner}: {what} '{name}' must be {kind}, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float64)
+    return np.asarray(arr, dtype=np.float64, order="C")
 
 
 def _as_size(owner: str, name: str, value) -> int:
@@ -85,7 +85,7 @@ def as_dense(func: str, name: str, value, shape: tuple) -> np.ndarray:
         raise TypeError(f"{func}: argument '{name}' must hold real numbers, got dtype {arr.dtype}")
     if arr.shape != tuple(shape):
         raise ValueError(f"{func}: argument '{name}' must have shape {tuple(shape)}, got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float64)
+    return np.asarray(arr, dtype=np.float64, order="C")
 
 
 def check_instance(func: str, name: str, value, cls, like=None):

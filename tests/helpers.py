@@ -1,0 +1,110 @@
+"""Shared test helpers: loading generated modules, and the independent route
+to every reference value (dense functions written by hand in numpy, their
+Jacobian column by column, numpy.linalg.pinv)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GENERATED = os.path.join(ROOT, "generated")
+SPECS = os.path.join(ROOT, "specs")
+
+
+def load_module(path: str):
+    """Import a generated module from its file."""
+    # numba's on-disk cache records the module's name: keep it stable per path,
+    # and registered in sys.modules, so a cached kernel can be loaded again.
+    path = os.path.abspath(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = f"rulegen_test_{hashlib.sha1(path.encode()).hexdigest()[:10]}_{stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_CACHE: dict = {}
+
+
+def generated(module_name: str):
+    """The committed generated module ``generated/<module_name>.py`` (loaded once)."""
+    if module_name not in _CACHE:
+        _CACHE[module_name] = load_module(os.path.join(GENERATED, module_name + ".py"))
+    return _CACHE[module_name]
+
+
+def build(tmp_path, yaml_text: str, filename: str = "spec.yaml"):
+    """Write a spec, build it with the CLI into tmp_path, import the module."""
+    spec_path = tmp_path / filename
+    spec_path.write_text(yaml_text)
+    out = tmp_path / "out"
+    proc = run_cli("build", str(spec_path), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (module_file,) = [p for p in out.iterdir() if p.suffix == ".py"]
+    return load_module(str(module_file))
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rulegen.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT)
+
+
+# ---------------------------------------------------------------------------
+# The independent reference: flatten fields, differentiate a hand-written
+# dense function column by column, take numpy's pseudo-inverse.
+
+def flatten(fields: dict, order) -> np.ndarray:
+    return np.concatenate([np.ravel(np.asarray(fields[name], dtype=float)) for name in order]) \
+        if order else np.zeros(0)
+
+
+def unflatten(vec: np.ndarray, like: dict, order) -> dict:
+    out, k = {}, 0
+    for name in order:
+        shape = np.shape(like[name])
+        size = int(np.prod(shape))
+        part = vec[k:k + size]
+        out[name] = float(part[0]) if shape == () else part.reshape(shape)
+        k += size
+    return out
+
+
+def jacobian(dense, fields: dict, order, step: float = 1.0) -> np.ndarray:
+    """J = ∂vec(Y)/∂θ by central differences; exact for entries affine in θ."""
+    theta = flatten(fields, order)
+    y0 = np.asarray(dense(fields))
+    cols = []
+    for k in range(theta.size):
+        e = np.zeros_like(theta)
+        e[k] = step
+        plus = np.asarray(dense(unflatten(theta + e, fields, order)))
+        minus = np.asarray(dense(unflatten(theta - e, fields, order)))
+        cols.append(((plus - minus) / (2 * step)).ravel())
+    if not cols:
+        return np.zeros((y0.size, 0))
+    return np.stack(cols, axis=1)
+
+
+def expected_class(J: np.ndarray) -> str:
+    N, _ = J.shape
+    used = int(np.count_nonzero(np.any(J != 0, axis=0)))
+    r = np.linalg.matrix_rank(J) if J.size else 0
+    if r == used == N:
+        return "exact"
+    if r == used < N:
+        return "under"
+    if r == N < used:
+        return "over"
+    return "deficient"
+
+
+def struct_vec(obj, order) -> np.ndarray:
+    return flatten({name: getattr(obj, name) for name in order}, order)
