@@ -108,3 +108,28 @@ def expected_class(J: np.ndarray) -> str:
 
 def struct_vec(obj, order) -> np.ndarray:
     return flatten({name: getattr(obj, name) for name in order}, order)
+
+
+def check_all_maps(mod, cls, fields: dict, extra: dict, dense, order, seed=0, atol=1e-10):
+    """Every map of the contract against the oracle (J from ``dense``, numpy's pinv)."""
+    rng = np.random.default_rng(seed)
+    x = cls(**fields, **extra)
+    J = jacobian(dense, fields, order)
+    P = np.linalg.pinv(J) if J.size else np.zeros(J.shape[::-1])
+    Y = np.asarray(dense(fields))
+    np.testing.assert_allclose(mod.destructure(x), Y, atol=1e-13, err_msg="destructure")
+    p = J.shape[1]
+    tvec = rng.standard_normal(p)
+    t = cls(**unflatten(tvec, fields, order), **extra)
+    ybar = rng.standard_normal(Y.shape)
+    np.testing.assert_allclose(mod.destructure_pushforward(x, t).ravel(), J @ tvec, atol=atol,
+                               err_msg="destructure_pushforward")
+    np.testing.assert_allclose(struct_vec(mod.destructure_pullback(x, ybar), order), J.T @ ybar.ravel(),
+                               atol=atol, err_msg="destructure_pullback")
+    np.testing.assert_allclose(struct_vec(mod.restructure_pushforward(x, ybar), order), P @ ybar.ravel(),
+                               atol=atol, err_msg="restructure_pushforward")
+    np.testing.assert_allclose(mod.restructure_pullback(x, t).ravel(), P.T @ tvec, atol=atol,
+                               err_msg="restructure_pullback")
+    np.testing.assert_allclose(mod.project(x, ybar).ravel(), J @ (P @ ybar.ravel()), atol=atol,
+                               err_msg="project")
+    assert mod.parametrisation(x) == expected_class(J)
