@@ -22,11 +22,17 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
+import sys as _sys
 
 import numba
 import numpy as np
 
 from rulegen import runtime as _rt
+
+# numba's on-disk cache records each kernel's module name and imports it when
+# the kernel is loaded again. Give this module one stable name, whatever name
+# it is imported under, and register it, so a cached kernel always finds it.
+__name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_circulant_424f7d68f8867878")
 
 __all__ = [
     "Circulant",

@@ -225,6 +225,7 @@ def render(d: Derivation, spec_file: str) -> str:
         init_params=(", *, " + ", ".join(names)) if names else "",
         version=__version__,
         spec_file=file_label(spec_file),
+        canonical_name=f"_rulegen_generated_{spec.module}_{spec.sha256[:16]}",
         sha256=spec.sha256,
         name=spec.name,
         doc=doc_text(spec.doc or f"Structured matrix type {spec.name}."),

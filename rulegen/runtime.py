@@ -9,8 +9,24 @@ generated module loads fast.
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
+
+
+class _Namespace:
+    """Stands in ``sys.modules`` for a generated module imported without
+    being registered there (``exec_module`` on a bare spec)."""
+
+
+def register_module(name: str, namespace: dict, canonical: str) -> str:
+    """Register a generated module's globals under its canonical name; return it."""
+    module = sys.modules.get(name)
+    if module is None or getattr(module, "__dict__", None) is not namespace:
+        module = _Namespace()
+        module.__dict__ = namespace
+    sys.modules[canonical] = module
+    return canonical
 
 
 def _dtype_ok(arr: np.ndarray) -> bool:
