@@ -22,6 +22,7 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
+import math
 import sys as _sys
 
 import numba

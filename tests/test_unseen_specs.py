@@ -127,6 +127,40 @@ getindex: "sum(k for k in range(i + 1)) * d[i] if i == j else 0"
         lambda rng, n: ({"d": rng.standard_normal(n)}, {}),
         lambda f, n: np.diag(f["d"] * np.array([sum(range(i + 1)) for i in range(n)], dtype=float)),
         ("d",)),
+    "three_dim_exp": (
+        """
+name: ThreeDim
+sizes: [p, q]
+fields: {T: [p, q, 2]}
+size: [p, q]
+getindex: "exp(i) * T[i, j, (i + j) % 2] if not (i > j) else -T[i, j, 0] / 3"
+""",
+        lambda rng, n: ({"T": rng.standard_normal((n, n + 1, 2))}, {}),
+        lambda f, n: _loops((n, n + 1), lambda i, j: np.exp(i) * f["T"][i, j, (i + j) % 2] if i <= j
+                            else -f["T"][i, j, 0] / 3),
+        ("T",)),
+    "identity_no_fields": (
+        """
+name: Eye
+sizes: [n]
+fields: {}
+size: [n, n]
+getindex: "1 if i == j else 0"
+""",
+        lambda rng, n: ({}, {"n": n}),
+        lambda f, n: np.eye(n),
+        ()),
+    "scalar_and_size_condition": (
+        """
+name: SizeCond
+sizes: [n]
+fields: {d: [n], s: []}
+size: [n, n]
+getindex: "d[i] if n > 2 and i == j else (s if i != j else 0)"
+""",
+        lambda rng, n: ({"d": rng.standard_normal(n), "s": float(rng.standard_normal())}, {}),
+        lambda f, n: _loops((n, n), lambda i, j: f["d"][i] if (n > 2 and i == j) else (f["s"] if i != j else 0)),
+        ("d", "s")),
 }
 
 
