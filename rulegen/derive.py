@@ -70,6 +70,10 @@ class Derivation:
         return self.spec.size[1]
 
 
+class _TooManyRegions(Exception):
+    pass
+
+
 def _is_access(e) -> bool:
     return isinstance(e, sp.Indexed)
 
@@ -120,14 +124,37 @@ def _cases(e):
             continue
         out.append((cond, e.func(*[v for _, v in combo])))
         if len(out) > MAX_REGIONS:
-            break
+            raise _TooManyRegions()
     return out
 
 
+def _dnf_size(cond):
+    """(terms of the DNF of cond, terms of the DNF of not cond), without building either."""
+    if isinstance(cond, sp.Not):
+        pos, neg = _dnf_size(cond.args[0])
+        return neg, pos
+    if isinstance(cond, (sp.And, sp.Or)):
+        parts = [_dnf_size(a) for a in cond.args]
+        prod_pos = prod_neg = 1
+        for p, n in parts:
+            prod_pos = min(prod_pos * p, 10**9)
+            prod_neg = min(prod_neg * n, 10**9)
+        if isinstance(cond, sp.And):
+            return prod_pos, sum(n for _, n in parts)
+        return sum(p for p, _ in parts), prod_neg
+    return 1, 1
+
+
 def _conjunctions(cond):
-    """Disjoint conjunctions (lists of atoms) whose union is ``cond``."""
+    """Disjoint conjunctions (lists of atoms) whose union is ``cond``.
+
+    A condition whose DNF would have more than MAX_REGIONS terms is kept whole
+    as one run-time test over the full rectangle: correct, merely O(N).
+    """
     if cond is sp.true:
         return [[]]
+    if _dnf_size(cond)[0] > MAX_REGIONS:
+        return [[cond]]
     dnf = sp.to_dnf(cond, simplify=False)
     disjuncts = list(dnf.args) if isinstance(dnf, sp.Or) else [dnf]
     out = []
@@ -169,8 +196,11 @@ def derive(spec: Spec) -> Derivation:
     pos = Pos(spec.path, 1, 1)
     rows, cols = spec.size
     entry = _lift_functions(spec.entry)
-    cases = _cases(entry)
-    if len(cases) > MAX_REGIONS:
+    try:
+        cases = _cases(entry)
+    except _TooManyRegions:
+        cases = []
+    if not cases or len(cases) > MAX_REGIONS:
         errors.error(pos, f"getindex splits into more than {MAX_REGIONS} regions")
         errors.raise_if_any()
     regions, gather = [], True

@@ -177,12 +177,3 @@ def build_nest(atoms, rows, cols):
     if any(s[0] == "if" and s[1] is sp.false for s in steps):
         return None
     return tuple(steps), pins
-
-
-def nest_cost(steps) -> str:
-    """A readable bound on the number of iterations, like ``O(n)`` or ``O(m·n)``."""
-    loops = [s for s in steps if s[0] == "for"]
-    if not loops:
-        return "O(1)"
-    return "O(" + "·".join(str(sp.simplify(s[3] - s[2])) if not (s[3] - s[2]).has(*LOOP_VARS)
-                           else "…" for s in loops) + ")"

@@ -195,3 +195,18 @@ getindex: "d[i + 1] if i == j else 0"
     x = mod.Shifted(d=[1.0, 2.0, 3.0])
     with pytest.raises(IndexError, match="reads d out of range"):
         mod.destructure(x)
+
+
+def test_condition_with_exponential_dnf_builds_quickly_and_is_correct(tmp_path):
+    """2**24 DNF terms: kept as one run-time test instead of being expanded."""
+    cond = " and ".join(f"(i == {k} or j == {k})" for k in range(24))
+    mod = build(tmp_path, f"""
+name: AndOr
+sizes: [n]
+fields: {{d: [n]}}
+size: [n, n]
+getindex: "d[i] if {cond} else 0"
+""")
+    d = np.arange(1.0, 31.0)
+    want = _loops((30, 30), lambda i, j: d[i] if all(i == k or j == k for k in range(24)) else 0)
+    np.testing.assert_array_equal(mod.destructure(mod.AndOr(d=d)), want)
