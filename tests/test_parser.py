@@ -1,0 +1,104 @@
+"""Every construct of the expression language, translated to sympy, compared
+with the sympy expression written here by hand."""
+
+import pytest
+import sympy as sp
+
+from rulegen.errors import Collector, Pos
+from rulegen.expr import I, J, IntDiv, Scope, field_base, parse, size_symbol
+
+n, m = size_symbol("n"), size_symbol("m")
+d, A, s = field_base("d"), field_base("A"), field_base("s")
+SCOPE = Scope(sizes={"n": n, "m": m}, fields={"d": 1, "A": 2, "s": 0}, indices=True)
+
+
+def tr(text):
+    errors = Collector()
+    out = parse(text, Pos("t", 1, 1, text), SCOPE, errors, "getindex")
+    assert not errors.diagnostics, errors.diagnostics[0].format()
+    return out
+
+
+K = sp.Symbol("k", integer=True)
+
+CASES = [
+    ("3", sp.Integer(3)),
+    ("0.25", sp.Rational(1, 4)),
+    ("n", n),
+    ("i + j", I + J),
+    ("d[i]", d[I]),
+    ("A[i, j]", A[I, J]),
+    ("s", s[0]),
+    ("d[i] - 2 * A[j, i]", d[I] - 2 * A[J, I]),
+    ("d[i] / n", d[I] / n),
+    ("d[i // 2]", d[IntDiv(I, 2)]),
+    ("d[(i - j) % n]", d[sp.Mod(I - J, n)]),
+    ("d[i] ** 2", d[I] ** 2),
+    ("-d[i]", -d[I]),
+    ("+d[i]", d[I]),
+    ("d[i] if i == j else 0", sp.Piecewise((d[I], sp.Eq(I, J)), (0, True))),
+    ("d[i] if i != j else 0", sp.Piecewise((d[I], sp.Ne(I, J)), (0, True))),
+    ("1 if i < j <= n else 0", sp.Piecewise((1, sp.And(I < J, J <= n)), (0, True))),
+    ("1 if i > j or i >= n else 0", sp.Piecewise((1, sp.Or(I > J, I >= n)), (0, True))),
+    ("1 if not i < j else 0", sp.Piecewise((1, I >= J), (0, True))),
+    ("sum(d[k] for k in range(n))", sp.Sum(d[K], (K, 0, n - 1))),
+    ("sum(A[i, k] for k in range(1, m))", sp.Sum(A[I, K], (K, 1, m - 1))),
+    ("sum(d[k] for k in range(n) if k != i)",
+     sp.Sum(sp.Piecewise((d[K], sp.Ne(K, I)), (0, True)), (K, 0, n - 1))),
+    ("min(i, j)", sp.Min(I, J)),
+    ("max(i, j, 2)", sp.Max(I, J, 2)),
+    ("abs(i - j)", sp.Abs(I - J)),
+    ("exp(d[i])", sp.exp(d[I])),
+    ("log(s)", sp.log(s[0])),
+    ("sqrt(d[j])", sp.sqrt(d[J])),
+    ("2 ** 10", sp.Integer(1024)),
+]
+
+
+@pytest.mark.parametrize("text,expected", CASES, ids=[c[0] for c in CASES])
+def test_construct(text, expected):
+    assert sp.simplify(tr(text) - expected) == 0 if not isinstance(expected, sp.Piecewise) \
+        else tr(text) == expected
+
+
+REFUSED = [
+    ("d[i:j]", "slices are not supported"),
+    ("d.T", "attribute access"),
+    ("[1, 2]", "unsupported syntax"),
+    ("'a'", "unsupported constant"),
+    ("True", "unsupported constant"),
+    ("1j", "unsupported constant"),
+    ("i @ j", "'@'"),
+    ("i & j", "'&'"),
+    ("i is j", "'is'"),
+    ("i in d", "'in'"),
+    ("min(i)", "at least two"),
+    ("exp(1, 2)", "exactly one"),
+    ("sum(d)", "one generator"),
+    ("sum(d[k] for k in d)", "range"),
+    ("sum(d[i] for i in range(n))", "bad loop variable"),
+    ("range(3)", "only allowed in sum"),
+    ("d[0.5]", "integer-valued"),
+    ("n[0]", "not a field"),
+    ("d", "needs 1 index"),
+    ("s[0]", "scalar and takes no index"),
+    ("log(0)", "non-positive"),
+    ("sqrt(-1)", "negative constant"),
+    ("1 / 0", "division by zero"),
+    ("i % 0", "division by zero"),
+    ("0 ** -1", "division by zero"),
+    ("d[i] ** 1000", "exponent larger"),
+    ("f(i)", "unknown function 'f'"),
+    ("mn(i, j)", "did you mean 'min'"),
+    ("x", "unknown name 'x'"),
+    ("1" * 70, "more than 60 digits"),
+    ("d[i] if d[j] else 0", "expected a condition"),
+]
+
+
+@pytest.mark.parametrize("text,message", REFUSED, ids=[r[0][:20] for r in REFUSED])
+def test_refusal(text, message):
+    errors = Collector()
+    assert parse(text, Pos("t", 1, 1, text), SCOPE, errors, "getindex") is None
+    assert len(errors.diagnostics) == 1
+    assert message in errors.diagnostics[0].format()
