@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .errors import Collector, Pos
-from .expr import I, J
 from .loops import build_nest
 from .spec import Spec
 
@@ -72,10 +71,6 @@ class Derivation:
 
 class _TooManyRegions(Exception):
     pass
-
-
-def _is_access(e) -> bool:
-    return isinstance(e, sp.Indexed)
 
 
 def _has_access(e) -> bool:

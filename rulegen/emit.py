@@ -14,7 +14,6 @@ import sympy as sp
 
 from . import __version__
 from .derive import Derivation, Region
-from .expr import I, J
 from .printer import code
 
 
