@@ -114,6 +114,14 @@ def _pullback(x, ybar):
     return grads
 
 
+def _pinv(x, ydot):
+    """J⁺ vec(Ẏ) = diag(1/w) Jᵀ vec(Ẏ), as kernel arrays."""
+    grads = _pullback(x, ydot)
+    for g, inv in zip(grads, _inverse_weights(x._size_values)):
+        g *= inv
+    return grads
+
+
 def destructure(x):
     """Y = D(θ): the dense matrix, Y[i, j] = getindex(i, j).
 
@@ -156,10 +164,7 @@ def restructure_pushforward(x, ydot):
     """
     _rt.check_instance("restructure_pushforward", "x", x, Circulant)
     ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape)
-    grads = _pullback(x, ydot)
-    for g, inv in zip(grads, _inverse_weights(x._size_values)):
-        g *= inv
-    return Circulant._from_arrays(x._size_values, grads)
+    return Circulant._from_arrays(x._size_values, _pinv(x, ydot))
 
 
 def restructure_pullback(x, xbar):
@@ -182,11 +187,8 @@ def project(x, ybar):
     """
     _rt.check_instance("project", "x", x, Circulant)
     ybar = _rt.as_dense("project", "ybar", ybar, x.shape)
-    grads = _pullback(x, ybar)
-    for g, inv in zip(grads, _inverse_weights(x._size_values)):
-        g *= inv
     out = np.zeros(x.shape)
-    _pushforward_kernel(*x._size_values, *grads, out)
+    _pushforward_kernel(*x._size_values, *_pinv(x, ybar), out)
     return out
 
 
