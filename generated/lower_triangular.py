@@ -102,16 +102,24 @@ def _kernel_shapes(_size_values):
 
 @functools.lru_cache(maxsize=16)
 def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size."""
-    weights = tuple(np.zeros(shape) for shape in _kernel_shapes(size_values))
-    _weights_kernel(*size_values, *weights)
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
+    (for a gather type w does not depend on the fields' values)."""
+    shapes = _kernel_shapes(size_values)
+    weights = tuple(np.zeros(shape) for shape in shapes)
+    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
     return _rt.inverse_weights(weights)
 
 
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
-    _pullback_kernel(*x._size_values, ybar, *grads)
+    _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
     return grads
+
+
+def _pushforward(x, arrays):
+    out = np.zeros(x.shape)
+    _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
+    return out
 
 
 def _pinv(x, ydot):
@@ -120,6 +128,15 @@ def _pinv(x, ydot):
     for g, inv in zip(grads, _inverse_weights(x._size_values)):
         g *= inv
     return grads
+
+
+def _pinv_adjoint(x, arrays):
+    """(J⁺)ᵀ θ̄ = J diag(1/w) θ̄, a dense matrix."""
+    return _pushforward(x, tuple(a * inv for a, inv in zip(arrays, _inverse_weights(x._size_values))))
+
+
+def _classify(x):
+    return _rt.gather_class(_inverse_weights(x._size_values), *x.shape)
 
 
 def destructure(x):
@@ -140,9 +157,7 @@ def destructure_pushforward(x, dx):
     """
     _rt.check_instance("destructure_pushforward", "x", x, LowerTriangular)
     _rt.check_instance("destructure_pushforward", "dx", dx, LowerTriangular, like=x)
-    out = np.zeros(x.shape)
-    _pushforward_kernel(*x._size_values, *dx._arrays, out)
-    return out
+    return _pushforward(x, dx._arrays)
 
 
 def destructure_pullback(x, ybar):
@@ -157,7 +172,7 @@ def destructure_pullback(x, ybar):
 
 
 def restructure_pushforward(x, ydot):
-    """θ̇ = J⁺ vec(Ẏ) = diag(1/w) Jᵀ vec(Ẏ): natural tangent -> structural tangent.
+    """θ̇ = J⁺ vec(Ẏ): natural tangent -> structural tangent.
 
     The minimum-norm least-squares fields; unused storage gets zero.
     Cost: one pass over the stored pattern plus O(p).
@@ -168,105 +183,103 @@ def restructure_pushforward(x, ydot):
 
 
 def restructure_pullback(x, xbar):
-    """Ȳ = (J⁺)ᵀ θ̄ = J diag(1/w) θ̄: structural cotangent -> natural cotangent.
+    """Ȳ = (J⁺)ᵀ θ̄: structural cotangent -> natural cotangent.
 
     Cost: O(m·n) to zero the output plus one pass over the stored pattern.
     """
     _rt.check_instance("restructure_pullback", "x", x, LowerTriangular)
     _rt.check_instance("restructure_pullback", "xbar", xbar, LowerTriangular, like=x)
-    scaled = tuple(a * inv for a, inv in zip(xbar._arrays, _inverse_weights(x._size_values)))
-    out = np.zeros(x.shape)
-    _pushforward_kernel(*x._size_values, *scaled, out)
-    return out
+    return _pinv_adjoint(x, xbar._arrays)
 
 
 def project(x, ybar):
     """J J⁺ vec(Ȳ): orthogonal projection of a dense matrix onto the tangent space at x.
 
-    Idempotent and symmetric. Cost: two passes over the stored pattern.
+    Idempotent and symmetric.
     """
     _rt.check_instance("project", "x", x, LowerTriangular)
     ybar = _rt.as_dense("project", "ybar", ybar, x.shape)
-    out = np.zeros(x.shape)
-    _pushforward_kernel(*x._size_values, *_pinv(x, ybar), out)
-    return out
+    return _pushforward(x, _pinv(x, ybar))
 
 
 def parametrisation(x):
-    """"exact" (rank J = p_a = m·n) or "under" (rank J = p_a < m·n).
+    """The class of J at x: "exact", "under", "over" or "deficient".
 
-    For a gather type the columns of J that are not zero are orthogonal, so
-    rank J is the number p_a of field elements the matrix depends on (w > 0).
+    With r = rank J, p_a the number of field elements whose column of J is
+    not zero at x and N = m·n: exact r = p_a = N; under r = p_a < N;
+    over r = N < p_a; deficient otherwise.
+    For a gather type the non-zero columns of J are orthogonal, so r = p_a.
     """
     _rt.check_instance("parametrisation", "x", x, LowerTriangular)
-    return _rt.gather_class(_inverse_weights(x._size_values), *x.shape)
+    return _classify(x)
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(n, data, _out):
     for i in range(0, n):
         for j in range(0, min(n, i + 1)):
-            _a0_0 = i
-            if _a0_0 < 0:
-                _a0_0 += data.shape[0]
-            if _a0_0 < 0 or _a0_0 >= data.shape[0]:
+            _a2 = i
+            if _a2 < 0:
+                _a2 += data.shape[0]
+            if _a2 < 0 or _a2 >= data.shape[0]:
                 raise IndexError("LowerTriangular: getindex reads data out of range")
-            _a0_1 = j
-            if _a0_1 < 0:
-                _a0_1 += data.shape[1]
-            if _a0_1 < 0 or _a0_1 >= data.shape[1]:
+            _a3 = j
+            if _a3 < 0:
+                _a3 += data.shape[1]
+            if _a3 < 0 or _a3 >= data.shape[1]:
                 raise IndexError("LowerTriangular: getindex reads data out of range")
-            _v0 = data[_a0_0, _a0_1]
-            _out[i, j] = _v0
+            _v1 = data[_a2, _a3]
+            _out[i, j] = _v1
 
 
 @numba.njit(cache=True)
-def _pushforward_kernel(n, _d_data, _out):
+def _pushforward_kernel(n, data, _d_data, _out):
     for i in range(0, n):
         for j in range(0, min(n, i + 1)):
-            _a0_0 = i
-            if _a0_0 < 0:
-                _a0_0 += _d_data.shape[0]
-            if _a0_0 < 0 or _a0_0 >= _d_data.shape[0]:
+            _a2 = i
+            if _a2 < 0:
+                _a2 += data.shape[0]
+            if _a2 < 0 or _a2 >= data.shape[0]:
                 raise IndexError("LowerTriangular: getindex reads data out of range")
-            _a0_1 = j
-            if _a0_1 < 0:
-                _a0_1 += _d_data.shape[1]
-            if _a0_1 < 0 or _a0_1 >= _d_data.shape[1]:
+            _a3 = j
+            if _a3 < 0:
+                _a3 += data.shape[1]
+            if _a3 < 0 or _a3 >= data.shape[1]:
                 raise IndexError("LowerTriangular: getindex reads data out of range")
-            _out[i, j] = _d_data[_a0_0, _a0_1]
+            _t_v1 = _d_data[_a2, _a3]
+            _out[i, j] = _t_v1
 
 
 @numba.njit(cache=True)
-def _pullback_kernel(n, _ybar, _g_data):
+def _pullback_kernel(n, data, _ybar, _g_data):
     for i in range(0, n):
         for j in range(0, min(n, i + 1)):
             _y = _ybar[i, j]
-            _a0_0 = i
-            if _a0_0 < 0:
-                _a0_0 += _g_data.shape[0]
-            if _a0_0 < 0 or _a0_0 >= _g_data.shape[0]:
+            _a2 = i
+            if _a2 < 0:
+                _a2 += data.shape[0]
+            if _a2 < 0 or _a2 >= data.shape[0]:
                 raise IndexError("LowerTriangular: getindex reads data out of range")
-            _a0_1 = j
-            if _a0_1 < 0:
-                _a0_1 += _g_data.shape[1]
-            if _a0_1 < 0 or _a0_1 >= _g_data.shape[1]:
+            _a3 = j
+            if _a3 < 0:
+                _a3 += data.shape[1]
+            if _a3 < 0 or _a3 >= data.shape[1]:
                 raise IndexError("LowerTriangular: getindex reads data out of range")
-            _g_data[_a0_0, _a0_1] += _y
+            _g_data[_a2, _a3] += _y
 
 
 @numba.njit(cache=True)
-def _weights_kernel(n, _w_data):
+def _weights_kernel(n, data, _w_data):
     for i in range(0, n):
         for j in range(0, min(n, i + 1)):
-            _a0_0 = i
-            if _a0_0 < 0:
-                _a0_0 += _w_data.shape[0]
-            if _a0_0 < 0 or _a0_0 >= _w_data.shape[0]:
+            _a2 = i
+            if _a2 < 0:
+                _a2 += data.shape[0]
+            if _a2 < 0 or _a2 >= data.shape[0]:
                 raise IndexError("LowerTriangular: getindex reads data out of range")
-            _a0_1 = j
-            if _a0_1 < 0:
-                _a0_1 += _w_data.shape[1]
-            if _a0_1 < 0 or _a0_1 >= _w_data.shape[1]:
+            _a3 = j
+            if _a3 < 0:
+                _a3 += data.shape[1]
+            if _a3 < 0 or _a3 >= data.shape[1]:
                 raise IndexError("LowerTriangular: getindex reads data out of range")
-            _w_data[_a0_0, _a0_1] += 1
+            _w_data[_a2, _a3] += 1

@@ -1,16 +1,16 @@
 """Spec -> :class:`Derivation`: the entry map as disjoint regions, each with
-its loop nest, its value and its linear terms.
+its loop nest and its value, and the way J⁺ is computed.
 
 The entry ``Y[i, j] = e(θ)`` is split into branches with piecewise-free
 values (``A if C else B``, ``min``/``max``/``abs`` of indices are lifted into
-conditions). In each region the value is ``const + Σ_a c_a · θ[idx_a]``:
+conditions; inside a ``sum`` the summand is split the same way when it is
+lowered, see lower.py). In each region the value is any expression of field
+reads and sums; lower.py writes its value, tangent and adjoint as loops.
 
-* the pushforward is ``Ẏ[i, j] = Σ_a c_a · θ̇[idx_a]``;
-* the pullback is its transpose, the same loop with the gather turned into a
-  scatter ``θ̄[idx_a] += c_a · Ȳ[i, j]``;
-* for *gather* types (at most one term per entry, ``c_a`` free of fields)
-  ``JᵀJ = diag(w)`` with ``w[k] = Σ c²`` over the entries that read ``k``,
-  and ``J⁺ = diag(1/w) Jᵀ`` with ``1/0 := 0``.
+The kind of the type decides J⁺ (see :class:`Derivation`): gather types have
+``JᵀJ = diag(w)``, ``w[k] = Σ c²`` over the entries that read ``k``, and
+``J⁺ = diag(1/w) Jᵀ`` with ``1/0 := 0``; bordered types add a few coupled
+elements and a Schur complement; the rest use a matrix-free solve.
 
 Nothing here fixes a size: every bound is a sympy expression of the sizes.
 """
@@ -29,36 +29,36 @@ from .spec import Spec
 MAX_REGIONS = 256
 
 
-@dataclass(frozen=True)
-class Load:
-    """One field element read by an entry: ``symbol`` stands for ``field[index]``."""
-
-    symbol: sp.Symbol
-    field: str
-    index: tuple
-
-
-@dataclass(frozen=True)
-class Term:
-    coef: sp.Expr          # ∂value/∂load (free of loads for gather types)
-    load: Load
+MAX_COUPLED = 16          # field elements a bordered type may couple (the Schur block)
 
 
 @dataclass(frozen=True)
 class Region:
     steps: tuple           # loop nest (see loops.py)
-    value: sp.Expr         # the entry, loads replaced by their symbols
-    loads: tuple           # Load
-    const: sp.Expr         # the part of value that reads no field
-    terms: tuple           # Term: the linear part (exact for gather types)
+    value: sp.Expr         # the entry here: piecewise-free outside sums, reads as Indexed
     condition: sp.Basic    # the region as a condition (for explain)
+    reads: tuple           # Indexed read outside sums (distinct)
+    summed: frozenset      # names of the fields read inside sums
+    gather: bool           # value = const + c·θ[idx] with c free of fields, nest free of reads
 
 
 @dataclass(frozen=True)
 class Derivation:
+    """The entry map as regions, and how J⁺ is computed:
+
+    * ``"gather"``: every entry reads at most one field element, with a
+      constant coefficient: JᵀJ = diag(w), fixed by the sizes;
+    * ``"bordered"``: the fields split into G, of which each entry reads at
+      most one element (coefficients may depend on x), and a few coupled
+      elements C (``coupled``, constant shapes, at most MAX_COUPLED elements):
+      JᵀJ = [[diag(w), B], [Bᵀ, C]], solved exactly with a Schur complement;
+    * ``"general"``: anything else: a matrix-free least-squares solve.
+    """
+
     spec: Spec
     regions: tuple
-    kind: str              # "gather" (diagonal JᵀJ) or "general"
+    kind: str
+    coupled: tuple = ()
 
     @property
     def rows(self):
@@ -161,36 +161,79 @@ def _conjunctions(cond):
     return out
 
 
-def _split_terms(value):
-    """Replace accesses by symbols; return (value, loads, const, terms, linear)."""
-    accesses = sorted(value.atoms(sp.Indexed), key=sp.default_sort_key)
-    loads, subs = [], {}
-    for k, acc in enumerate(accesses):
-        sym = sp.Symbol(f"_v{k}", real=True)
-        index = tuple(acc.indices)
-        loads.append(Load(sym, acc.base.label.name, index))
-        subs[acc] = sym
-    v = value.xreplace(subs)
-    syms = [ld.symbol for ld in loads]
-    terms, linear = [], True
-    for ld in loads:
-        c = sp.diff(v, ld.symbol)
-        if c != 0:
-            terms.append(Term(c, ld))
-            if c.has(*syms):
-                linear = False
-    const = v.xreplace({s: 0 for s in syms}) if linear else sp.S.Zero
-    if linear and sp.expand(v - const - sum(t.coef * t.load.symbol for t in terms)) != 0:
-        linear = False
-    return v, tuple(loads), const, tuple(terms), linear
+def _field_of(acc) -> str:
+    return acc.base.label.name
+
+
+def _without_sums(e):
+    """``e`` with every Sum replaced by a fresh symbol."""
+    sums = e.atoms(sp.Sum)
+    return e.xreplace({s: sp.Dummy("s") for s in sums}) if sums else e
+
+
+def _summed_fields(e) -> set:
+    return {_field_of(a) for s in e.atoms(sp.Sum) for a in s.atoms(sp.Indexed)}
+
+
+def _is_gather(value, reads) -> bool:
+    """value == const + c·read with c and const free of fields (and no sums)."""
+    if value.has(sp.Sum) or len(reads) > 1:
+        return False
+    if not reads:
+        return True
+    v = sp.Symbol("_v", real=True)
+    f = value.xreplace({reads[0]: v})
+    c = sp.diff(f, v)
+    return not c.has(v) and not _has_access(c) and not _has_access(f.xreplace({v: sp.S.Zero}))
+
+
+def _lift_outside_sums(e):
+    sums = e.atoms(sp.Sum)
+    if not sums:
+        return _lift_functions(e)
+    subs = {s: sp.Dummy("s") for s in sums}
+    back = {d: s for s, d in subs.items()}
+    return _lift_functions(e.xreplace(subs)).xreplace(back)
+
+
+def _constant_size(field):
+    """Number of elements of a field whose shape fixes no size, else None."""
+    total = 1
+    for d in field.shape:
+        if not d.is_Integer:
+            return None
+        total *= int(d)
+    return total
+
+
+def _coupling(spec, regions) -> tuple | None:
+    """The coupled fields C of a bordered type (see Derivation), or None."""
+    def fits(g: set) -> bool:
+        for r in regions:
+            if r.summed & g:
+                return False
+            if sum(1 for a in r.reads if _field_of(a) in g) > 1:
+                return False
+        return True
+
+    g = {f.name for f in spec.fields if _constant_size(f) is None}
+    if not fits(g):
+        return None
+    for f in spec.fields:                   # grow G greedily: fewer coupled elements
+        if f.name not in g and fits(g | {f.name}):
+            g.add(f.name)
+    coupled = tuple(f.name for f in spec.fields if f.name not in g)
+    if sum(_constant_size(spec.field(name)) for name in coupled) > MAX_COUPLED:
+        return None
+    return coupled
 
 
 def derive(spec: Spec) -> Derivation:
-    """Derive the regions of ``spec`` (raises SpecError for what cannot be derived yet)."""
+    """Derive the regions of ``spec`` (raises SpecError for what cannot be derived)."""
     errors = Collector()
     pos = Pos(spec.path, 1, 1)
     rows, cols = spec.size
-    entry = _lift_functions(spec.entry)
+    entry = _lift_outside_sums(spec.entry)
     try:
         cases = _cases(entry)
     except _TooManyRegions:
@@ -198,7 +241,7 @@ def derive(spec: Spec) -> Derivation:
     if not cases or len(cases) > MAX_REGIONS:
         errors.error(pos, f"getindex splits into more than {MAX_REGIONS} regions")
         errors.raise_if_any()
-    regions, gather = [], True
+    regions = []
     for cond, value in cases:
         if value == 0:
             continue
@@ -213,14 +256,17 @@ def derive(spec: Spec) -> Derivation:
             v = value.xreplace(pins) if pins else value
             if v == 0:
                 continue
-            v_sym, loads, const, terms, linear = _split_terms(v)
-            if any(_has_access(s[1] if s[0] == "if" else sp.S.Zero) for s in steps):
-                gather = False
-            if not linear or len(terms) > 1 or v_sym.has(sp.Sum):
-                gather = False
-            regions.append(Region(steps, v_sym, loads, const, terms, sp.And(*atoms)))
+            reads = tuple(sorted(_without_sums(v).atoms(sp.Indexed), key=sp.default_sort_key))
+            tests = [s[1] for s in steps if s[0] == "if"]
+            summed = _summed_fields(v)
+            gather = _is_gather(v, reads) and not any(_has_access(t) for t in tests)
+            regions.append(Region(steps, v, sp.And(*atoms), reads, frozenset(summed), gather))
             if len(regions) > MAX_REGIONS:
                 errors.error(pos, f"getindex splits into more than {MAX_REGIONS} regions")
                 errors.raise_if_any()
-    kind = "gather" if gather else "general"
-    return Derivation(spec, tuple(regions), kind)
+    if all(r.gather for r in regions):
+        return Derivation(spec, tuple(regions), "gather")
+    coupled = _coupling(spec, regions)
+    if coupled is not None:
+        return Derivation(spec, tuple(regions), "bordered", coupled)
+    return Derivation(spec, tuple(regions), "general")

@@ -14,6 +14,7 @@ import sympy as sp
 
 from . import __version__
 from .derive import Derivation, Region
+from .lower import Lowerer
 from .printer import code
 
 
@@ -80,14 +81,6 @@ def file_label(path: str) -> str:
     return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in base)
 
 
-def _mul(coef, operand: str) -> str:
-    if coef == 1:
-        return operand
-    if coef == -1:
-        return f"-{operand}"
-    return f"({code(coef)}) * {operand}"
-
-
 def _shape_code(shape) -> str:
     items = [code(d) for d in shape]
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
@@ -98,101 +91,69 @@ def _shape_text(shape) -> str:
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
-class _Body:
-    """Builds the statements of one kernel."""
+def _open_nest(low: Lowerer, steps) -> int:
+    depth = 1
+    for step in steps:
+        if step[0] == "for":
+            _, v, lo, hi = step
+            low.add(depth, f"for {v.name} in range({code(lo)}, {code(hi)}):")
+            depth += 1
+        elif step[0] == "let":
+            low.add(depth, f"{step[1].name} = {code(step[2])}")
+        else:
+            low.add(depth, f"if {low.condition(depth, step[1])}:")
+            depth += 1
+    return depth
 
-    def __init__(self, spec):
-        self.spec = spec
-        self.lines: list = []
 
-    def add(self, indent, text):
-        self.lines.append((indent, text))
-
-    def open_nest(self, steps) -> int:
-        depth = 1
-        for step in steps:
-            if step[0] == "for":
-                _, v, lo, hi = step
-                self.add(depth, f"for {v.name} in range({code(lo)}, {code(hi)}):")
-                depth += 1
-            elif step[0] == "let":
-                self.add(depth, f"{step[1].name} = {code(step[2])}")
-            else:
-                self.add(depth, f"if {code(step[1])}:")
-                depth += 1
-        return depth
-
-    def index(self, depth, load, array) -> str:
-        """Statements computing the (checked, Python-wrapped) index of ``load``."""
-        field = self.spec.field(load.field)
-        if field.ndim == 0:
-            return "0"
-        names = []
-        for d, e in enumerate(load.index):
-            name = f"_a{load.symbol.name[2:]}_{d}"
-            names.append(name)
-            length = f"{array}.shape[{d}]"
-            self.add(depth, f"{name} = {code(e)}")
-            self.add(depth, f"if {name} < 0:")
-            self.add(depth + 1, f"{name} += {length}")
-            self.add(depth, f"if {name} < 0 or {name} >= {length}:")
-            self.add(depth + 1, f'raise IndexError("{self.spec.name}: getindex reads '
-                                f'{load.field} out of range")')
-        return ", ".join(names)
+def _region(low: Lowerer, r: Region, body) -> None:
+    """The loop nest of ``r`` around ``body(depth)``; nothing if the body is empty."""
+    start = len(low.lines)
+    depth = _open_nest(low, r.steps)
+    mark = len(low.lines)
+    body(depth)
+    if len(low.lines) == mark:
+        del low.lines[start:]
 
 
 def _kernels(d: Derivation) -> tuple:
     spec = d.spec
     sizes = tuple(s.name for s in spec.sizes)
     fields = tuple(f.name for f in spec.fields)
-
-    dest = _Body(spec)
-    push = _Body(spec)
-    pull = _Body(spec)
-    wts = _Body(spec)
+    dest, push, pull, wts = ([] for _ in range(4))
     for r in d.regions:
-        _destructure_region(dest, r)
-        if r.terms:
-            _linear_region(push, pull, wts, r)
+        low = Lowerer(spec, dest)
+        _region(low, r, lambda depth: low.add(depth, f"_out[i, j] = {low.value(depth, r.value)}"))
+
+        low_p = Lowerer(spec, push)
+
+        def tangent(depth):
+            _, dot = low_p.tangent(depth, r.value)
+            if dot != "0":
+                low_p.add(depth, f"_out[i, j] = {dot}")
+        _region(low_p, r, tangent)
+
+        low_b = Lowerer(spec, pull)
+
+        def adjoint(depth):
+            mark = len(pull)
+            low_b.add(depth, "_y = _ybar[i, j]")
+            low_b.adjoint(depth, r.value, "_y", "_g_")
+            if len(pull) == mark + 1:
+                del pull[mark:]
+        _region(low_b, r, adjoint)
+
+        low_w = Lowerer(spec, wts)
+        _region(low_w, r, lambda depth: low_w.adjoint(depth, r.value, "1", "_w_", square=True))
     out = []
-    for name, body, params in (
+    for name, lines, params in (
         ("_destructure_kernel", dest, sizes + fields + ("_out",)),
-        ("_pushforward_kernel", push, sizes + tuple("_d_" + f for f in fields) + ("_out",)),
-        ("_pullback_kernel", pull, sizes + ("_ybar",) + tuple("_g_" + f for f in fields)),
-        ("_weights_kernel", wts, sizes + tuple("_w_" + f for f in fields)),
+        ("_pushforward_kernel", push, sizes + fields + tuple("_d_" + f for f in fields) + ("_out",)),
+        ("_pullback_kernel", pull, sizes + fields + ("_ybar",) + tuple("_g_" + f for f in fields)),
+        ("_weights_kernel", wts, sizes + fields + tuple("_w_" + f for f in fields)),
     ):
-        lines = body.lines or [(1, "pass")]
-        out.append(Kernel(name, params, tuple(lines)))
+        out.append(Kernel(name, params, tuple(lines or [(1, "pass")])))
     return tuple(out)
-
-
-def _destructure_region(body: _Body, r: Region):
-    depth = body.open_nest(r.steps)
-    for ld in r.loads:
-        idx = body.index(depth, ld, ld.field)
-        body.add(depth, f"{ld.symbol.name} = {ld.field}[{idx}]")
-    body.add(depth, f"_out[i, j] = {code(r.value)}")
-
-
-def _linear_region(push: _Body, pull: _Body, wts: _Body, r: Region):
-    # pushforward: Ẏ[i, j] = Σ c · θ̇[idx]
-    depth = push.open_nest(r.steps)
-    parts = []
-    for t in r.terms:
-        idx = push.index(depth, t.load, "_d_" + t.load.field)
-        parts.append(_mul(t.coef, f"_d_{t.load.field}[{idx}]"))
-    push.add(depth, f"_out[i, j] = {' + '.join(parts)}")
-    # pullback: the same loop, gather turned into scatter
-    depth = pull.open_nest(r.steps)
-    pull.add(depth, "_y = _ybar[i, j]")
-    for t in r.terms:
-        idx = pull.index(depth, t.load, "_g_" + t.load.field)
-        pull.add(depth, f"_g_{t.load.field}[{idx}] += {_mul(t.coef, '_y')}")
-    # Gram weights: the same scatter with c²
-    depth = wts.open_nest(r.steps)
-    for t in r.terms:
-        idx = wts.index(depth, t.load, "_w_" + t.load.field)
-        wts.add(depth, f"_w_{t.load.field}[{idx}] += {code(t.coef ** 2)}")
 
 
 def _environment() -> jinja2.Environment:
@@ -209,8 +170,6 @@ def _environment() -> jinja2.Environment:
 
 def render(d: Derivation, spec_file: str) -> str:
     """The source of the generated module for ``d``."""
-    if d.kind != "gather":
-        raise NotImplementedError("only gather types are emitted so far")
     spec = d.spec
     size_names = ", ".join(s.name for s in spec.sizes)
     fields = [
@@ -239,5 +198,7 @@ def render(d: Derivation, spec_file: str) -> str:
         shape_text=f"{spec.size[0]} × {spec.size[1]}",
         kernels=_kernels(d),
         kind=d.kind,
+        coupled=[f.name in d.coupled for f in spec.fields],
+        coupled_names=", ".join(d.coupled) or "(none)",
     )
     return _environment().get_template("module.py.j2").render(**context)

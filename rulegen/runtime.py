@@ -2,14 +2,15 @@
 
 It holds what every generated module needs and what does not depend on the
 spec: argument conversion and checking with clear messages, size inference,
-and the pseudo-inverse scaling of gather types. It imports only numpy, so a
-generated module loads fast.
+and the pseudo-inverse scaling of gather types. It imports numpy, and scipy only when a
+matrix-free solve runs, so a generated module loads fast.
 """
 
 from __future__ import annotations
 
 import numbers
 import sys
+import warnings
 
 import numpy as np
 
@@ -130,3 +131,191 @@ def gather_class(weights: tuple, rows: int, cols: int) -> str:
     """Parametrisation class of a gather type: rank J = number of used elements."""
     used = sum(int(np.count_nonzero(w)) for w in weights)
     return "exact" if used == rows * cols else "under"
+
+
+# ---------------------------------------------------------------------------
+# The pseudo-inverse of a J that depends on x (bordered and general types).
+# J is never built: only the generated pushforward (J·v) and pullback (Jᵀ·y)
+# kernels are called, and the extra memory is O(N + p).
+
+class ConvergenceWarning(RuntimeWarning):
+    """A matrix-free pseudo-inverse solve stopped before reaching its tolerance."""
+
+
+def parametrisation_class(r: int, p_a: int, n_entries: int) -> str:
+    """RECIPE.md's classes from r = rank J, p_a (non-zero columns) and N."""
+    if r == p_a == n_entries:
+        return "exact"
+    if r == p_a < n_entries:
+        return "under"
+    if r == n_entries < p_a:
+        return "over"
+    return "deficient"
+
+
+class _Linearisation:
+    """J at one primal x, as two callables: ``push(arrays) -> dense`` (J·θ̇)
+    and ``pull(dense) -> arrays`` (Jᵀ·Ȳ)."""
+
+    def __init__(self, owner, arrays, shape, push, pull, weights):
+        self.owner = owner
+        self.shapes = [a.shape for a in arrays]
+        self.bounds = np.cumsum([0] + [a.size for a in arrays])
+        self.p = int(self.bounds[-1])
+        self.shape = tuple(shape)
+        self.n_entries = self.shape[0] * self.shape[1]
+        self.push = push
+        self.pull = pull
+        self.used = self.flat(weights) > 0     # columns of J that are not zero (Σ c² > 0)
+
+    def flat(self, arrays) -> np.ndarray:
+        return np.concatenate([np.ravel(a) for a in arrays]) if len(arrays) else np.zeros(0)
+
+    def split(self, vec) -> tuple:
+        return tuple(np.ascontiguousarray(vec[a:b]).reshape(s)
+                     for a, b, s in zip(self.bounds[:-1], self.bounds[1:], self.shapes))
+
+    def jvp(self, vec) -> np.ndarray:
+        return self.push(self.split(vec)).ravel()
+
+    def vjp(self, yvec) -> np.ndarray:
+        return self.flat(self.pull(np.ascontiguousarray(yvec).reshape(self.shape)))
+
+    # the three products with J⁺, on kernel arrays and dense matrices
+    def pinv(self, ydot) -> tuple:
+        return self.split(self.pinv_vec(np.ravel(ydot)))
+
+    def pinv_adjoint(self, arrays) -> np.ndarray:
+        return self.pinv_adjoint_vec(self.flat(arrays)).reshape(self.shape)
+
+
+class Bordered(_Linearisation):
+    """J⁺ for a bordered type, exactly.
+
+    The elements split into G (each entry reads at most one of them, so
+    J_Gᵀ J_G = diag(w), from the weights kernel) and a few coupled elements C.
+    With M = JᵀJ = [[W, B], [Bᵀ, C]] on the used elements, the Schur complement
+    S = C - Bᵀ W⁻¹ B (c × c) gives everything:
+
+    * null(M) = {[-W⁻¹B t; t] : t ∈ null(S)} (a few vectors, orthonormalised);
+    * for v in range(M), M z = v is solved by z_C = S⁺ (v_C - BᵀW⁻¹ v_G),
+      z_G = W⁻¹ (v_G - B z_C); projecting z and v off null(M) gives M⁺ v;
+    * J⁺ y = M⁺ Jᵀ y, (J⁺)ᵀ θ̄ = J M⁺ θ̄, rank J = |used G| + rank S.
+
+    Setup costs one pushforward and one pullback per coupled element.
+    Eigenvalues of S below 1e-10 · max|C| count as zero.
+    """
+
+    RTOL = 1e-10
+
+    def __init__(self, owner, arrays, shape, push, pull, weights, coupled):
+        super().__init__(owner, arrays, shape, push, pull, weights)
+        mask = np.concatenate([np.full(a.size, bool(c)) for a, c in zip(arrays, coupled)]) \
+            if len(arrays) else np.zeros(0, dtype=bool)
+        w_all = self.flat(weights)
+        self.g_idx = np.flatnonzero(~mask & (w_all > 0))
+        self.c_idx = np.flatnonzero(mask)
+        self.w = w_all[self.g_idx]
+        c = self.c_idx.size
+        B = np.empty((self.g_idx.size, c))
+        C = np.empty((c, c))
+        for t, e in enumerate(self.c_idx):
+            unit = np.zeros(self.p)
+            unit[e] = 1.0
+            g = self.vjp(self.jvp(unit))
+            B[:, t] = g[self.g_idx]
+            C[:, t] = g[self.c_idx]
+        C = (C + C.T) / 2
+        self.B = B
+        self.K = B / self.w[:, None]
+        S = C - B.T @ self.K
+        lam, Q = np.linalg.eigh((S + S.T) / 2) if c else (np.zeros(0), np.zeros((0, 0)))
+        tol = self.RTOL * (np.abs(C).max() if c else 0.0)
+        keep = lam > tol
+        self.lam, self.Qr = lam[keep], Q[:, keep]
+        Q0 = Q[:, ~keep]
+        if Q0.shape[1]:
+            self.null, _ = np.linalg.qr(np.vstack([-self.K @ Q0, Q0]))
+        else:
+            self.null = None
+        self.rank = int(self.g_idx.size + np.count_nonzero(keep))
+        self.used[self.c_idx] = np.diag(C) > 0      # ‖J e‖² for each coupled element
+
+    def _off_null(self, v):
+        if self.null is not None:
+            v = v - self.null @ (self.null.T @ v)
+        return v
+
+    def solve(self, v) -> np.ndarray:
+        """M⁺ v for M = JᵀJ, v a p-vector."""
+        ng = self.g_idx.size
+        s = self._off_null(np.concatenate([v[self.g_idx], v[self.c_idx]]))
+        vg, vc = s[:ng], s[ng:]
+        h = vc - self.K.T @ vg
+        zc = self.Qr @ ((self.Qr.T @ h) / self.lam)
+        zg = (vg - self.B @ zc) / self.w
+        z_s = self._off_null(np.concatenate([zg, zc]))
+        z = np.zeros(self.p)
+        z[self.g_idx] = z_s[:ng]
+        z[self.c_idx] = z_s[ng:]
+        return z
+
+    def pinv_vec(self, yvec):
+        return self.solve(self.vjp(yvec))
+
+    def pinv_adjoint_vec(self, vec):
+        return self.jvp(self.solve(vec))
+
+    def classify(self) -> str:
+        return parametrisation_class(self.rank, int(np.count_nonzero(self.used)), self.n_entries)
+
+
+class Iterative(_Linearisation):
+    """J⁺ by LSQR (scipy), matrix-free: every iteration is one pushforward
+    and one pullback. Started from zero, LSQR's iterates stay in the row
+    space of its operator, so it converges to the minimum-norm least-squares
+    solution: J⁺ y for the operator J, (J⁺)ᵀ θ̄ = (Jᵀ)⁺ θ̄ for Jᵀ.
+
+    Tolerance atol = btol = 1e-12, condition limit 1e14, at most
+    2·min(N, p) + 100 iterations; stopping for any other reason than
+    convergence raises a ConvergenceWarning naming the type and the residual.
+    """
+
+    TOL = 1e-12
+    CONLIM = 1e14
+    PROBE_RTOL = 1e-6
+
+    def _lsqr(self, what, shape, matvec, rmatvec, b):
+        from scipy.sparse.linalg import LinearOperator, lsqr
+
+        if not b.size or not np.any(b) or not min(shape):
+            return np.zeros(shape[1])
+        op = LinearOperator(shape, matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+        cap = 2 * min(shape) + 100
+        out = lsqr(op, b, atol=self.TOL, btol=self.TOL, conlim=self.CONLIM, iter_lim=cap)
+        z, istop, itn, r1norm, _, anorm, _, arnorm = out[:8]
+        if istop in (3, 6, 7):
+            rel = arnorm / (anorm * r1norm) if anorm * r1norm else 0.0
+            why = "the iteration cap" if istop == 7 else "the condition-number limit"
+            warnings.warn(f"{self.owner}: {what}: LSQR stopped at {why} after {itn} iterations; "
+                          f"relative normal-equation residual {rel:.2e}, the result is approximate",
+                          ConvergenceWarning, stacklevel=4)
+        return z
+
+    def pinv_vec(self, yvec):
+        return self._lsqr("J⁺", (self.n_entries, self.p), self.jvp, self.vjp, np.asarray(yvec, float))
+
+    def pinv_adjoint_vec(self, vec):
+        return self._lsqr("(J⁺)ᵀ", (self.p, self.n_entries), self.vjp, self.jvp, np.asarray(vec, float))
+
+    def classify(self) -> str:
+        rng = np.random.default_rng(0)
+        z = rng.standard_normal(self.p) * self.used
+        zn = np.linalg.norm(z)
+        full_col = zn == 0 or np.linalg.norm(z - self.pinv_vec(self.jvp(z))) <= self.PROBE_RTOL * zn
+        y = rng.standard_normal(self.n_entries)
+        yn = np.linalg.norm(y)
+        full_row = yn == 0 or np.linalg.norm(y - self.jvp(self.pinv_vec(y))) <= self.PROBE_RTOL * yn
+        # r = p_a and r = N: exact; r = p_a only: under; r = N only: over
+        return {(True, True): "exact", (True, False): "under",
+                (False, True): "over", (False, False): "deficient"}[bool(full_col), bool(full_row)]

@@ -1,0 +1,240 @@
+"""Expressions -> kernel statements, in three modes: the value, its tangent
+(forward mode: the JVP) and its adjoint (reverse mode: the VJP).
+
+An entry may read fields, contain reductions ``sum(E for k in range(a, b) if C)``
+(``sympy.Sum``, nested or not) and, inside a reduction, branch. Each is
+lowered to plain loops:
+
+* a field read becomes a checked, Python-wrapped index and one load;
+* a reduction becomes an accumulator and a ``for`` loop; its summand is split
+  into disjoint cases (``derive._cases``) so a branch's reads happen only
+  where the branch holds;
+* derivatives are symbolic: the expression with its reads and reductions
+  replaced by symbols is differentiated by sympy, so the tangent is
+  ``Σ ∂F/∂v · v̇ + Σ ∂F/∂s · ṡ`` and the adjoint scatters ``∂F/∂v · ā`` into
+  each read element and passes ``∂F/∂s · ā`` into each reduction's loop.
+
+The chain coefficient of a read inside a reduction is the product of the
+coefficients on the way down; the Gram weights scatter its square.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from .printer import code
+
+
+def _top_sums(e) -> list:
+    """Sums in ``e`` that are not inside another Sum, in a stable order."""
+    sums = e.atoms(sp.Sum)
+    top = [s for s in sums if not any(t != s and t.has(s) for t in sums)]
+    return sorted(top, key=sp.default_sort_key)
+
+
+def _reads(e) -> list:
+    """Field reads of ``e`` outside any Sum (call after sums are replaced)."""
+    return sorted(e.atoms(sp.Indexed), key=sp.default_sort_key)
+
+
+class Lowerer:
+    """Appends the statements of one kernel to ``lines`` as ``(indent, text)``."""
+
+    def __init__(self, spec, lines: list):
+        self.spec = spec
+        self.lines = lines
+        self.count = 0
+
+    # -- small pieces -----------------------------------------------------
+
+    def add(self, depth: int, text: str) -> None:
+        self.lines.append((depth, text))
+
+    def fresh(self, prefix: str) -> str:
+        self.count += 1
+        return f"_{prefix}{self.count}"
+
+    def index(self, depth: int, acc: sp.Indexed) -> str:
+        """Emit the checked, wrapped index of ``acc``; return it as code."""
+        name = acc.base.label.name
+        field = self.spec.field(name)
+        if field.ndim == 0:
+            return "0"
+        parts = []
+        for d, e in enumerate(acc.indices):
+            t = self.fresh("a")
+            parts.append(t)
+            length = f"{name}.shape[{d}]"
+            self.add(depth, f"{t} = {code(e)}")
+            self.add(depth, f"if {t} < 0:")
+            self.add(depth + 1, f"{t} += {length}")
+            self.add(depth, f"if {t} < 0 or {t} >= {length}:")
+            self.add(depth + 1, f'raise IndexError("{self.spec.name}: getindex reads {name} out of range")')
+        return ", ".join(parts)
+
+    def _symbolize(self, e):
+        """``(F, sums, reads)``: e with its top-level sums and then its reads
+        replaced by fresh real symbols."""
+        sums = []
+        subs = {}
+        for s in _top_sums(e):
+            sym = sp.Symbol(self.fresh("s"), real=True)
+            sums.append((sym, s))
+            subs[s] = sym
+        f = e.xreplace(subs) if subs else e
+        reads = []
+        subs = {}
+        for acc in _reads(f):
+            sym = sp.Symbol(self.fresh("v"), real=True)
+            reads.append((sym, acc))
+            subs[acc] = sym
+        f = f.xreplace(subs) if subs else f
+        return f, sums, reads
+
+    def _loop(self, depth: int, s: sp.Sum, body) -> None:
+        """Emit ``for k in range(lo, hi + 1)`` over the summand's cases, each
+        case's statements from ``body(depth, value)``; a case (or the whole
+        loop) that emits nothing is left out."""
+        from .derive import _cases  # the same case split as the entry itself
+
+        summand, (k, lo, hi) = s.args[0], s.args[1]
+        start = len(self.lines)
+        lo_c, hi_c = self.condition(depth, lo), self.condition(depth, hi + 1)
+        self.add(depth, f"for {k.name} in range({lo_c}, {hi_c}):")
+        header = len(self.lines)
+        for cond, v in _cases(summand):
+            if v == 0:
+                continue
+            case_start = len(self.lines)
+            d = depth + 1
+            if cond is not sp.true:
+                self.add(d, f"if {self.condition(d, cond)}:")
+                d += 1
+            body_start = len(self.lines)
+            body(d, v)
+            if len(self.lines) == body_start:
+                del self.lines[case_start:]
+        if len(self.lines) == header:
+            del self.lines[start:]
+
+    # -- value ------------------------------------------------------------
+
+    def condition(self, depth: int, e) -> str:
+        """Code for a condition or index expression, its reads and sums emitted first."""
+        return self.value(depth, e)
+
+    def value(self, depth: int, e) -> str:
+        """Emit what ``e`` needs; return the code of its value."""
+        f, sums, reads = self._symbolize(e)
+        for sym, s in sums:
+            self._sum_value(depth, sym.name, s)
+        for sym, acc in reads:
+            idx = self.index(depth, acc)
+            self.add(depth, f"{sym.name} = {acc.base.label.name}[{idx}]")
+        return code(f)
+
+    def _sum_value(self, depth: int, target: str, s: sp.Sum) -> None:
+        self.add(depth, f"{target} = 0.0")
+        self._loop(depth, s, lambda d, v: self.add(d, f"{target} += {self.value(d, v)}"))
+
+    # -- tangent (forward mode) -------------------------------------------
+
+    def tangent(self, depth: int, e, want_value: bool = False):
+        """Emit what the tangent of ``e`` needs; return ``(value code or None, tangent code)``.
+
+        Tangent arrays are named ``_d_<field>``; a term whose coefficient is
+        zero is not emitted.
+        """
+        f, sums, reads = self._symbolize(e)
+        dsyms = {sym: sp.Symbol(f"_t{sym.name}", real=True) for sym, _ in sums + reads}
+        dot = sp.S.Zero
+        coefs = {}
+        for sym, _ in sums + reads:
+            c = sp.diff(f, sym)
+            if c != 0:
+                coefs[sym] = c
+                dot += c * dsyms[sym]
+        needed = set().union(*[c.free_symbols for c in coefs.values()]) if coefs else set()
+        if want_value:
+            needed |= f.free_symbols
+        for sym, s in sums:
+            want_v, want_d = sym in needed, sym in coefs
+            if want_v or want_d:
+                self._sum_tangent(depth, sym.name, dsyms[sym].name if want_d else None, s, want_v)
+        for sym, acc in reads:
+            if sym not in needed and sym not in coefs:
+                continue
+            idx = self.index(depth, acc)
+            name = acc.base.label.name
+            if sym in needed:
+                self.add(depth, f"{sym.name} = {name}[{idx}]")
+            if sym in coefs:
+                self.add(depth, f"{dsyms[sym].name} = _d_{name}[{idx}]")
+        return (code(f) if want_value else None), code(dot)
+
+    def _sum_tangent(self, depth: int, target, dtarget, s: sp.Sum, want_value: bool) -> None:
+        if want_value:
+            self.add(depth, f"{target} = 0.0")
+        if dtarget:
+            self.add(depth, f"{dtarget} = 0.0")
+
+        def body(d, v):
+            if dtarget:
+                val, dot = self.tangent(d, v, want_value)
+                if dot != "0":
+                    self.add(d, f"{dtarget} += {dot}")
+            else:
+                val = self.value(d, v)
+            if want_value:
+                self.add(d, f"{target} += {val}")
+
+        self._loop(depth, s, body)
+
+    # -- adjoint (reverse mode) -------------------------------------------
+
+    def adjoint(self, depth: int, e, adj: str, prefix: str, square: bool = False) -> None:
+        """Scatter ``∂e/∂θ · adj`` into the arrays ``<prefix><field>``
+        (with ``square``: ``(∂e/∂θ · adj)²``, the Gram weights)."""
+        f, sums, reads = self._symbolize(e)
+        coefs = {}
+        for sym, _ in sums + reads:
+            c = sp.diff(f, sym)
+            if c != 0:
+                coefs[sym] = c
+        if not coefs:
+            return
+        needed = set().union(*[c.free_symbols for c in coefs.values()])
+        for sym, s in sums:
+            if sym in needed:
+                self._sum_value(depth, sym.name, s)
+        idxs = {}
+        for sym, acc in reads:
+            if sym not in needed and sym not in coefs:
+                continue
+            idx = self.index(depth, acc)
+            idxs[sym] = idx
+            if sym in needed:
+                self.add(depth, f"{sym.name} = {acc.base.label.name}[{idx}]")
+        for sym, acc in reads:
+            if sym in coefs:
+                if square:
+                    amount = code(coefs[sym] ** 2) if adj == "1" else f"({_times(coefs[sym], adj)}) ** 2"
+                else:
+                    amount = _times(coefs[sym], adj)
+                self.add(depth, f"{prefix}{acc.base.label.name}[{idxs[sym]}] += {amount}")
+        for sym, s in sums:
+            if sym not in coefs:
+                continue
+            bar = self.fresh("b")
+            self.add(depth, f"{bar} = {_times(coefs[sym], adj)}")
+            self._loop(depth, s, lambda d, v: self.adjoint(d, v, bar, prefix, square))
+
+
+def _times(coef, operand: str) -> str:
+    if operand == "1":
+        return code(coef)
+    if coef == 1:
+        return operand
+    if coef == -1:
+        return f"-{operand}"
+    return f"({code(coef)}) * {operand}"
