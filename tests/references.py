@@ -20,6 +20,7 @@ class Reference:
     make: object          # (rng, **sizes) -> dict of fields (and size keywords under "_sizes")
     dense: object         # fields dict -> ndarray
     sizes: tuple          # tuple of dicts
+    analytic: bool = False  # dense works on complex input: J by complex step
 
 
 def _banded_dense(f, m, n, kl, ku):
@@ -110,6 +111,46 @@ REFERENCES = {
         lambda rng, n: {"c": rng.standard_normal(n)},
         lambda f: scipy.linalg.circulant(f["c"]) if len(f["c"]) else np.zeros((0, 0)),
         _square([0, 1, 2, 5])),
+    # J depends on x: the dense functions take complex input (complex-step J)
+    "scaled_matrix": Reference(
+        "scaled_matrix", "ScaledMatrix", ("scale", "data"),
+        lambda rng, m, n: {"scale": 1.5 + rng.random(), "data": rng.standard_normal((m, n))},
+        lambda f: f["scale"] * f["data"],
+        ({"m": 1, "n": 1}, {"m": 3, "n": 4}, {"m": 0, "n": 2}), analytic=True),
+    "low_rank": Reference(
+        "low_rank", "LowRank", ("U", "V"),
+        lambda rng, m, n, r: {"U": rng.standard_normal((m, r)), "V": rng.standard_normal((n, r))},
+        lambda f: f["U"] @ f["V"].T,
+        ({"m": 4, "n": 3, "r": 2}, {"m": 5, "n": 5, "r": 1}, {"m": 3, "n": 2, "r": 3}, {"m": 2, "n": 2, "r": 0}),
+        analytic=True),
+    "diagonal_plus_low_rank": Reference(
+        "diagonal_plus_low_rank", "DiagonalPlusLowRank", ("d", "U", "V"),
+        lambda rng, n, r: {"d": rng.standard_normal(n), "U": rng.standard_normal((n, r)),
+                           "V": rng.standard_normal((n, r))},
+        lambda f: np.diag(f["d"]) + f["U"] @ f["V"].T,
+        ({"n": 4, "r": 1}, {"n": 5, "r": 2}, {"n": 1, "r": 1}), analytic=True),
+    "woodbury_pd_mat": Reference(
+        "woodbury_pd_mat", "WoodburyPDMat", ("A", "d", "s"),
+        lambda rng, n, r: {"A": rng.standard_normal((n, r)), "d": 0.5 + rng.random(r), "s": 0.5 + rng.random(n)},
+        lambda f: f["A"] @ np.diag(f["d"]) @ f["A"].T + np.diag(f["s"]),
+        ({"n": 4, "r": 2}, {"n": 5, "r": 1}, {"n": 3, "r": 3}), analytic=True),
+    "kronecker_product": Reference(
+        "kronecker_product", "KroneckerProduct", ("A", "B"),
+        lambda rng, ma, na, mb, nb: {"A": rng.standard_normal((ma, na)), "B": rng.standard_normal((mb, nb))},
+        lambda f: np.kron(f["A"], f["B"]),
+        ({"ma": 2, "na": 3, "mb": 3, "nb": 2}, {"ma": 2, "na": 2, "mb": 2, "nb": 2}, {"ma": 1, "na": 1, "mb": 3, "nb": 1}),
+        analytic=True),
+    "cholesky_factor": Reference(
+        "cholesky_factor", "CholeskyFactor", ("L",),
+        # a well-conditioned factor: the diagonal kept away from zero
+        lambda rng, n: {"L": rng.standard_normal((n, n)) + np.diag(1.0 + rng.random(n))},
+        lambda f: np.tril(f["L"]) @ np.tril(f["L"]).T,
+        _square([1, 2, 5]), analytic=True),
+    "positive_diagonal": Reference(
+        "positive_diagonal", "PositiveDiagonal", ("logd",),
+        lambda rng, n: {"logd": rng.standard_normal(n)},
+        lambda f: np.diag(np.exp(f["logd"])),
+        _square([0, 1, 2, 5]), analytic=True),
 }
 
 
