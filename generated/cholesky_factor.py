@@ -34,6 +34,9 @@ from rulegen import runtime as _rt
 # it is imported under, and register it, so a cached kernel always finds it.
 __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_cholesky_factor_0c6af28f88b855c9")
 
+# how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
+_KIND = "general"
+
 __all__ = [
     "CholeskyFactor",
     "destructure",

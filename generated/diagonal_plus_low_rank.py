@@ -34,6 +34,9 @@ from rulegen import runtime as _rt
 # it is imported under, and register it, so a cached kernel always finds it.
 __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_diagonal_plus_low_rank_4e2d6166e72a07a1")
 
+# how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
+_KIND = "general"
+
 __all__ = [
     "DiagonalPlusLowRank",
     "destructure",

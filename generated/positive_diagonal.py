@@ -33,6 +33,9 @@ from rulegen import runtime as _rt
 # it is imported under, and register it, so a cached kernel always finds it.
 __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_positive_diagonal_ebae40dd339d7f4c")
 
+# how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
+_KIND = "bordered"
+
 __all__ = [
     "PositiveDiagonal",
     "destructure",

@@ -35,6 +35,9 @@ from rulegen import runtime as _rt
 # it is imported under, and register it, so a cached kernel always finds it.
 __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_sym_tridiagonal_dff01fd399bf7925")
 
+# how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
+_KIND = "gather"
+
 __all__ = [
     "SymTridiagonal",
     "destructure",

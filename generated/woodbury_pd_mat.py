@@ -34,6 +34,9 @@ from rulegen import runtime as _rt
 # it is imported under, and register it, so a cached kernel always finds it.
 __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_woodbury_pd_mat_4cd4d4934732d108")
 
+# how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
+_KIND = "general"
+
 __all__ = [
     "WoodburyPDMat",
     "destructure",

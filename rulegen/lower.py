@@ -97,7 +97,9 @@ class Lowerer:
         loop) that emits nothing is left out."""
         from .derive import _cases  # the same case split as the entry itself
 
-        summand, (k, lo, hi) = s.args[0], s.args[1]
+        # Sum(f, (l, ...), (k, ...)) is Σ_k Σ_l f: peel the outermost limit
+        *inner, (k, lo, hi) = s.limits
+        summand = sp.Sum(s.function, *inner) if inner else s.function
         start = len(self.lines)
         lo_c, hi_c = self.condition(depth, lo), self.condition(depth, hi + 1)
         self.add(depth, f"for {k.name} in range({lo_c}, {hi_c}):")

@@ -291,7 +291,7 @@ class Iterative(_Linearisation):
         if not b.size or not np.any(b) or not min(shape):
             return np.zeros(shape[1])
         op = LinearOperator(shape, matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
-        cap = 2 * min(shape) + 100
+        cap = self.iteration_cap(shape)
         out = lsqr(op, b, atol=self.TOL, btol=self.TOL, conlim=self.CONLIM, iter_lim=cap)
         z, istop, itn, r1norm, _, anorm, _, arnorm = out[:8]
         if istop in (3, 6, 7):
@@ -301,6 +301,9 @@ class Iterative(_Linearisation):
                           f"relative normal-equation residual {rel:.2e}, the result is approximate",
                           ConvergenceWarning, stacklevel=4)
         return z
+
+    def iteration_cap(self, shape) -> int:
+        return 2 * min(shape) + 100
 
     def pinv_vec(self, yvec):
         return self._lsqr("J⁺", (self.n_entries, self.p), self.jvp, self.vjp, np.asarray(yvec, float))

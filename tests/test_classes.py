@@ -152,3 +152,20 @@ def test_scaled_matrix_seed_example():
     got = mod.restructure_pushforward(x, Ydot)
     assert got.scale == pytest.approx(a, rel=1e-12)
     np.testing.assert_allclose(got.data, B, rtol=1e-12, atol=1e-14)
+
+
+def test_iterative_solve_warns_when_it_stops_short(monkeypatch):
+    import warnings
+
+    import rulegen.runtime as rt
+
+    mod = generated("low_rank")
+    rng = np.random.default_rng(7)
+    x = mod.LowRank(U=rng.standard_normal((8, 3)), V=rng.standard_normal((7, 3)))
+    Y = rng.standard_normal((8, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # converged: no warning at all
+        mod.restructure_pushforward(x, Y)
+    monkeypatch.setattr(rt.Iterative, "iteration_cap", lambda self, shape: 2)
+    with pytest.warns(rt.ConvergenceWarning, match=r"LowRank: J⁺: LSQR stopped at the iteration cap after 2"):
+        mod.restructure_pushforward(x, Y)
