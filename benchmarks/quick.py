@@ -1,5 +1,6 @@
-"""Quick timing of generated gather maps against the memory floor and hand numpy,
-in one process (ratios in one run are what count). Run: python benchmarks/quick.py"""
+"""Quick timing of generated maps against the memory floor and hand numpy,
+in one process (ratios in one run are what count). Run: python benchmarks/quick.py
+(add --dense-pinv to also time the dense-J + numpy.linalg.pinv route for LowRank)."""
 
 import time
 
@@ -10,7 +11,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from generated import diagonal, hankel, symmetric, toeplitz  # noqa: E402
+from generated import diagonal, hankel, low_rank, scaled_matrix, symmetric, toeplitz  # noqa: E402
 
 
 def best(f, repeat=7):
@@ -45,6 +46,33 @@ def main():
     Y4 = rng.standard_normal((4000, 4000))
     row("Diagonal destructure_pullback n=4000", best(lambda: diagonal.destructure_pullback(d, Y4)),
         best(lambda: np.diagonal(Y4).copy()), best(lambda: np.diag(Y4).copy()))
+
+    # J depends on x. Floor: one pushforward + one pullback (what one LSQR
+    # iteration costs); ScaledMatrix (bordered, Schur) against a dense copy.
+    sm = scaled_matrix.ScaledMatrix(scale=1.5, data=Y)
+    row("ScaledMatrix restructure_pullback n=2000",
+        best(lambda: scaled_matrix.restructure_pullback(sm, sm)), best(lambda: Y.copy()))
+    m, r = 200, 4
+    x = low_rank.LowRank(U=rng.standard_normal((m, r)), V=rng.standard_normal((m, r)))
+    xb = low_rank.LowRank(U=rng.standard_normal((m, r)), V=rng.standard_normal((m, r)))
+    Ym = rng.standard_normal((m, m))
+    one_pass = best(lambda: low_rank.destructure_pullback(x, low_rank.destructure_pushforward(x, xb)))
+    row("LowRank restructure_pullback n=200 r=4", best(lambda: low_rank.restructure_pullback(x, xb)), one_pass)
+    row("LowRank restructure_pushforward n=200 r=4", best(lambda: low_rank.restructure_pushforward(x, Ym)),
+        one_pass)
+    if "--dense-pinv" in sys.argv:
+        def dense_route():
+            cols = []
+            for field in ("U", "V"):
+                for k in range(m * r):
+                    e = {"U": np.zeros((m, r)), "V": np.zeros((m, r))}
+                    e[field].flat[k] = 1.0
+                    cols.append(low_rank.destructure_pushforward(x, low_rank.LowRank(**e)).ravel())
+            J = np.stack(cols, axis=1)
+            return np.linalg.pinv(J).T @ np.concatenate([xb.U.ravel(), xb.V.ravel()])
+        t0 = time.perf_counter()
+        dense_route()
+        print(f"{'  dense J + numpy.linalg.pinv, same map':38s} {(time.perf_counter() - t0) * 1e3:8.0f} ms")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,8 @@ class _Linearisation:
         self.used = self.flat(weights) > 0     # columns of J that are not zero (Σ c² > 0)
 
     def flat(self, arrays) -> np.ndarray:
+        if len(arrays) == 1:
+            return np.ravel(arrays[0])
         return np.concatenate([np.ravel(a) for a in arrays]) if len(arrays) else np.zeros(0)
 
     def split(self, vec) -> tuple:
@@ -210,55 +212,60 @@ class Bordered(_Linearisation):
 
     def __init__(self, owner, arrays, shape, push, pull, weights, coupled):
         super().__init__(owner, arrays, shape, push, pull, weights)
-        mask = np.concatenate([np.full(a.size, bool(c)) for a, c in zip(arrays, coupled)]) \
-            if len(arrays) else np.zeros(0, dtype=bool)
+        # Everything is kept in full p-coordinates (no gathers over p):
+        # winv = 1/w on used G elements, 0 elsewhere; B has zero rows outside them.
         w_all = self.flat(weights)
-        self.g_idx = np.flatnonzero(~mask & (w_all > 0))
-        self.c_idx = np.flatnonzero(mask)
-        self.w = w_all[self.g_idx]
+        self.winv = np.zeros(self.p)
+        np.divide(1.0, w_all, out=self.winv, where=w_all > 0)
+        self.c_idx = np.concatenate([np.arange(a, b) for (a, b), c in
+                                     zip(zip(self.bounds[:-1], self.bounds[1:]), coupled) if c] or
+                                    [np.zeros(0, dtype=np.int64)])
+        self.winv[self.c_idx] = 0.0
+        n_g = int(np.count_nonzero(self.winv))
         c = self.c_idx.size
-        B = np.empty((self.g_idx.size, c))
-        C = np.empty((c, c))
+        B = np.zeros((c, self.p))          # row t: J_Gᵀ J e_t (zero on coupled elements)
+        C = np.zeros((c, c))
         for t, e in enumerate(self.c_idx):
             unit = np.zeros(self.p)
             unit[e] = 1.0
             g = self.vjp(self.jvp(unit))
-            B[:, t] = g[self.g_idx]
             C[:, t] = g[self.c_idx]
+            g[self.c_idx] = 0.0
+            B[t] = g
         C = (C + C.T) / 2
         self.B = B
-        self.K = B / self.w[:, None]
-        S = C - B.T @ self.K
-        lam, Q = np.linalg.eigh((S + S.T) / 2) if c else (np.zeros(0), np.zeros((0, 0)))
+        S = C - (B * self.winv) @ B.T
+        lam, Q = np.linalg.eigh((S + S.T) / 2)
         tol = self.RTOL * (np.abs(C).max() if c else 0.0)
         keep = lam > tol
         self.lam, self.Qr = lam[keep], Q[:, keep]
         Q0 = Q[:, ~keep]
+        self.null = []
         if Q0.shape[1]:
-            self.null, _ = np.linalg.qr(np.vstack([-self.K @ Q0, Q0]))
-        else:
-            self.null = None
-        self.rank = int(self.g_idx.size + np.count_nonzero(keep))
+            # null(M) = {[-W⁻¹B t; t]}: orthonormalise its few columns (Gram–Schmidt)
+            for t in range(Q0.shape[1]):
+                u = -(Q0[:, t] @ B) * self.winv
+                u[self.c_idx] = Q0[:, t]
+                for q in self.null:
+                    u -= q * (q @ u)
+                self.null.append(u / np.linalg.norm(u))
+        self.rank = n_g + int(np.count_nonzero(keep))
         self.used[self.c_idx] = np.diag(C) > 0      # ‖J e‖² for each coupled element
 
     def _off_null(self, v):
-        if self.null is not None:
-            v = v - self.null @ (self.null.T @ v)
+        for q in self.null:
+            v = v - q * (q @ v)
         return v
 
     def solve(self, v) -> np.ndarray:
         """M⁺ v for M = JᵀJ, v a p-vector."""
-        ng = self.g_idx.size
-        s = self._off_null(np.concatenate([v[self.g_idx], v[self.c_idx]]))
-        vg, vc = s[:ng], s[ng:]
-        h = vc - self.K.T @ vg
+        v = self._off_null(v)
+        h = v[self.c_idx] - self.B @ (self.winv * v)
         zc = self.Qr @ ((self.Qr.T @ h) / self.lam)
-        zg = (vg - self.B @ zc) / self.w
-        z_s = self._off_null(np.concatenate([zg, zc]))
-        z = np.zeros(self.p)
-        z[self.g_idx] = z_s[:ng]
-        z[self.c_idx] = z_s[ng:]
-        return z
+        z = v - zc @ self.B if zc.size else v.copy()
+        z *= self.winv
+        z[self.c_idx] = zc
+        return self._off_null(z)
 
     def pinv_vec(self, yvec):
         return self.solve(self.vjp(yvec))
