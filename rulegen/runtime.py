@@ -159,6 +159,7 @@ class _Linearisation:
 
     def __init__(self, owner, arrays, shape, push, pull, weights):
         self.owner = owner
+        self.finite = all(np.all(np.isfinite(a)) for a in arrays)
         self.shapes = [a.shape for a in arrays]
         self.bounds = np.cumsum([0] + [a.size for a in arrays])
         self.p = int(self.bounds[-1])
@@ -189,6 +190,11 @@ class _Linearisation:
 
     def pinv_adjoint(self, arrays) -> np.ndarray:
         return self.pinv_adjoint_vec(self.flat(arrays)).reshape(self.shape)
+
+    def check_finite(self):
+        if not self.finite:
+            raise ValueError(f"parametrisation: x ({self.owner}) has NaN or infinite field values, "
+                             "so rank J is undefined")
 
 
 class Bordered(_Linearisation):
@@ -235,6 +241,9 @@ class Bordered(_Linearisation):
         C = (C + C.T) / 2
         self.B = B
         S = C - (B * self.winv) @ B.T
+        if not np.all(np.isfinite(S)):             # a NaN or inf in x: J⁺ is NaN
+            S = np.zeros_like(S)
+            self.finite = False
         lam, Q = np.linalg.eigh((S + S.T) / 2)
         tol = self.RTOL * (np.abs(C).max() if c else 0.0)
         keep = lam > tol
@@ -259,6 +268,8 @@ class Bordered(_Linearisation):
 
     def solve(self, v) -> np.ndarray:
         """M⁺ v for M = JᵀJ, v a p-vector."""
+        if not self.finite:
+            return np.full(self.p, np.nan)
         v = self._off_null(v)
         h = v[self.c_idx] - self.B @ (self.winv * v)
         zc = self.Qr @ ((self.Qr.T @ h) / self.lam)
@@ -274,6 +285,7 @@ class Bordered(_Linearisation):
         return self.jvp(self.solve(vec))
 
     def classify(self) -> str:
+        self.check_finite()
         return parametrisation_class(self.rank, int(np.count_nonzero(self.used)), self.n_entries)
 
 
@@ -297,6 +309,8 @@ class Iterative(_Linearisation):
 
         if not b.size or not np.any(b) or not min(shape):
             return np.zeros(shape[1])
+        if not np.all(np.isfinite(b)):        # J⁺ mixes every entry: NaN in, NaN out
+            return np.full(shape[1], np.nan)
         op = LinearOperator(shape, matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
         cap = self.iteration_cap(shape)
         out = lsqr(op, b, atol=self.TOL, btol=self.TOL, conlim=self.CONLIM, iter_lim=cap)
@@ -319,6 +333,7 @@ class Iterative(_Linearisation):
         return self._lsqr("(J⁺)ᵀ", (self.p, self.n_entries), self.vjp, self.jvp, np.asarray(vec, float))
 
     def classify(self) -> str:
+        self.check_finite()
         rng = np.random.default_rng(0)
         z = rng.standard_normal(self.p) * self.used
         zn = np.linalg.norm(z)

@@ -169,3 +169,29 @@ def test_iterative_solve_warns_when_it_stops_short(monkeypatch):
     monkeypatch.setattr(rt.Iterative, "iteration_cap", lambda self, shape: 2)
     with pytest.warns(rt.ConvergenceWarning, match=r"LowRank: J⁺: LSQR stopped at the iteration cap after 2"):
         mod.restructure_pushforward(x, Y)
+
+
+@pytest.mark.parametrize("module,cls,fields", [
+    ("scaled_matrix", "ScaledMatrix", {"scale": np.nan, "data": np.ones((2, 2))}),
+    ("low_rank", "LowRank", {"U": np.array([[np.inf], [1.0]]), "V": np.ones((2, 1))}),
+])
+def test_non_finite_primal(module, cls, fields):
+    """NaN in gives NaN out of the pseudo-inverse maps; the class is refused."""
+    import warnings
+
+    mod = generated(module)
+    x = getattr(mod, cls)(**fields)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.isnan(mod.restructure_pullback(x, x)).any()
+    with pytest.raises(ValueError, match="NaN or infinite field values"):
+        mod.parametrisation(x)
+
+
+def test_non_finite_cotangent_gives_nan_without_iterating():
+    mod = generated("low_rank")
+    x = mod.LowRank(U=np.ones((3, 1)), V=np.ones((2, 1)))
+    Y = np.ones((3, 2))
+    Y[0, 0] = np.nan
+    got = mod.restructure_pushforward(x, Y)
+    assert np.isnan(got.U).all() and np.isnan(got.V).all()
