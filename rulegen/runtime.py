@@ -159,7 +159,6 @@ class _Linearisation:
 
     def __init__(self, owner, arrays, shape, push, pull, weights):
         self.owner = owner
-        self.finite = all(np.all(np.isfinite(a)) for a in arrays)
         self.shapes = [a.shape for a in arrays]
         self.bounds = np.cumsum([0] + [a.size for a in arrays])
         self.p = int(self.bounds[-1])
@@ -191,8 +190,8 @@ class _Linearisation:
     def pinv_adjoint(self, arrays) -> np.ndarray:
         return self.pinv_adjoint_vec(self.flat(arrays)).reshape(self.shape)
 
-    def check_finite(self):
-        if not self.finite:
+    def check_finite(self, finite: bool):
+        if not finite:
             raise ValueError(f"parametrisation: x ({self.owner}) has NaN or infinite field values, "
                              "so rank J is undefined")
 
@@ -241,9 +240,10 @@ class Bordered(_Linearisation):
         C = (C + C.T) / 2
         self.B = B
         S = C - (B * self.winv) @ B.T
-        if not np.all(np.isfinite(S)):             # a NaN or inf in x: J⁺ is NaN
+        # a NaN or inf that reaches J (not one in unused storage): J⁺ is NaN
+        self.finite = bool(np.all(np.isfinite(S)) and np.all(np.isfinite(w_all)))
+        if not self.finite:
             S = np.zeros_like(S)
-            self.finite = False
         lam, Q = np.linalg.eigh((S + S.T) / 2)
         tol = self.RTOL * (np.abs(C).max() if c else 0.0)
         keep = lam > tol
@@ -285,7 +285,7 @@ class Bordered(_Linearisation):
         return self.jvp(self.solve(vec))
 
     def classify(self) -> str:
-        self.check_finite()
+        self.check_finite(self.finite)
         return parametrisation_class(self.rank, int(np.count_nonzero(self.used)), self.n_entries)
 
 
@@ -333,11 +333,12 @@ class Iterative(_Linearisation):
         return self._lsqr("(J⁺)ᵀ", (self.p, self.n_entries), self.vjp, self.jvp, np.asarray(vec, float))
 
     def classify(self) -> str:
-        self.check_finite()
         rng = np.random.default_rng(0)
         z = rng.standard_normal(self.p) * self.used
+        jz = self.jvp(z)
+        self.check_finite(np.all(np.isfinite(jz)))
         zn = np.linalg.norm(z)
-        full_col = zn == 0 or np.linalg.norm(z - self.pinv_vec(self.jvp(z))) <= self.PROBE_RTOL * zn
+        full_col = zn == 0 or np.linalg.norm(z - self.pinv_vec(jz)) <= self.PROBE_RTOL * zn
         y = rng.standard_normal(self.n_entries)
         yn = np.linalg.norm(y)
         full_row = yn == 0 or np.linalg.norm(y - self.jvp(self.pinv_vec(y))) <= self.PROBE_RTOL * yn

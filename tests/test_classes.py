@@ -195,3 +195,29 @@ def test_non_finite_cotangent_gives_nan_without_iterating():
     Y[0, 0] = np.nan
     got = mod.restructure_pushforward(x, Y)
     assert np.isnan(got.U).all() and np.isnan(got.V).all()
+
+
+def test_nan_in_unused_storage_stays_local(tmp_path):
+    """A bordered type that never reads the lower triangle of data: a NaN there
+    changes nothing (its column of J is zero)."""
+    from helpers import build
+
+    mod = build(tmp_path, """
+name: ExpScaledUpper
+sizes: [n]
+fields: {t: [], data: [n, n]}
+size: [n, n]
+getindex: "exp(t) * data[i, j] if i <= j else 0"
+""")
+    assert mod._KIND == "bordered"
+    rng = np.random.default_rng(8)
+    data = rng.standard_normal((4, 4))
+    clean = mod.ExpScaledUpper(t=0.2, data=data)
+    data = data.copy()
+    data[3, 0] = np.nan
+    dirty = mod.ExpScaledUpper(t=0.2, data=data)
+    Y = rng.standard_normal((4, 4))
+    a, b = mod.restructure_pushforward(clean, Y), mod.restructure_pushforward(dirty, Y)
+    np.testing.assert_allclose(b.data, a.data)
+    assert b.t == pytest.approx(a.t)
+    assert mod.parametrisation(dirty) == mod.parametrisation(clean) == "under"
