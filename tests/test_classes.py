@@ -220,4 +220,4 @@ getindex: "exp(t) * data[i, j] if i <= j else 0"
     a, b = mod.restructure_pushforward(clean, Y), mod.restructure_pushforward(dirty, Y)
     np.testing.assert_allclose(b.data, a.data)
     assert b.t == pytest.approx(a.t)
-    assert mod.parametrisation(dirty) == mod.parametrisation(clean) == "under"
+    assert mod.parametrisation(dirty) == mod.parametrisation(clean) == "deficient"  # t moves into data
