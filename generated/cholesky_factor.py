@@ -15,8 +15,9 @@ CholeskyFactor is a general type: J depends on x and couples many elements, so
 J⁺ is applied by a matrix-free least-squares solve (scipy's LSQR started
 from zero, which converges to the minimum-norm solution) that calls only
 the pushforward and pullback kernels. Tolerance: atol = btol = 1e-12,
-at most max(100, 4 p) iterations; a solve that stops short warns with
-rulegen.runtime.ConvergenceWarning, naming the type and the residual.
+at most 2·min(N, p) + 100 iterations; a solve that stops there with a
+relative residual above 1e-10 warns with rulegen.runtime.ConvergenceWarning,
+naming the type and the residual.
 Which identities hold depends on x: see parametrisation.
 """
 

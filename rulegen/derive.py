@@ -231,7 +231,7 @@ def _coupling(spec, regions) -> tuple | None:
 def derive(spec: Spec) -> Derivation:
     """Derive the regions of ``spec`` (raises SpecError for what cannot be derived)."""
     errors = Collector()
-    pos = Pos(spec.path, 1, 1)
+    pos = spec.entry_pos or Pos(spec.path, 1, 1)
     rows, cols = spec.size
     entry = _lift_outside_sums(spec.entry)
     try:
@@ -241,6 +241,13 @@ def derive(spec: Spec) -> Derivation:
     if not cases or len(cases) > MAX_REGIONS:
         errors.error(pos, f"getindex splits into more than {MAX_REGIONS} regions")
         errors.raise_if_any()
+    for total in entry.atoms(sp.Sum):       # summands are split the same way when lowered
+        try:
+            if len(_cases(total.function)) > MAX_REGIONS:
+                raise _TooManyRegions()
+        except _TooManyRegions:
+            errors.error(pos, f"a sum's summand splits into more than {MAX_REGIONS} cases")
+            errors.raise_if_any()
     regions = []
     for cond, value in cases:
         if value == 0:

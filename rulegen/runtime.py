@@ -296,11 +296,13 @@ class Iterative(_Linearisation):
     solution: J⁺ y for the operator J, (J⁺)ᵀ θ̄ = (Jᵀ)⁺ θ̄ for Jᵀ.
 
     Tolerance atol = btol = 1e-12, condition limit 1e14, at most
-    2·min(N, p) + 100 iterations; stopping for any other reason than
-    convergence raises a ConvergenceWarning naming the type and the residual.
+    2·min(N, p) + 100 iterations; stopping at the cap or the condition limit
+    with a relative normal-equation residual ‖Aᵀr‖/(‖A‖‖r‖) above 1e-10
+    raises a ConvergenceWarning naming the type and the residual.
     """
 
     TOL = 1e-12
+    WARN_RESIDUAL = 1e-10
     CONLIM = 1e14
     PROBE_RTOL = 1e-6
 
@@ -315,8 +317,8 @@ class Iterative(_Linearisation):
         cap = self.iteration_cap(shape)
         out = lsqr(op, b, atol=self.TOL, btol=self.TOL, conlim=self.CONLIM, iter_lim=cap)
         z, istop, itn, r1norm, _, anorm, _, arnorm = out[:8]
-        if istop in (3, 6, 7):
-            rel = arnorm / (anorm * r1norm) if anorm * r1norm else 0.0
+        rel = arnorm / (anorm * r1norm) if anorm * r1norm else 0.0
+        if istop in (3, 6, 7) and not rel <= self.WARN_RESIDUAL:
             why = "the iteration cap" if istop == 7 else "the condition-number limit"
             warnings.warn(f"{self.owner}: {what}: LSQR stopped at {why} after {itn} iterations; "
                           f"relative normal-equation residual {rel:.2e}, the result is approximate",

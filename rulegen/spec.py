@@ -49,6 +49,7 @@ class Spec:
     entry: sp.Expr         # getindex as a sympy expression in I, J
     entry_text: str
     sha256: str
+    entry_pos: Pos | None = None   # where the getindex text starts (for diagnostics)
 
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
@@ -272,5 +273,5 @@ def parse_spec(text: str, path: str = "<spec>", sha256: str | None = None) -> Sp
     return Spec(
         path=path, name=name, module=snake_case(name), doc=doc.strip(),
         sizes=tuple(sizes.values()), fields=tuple(fields), size=tuple(size),
-        entry=entry, entry_text=entry_text.strip(), sha256=sha256,
+        entry=entry, entry_text=entry_text.strip(), sha256=sha256, entry_pos=r.value_pos(gnode),
     )
