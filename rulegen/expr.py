@@ -63,10 +63,12 @@ class IntDiv(sp.Function):
 
 def is_int(e) -> bool:
     """Whether ``e`` is integer-valued (``a % b`` of integers counts, although
-    sympy leaves it undecided because ``b`` might be zero: that raises at run time)."""
+    sympy leaves it undecided because ``b`` might be zero: that raises at run
+    time; so does a sum of integers, which sympy leaves undecided)."""
     if e.is_integer:
         return True
-    e = e.replace(lambda x: isinstance(x, sp.Mod) and all(is_int(a) for a in x.args),
+    e = e.replace(lambda x: (isinstance(x, sp.Mod) and all(is_int(a) for a in x.args))
+                  or (isinstance(x, sp.Sum) and is_int(x.function)),
                   lambda x: sp.Dummy(integer=True))
     return e.is_integer is True
 

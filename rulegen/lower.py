@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .printer import code
+from .expr import is_int
+from .printer import code, value_code
 
 
 def _top_sums(e) -> list:
@@ -122,10 +123,10 @@ class Lowerer:
     # -- value ------------------------------------------------------------
 
     def condition(self, depth: int, e) -> str:
-        """Code for a condition or index expression, its reads and sums emitted first."""
-        return self.value(depth, e)
+        """Code for a condition or an integer bound, its reads and sums emitted first."""
+        return self.value(depth, e, printer=code)
 
-    def value(self, depth: int, e) -> str:
+    def value(self, depth: int, e, printer=value_code) -> str:
         """Emit what ``e`` needs; return the code of its value."""
         f, sums, reads = self._symbolize(e)
         for sym, s in sums:
@@ -133,10 +134,11 @@ class Lowerer:
         for sym, acc in reads:
             idx = self.index(depth, acc)
             self.add(depth, f"{sym.name} = {acc.base.label.name}[{idx}]")
-        return code(f)
+        return printer(f)
 
     def _sum_value(self, depth: int, target: str, s: sp.Sum) -> None:
-        self.add(depth, f"{target} = 0.0")
+        # an integer-valued sum (a count in an index or a bound) stays an integer
+        self.add(depth, f"{target} = {'0' if is_int(s.function) else '0.0'}")
         self._loop(depth, s, lambda d, v: self.add(d, f"{target} += {self.value(d, v)}"))
 
     # -- tangent (forward mode) -------------------------------------------
@@ -159,6 +161,7 @@ class Lowerer:
         needed = set().union(*[c.free_symbols for c in coefs.values()]) if coefs else set()
         if want_value:
             needed |= f.free_symbols
+        needed |= _index_symbols(reads, needed | set(coefs))
         for sym, s in sums:
             want_v, want_d = sym in needed, sym in coefs
             if want_v or want_d:
@@ -172,11 +175,11 @@ class Lowerer:
                 self.add(depth, f"{sym.name} = {name}[{idx}]")
             if sym in coefs:
                 self.add(depth, f"{dsyms[sym].name} = _d_{name}[{idx}]")
-        return (code(f) if want_value else None), code(dot)
+        return (value_code(f) if want_value else None), value_code(dot)
 
     def _sum_tangent(self, depth: int, target, dtarget, s: sp.Sum, want_value: bool) -> None:
         if want_value:
-            self.add(depth, f"{target} = 0.0")
+            self.add(depth, f"{target} = {'0' if is_int(s.function) else '0.0'}")
         if dtarget:
             self.add(depth, f"{dtarget} = 0.0")
 
@@ -206,6 +209,7 @@ class Lowerer:
         if not coefs:
             return
         needed = set().union(*[c.free_symbols for c in coefs.values()])
+        needed |= _index_symbols(reads, needed | set(coefs))
         for sym, s in sums:
             if sym in needed:
                 self._sum_value(depth, sym.name, s)
@@ -220,7 +224,7 @@ class Lowerer:
         for sym, acc in reads:
             if sym in coefs:
                 if square:
-                    amount = code(coefs[sym] ** 2) if adj == "1" else f"({_times(coefs[sym], adj)}) ** 2"
+                    amount = value_code(coefs[sym] ** 2) if adj == "1" else f"({_times(coefs[sym], adj)}) ** 2"
                 else:
                     amount = _times(coefs[sym], adj)
                 self.add(depth, f"{prefix}{acc.base.label.name}[{idxs[sym]}] += {amount}")
@@ -232,11 +236,21 @@ class Lowerer:
             self._loop(depth, s, lambda d, v: self.adjoint(d, v, bar, prefix, square))
 
 
+def _index_symbols(reads, loaded) -> set:
+    """Symbols (sums) that the indices of the loaded reads need."""
+    out = set()
+    for sym, acc in reads:
+        if sym in loaded:
+            for e in acc.indices:
+                out |= e.free_symbols
+    return out
+
+
 def _times(coef, operand: str) -> str:
     if operand == "1":
-        return code(coef)
+        return value_code(coef)
     if coef == 1:
         return operand
     if coef == -1:
         return f"-{operand}"
-    return f"({code(coef)}) * {operand}"
+    return f"({value_code(coef)}) * {operand}"

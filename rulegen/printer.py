@@ -13,7 +13,16 @@ class NumbaPrinter(PythonCodePrinter):
 
     printmethod = "_numbacode"
     _default_settings = dict(PythonCodePrinter._default_settings, strict=True,
-                             fully_qualified_modules=True)
+                             fully_qualified_modules=True, float_pow=False)
+
+    def _print_Pow(self, expr, rational=False):
+        # In a value, an integer base is raised as a float: Python's big
+        # integers would not overflow, numba's int64 would (2 ** j * s).
+        if self._settings["float_pow"] and expr.base.is_integer and not expr.base.is_Number:
+            return f"float({self._print(expr.base)}) ** ({self._print(expr.exp)})"
+        if self._settings["float_pow"] and expr.base.is_Integer:
+            return f"{float(expr.base)!r} ** ({self._print(expr.exp)})"
+        return super()._print_Pow(expr, rational)
 
     def _print_IntDiv(self, expr):
         a, b = expr.args
@@ -58,8 +67,14 @@ class NumbaPrinter(PythonCodePrinter):
 
 
 _PRINTER = NumbaPrinter()
+_VALUE_PRINTER = NumbaPrinter(dict(float_pow=True))
 
 
 def code(expr) -> str:
-    """Source text of ``expr``."""
+    """Source text of ``expr`` (integer arithmetic stays integer: indices, bounds)."""
     return _PRINTER.doprint(sp.Integer(expr) if isinstance(expr, int) else expr)
+
+
+def value_code(expr) -> str:
+    """Source text of a real value: powers of integers are taken in floating point."""
+    return _VALUE_PRINTER.doprint(sp.Integer(expr) if isinstance(expr, int) else expr)

@@ -133,6 +133,25 @@ getindex: "d[i] * M[0, 0] + M[1, 1] if i == j else M[0, 1] * M[1, 0]"
 """, lambda rng: ({"M": rng.standard_normal((2, 2)), "d": rng.standard_normal(3)}, {}),
         lambda f: (np.diag(f["d"] * f["M"][0, 0] + f["M"][1, 1])
                    + (1 - np.eye(3)) * f["M"][0, 1] * f["M"][1, 0]), ("M", "d"), True),
+    "IntegerArithmetic": ("""
+sizes: [n]
+fields: {d: [n], s: []}
+size: [n, n]
+getindex: "d[i] * (i + 1) ** -2 + 2 ** (40 * j) * s + (j + 1) ** 0.5 * d[j] ** 2 + sum(d[k] / (k + 1) for k in range(i))"
+""", lambda rng: ({"d": rng.standard_normal(4), "s": 0.5}, {}),
+        lambda f: _loops((4, 4), lambda i, j: (f["d"][i] * (i + 1) ** -2.0 + 2.0 ** (40 * j) * f["s"]
+                                               + (j + 1) ** 0.5 * f["d"][j] ** 2
+                                               + sum(f["d"][k] / (k + 1) for k in range(i))), _cdtype(f)),
+        ("d", "s"), True),
+    "CountedIndex": ("""
+sizes: [n]
+fields: {d: [n]}
+size: [n, n]
+getindex: "d[sum(1 for k in range(i) if k % 3 == 0)] * d[j] + sum(d[l] for l in range(sum(1 for k in range(j) if k % 2 == 1)))"
+""", lambda rng: ({"d": rng.standard_normal(5)}, {}),
+        lambda f: _loops((5, 5), lambda i, j: (f["d"][sum(1 for k in range(i) if k % 3 == 0)] * f["d"][j]
+                                               + sum(f["d"][m] for m in range(sum(1 for k in range(j) if k % 2 == 1)))),
+                         _cdtype(f)), ("d",), True),
     # piecewise linear in the fields: central differences are exact away from the kinks
     "SignedDiagonal": ("""
 sizes: [n]
