@@ -47,6 +47,11 @@ __all__ = [
     "restructure_pullback",
     "project",
     "parametrisation",
+    "matvec",
+    "rmatvec",
+    "bilinear_pullback",
+    "diagonal",
+    "diagonal_pullback",
 ]
 
 
@@ -224,6 +229,158 @@ def parametrisation(x):
     """
     _rt.check_instance("parametrisation", "x", x, Banded)
     return _classify(x)
+
+
+# Derived operations: straight from getindex, never through destructure.
+# Each loops over the stored pattern (times k columns); a term
+# Σ_k alpha(i, k)·beta(j, k) over a rectangle (LowRank, Fill) is contracted
+# through its factors instead: O((m + n)·k) per term of the sum.
+
+def matvec(x, v):
+    """x @ v for v of shape (n,) or (n, k), without forming the dense matrix."""
+    _rt.check_instance("matvec", "x", x, Banded)
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1])
+    out = np.zeros((x.shape[0], rhs.shape[1]))
+    _matvec_kernel(*x._size_values, *x._arrays, rhs, out)
+    return out[:, 0] if vector else out
+
+
+def rmatvec(x, u):
+    """xᵀ @ u for u of shape (m,) or (m, k), without forming the dense matrix."""
+    _rt.check_instance("rmatvec", "x", x, Banded)
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0])
+    out = np.zeros((x.shape[1], rhs.shape[1]))
+    _rmatvec_kernel(*x._size_values, *x._arrays, rhs, out)
+    return out[:, 0] if vector else out
+
+
+def bilinear_pullback(x, U, V):
+    """destructure_pullback(x, U @ V.T) without forming U Vᵀ, for U (m, k), V (n, k)
+    (or vectors: k = 1). The structural cotangent of y = x @ v is
+    bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
+    _rt.check_instance("bilinear_pullback", "x", x, Banded)
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0])
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1])
+    if left.shape[1] != right.shape[1]:
+        raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
+                         f"got {left.shape[1]} and {right.shape[1]}")
+    grads = tuple(np.zeros_like(a) for a in x._arrays)
+    _bilinear_kernel(*x._size_values, *x._arrays, left, right, *grads)
+    return Banded._from_arrays(x._size_values, grads)
+
+
+def diagonal(x):
+    """The main diagonal of the dense matrix, length min(m, n), from the
+    entries with i == j only."""
+    _rt.check_instance("diagonal", "x", x, Banded)
+    out = np.zeros(min(x.shape))
+    _diagonal_kernel(*x._size_values, *x._arrays, out)
+    return out
+
+
+def diagonal_pullback(x, dbar):
+    """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
+    _rt.check_instance("diagonal_pullback", "x", x, Banded)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),))
+    grads = tuple(np.zeros_like(a) for a in x._arrays)
+    _diagonal_pullback_kernel(*x._size_values, *x._arrays, dbar, *grads)
+    return Banded._from_arrays(x._size_values, grads)
+
+
+@numba.njit(cache=True)
+def _matvec_kernel(m, n, kl, ku, data, _rhs, _out):
+    for i in range(0, m):
+        for j in range(max(0, i - kl), min(n, i + ku + 1)):
+            _a2 = i - j + ku
+            if _a2 < 0:
+                _a2 += data.shape[0]
+            if _a2 < 0 or _a2 >= data.shape[0]:
+                raise IndexError("Banded: getindex reads data out of range")
+            _a3 = j
+            if _a3 < 0:
+                _a3 += data.shape[1]
+            if _a3 < 0 or _a3 >= data.shape[1]:
+                raise IndexError("Banded: getindex reads data out of range")
+            _v1 = data[_a2, _a3]
+            _e = _v1
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+
+
+@numba.njit(cache=True)
+def _rmatvec_kernel(m, n, kl, ku, data, _rhs, _out):
+    for i in range(0, m):
+        for j in range(max(0, i - kl), min(n, i + ku + 1)):
+            _a2 = i - j + ku
+            if _a2 < 0:
+                _a2 += data.shape[0]
+            if _a2 < 0 or _a2 >= data.shape[0]:
+                raise IndexError("Banded: getindex reads data out of range")
+            _a3 = j
+            if _a3 < 0:
+                _a3 += data.shape[1]
+            if _a3 < 0 or _a3 >= data.shape[1]:
+                raise IndexError("Banded: getindex reads data out of range")
+            _v1 = data[_a2, _a3]
+            _e = _v1
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+
+
+@numba.njit(cache=True)
+def _bilinear_kernel(m, n, kl, ku, data, _left, _right, _g_data):
+    for i in range(0, m):
+        for j in range(max(0, i - kl), min(n, i + ku + 1)):
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _a2 = i - j + ku
+            if _a2 < 0:
+                _a2 += data.shape[0]
+            if _a2 < 0 or _a2 >= data.shape[0]:
+                raise IndexError("Banded: getindex reads data out of range")
+            _a3 = j
+            if _a3 < 0:
+                _a3 += data.shape[1]
+            if _a3 < 0 or _a3 >= data.shape[1]:
+                raise IndexError("Banded: getindex reads data out of range")
+            _g_data[_a2, _a3] += _y
+
+
+@numba.njit(cache=True)
+def _diagonal_kernel(m, n, kl, ku, data, _out):
+    for i in range(0, min(m, n)):
+        j = i
+        _a2 = ku
+        if _a2 < 0:
+            _a2 += data.shape[0]
+        if _a2 < 0 or _a2 >= data.shape[0]:
+            raise IndexError("Banded: getindex reads data out of range")
+        _a3 = i
+        if _a3 < 0:
+            _a3 += data.shape[1]
+        if _a3 < 0 or _a3 >= data.shape[1]:
+            raise IndexError("Banded: getindex reads data out of range")
+        _v1 = data[_a2, _a3]
+        _out[i] = _v1
+
+
+@numba.njit(cache=True)
+def _diagonal_pullback_kernel(m, n, kl, ku, data, _dbar, _g_data):
+    for i in range(0, min(m, n)):
+        j = i
+        _y = _dbar[i]
+        _a2 = ku
+        if _a2 < 0:
+            _a2 += data.shape[0]
+        if _a2 < 0 or _a2 >= data.shape[0]:
+            raise IndexError("Banded: getindex reads data out of range")
+        _a3 = i
+        if _a3 < 0:
+            _a3 += data.shape[1]
+        if _a3 < 0 or _a3 >= data.shape[1]:
+            raise IndexError("Banded: getindex reads data out of range")
+        _g_data[_a2, _a3] += _y
 
 
 @numba.njit(cache=True)

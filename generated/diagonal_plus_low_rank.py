@@ -47,6 +47,11 @@ __all__ = [
     "restructure_pullback",
     "project",
     "parametrisation",
+    "matvec",
+    "rmatvec",
+    "bilinear_pullback",
+    "diagonal",
+    "diagonal_pullback",
 ]
 
 
@@ -226,6 +231,313 @@ def parametrisation(x):
     """
     _rt.check_instance("parametrisation", "x", x, DiagonalPlusLowRank)
     return _classify(x)
+
+
+# Derived operations: straight from getindex, never through destructure.
+# Each loops over the stored pattern (times k columns); a term
+# Σ_k alpha(i, k)·beta(j, k) over a rectangle (LowRank, Fill) is contracted
+# through its factors instead: O((m + n)·k) per term of the sum.
+
+def matvec(x, v):
+    """x @ v for v of shape (n,) or (n, k), without forming the dense matrix."""
+    _rt.check_instance("matvec", "x", x, DiagonalPlusLowRank)
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1])
+    out = np.zeros((x.shape[0], rhs.shape[1]))
+    _matvec_kernel(*x._size_values, *x._arrays, rhs, out)
+    return out[:, 0] if vector else out
+
+
+def rmatvec(x, u):
+    """xᵀ @ u for u of shape (m,) or (m, k), without forming the dense matrix."""
+    _rt.check_instance("rmatvec", "x", x, DiagonalPlusLowRank)
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0])
+    out = np.zeros((x.shape[1], rhs.shape[1]))
+    _rmatvec_kernel(*x._size_values, *x._arrays, rhs, out)
+    return out[:, 0] if vector else out
+
+
+def bilinear_pullback(x, U, V):
+    """destructure_pullback(x, U @ V.T) without forming U Vᵀ, for U (m, k), V (n, k)
+    (or vectors: k = 1). The structural cotangent of y = x @ v is
+    bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
+    _rt.check_instance("bilinear_pullback", "x", x, DiagonalPlusLowRank)
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0])
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1])
+    if left.shape[1] != right.shape[1]:
+        raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
+                         f"got {left.shape[1]} and {right.shape[1]}")
+    grads = tuple(np.zeros_like(a) for a in x._arrays)
+    _bilinear_kernel(*x._size_values, *x._arrays, left, right, *grads)
+    return DiagonalPlusLowRank._from_arrays(x._size_values, grads)
+
+
+def diagonal(x):
+    """The main diagonal of the dense matrix, length min(m, n), from the
+    entries with i == j only."""
+    _rt.check_instance("diagonal", "x", x, DiagonalPlusLowRank)
+    out = np.zeros(min(x.shape))
+    _diagonal_kernel(*x._size_values, *x._arrays, out)
+    return out
+
+
+def diagonal_pullback(x, dbar):
+    """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
+    _rt.check_instance("diagonal_pullback", "x", x, DiagonalPlusLowRank)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),))
+    grads = tuple(np.zeros_like(a) for a in x._arrays)
+    _diagonal_pullback_kernel(*x._size_values, *x._arrays, dbar, *grads)
+    return DiagonalPlusLowRank._from_arrays(x._size_values, grads)
+
+
+@numba.njit(cache=True)
+def _matvec_kernel(n, r, d, U, V, _rhs, _out):
+    for i in range(0, n):
+        j = i
+        _a2 = i
+        if _a2 < 0:
+            _a2 += d.shape[0]
+        if _a2 < 0 or _a2 >= d.shape[0]:
+            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+        _v1 = d[_a2]
+        _e = _v1
+        for _c in range(_rhs.shape[1]):
+            _out[i, _c] += _e * _rhs[j, _c]
+    _acc1 = np.zeros(_rhs.shape[1])
+    for k in range(0, r):
+        for _c in range(_rhs.shape[1]):
+            _acc1[_c] = 0.0
+        for j in range(0, n):
+            _a3 = j
+            if _a3 < 0:
+                _a3 += V.shape[0]
+            if _a3 < 0 or _a3 >= V.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _a4 = k
+            if _a4 < 0:
+                _a4 += V.shape[1]
+            if _a4 < 0 or _a4 >= V.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _v2 = V[_a3, _a4]
+            for _c in range(_rhs.shape[1]):
+                _acc1[_c] += (_v2) * _rhs[j, _c]
+        for i in range(0, n):
+            _a6 = i
+            if _a6 < 0:
+                _a6 += U.shape[0]
+            if _a6 < 0 or _a6 >= U.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _a7 = k
+            if _a7 < 0:
+                _a7 += U.shape[1]
+            if _a7 < 0 or _a7 >= U.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _v5 = U[_a6, _a7]
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += (_v5) * _acc1[_c]
+
+
+@numba.njit(cache=True)
+def _rmatvec_kernel(n, r, d, U, V, _rhs, _out):
+    for i in range(0, n):
+        j = i
+        _a2 = i
+        if _a2 < 0:
+            _a2 += d.shape[0]
+        if _a2 < 0 or _a2 >= d.shape[0]:
+            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+        _v1 = d[_a2]
+        _e = _v1
+        for _c in range(_rhs.shape[1]):
+            _out[j, _c] += _e * _rhs[i, _c]
+    _acc1 = np.zeros(_rhs.shape[1])
+    for k in range(0, r):
+        for _c in range(_rhs.shape[1]):
+            _acc1[_c] = 0.0
+        for i in range(0, n):
+            _a3 = i
+            if _a3 < 0:
+                _a3 += U.shape[0]
+            if _a3 < 0 or _a3 >= U.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _a4 = k
+            if _a4 < 0:
+                _a4 += U.shape[1]
+            if _a4 < 0 or _a4 >= U.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _v2 = U[_a3, _a4]
+            for _c in range(_rhs.shape[1]):
+                _acc1[_c] += (_v2) * _rhs[i, _c]
+        for j in range(0, n):
+            _a6 = j
+            if _a6 < 0:
+                _a6 += V.shape[0]
+            if _a6 < 0 or _a6 >= V.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _a7 = k
+            if _a7 < 0:
+                _a7 += V.shape[1]
+            if _a7 < 0 or _a7 >= V.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _v5 = V[_a6, _a7]
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += (_v5) * _acc1[_c]
+
+
+@numba.njit(cache=True)
+def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
+    for i in range(0, n):
+        j = i
+        _y = 0.0
+        for _c in range(_left.shape[1]):
+            _y += _left[i, _c] * _right[j, _c]
+        _a2 = i
+        if _a2 < 0:
+            _a2 += d.shape[0]
+        if _a2 < 0 or _a2 >= d.shape[0]:
+            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+        _g_d[_a2] += _y
+    _acc1 = np.zeros(_left.shape[1])
+    _acc2 = np.zeros(_left.shape[1])
+    for k in range(0, r):
+        for _c in range(_left.shape[1]):
+            _acc1[_c] = 0.0
+        for _c in range(_left.shape[1]):
+            _acc2[_c] = 0.0
+        for i in range(0, n):
+            _a4 = i
+            if _a4 < 0:
+                _a4 += U.shape[0]
+            if _a4 < 0 or _a4 >= U.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _a5 = k
+            if _a5 < 0:
+                _a5 += U.shape[1]
+            if _a5 < 0 or _a5 >= U.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _v3 = U[_a4, _a5]
+            for _c in range(_left.shape[1]):
+                _acc1[_c] += (_v3) * _left[i, _c]
+        for j in range(0, n):
+            _a7 = j
+            if _a7 < 0:
+                _a7 += V.shape[0]
+            if _a7 < 0 or _a7 >= V.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _a8 = k
+            if _a8 < 0:
+                _a8 += V.shape[1]
+            if _a8 < 0 or _a8 >= V.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _v6 = V[_a7, _a8]
+            for _c in range(_right.shape[1]):
+                _acc2[_c] += (_v6) * _right[j, _c]
+        for i in range(0, n):
+            _s = 0.0
+            for _c in range(_left.shape[1]):
+                _s += _left[i, _c] * _acc2[_c]
+            _a10 = i
+            if _a10 < 0:
+                _a10 += U.shape[0]
+            if _a10 < 0 or _a10 >= U.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _a11 = k
+            if _a11 < 0:
+                _a11 += U.shape[1]
+            if _a11 < 0 or _a11 >= U.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _g_U[_a10, _a11] += _s
+        for j in range(0, n):
+            _s = 0.0
+            for _c in range(_right.shape[1]):
+                _s += _right[j, _c] * _acc1[_c]
+            _a13 = j
+            if _a13 < 0:
+                _a13 += V.shape[0]
+            if _a13 < 0 or _a13 >= V.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _a14 = k
+            if _a14 < 0:
+                _a14 += V.shape[1]
+            if _a14 < 0 or _a14 >= V.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _g_V[_a13, _a14] += _s
+
+
+@numba.njit(cache=True)
+def _diagonal_kernel(n, r, d, U, V, _out):
+    for i in range(0, n):
+        j = i
+        _s1 = 0.0
+        for k in range(0, r):
+            _a5 = i
+            if _a5 < 0:
+                _a5 += U.shape[0]
+            if _a5 < 0 or _a5 >= U.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _a6 = k
+            if _a6 < 0:
+                _a6 += U.shape[1]
+            if _a6 < 0 or _a6 >= U.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _v3 = U[_a5, _a6]
+            _a7 = i
+            if _a7 < 0:
+                _a7 += V.shape[0]
+            if _a7 < 0 or _a7 >= V.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _a8 = k
+            if _a8 < 0:
+                _a8 += V.shape[1]
+            if _a8 < 0 or _a8 >= V.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _v4 = V[_a7, _a8]
+            _s1 += _v3*_v4
+        _a9 = i
+        if _a9 < 0:
+            _a9 += d.shape[0]
+        if _a9 < 0 or _a9 >= d.shape[0]:
+            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+        _v2 = d[_a9]
+        _out[i] = _s1 + _v2
+
+
+@numba.njit(cache=True)
+def _diagonal_pullback_kernel(n, r, d, U, V, _dbar, _g_d, _g_U, _g_V):
+    for i in range(0, n):
+        j = i
+        _y = _dbar[i]
+        _a3 = i
+        if _a3 < 0:
+            _a3 += d.shape[0]
+        if _a3 < 0 or _a3 >= d.shape[0]:
+            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+        _g_d[_a3] += _y
+        _b4 = _y
+        for k in range(0, r):
+            _a7 = i
+            if _a7 < 0:
+                _a7 += U.shape[0]
+            if _a7 < 0 or _a7 >= U.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _a8 = k
+            if _a8 < 0:
+                _a8 += U.shape[1]
+            if _a8 < 0 or _a8 >= U.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+            _v5 = U[_a7, _a8]
+            _a9 = i
+            if _a9 < 0:
+                _a9 += V.shape[0]
+            if _a9 < 0 or _a9 >= V.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _a10 = k
+            if _a10 < 0:
+                _a10 += V.shape[1]
+            if _a10 < 0 or _a10 >= V.shape[1]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+            _v6 = V[_a9, _a10]
+            _g_U[_a7, _a8] += (_v6) * _b4
+            _g_V[_a9, _a10] += (_v5) * _b4
 
 
 @numba.njit(cache=True)

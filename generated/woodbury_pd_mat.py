@@ -47,6 +47,11 @@ __all__ = [
     "restructure_pullback",
     "project",
     "parametrisation",
+    "matvec",
+    "rmatvec",
+    "bilinear_pullback",
+    "diagonal",
+    "diagonal_pullback",
 ]
 
 
@@ -226,6 +231,329 @@ def parametrisation(x):
     """
     _rt.check_instance("parametrisation", "x", x, WoodburyPDMat)
     return _classify(x)
+
+
+# Derived operations: straight from getindex, never through destructure.
+# Each loops over the stored pattern (times k columns); a term
+# Σ_k alpha(i, k)·beta(j, k) over a rectangle (LowRank, Fill) is contracted
+# through its factors instead: O((m + n)·k) per term of the sum.
+
+def matvec(x, v):
+    """x @ v for v of shape (n,) or (n, k), without forming the dense matrix."""
+    _rt.check_instance("matvec", "x", x, WoodburyPDMat)
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1])
+    out = np.zeros((x.shape[0], rhs.shape[1]))
+    _matvec_kernel(*x._size_values, *x._arrays, rhs, out)
+    return out[:, 0] if vector else out
+
+
+def rmatvec(x, u):
+    """xᵀ @ u for u of shape (m,) or (m, k), without forming the dense matrix."""
+    _rt.check_instance("rmatvec", "x", x, WoodburyPDMat)
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0])
+    out = np.zeros((x.shape[1], rhs.shape[1]))
+    _rmatvec_kernel(*x._size_values, *x._arrays, rhs, out)
+    return out[:, 0] if vector else out
+
+
+def bilinear_pullback(x, U, V):
+    """destructure_pullback(x, U @ V.T) without forming U Vᵀ, for U (m, k), V (n, k)
+    (or vectors: k = 1). The structural cotangent of y = x @ v is
+    bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
+    _rt.check_instance("bilinear_pullback", "x", x, WoodburyPDMat)
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0])
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1])
+    if left.shape[1] != right.shape[1]:
+        raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
+                         f"got {left.shape[1]} and {right.shape[1]}")
+    grads = tuple(np.zeros_like(a) for a in x._arrays)
+    _bilinear_kernel(*x._size_values, *x._arrays, left, right, *grads)
+    return WoodburyPDMat._from_arrays(x._size_values, grads)
+
+
+def diagonal(x):
+    """The main diagonal of the dense matrix, length min(m, n), from the
+    entries with i == j only."""
+    _rt.check_instance("diagonal", "x", x, WoodburyPDMat)
+    out = np.zeros(min(x.shape))
+    _diagonal_kernel(*x._size_values, *x._arrays, out)
+    return out
+
+
+def diagonal_pullback(x, dbar):
+    """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
+    _rt.check_instance("diagonal_pullback", "x", x, WoodburyPDMat)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),))
+    grads = tuple(np.zeros_like(a) for a in x._arrays)
+    _diagonal_pullback_kernel(*x._size_values, *x._arrays, dbar, *grads)
+    return WoodburyPDMat._from_arrays(x._size_values, grads)
+
+
+@numba.njit(cache=True)
+def _matvec_kernel(n, r, A, d, s, _rhs, _out):
+    for i in range(0, n):
+        j = i
+        _a2 = i
+        if _a2 < 0:
+            _a2 += s.shape[0]
+        if _a2 < 0 or _a2 >= s.shape[0]:
+            raise IndexError("WoodburyPDMat: getindex reads s out of range")
+        _v1 = s[_a2]
+        _e = _v1
+        for _c in range(_rhs.shape[1]):
+            _out[i, _c] += _e * _rhs[j, _c]
+    _acc1 = np.zeros(_rhs.shape[1])
+    for k in range(0, r):
+        for _c in range(_rhs.shape[1]):
+            _acc1[_c] = 0.0
+        for j in range(0, n):
+            _a3 = j
+            if _a3 < 0:
+                _a3 += A.shape[0]
+            if _a3 < 0 or _a3 >= A.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _a4 = k
+            if _a4 < 0:
+                _a4 += A.shape[1]
+            if _a4 < 0 or _a4 >= A.shape[1]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _v2 = A[_a3, _a4]
+            for _c in range(_rhs.shape[1]):
+                _acc1[_c] += (_v2) * _rhs[j, _c]
+        for i in range(0, n):
+            _a7 = i
+            if _a7 < 0:
+                _a7 += A.shape[0]
+            if _a7 < 0 or _a7 >= A.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _a8 = k
+            if _a8 < 0:
+                _a8 += A.shape[1]
+            if _a8 < 0 or _a8 >= A.shape[1]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _v5 = A[_a7, _a8]
+            _a9 = k
+            if _a9 < 0:
+                _a9 += d.shape[0]
+            if _a9 < 0 or _a9 >= d.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads d out of range")
+            _v6 = d[_a9]
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += (_v5*_v6) * _acc1[_c]
+
+
+@numba.njit(cache=True)
+def _rmatvec_kernel(n, r, A, d, s, _rhs, _out):
+    for i in range(0, n):
+        j = i
+        _a2 = i
+        if _a2 < 0:
+            _a2 += s.shape[0]
+        if _a2 < 0 or _a2 >= s.shape[0]:
+            raise IndexError("WoodburyPDMat: getindex reads s out of range")
+        _v1 = s[_a2]
+        _e = _v1
+        for _c in range(_rhs.shape[1]):
+            _out[j, _c] += _e * _rhs[i, _c]
+    _acc1 = np.zeros(_rhs.shape[1])
+    for k in range(0, r):
+        for _c in range(_rhs.shape[1]):
+            _acc1[_c] = 0.0
+        for i in range(0, n):
+            _a4 = i
+            if _a4 < 0:
+                _a4 += A.shape[0]
+            if _a4 < 0 or _a4 >= A.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _a5 = k
+            if _a5 < 0:
+                _a5 += A.shape[1]
+            if _a5 < 0 or _a5 >= A.shape[1]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _v2 = A[_a4, _a5]
+            _a6 = k
+            if _a6 < 0:
+                _a6 += d.shape[0]
+            if _a6 < 0 or _a6 >= d.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads d out of range")
+            _v3 = d[_a6]
+            for _c in range(_rhs.shape[1]):
+                _acc1[_c] += (_v2*_v3) * _rhs[i, _c]
+        for j in range(0, n):
+            _a8 = j
+            if _a8 < 0:
+                _a8 += A.shape[0]
+            if _a8 < 0 or _a8 >= A.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _a9 = k
+            if _a9 < 0:
+                _a9 += A.shape[1]
+            if _a9 < 0 or _a9 >= A.shape[1]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _v7 = A[_a8, _a9]
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += (_v7) * _acc1[_c]
+
+
+@numba.njit(cache=True)
+def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
+    for i in range(0, n):
+        j = i
+        _y = 0.0
+        for _c in range(_left.shape[1]):
+            _y += _left[i, _c] * _right[j, _c]
+        _a2 = i
+        if _a2 < 0:
+            _a2 += s.shape[0]
+        if _a2 < 0 or _a2 >= s.shape[0]:
+            raise IndexError("WoodburyPDMat: getindex reads s out of range")
+        _g_s[_a2] += _y
+    _acc1 = np.zeros(_left.shape[1])
+    _acc2 = np.zeros(_left.shape[1])
+    for k in range(0, r):
+        for _c in range(_left.shape[1]):
+            _acc1[_c] = 0.0
+        for _c in range(_left.shape[1]):
+            _acc2[_c] = 0.0
+        for i in range(0, n):
+            _a5 = i
+            if _a5 < 0:
+                _a5 += A.shape[0]
+            if _a5 < 0 or _a5 >= A.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _a6 = k
+            if _a6 < 0:
+                _a6 += A.shape[1]
+            if _a6 < 0 or _a6 >= A.shape[1]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _v3 = A[_a5, _a6]
+            _a7 = k
+            if _a7 < 0:
+                _a7 += d.shape[0]
+            if _a7 < 0 or _a7 >= d.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads d out of range")
+            _v4 = d[_a7]
+            for _c in range(_left.shape[1]):
+                _acc1[_c] += (_v3*_v4) * _left[i, _c]
+        for j in range(0, n):
+            _a9 = j
+            if _a9 < 0:
+                _a9 += A.shape[0]
+            if _a9 < 0 or _a9 >= A.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _a10 = k
+            if _a10 < 0:
+                _a10 += A.shape[1]
+            if _a10 < 0 or _a10 >= A.shape[1]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _v8 = A[_a9, _a10]
+            for _c in range(_right.shape[1]):
+                _acc2[_c] += (_v8) * _right[j, _c]
+        for i in range(0, n):
+            _s = 0.0
+            for _c in range(_left.shape[1]):
+                _s += _left[i, _c] * _acc2[_c]
+            _a13 = i
+            if _a13 < 0:
+                _a13 += A.shape[0]
+            if _a13 < 0 or _a13 >= A.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _a14 = k
+            if _a14 < 0:
+                _a14 += A.shape[1]
+            if _a14 < 0 or _a14 >= A.shape[1]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _v11 = A[_a13, _a14]
+            _a15 = k
+            if _a15 < 0:
+                _a15 += d.shape[0]
+            if _a15 < 0 or _a15 >= d.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads d out of range")
+            _v12 = d[_a15]
+            _g_A[_a13, _a14] += (_v12) * _s
+            _g_d[_a15] += (_v11) * _s
+        for j in range(0, n):
+            _s = 0.0
+            for _c in range(_right.shape[1]):
+                _s += _right[j, _c] * _acc1[_c]
+            _a17 = j
+            if _a17 < 0:
+                _a17 += A.shape[0]
+            if _a17 < 0 or _a17 >= A.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _a18 = k
+            if _a18 < 0:
+                _a18 += A.shape[1]
+            if _a18 < 0 or _a18 >= A.shape[1]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _g_A[_a17, _a18] += _s
+
+
+@numba.njit(cache=True)
+def _diagonal_kernel(n, r, A, d, s, _out):
+    for i in range(0, n):
+        j = i
+        _s1 = 0.0
+        for k in range(0, r):
+            _a5 = i
+            if _a5 < 0:
+                _a5 += A.shape[0]
+            if _a5 < 0 or _a5 >= A.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _a6 = k
+            if _a6 < 0:
+                _a6 += A.shape[1]
+            if _a6 < 0 or _a6 >= A.shape[1]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _v3 = A[_a5, _a6]
+            _a7 = k
+            if _a7 < 0:
+                _a7 += d.shape[0]
+            if _a7 < 0 or _a7 >= d.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads d out of range")
+            _v4 = d[_a7]
+            _s1 += _v3**2*_v4
+        _a8 = i
+        if _a8 < 0:
+            _a8 += s.shape[0]
+        if _a8 < 0 or _a8 >= s.shape[0]:
+            raise IndexError("WoodburyPDMat: getindex reads s out of range")
+        _v2 = s[_a8]
+        _out[i] = _s1 + _v2
+
+
+@numba.njit(cache=True)
+def _diagonal_pullback_kernel(n, r, A, d, s, _dbar, _g_A, _g_d, _g_s):
+    for i in range(0, n):
+        j = i
+        _y = _dbar[i]
+        _a3 = i
+        if _a3 < 0:
+            _a3 += s.shape[0]
+        if _a3 < 0 or _a3 >= s.shape[0]:
+            raise IndexError("WoodburyPDMat: getindex reads s out of range")
+        _g_s[_a3] += _y
+        _b4 = _y
+        for k in range(0, r):
+            _a7 = i
+            if _a7 < 0:
+                _a7 += A.shape[0]
+            if _a7 < 0 or _a7 >= A.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _a8 = k
+            if _a8 < 0:
+                _a8 += A.shape[1]
+            if _a8 < 0 or _a8 >= A.shape[1]:
+                raise IndexError("WoodburyPDMat: getindex reads A out of range")
+            _v5 = A[_a7, _a8]
+            _a9 = k
+            if _a9 < 0:
+                _a9 += d.shape[0]
+            if _a9 < 0 or _a9 >= d.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads d out of range")
+            _v6 = d[_a9]
+            _g_A[_a7, _a8] += (2*_v5*_v6) * _b4
+            _g_d[_a9] += (_v5**2) * _b4
 
 
 @numba.njit(cache=True)

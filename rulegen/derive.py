@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .errors import Collector, Pos
+from .expr import I, J
 from .loops import build_nest
 from .spec import Spec
 
@@ -43,6 +44,29 @@ class Region:
 
 
 @dataclass(frozen=True)
+class Separable:
+    """``Y[i, j] = Σ_k alpha(i, k) · beta(j, k)`` over a rectangle (``limit`` is
+    ``(k, lo, hi)``, or None for a single product ``alpha(i) · beta(j)``)."""
+
+    alpha: sp.Expr
+    beta: sp.Expr
+    limit: tuple | None
+    i_bounds: tuple
+    j_bounds: tuple
+
+
+@dataclass(frozen=True)
+class OpRegion:
+    """A region of one additive term of the entry, for the derived operations
+    (matvec, rmatvec, bilinear_pullback, diagonal): these are linear in Y, so
+    overlapping terms simply add up."""
+
+    steps: tuple
+    value: sp.Expr
+    separable: Separable | None
+
+
+@dataclass(frozen=True)
 class Derivation:
     """The entry map as regions, and how J⁺ is computed:
 
@@ -59,6 +83,8 @@ class Derivation:
     regions: tuple
     kind: str
     coupled: tuple = ()
+    op_regions: tuple = ()      # OpRegion: additive terms, for matvec and friends
+    diagonal: tuple = ()        # (steps, value) of the regions restricted to i == j
 
     @property
     def rows(self):
@@ -271,9 +297,96 @@ def derive(spec: Spec) -> Derivation:
             if len(regions) > MAX_REGIONS:
                 errors.error(pos, f"getindex splits into more than {MAX_REGIONS} regions")
                 errors.raise_if_any()
+    ops = _op_regions(entry, rows, cols)
+    diag = tuple(d for r in regions for d in _on_diagonal(r, rows, cols))
     if all(r.gather for r in regions):
-        return Derivation(spec, tuple(regions), "gather")
-    coupled = _coupling(spec, regions)
-    if coupled is not None:
-        return Derivation(spec, tuple(regions), "bordered", coupled)
-    return Derivation(spec, tuple(regions), "general")
+        kind, coupled = "gather", ()
+    else:
+        coupled = _coupling(spec, regions)
+        kind = "bordered" if coupled is not None else "general"
+    return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag)
+
+
+def _doit_constant_sums(value):
+    if value.has(sp.Sum):
+        value = value.replace(lambda x: isinstance(x, sp.Sum) and not _has_access(x), lambda x: x.doit())
+    return value
+
+
+def _nests(cond, value, rows, cols):
+    """(steps, value) for each loop nest of the region ``cond``."""
+    for atoms in _conjunctions(cond):
+        built = build_nest(atoms, rows, cols)
+        if built is None:
+            continue
+        steps, pins = built
+        v = value.xreplace(pins) if pins else value
+        if v != 0:
+            yield steps, v
+
+
+def _on_diagonal(region, rows, cols):
+    """The part of ``region`` where i == j: usually a single loop."""
+    atoms = list(region.condition.args) if isinstance(region.condition, sp.And) else \
+        ([] if region.condition is sp.true else [region.condition])
+    value = region.value
+    for steps, v in _nests(sp.And(*atoms, sp.Eq(J, I)), value.xreplace({J: I}), rows, cols):
+        yield steps, v
+
+
+def _op_regions(entry, rows, cols) -> tuple:
+    """Regions of each additive term of the entry (see OpRegion)."""
+    out = []
+    for term in sp.Add.make_args(entry):
+        try:
+            cases = _cases(term)
+        except _TooManyRegions:
+            return ()
+        for cond, value in cases:
+            if value == 0:
+                continue
+            for steps, v in _nests(cond, _doit_constant_sums(value), rows, cols):
+                out.append(OpRegion(steps, v, _separable(steps, v)))
+                if len(out) > 2 * MAX_REGIONS:
+                    return ()
+    return tuple(out)
+
+
+def _depends(e) -> set:
+    return e.free_symbols & {I, J}
+
+
+def _split_factors(factors):
+    """(alpha, beta) if no factor depends on both i and j, else None."""
+    alpha, beta = [], []
+    for f in factors:
+        dep = _depends(f)
+        if dep == {I, J}:
+            return None
+        (beta if J in dep else alpha).append(f)
+    return sp.Mul(*alpha), sp.Mul(*beta)
+
+
+def _separable(steps, value):
+    """A Separable form of ``value`` over a rectangle, or None."""
+    if len(steps) != 2 or any(st[0] != "for" for st in steps):
+        return None
+    (_, vi, ilo, ihi), (_, vj, jlo, jhi) = steps
+    if vi != I or vj != J or ilo.has(J) or ihi.has(J) or jlo.has(I) or jhi.has(I):
+        return None
+    factors = sp.Mul.make_args(value)
+    split = _split_factors(factors)
+    if split is not None:
+        return Separable(split[0], split[1], None, (ilo, ihi), (jlo, jhi))
+    both = [f for f in factors if _depends(f) == {I, J}]
+    if len(both) != 1 or not isinstance(both[0], sp.Sum):
+        return None
+    total = both[0]
+    *inner, (k, lo, hi) = total.limits
+    if _depends(lo) or _depends(hi):
+        return None
+    summand = sp.Sum(total.function, *inner) if inner else total.function
+    split = _split_factors([f for f in factors if f is not total] + list(sp.Mul.make_args(summand)))
+    if split is None:
+        return None
+    return Separable(split[0], split[1], (k, lo, hi), (ilo, ihi), (jlo, jhi))

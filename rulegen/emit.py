@@ -15,6 +15,7 @@ import sympy as sp
 from . import __version__
 from .derive import Derivation, Region
 from .lower import Lowerer
+from .expr import I, J
 from .printer import code
 
 
@@ -145,7 +146,7 @@ def _kernels(d: Derivation) -> tuple:
 
         low_w = Lowerer(spec, wts)
         _region(low_w, r, lambda depth: low_w.adjoint(depth, r.value, "1", "_w_", square=True))
-    out = []
+    out = list(_op_kernels(d, sizes, fields))
     for name, lines, params in (
         ("_destructure_kernel", dest, sizes + fields + ("_out",)),
         ("_pushforward_kernel", push, sizes + fields + tuple("_d_" + f for f in fields) + ("_out",)),
@@ -154,6 +155,121 @@ def _kernels(d: Derivation) -> tuple:
     ):
         out.append(Kernel(name, params, tuple(lines or [(1, "pass")])))
     return tuple(out)
+
+
+def _cols(low: Lowerer, depth: int, text: str, array: str) -> None:
+    """``for _c in range(array.shape[1]): text`` (text uses ``_c``)."""
+    low.add(depth, f"for _c in range({array}.shape[1]):")
+    low.add(depth + 1, text)
+
+
+def _range(low: Lowerer, depth: int, var, bounds) -> None:
+    low.add(depth, f"for {var.name} in range({code(bounds[0])}, {code(bounds[1])}):")
+
+
+def _open_k(low: Lowerer, sep, depth: int) -> int:
+    if sep.limit is None:
+        return depth
+    k, lo, hi = sep.limit
+    low.add(depth, f"for {k.name} in range({code(lo)}, {code(hi + 1)}):")
+    return depth + 1
+
+
+def _separable_product(low: Lowerer, sep, rhs: str, out: str, transpose: bool) -> None:
+    """out += Y @ rhs (or Yᵀ @ rhs) for Y[i, j] = Σ_k alpha(i, k) beta(j, k):
+    t = betaᵀ rhs (or alphaᵀ rhs), then out += alpha t: O((m + n)·k) per k."""
+    first, second = (sep.alpha, sep.beta) if transpose else (sep.beta, sep.alpha)
+    v_in, v_out = (I, J) if transpose else (J, I)
+    b_in, b_out = (sep.i_bounds, sep.j_bounds) if transpose else (sep.j_bounds, sep.i_bounds)
+    t = low.fresh("acc")
+    low.add(1, f"{t} = np.zeros({rhs}.shape[1])")
+    depth = _open_k(low, sep, 1)
+    _cols(low, depth, f"{t}[_c] = 0.0", rhs)
+    _range(low, depth, v_in, b_in)
+    e = low.value(depth + 1, first)
+    _cols(low, depth + 1, f"{t}[_c] += ({e}) * {rhs}[{v_in.name}, _c]", rhs)
+    _range(low, depth, v_out, b_out)
+    e = low.value(depth + 1, second)
+    _cols(low, depth + 1, f"{out}[{v_out.name}, _c] += ({e}) * {t}[_c]", rhs)
+
+
+def _separable_bilinear(low: Lowerer, sep) -> None:
+    """θ̄ += ∂/∂θ Σ_ij (L Rᵀ)_ij Y_ij for a separable Y, without L Rᵀ."""
+    ta, tb = low.fresh("acc"), low.fresh("acc")
+    low.add(1, f"{ta} = np.zeros(_left.shape[1])")
+    low.add(1, f"{tb} = np.zeros(_left.shape[1])")
+    depth = _open_k(low, sep, 1)
+    _cols(low, depth, f"{ta}[_c] = 0.0", "_left")
+    _cols(low, depth, f"{tb}[_c] = 0.0", "_left")
+    for var, bounds, factor, side, acc in ((I, sep.i_bounds, sep.alpha, "_left", ta),
+                                           (J, sep.j_bounds, sep.beta, "_right", tb)):
+        _range(low, depth, var, bounds)
+        e = low.value(depth + 1, factor)
+        _cols(low, depth + 1, f"{acc}[_c] += ({e}) * {side}[{var.name}, _c]", side)
+    for var, bounds, factor, side, other in ((I, sep.i_bounds, sep.alpha, "_left", tb),
+                                             (J, sep.j_bounds, sep.beta, "_right", ta)):
+        start = len(low.lines)
+        _range(low, depth, var, bounds)
+        low.add(depth + 1, "_s = 0.0")
+        _cols(low, depth + 1, f"_s += {side}[{var.name}, _c] * {other}[_c]", side)
+        mark = len(low.lines)
+        low.adjoint(depth + 1, factor, "_s", "_g_")
+        if len(low.lines) == mark:
+            del low.lines[start:]
+
+
+def _op_kernels(d: Derivation, sizes: tuple, fields: tuple):
+    """matvec, rmatvec and bilinear_pullback from the additive terms of the entry,
+    diagonal and its pullback from the regions restricted to i == j."""
+    mv, rmv, bil, dia, diab = ([] for _ in range(5))
+    for r in d.op_regions:
+        for lines, transpose in ((mv, False), (rmv, True)):
+            low = Lowerer(d.spec, lines)
+            if r.separable is not None:
+                _separable_product(low, r.separable, "_rhs", "_out", transpose)
+                continue
+            src, dst = ("i", "j") if transpose else ("j", "i")
+
+            def body(depth, low=low, src=src, dst=dst):
+                e = low.value(depth, r.value)
+                low.add(depth, f"_e = {e}")
+                _cols(low, depth, f"_out[{dst}, _c] += _e * _rhs[{src}, _c]", "_rhs")
+            _region(low, r, body)
+        low = Lowerer(d.spec, bil)
+        if r.separable is not None:
+            _separable_bilinear(low, r.separable)
+            continue
+
+        def adjoint(depth, low=low):
+            mark = len(low.lines)
+            low.add(depth, "_y = 0.0")
+            _cols(low, depth, "_y += _left[i, _c] * _right[j, _c]", "_left")
+            inner = len(low.lines)
+            low.adjoint(depth, r.value, "_y", "_g_")
+            if len(low.lines) == inner:
+                del low.lines[mark:]
+        _region(low, r, adjoint)
+    for steps, value in d.diagonal:
+        r = Region(steps, value, sp.true, (), frozenset(), False)
+        low = Lowerer(d.spec, dia)
+        _region(low, r, lambda depth, low=low: low.add(depth, f"_out[i] = {low.value(depth, value)}"))
+        low = Lowerer(d.spec, diab)
+
+        def adjoint_d(depth, low=low):
+            mark = len(low.lines)
+            low.add(depth, "_y = _dbar[i]")
+            low.adjoint(depth, value, "_y", "_g_")
+            if len(low.lines) == mark + 1:
+                del low.lines[mark:]
+        _region(low, r, adjoint_d)
+    for name, lines, params in (
+        ("_matvec_kernel", mv, sizes + fields + ("_rhs", "_out")),
+        ("_rmatvec_kernel", rmv, sizes + fields + ("_rhs", "_out")),
+        ("_bilinear_kernel", bil, sizes + fields + ("_left", "_right") + tuple("_g_" + f for f in fields)),
+        ("_diagonal_kernel", dia, sizes + fields + ("_out",)),
+        ("_diagonal_pullback_kernel", diab, sizes + fields + ("_dbar",) + tuple("_g_" + f for f in fields)),
+    ):
+        yield Kernel(name, params, tuple(lines or [(1, "pass")]))
 
 
 def _environment() -> jinja2.Environment:

@@ -105,6 +105,23 @@ def as_dense(func: str, name: str, value, shape: tuple) -> np.ndarray:
     return np.asarray(arr, dtype=np.float64, order="C")
 
 
+def as_operand(func: str, name: str, value, rows: int, what: str):
+    """A vector ``(rows,)`` or a matrix ``(rows, k)`` as a 2-d float64 array,
+    and whether it was a vector."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{func}: argument '{name}' is not an array of numbers ({exc})") from None
+    if not _dtype_ok(arr):
+        raise TypeError(f"{func}: argument '{name}' must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim not in (1, 2) or arr.shape[0] != rows:
+        raise ValueError(f"{func}: argument '{name}' must have shape ({rows},) or ({rows}, k) "
+                         f"({what}), got {arr.shape}")
+    vector = arr.ndim == 1
+    arr = arr.reshape(rows, 1) if vector else arr
+    return np.ascontiguousarray(arr, dtype=np.float64), vector
+
+
 def check_instance(func: str, name: str, value, cls, like=None):
     """``value`` must be a ``cls``; with ``like``, of the same sizes."""
     if not isinstance(value, cls):

@@ -148,3 +148,32 @@ def check_all_maps(mod, cls, fields: dict, extra: dict, dense, order, seed=0, at
     np.testing.assert_allclose(mod.project(x, ybar).ravel(), J @ (P @ ybar.ravel()), atol=atol,
                                err_msg="project")
     assert mod.parametrisation(x) == expected_class(J)
+    check_derived_ops(mod, x, Y, J, order, rng)
+
+
+def check_derived_ops(mod, x, Y, J, order, rng, rtol=1e-10):
+    """matvec, rmatvec, bilinear_pullback, diagonal and diagonal_pullback against
+    the dense matrix Y and the oracle J (never the code's own destructure)."""
+    m, n = Y.shape
+
+    def close(got, want, what):
+        err = np.linalg.norm(np.ravel(got) - np.ravel(want))
+        assert err <= rtol * (np.linalg.norm(want) + 1), f"{what}: error {err:.2e}"
+
+    for k in (None, 1, 3):
+        v = rng.standard_normal(n if k is None else (n, k))
+        u = rng.standard_normal(m if k is None else (m, k))
+        got = mod.matvec(x, v)
+        assert got.shape == ((m,) if k is None else (m, k))
+        close(got, Y @ v, "matvec")
+        got = mod.rmatvec(x, u)
+        assert got.shape == ((n,) if k is None else (n, k))
+        close(got, Y.T @ u, "rmatvec")
+        U = u if u.ndim == 2 else u[:, None]
+        V = v if v.ndim == 2 else v[:, None]
+        close(struct_vec(mod.bilinear_pullback(x, u, v), order), J.T @ (U @ V.T).ravel(), "bilinear_pullback")
+    close(mod.diagonal(x), np.diagonal(Y), "diagonal")
+    d = rng.standard_normal(min(m, n))
+    D = np.zeros((m, n))
+    D[np.arange(len(d)), np.arange(len(d))] = d
+    close(struct_vec(mod.diagonal_pullback(x, d), order), J.T @ D.ravel(), "diagonal_pullback")

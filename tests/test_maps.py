@@ -6,7 +6,7 @@ numpy's pinv. The pseudo-inverse maps must agree to 1e-8 relative."""
 import numpy as np
 import pytest
 
-from helpers import expected_class, generated, jacobian, jacobian_complex, struct_vec, unflatten
+from helpers import check_derived_ops, expected_class, generated, jacobian, jacobian_complex, struct_vec, unflatten
 from references import REFERENCES, instance
 
 CASES = [(key, sizes) for key, ref in REFERENCES.items() for sizes in ref.sizes]
@@ -92,3 +92,9 @@ def test_fields_and_sizes_are_attributes(case):
     for name in ref.order:
         np.testing.assert_array_equal(getattr(x, name), case["fields"][name])
     assert x.shape == case["dense"](case["fields"]).shape
+
+
+def test_derived_operations(case):
+    """matvec, rmatvec, bilinear_pullback, diagonal against the hand-written dense matrix."""
+    Y = np.asarray(case["dense"](case["fields"]), dtype=float)
+    check_derived_ops(case["mod"], case["x"], Y, case["J"], case["ref"].order, case["rng"])

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from helpers import expected_class, jacobian_complex, load_module, run_cli, struct_vec, unflatten
+from helpers import check_derived_ops, expected_class, jacobian_complex, load_module, run_cli, struct_vec, unflatten
 
 FIELDS = {"a": "[n]", "b": "[n]", "M": "[n, n]", "s": "[]", "U": "[n, r]"}
 SHAPES = {"a": ("n",), "b": ("n",), "M": ("n", "n"), "s": (), "U": ("n", "r")}
@@ -131,3 +131,4 @@ def test_random_spec_against_python(built, k, n, r):
     Jr = J.copy()
     Jr[np.abs(Jr) < 1e-14 * max(big, 1)] = 0
     assert mod.parametrisation(x) == expected_class(Jr), entry
+    check_derived_ops(mod, x, np.asarray(dense(fields), dtype=float), J, used, rng, rtol=1e-9)

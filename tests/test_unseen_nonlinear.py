@@ -9,7 +9,7 @@ and numpy's pinv."""
 import numpy as np
 import pytest
 
-from helpers import expected_class, jacobian, jacobian_complex, load_module, run_cli, struct_vec, unflatten
+from helpers import check_derived_ops, expected_class, jacobian, jacobian_complex, load_module, run_cli, struct_vec, unflatten
 
 
 def _loops(shape, entry, dtype=float):
@@ -224,6 +224,7 @@ def test_every_map_against_the_oracle(modules, name):
     _close(mod.restructure_pullback(x, tx), P.T @ t, "restructure_pullback")
     _close(mod.project(x, Ybar), J @ P @ Ybar.ravel(), "project")
     assert mod.parametrisation(x) == expected_class(J)
+    check_derived_ops(mod, x, np.asarray(Y, dtype=float), J, order, rng, rtol=1e-9)
 
 
 def test_kinds_cover_bordered_and_general(modules):
