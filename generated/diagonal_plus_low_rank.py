@@ -108,6 +108,29 @@ class DiagonalPlusLowRank:
         """The fields by name."""
         return {name: getattr(self, name) for name in self._fields}
 
+    # Structural tangents and cotangents form a vector space: +, -, scalar *.
+    def _combine(self, other, op, what):
+        if not isinstance(other, DiagonalPlusLowRank):
+            return NotImplemented
+        _rt.check_instance(what, "other", other, DiagonalPlusLowRank, like=self)
+        return DiagonalPlusLowRank._from_arrays(self._size_values, tuple(op(a, b) for a, b in zip(self._arrays, other._arrays)))
+
+    def __add__(self, other):
+        return self._combine(other, np.add, "DiagonalPlusLowRank.__add__")
+
+    def __sub__(self, other):
+        return self._combine(other, np.subtract, "DiagonalPlusLowRank.__sub__")
+
+    def __neg__(self):
+        return DiagonalPlusLowRank._from_arrays(self._size_values, tuple(-a for a in self._arrays))
+
+    def __mul__(self, scalar):
+        if not isinstance(scalar, (int, float, np.integer, np.floating)) or isinstance(scalar, bool):
+            return NotImplemented
+        return DiagonalPlusLowRank._from_arrays(self._size_values, tuple(a * float(scalar) for a in self._arrays))
+
+    __rmul__ = __mul__
+
     def __repr__(self):
         parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
         return "DiagonalPlusLowRank(" + ", ".join(parts) + ")"

@@ -96,6 +96,29 @@ class Fill:
         """The fields by name."""
         return {name: getattr(self, name) for name in self._fields}
 
+    # Structural tangents and cotangents form a vector space: +, -, scalar *.
+    def _combine(self, other, op, what):
+        if not isinstance(other, Fill):
+            return NotImplemented
+        _rt.check_instance(what, "other", other, Fill, like=self)
+        return Fill._from_arrays(self._size_values, tuple(op(a, b) for a, b in zip(self._arrays, other._arrays)))
+
+    def __add__(self, other):
+        return self._combine(other, np.add, "Fill.__add__")
+
+    def __sub__(self, other):
+        return self._combine(other, np.subtract, "Fill.__sub__")
+
+    def __neg__(self):
+        return Fill._from_arrays(self._size_values, tuple(-a for a in self._arrays))
+
+    def __mul__(self, scalar):
+        if not isinstance(scalar, (int, float, np.integer, np.floating)) or isinstance(scalar, bool):
+            return NotImplemented
+        return Fill._from_arrays(self._size_values, tuple(a * float(scalar) for a in self._arrays))
+
+    __rmul__ = __mul__
+
     def __repr__(self):
         parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
         return "Fill(" + ", ".join(parts) + ")"

@@ -100,3 +100,18 @@ def test_scalar_field_is_a_float():
     x = fill.Fill(value=2, m=2, n=3)
     assert isinstance(x.value, float) and x.shape == (2, 3)
     assert "Fill(value=2.0" in repr(x)
+
+
+def test_structural_tangents_form_a_vector_space():
+    from helpers import generated
+
+    mod = generated("scaled_matrix")
+    a = mod.ScaledMatrix(scale=1.0, data=np.ones((2, 2)))
+    b = mod.ScaledMatrix(scale=2.0, data=np.arange(4.0).reshape(2, 2))
+    s = a + 2 * b - (-a) * 0.5
+    assert s.scale == pytest.approx(1.0 + 4.0 + 0.5)
+    np.testing.assert_allclose(s.data, 1.5 + 2 * np.arange(4.0).reshape(2, 2))
+    with pytest.raises(ValueError, match="must have the sizes"):
+        a + mod.ScaledMatrix(scale=1.0, data=np.ones((2, 3)))
+    with pytest.raises(TypeError):
+        a + 1.0
