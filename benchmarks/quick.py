@@ -11,7 +11,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from generated import diagonal, hankel, low_rank, scaled_matrix, symmetric, toeplitz  # noqa: E402
+from generated import bidiagonal, diagonal, hankel, low_rank, scaled_matrix, symmetric, toeplitz  # noqa: E402
 
 
 def best(f, repeat=7):
@@ -60,6 +60,22 @@ def main():
     row("LowRank restructure_pullback n=200 r=4", best(lambda: low_rank.restructure_pullback(x, xb)), one_pass)
     row("LowRank restructure_pushforward n=200 r=4", best(lambda: low_rank.restructure_pushforward(x, Ym)),
         one_pass)
+    # derived operations: O(pattern · k), against hand numpy on the same data
+    N = 100_000
+    dv = rng.standard_normal(N)
+    V3 = rng.standard_normal((N, 3))
+    dd = diagonal.Diagonal(diag=dv)
+    row("Diagonal matvec n=1e5 k=3", best(lambda: diagonal.matvec(dd, V3)), best(lambda: V3.copy()),
+        best(lambda: dv[:, None] * V3))
+    bd = bidiagonal.Bidiagonal(dv=dv, ev=dv[1:])
+    row("Bidiagonal bilinear_pullback n=1e5 k=3", best(lambda: bidiagonal.bilinear_pullback(bd, V3, V3)),
+        best(lambda: V3.copy()),
+        best(lambda: (np.sum(V3 * V3, axis=1), np.sum(V3[:-1] * V3[1:], axis=1))))
+    Ub, Vb = rng.standard_normal((40000, 4)), rng.standard_normal((40000, 4))
+    lr = low_rank.LowRank(U=Ub, V=Vb)
+    W3 = rng.standard_normal((40000, 3))
+    row("LowRank matvec n=40000 r=4 k=3", best(lambda: low_rank.matvec(lr, W3)), best(lambda: W3.copy()),
+        best(lambda: Ub @ (Vb.T @ W3)))
     if "--dense-pinv" in sys.argv:
         def dense_route():
             cols = []

@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .derive import derive
 from .errors import Diagnostic, Pos, SpecError
+from .printer import TooLarge
 from .spec import load
 
 
@@ -31,8 +32,8 @@ def compile_spec(path: str) -> Built:
     derivation = derive(spec)
     try:
         source = render(derivation, path)
-    except NotImplementedError as exc:
-        raise SpecError([Diagnostic(Pos(path, 1, 1), f"cannot generate {spec.name} yet: {exc}")]) from None
+    except TooLarge as exc:
+        raise SpecError([Diagnostic(spec.entry_pos or Pos(path, 1, 1), f"getindex: {exc}")]) from None
     return Built(path, spec.module + ".py", source)
 
 

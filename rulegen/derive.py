@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .errors import Collector, Pos
-from .expr import I, J
+from .expr import I, J, unwhere
 from .loops import build_nest
 from .spec import Spec
 
@@ -269,7 +269,7 @@ def derive(spec: Spec) -> Derivation:
         errors.raise_if_any()
     for total in entry.atoms(sp.Sum):       # summands are split the same way when lowered
         try:
-            if len(_cases(total.function)) > MAX_REGIONS:
+            if len(_cases(unwhere(total.function))) > MAX_REGIONS:
                 raise _TooManyRegions()
         except _TooManyRegions:
             errors.error(pos, f"a sum's summand splits into more than {MAX_REGIONS} cases")
@@ -278,9 +278,7 @@ def derive(spec: Spec) -> Derivation:
     for cond, value in cases:
         if value == 0:
             continue
-        if value.has(sp.Sum):
-            value = value.replace(lambda x: isinstance(x, sp.Sum) and not _has_access(x),
-                                  lambda x: x.doit())
+        value = _doit_constant_sums(value)
         for atoms in _conjunctions(cond):
             built = build_nest(atoms, rows, cols)
             if built is None:
@@ -307,9 +305,27 @@ def derive(spec: Spec) -> Derivation:
     return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag)
 
 
+MAX_FOLDED = 4096     # a sum of constants folds only to numbers this small
+
+
+def _small(e) -> bool:
+    return all(abs(a) <= MAX_FOLDED for a in e.atoms(sp.Rational)) and not e.has(sp.Sum)
+
+
+def _fold(total):
+    """A sum that reads no field, in closed form when sympy finds a small one
+    (a large constant could make the enclosing expression explode when sympy
+    evaluates it: ``2 ** sum(1 for k in range(10 ** 40))``); else the loop."""
+    try:
+        done = sp.Sum(unwhere(total.function), *total.limits).doit()
+    except Exception:       # sympy gives up on some summands: keep the loop
+        return total
+    return done if _small(done) else total
+
+
 def _doit_constant_sums(value):
     if value.has(sp.Sum):
-        value = value.replace(lambda x: isinstance(x, sp.Sum) and not _has_access(x), lambda x: x.doit())
+        value = value.replace(lambda x: isinstance(x, sp.Sum) and not _has_access(x), _fold)
     return value
 
 

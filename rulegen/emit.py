@@ -97,10 +97,11 @@ def _open_nest(low: Lowerer, steps) -> int:
     for step in steps:
         if step[0] == "for":
             _, v, lo, hi = step
-            low.add(depth, f"for {v.name} in range({code(lo)}, {code(hi)}):")
+            lo_c, hi_c = low.condition(depth, lo), low.condition(depth, hi)
+            low.add(depth, f"for {v.name} in range({lo_c}, {hi_c}):")
             depth += 1
         elif step[0] == "let":
-            low.add(depth, f"{step[1].name} = {code(step[2])}")
+            low.add(depth, f"{step[1].name} = {low.condition(depth, step[2])}")
         else:
             low.add(depth, f"if {low.condition(depth, step[1])}:")
             depth += 1
@@ -164,14 +165,16 @@ def _cols(low: Lowerer, depth: int, text: str, array: str) -> None:
 
 
 def _range(low: Lowerer, depth: int, var, bounds) -> None:
-    low.add(depth, f"for {var.name} in range({code(bounds[0])}, {code(bounds[1])}):")
+    lo, hi = low.condition(depth, bounds[0]), low.condition(depth, bounds[1])
+    low.add(depth, f"for {var.name} in range({lo}, {hi}):")
 
 
 def _open_k(low: Lowerer, sep, depth: int) -> int:
     if sep.limit is None:
         return depth
     k, lo, hi = sep.limit
-    low.add(depth, f"for {k.name} in range({code(lo)}, {code(hi + 1)}):")
+    lo, hi = low.condition(depth, lo), low.condition(depth, hi + 1)
+    low.add(depth, f"for {k.name} in range({lo}, {hi}):")
     return depth + 1
 
 

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.core.logic import fuzzy_and
 
 from .errors import Collector, Pos, did_you_mean
 
@@ -59,6 +60,50 @@ class IntDiv(sp.Function):
         if a == 0:
             return sp.S.Zero
         return None
+
+
+class Where(sp.Function):
+    """``a if cond else b`` inside a sum. sympy folds a Piecewise found inside
+    a Sum out of it when the Sum sits in a condition, across the Sum's bound
+    variable (wrong); an opaque function is left alone. Lowering turns it
+    back into a Piecewise (:func:`unwhere`) one sum at a time."""
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, cond, a, b):
+        if cond is sp.true:
+            return a
+        if cond is sp.false:
+            return b
+        return None
+
+    def _eval_is_integer(self):
+        return fuzzy_and([self.args[1].is_integer, self.args[2].is_integer])
+
+    def _eval_is_real(self):
+        return fuzzy_and([self.args[1].is_real, self.args[2].is_real])
+
+
+def to_where(e):
+    """Every Piecewise of ``e`` as nested Where (for the body of a sum)."""
+    def convert(pw):
+        out = sp.S.Zero if pw.args[-1].cond is not sp.true else pw.args[-1].expr
+        pairs = pw.args if pw.args[-1].cond is not sp.true else pw.args[:-1]
+        for expr, cond in reversed(pairs):
+            out = Where(cond, expr, out)
+        return out
+    return e.replace(lambda x: isinstance(x, sp.Piecewise), convert)
+
+
+def unwhere(e):
+    """The Where of ``e`` outside its sums as Piecewise (sums left as they are)."""
+    if not e.has(Where):
+        return e
+    sums = {s: sp.Dummy("sum") for s in e.atoms(sp.Sum)}
+    f = e.xreplace(sums) if sums else e
+    f = f.replace(lambda x: isinstance(x, Where), lambda x: sp.Piecewise((x.args[1], x.args[0]), (x.args[2], True)))
+    return f.xreplace({d: s for s, d in sums.items()}) if sums else f
 
 
 def is_int(e) -> bool:
@@ -357,10 +402,10 @@ class _Translator:
         try:
             body = self.num(gen.elt)
             for cond_node in comp.ifs:
-                body = sp.Piecewise((body, self.cond(cond_node)), (0, True))
+                body = Where(self.cond(cond_node), body, sp.S.Zero)
         finally:
             del self.bound[var]
-        return sp.Sum(body, (k, lo, hi - 1))
+        return sp.Sum(to_where(body), (k, lo, hi - 1))
 
 
 def _describe(node) -> str:
@@ -391,6 +436,14 @@ def parse(text: str, pos: Pos, scope: Scope, errors: Collector, what: str):
     if len(text) > MAX_EXPR_CHARS:
         errors.error(pos, f"{what} is longer than {MAX_EXPR_CHARS} characters")
         return None
+    for k, ch in enumerate(text):
+        # Python folds identifiers with NFKC ('𝔞' is 'a'): refuse rather than guess
+        if not ch.isascii() or (not ch.isprintable() and ch not in "\n\t"):
+            line = text.count("\n", 0, k)
+            col = k - (text.rfind("\n", 0, k) + 1)
+            p = pos.shifted(col) if line == 0 else Pos(pos.path, pos.line + line, col + 1)
+            errors.error(p, f"character {ch!r} is not allowed in {what} (expressions are ASCII)")
+            return None
     try:
         tree = ast.parse(text.strip("\n"), mode="eval")
     except SyntaxError as exc:

@@ -22,15 +22,20 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .expr import is_int
+from .expr import is_int, unwhere
 from .printer import code, value_code
 
 
 def _top_sums(e) -> list:
-    """Sums in ``e`` that are not inside another Sum, in a stable order."""
-    sums = e.atoms(sp.Sum)
-    top = [s for s in sums if not any(t != s and t.has(s) for t in sums)]
-    return sorted(top, key=sp.default_sort_key)
+    """Sums that occur in ``e`` outside any other Sum, in a stable order."""
+    found, stack = set(), [e]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, sp.Sum):
+            found.add(node)
+        elif isinstance(node, sp.Basic):
+            stack.extend(node.args)
+    return sorted(found, key=sp.default_sort_key)
 
 
 def _reads(e) -> list:
@@ -100,7 +105,7 @@ class Lowerer:
 
         # Sum(f, (l, ...), (k, ...)) is Σ_k Σ_l f: peel the outermost limit
         *inner, (k, lo, hi) = s.limits
-        summand = sp.Sum(s.function, *inner) if inner else s.function
+        summand = sp.Sum(s.function, *inner) if inner else unwhere(s.function)
         start = len(self.lines)
         lo_c, hi_c = self.condition(depth, lo), self.condition(depth, hi + 1)
         self.add(depth, f"for {k.name} in range({lo_c}, {hi_c}):")

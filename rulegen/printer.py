@@ -7,6 +7,18 @@ import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 
+class TooLarge(ValueError):
+    """A constant that the generated arithmetic cannot represent."""
+
+
+def _digits(value) -> str:
+    try:
+        text = sp.sstr(value)
+    except ValueError:          # Python refuses to print integers of over 4300 digits
+        return "with thousands of digits"
+    return text if len(text) <= 40 else f"with {len(text)} characters"
+
+
 class NumbaPrinter(PythonCodePrinter):
     """Python code for numba's nopython mode; ``math`` functions, builtin
     ``min``/``max``/``abs``, Python's ``//`` and ``%``."""
@@ -34,14 +46,30 @@ class NumbaPrinter(PythonCodePrinter):
 
     def _print_Rational(self, expr):
         if expr.q == 1:
-            return str(expr.p)
-        return f"({expr.p}.0 / {expr.q}.0)"
+            return self._print_Integer(expr)
+        if abs(expr.p) < 2**53 and expr.q < 2**53:
+            return f"({expr.p}.0 / {expr.q}.0)"
+        return self._float(expr)
 
     def _print_Integer(self, expr):
-        return str(expr.p)
+        if abs(expr.p) < 2**63:
+            return str(expr.p)
+        if self._settings["float_pow"]:      # a real value: the nearest float
+            return self._float(expr)
+        raise TooLarge(f"the integer constant {_digits(expr.p)} does not fit 64-bit integer arithmetic")
 
     def _print_Float(self, expr):
-        return repr(float(expr))
+        return self._float(expr)
+
+    @staticmethod
+    def _float(expr):
+        try:
+            value = float(expr)
+        except OverflowError:
+            value = float("inf")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise TooLarge(f"the constant {_digits(expr)} is beyond the range of float64")
+        return repr(value)
 
     def _print_Min(self, expr):
         return self._nest("min", expr.args)

@@ -5,7 +5,7 @@ import pytest
 import sympy as sp
 
 from rulegen.errors import Collector, Pos
-from rulegen.expr import I, J, IntDiv, Scope, field_base, parse, size_symbol
+from rulegen.expr import I, J, IntDiv, Scope, Where, field_base, parse, size_symbol
 
 n, m = size_symbol("n"), size_symbol("m")
 d, A, s = field_base("d"), field_base("A"), field_base("s")
@@ -44,7 +44,7 @@ CASES = [
     ("sum(d[k] for k in range(n))", sp.Sum(d[K], (K, 0, n - 1))),
     ("sum(A[i, k] for k in range(1, m))", sp.Sum(A[I, K], (K, 1, m - 1))),
     ("sum(d[k] for k in range(n) if k != i)",
-     sp.Sum(sp.Piecewise((d[K], sp.Ne(K, I)), (0, True)), (K, 0, n - 1))),
+     sp.Sum(Where(sp.Ne(K, I), d[K], 0), (K, 0, n - 1))),
     ("min(i, j)", sp.Min(I, J)),
     ("max(i, j, 2)", sp.Max(I, J, 2)),
     ("abs(i - j)", sp.Abs(I - J)),

@@ -152,6 +152,14 @@ getindex: "d[sum(1 for k in range(i) if k % 3 == 0)] * d[j] + sum(d[l] for l in 
         lambda f: _loops((5, 5), lambda i, j: (f["d"][sum(1 for k in range(i) if k % 3 == 0)] * f["d"][j]
                                                + sum(f["d"][m] for m in range(sum(1 for k in range(j) if k % 2 == 1)))),
                          _cdtype(f)), ("d",), True),
+    "SumBounds": ("""
+sizes: [n]
+fields: {d: [n]}
+size: [n, n]
+getindex: "d[j] if j >= sum(1 for k in range(i) if k % 2 == 0) else (d[i] if i == sum(1 for k in range(j)) else 0)"
+""", lambda rng: ({"d": rng.standard_normal(5)}, {}),
+        lambda f: _loops((5, 5), lambda i, j: (f["d"][j] if j >= sum(1 for k in range(i) if k % 2 == 0)
+                                               else (f["d"][i] if i == j else 0)), _cdtype(f)), ("d",), True),
     # piecewise linear in the fields: central differences are exact away from the kinks
     "SignedDiagonal": ("""
 sizes: [n]
