@@ -306,189 +306,327 @@ def diagonal_pullback(x, dbar):
 
 @numba.njit(cache=True)
 def _matvec_kernel(n, dv, ev, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += dv.shape[0]
-        if _a2 < 0 or _a2 >= dv.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads dv out of range")
-        _v1 = dv[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[i, _c] += _e * _rhs[j, _c]
-    for i in range(0, n - 1):
-        j = i + 1
-        _a2 = i
-        if _a2 < 0:
-            _a2 += ev.shape[0]
-        if _a2 < 0 or _a2 >= ev.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads ev out of range")
-        _v1 = ev[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[i, _c] += _e * _rhs[j, _c]
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = dv[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += dv.shape[0]
+            if _a5 < 0 or _a5 >= dv.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads dv out of range")
+            _v4 = dv[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _v3 = ev[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _a5 = i
+            if _a5 < 0:
+                _a5 += ev.shape[0]
+            if _a5 < 0 or _a5 >= ev.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads ev out of range")
+            _v4 = ev[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
 
 
 @numba.njit(cache=True)
 def _rmatvec_kernel(n, dv, ev, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += dv.shape[0]
-        if _a2 < 0 or _a2 >= dv.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads dv out of range")
-        _v1 = dv[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[j, _c] += _e * _rhs[i, _c]
-    for i in range(0, n - 1):
-        j = i + 1
-        _a2 = i
-        if _a2 < 0:
-            _a2 += ev.shape[0]
-        if _a2 < 0 or _a2 >= ev.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads ev out of range")
-        _v1 = ev[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[j, _c] += _e * _rhs[i, _c]
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = dv[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += dv.shape[0]
+            if _a5 < 0 or _a5 >= dv.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads dv out of range")
+            _v4 = dv[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _v3 = ev[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _a5 = i
+            if _a5 < 0:
+                _a5 += ev.shape[0]
+            if _a5 < 0 or _a5 >= ev.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads ev out of range")
+            _v4 = ev[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
 
 
 @numba.njit(cache=True)
 def _bilinear_kernel(n, dv, ev, _left, _right, _g_dv, _g_ev):
-    for i in range(0, n):
-        j = i
-        _y = 0.0
-        for _c in range(_left.shape[1]):
-            _y += _left[i, _c] * _right[j, _c]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += dv.shape[0]
-        if _a2 < 0 or _a2 >= dv.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads dv out of range")
-        _g_dv[_a2] += _y
-    for i in range(0, n - 1):
-        j = i + 1
-        _y = 0.0
-        for _c in range(_left.shape[1]):
-            _y += _left[i, _c] * _right[j, _c]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += ev.shape[0]
-        if _a2 < 0 or _a2 >= ev.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads ev out of range")
-        _g_ev[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _g_dv[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += dv.shape[0]
+            if _a5 < 0 or _a5 >= dv.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads dv out of range")
+            _g_dv[_a5] += _y
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _g_ev[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += ev.shape[0]
+            if _a5 < 0 or _a5 >= ev.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads ev out of range")
+            _g_ev[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _diagonal_kernel(n, dv, ev, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += dv.shape[0]
-        if _a2 < 0 or _a2 >= dv.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads dv out of range")
-        _v1 = dv[_a2]
-        _out[i] = _v1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = dv[i]
+            _out[i] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += dv.shape[0]
+            if _a5 < 0 or _a5 >= dv.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads dv out of range")
+            _v4 = dv[_a5]
+            _out[i] = _v4
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(n, dv, ev, _dbar, _g_dv, _g_ev):
-    for i in range(0, n):
-        j = i
-        _y = _dbar[i]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += dv.shape[0]
-        if _a2 < 0 or _a2 >= dv.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads dv out of range")
-        _g_dv[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _g_dv[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += dv.shape[0]
+            if _a5 < 0 or _a5 >= dv.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads dv out of range")
+            _g_dv[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(n, dv, ev, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += dv.shape[0]
-        if _a2 < 0 or _a2 >= dv.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads dv out of range")
-        _v1 = dv[_a2]
-        _out[i, j] = _v1
-    for i in range(0, n - 1):
-        j = i + 1
-        _a2 = i
-        if _a2 < 0:
-            _a2 += ev.shape[0]
-        if _a2 < 0 or _a2 >= ev.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads ev out of range")
-        _v1 = ev[_a2]
-        _out[i, j] = _v1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = dv[i]
+            _out[i, j] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += dv.shape[0]
+            if _a5 < 0 or _a5 >= dv.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads dv out of range")
+            _v4 = dv[_a5]
+            _out[i, j] = _v4
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _v3 = ev[i]
+            _out[i, j] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _a5 = i
+            if _a5 < 0:
+                _a5 += ev.shape[0]
+            if _a5 < 0 or _a5 >= ev.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads ev out of range")
+            _v4 = ev[_a5]
+            _out[i, j] = _v4
 
 
 @numba.njit(cache=True)
 def _pushforward_kernel(n, dv, ev, _d_dv, _d_ev, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += dv.shape[0]
-        if _a2 < 0 or _a2 >= dv.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads dv out of range")
-        _t_v1 = _d_dv[_a2]
-        _out[i, j] = _t_v1
-    for i in range(0, n - 1):
-        j = i + 1
-        _a2 = i
-        if _a2 < 0:
-            _a2 += ev.shape[0]
-        if _a2 < 0 or _a2 >= ev.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads ev out of range")
-        _t_v1 = _d_ev[_a2]
-        _out[i, j] = _t_v1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _t_v3 = _d_dv[i]
+            _out[i, j] = _t_v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += dv.shape[0]
+            if _a5 < 0 or _a5 >= dv.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads dv out of range")
+            _t_v4 = _d_dv[_a5]
+            _out[i, j] = _t_v4
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _t_v3 = _d_ev[i]
+            _out[i, j] = _t_v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _a5 = i
+            if _a5 < 0:
+                _a5 += ev.shape[0]
+            if _a5 < 0 or _a5 >= ev.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads ev out of range")
+            _t_v4 = _d_ev[_a5]
+            _out[i, j] = _t_v4
 
 
 @numba.njit(cache=True)
 def _pullback_kernel(n, dv, ev, _ybar, _g_dv, _g_ev):
-    for i in range(0, n):
-        j = i
-        _y = _ybar[i, j]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += dv.shape[0]
-        if _a2 < 0 or _a2 >= dv.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads dv out of range")
-        _g_dv[_a2] += _y
-    for i in range(0, n - 1):
-        j = i + 1
-        _y = _ybar[i, j]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += ev.shape[0]
-        if _a2 < 0 or _a2 >= ev.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads ev out of range")
-        _g_ev[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _ybar[i, j]
+            _g_dv[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _ybar[i, j]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += dv.shape[0]
+            if _a5 < 0 or _a5 >= dv.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads dv out of range")
+            _g_dv[_a5] += _y
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _y = _ybar[i, j]
+            _g_ev[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _y = _ybar[i, j]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += ev.shape[0]
+            if _a5 < 0 or _a5 >= ev.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads ev out of range")
+            _g_ev[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _weights_kernel(n, dv, ev, _w_dv, _w_ev):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += dv.shape[0]
-        if _a2 < 0 or _a2 >= dv.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads dv out of range")
-        _w_dv[_a2] += 1
-    for i in range(0, n - 1):
-        j = i + 1
-        _a2 = i
-        if _a2 < 0:
-            _a2 += ev.shape[0]
-        if _a2 < 0 or _a2 >= ev.shape[0]:
-            raise IndexError("Bidiagonal: getindex reads ev out of range")
-        _w_ev[_a2] += 1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _w_dv[i] += 1
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += dv.shape[0]
+            if _a5 < 0 or _a5 >= dv.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads dv out of range")
+            _w_dv[_a5] += 1
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _w_ev[i] += 1
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _a5 = i
+            if _a5 < 0:
+                _a5 += ev.shape[0]
+            if _a5 < 0 or _a5 >= ev.shape[0]:
+                raise IndexError("Bidiagonal: getindex reads ev out of range")
+            _w_ev[_a5] += 1

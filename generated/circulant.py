@@ -348,28 +348,44 @@ def _bilinear_kernel(n, c, _left, _right, _g_c):
 
 @numba.njit(cache=True)
 def _diagonal_kernel(n, c, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = 0
-        if _a2 < 0:
-            _a2 += c.shape[0]
-        if _a2 < 0 or _a2 >= c.shape[0]:
-            raise IndexError("Circulant: getindex reads c out of range")
-        _v1 = c[_a2]
-        _out[i] = _v1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= 0 < c.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = c[0]
+            _out[i] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = 0
+            if _a5 < 0:
+                _a5 += c.shape[0]
+            if _a5 < 0 or _a5 >= c.shape[0]:
+                raise IndexError("Circulant: getindex reads c out of range")
+            _v4 = c[_a5]
+            _out[i] = _v4
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(n, c, _dbar, _g_c):
-    for i in range(0, n):
-        j = i
-        _y = _dbar[i]
-        _a2 = 0
-        if _a2 < 0:
-            _a2 += c.shape[0]
-        if _a2 < 0 or _a2 >= c.shape[0]:
-            raise IndexError("Circulant: getindex reads c out of range")
-        _g_c[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= 0 < c.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _g_c[0] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _a5 = 0
+            if _a5 < 0:
+                _a5 += c.shape[0]
+            if _a5 < 0 or _a5 >= c.shape[0]:
+                raise IndexError("Circulant: getindex reads c out of range")
+            _g_c[_a5] += _y
 
 
 @numba.njit(cache=True)

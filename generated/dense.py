@@ -310,165 +310,235 @@ def diagonal_pullback(x, dbar):
 @numba.njit(cache=True)
 def _matvec_kernel(m, n, data, _rhs, _out):
     for i in range(0, m):
-        for j in range(0, n):
-            _a2 = i
-            if _a2 < 0:
-                _a2 += data.shape[0]
-            if _a2 < 0 or _a2 >= data.shape[0]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _a3 = j
-            if _a3 < 0:
-                _a3 += data.shape[1]
-            if _a3 < 0 or _a3 >= data.shape[1]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _v1 = data[_a2, _a3]
-            _e = _v1
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _v3 = data[i, j]
+                _e = _v3
+                for _c in range(_rhs.shape[1]):
+                    _out[i, _c] += _e * _rhs[j, _c]
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _v4 = data[_a5, _a6]
+                _e = _v4
+                for _c in range(_rhs.shape[1]):
+                    _out[i, _c] += _e * _rhs[j, _c]
 
 
 @numba.njit(cache=True)
 def _rmatvec_kernel(m, n, data, _rhs, _out):
     for i in range(0, m):
-        for j in range(0, n):
-            _a2 = i
-            if _a2 < 0:
-                _a2 += data.shape[0]
-            if _a2 < 0 or _a2 >= data.shape[0]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _a3 = j
-            if _a3 < 0:
-                _a3 += data.shape[1]
-            if _a3 < 0 or _a3 >= data.shape[1]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _v1 = data[_a2, _a3]
-            _e = _v1
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _v3 = data[i, j]
+                _e = _v3
+                for _c in range(_rhs.shape[1]):
+                    _out[j, _c] += _e * _rhs[i, _c]
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _v4 = data[_a5, _a6]
+                _e = _v4
+                for _c in range(_rhs.shape[1]):
+                    _out[j, _c] += _e * _rhs[i, _c]
 
 
 @numba.njit(cache=True)
 def _bilinear_kernel(m, n, data, _left, _right, _g_data):
     for i in range(0, m):
-        for j in range(0, n):
-            _y = 0.0
-            for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _a2 = i
-            if _a2 < 0:
-                _a2 += data.shape[0]
-            if _a2 < 0 or _a2 >= data.shape[0]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _a3 = j
-            if _a3 < 0:
-                _a3 += data.shape[1]
-            if _a3 < 0 or _a3 >= data.shape[1]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _g_data[_a2, _a3] += _y
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _g_data[i, j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _g_data[_a5, _a6] += _y
 
 
 @numba.njit(cache=True)
 def _diagonal_kernel(m, n, data, _out):
-    for i in range(0, min(m, n)):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += data.shape[0]
-        if _a2 < 0 or _a2 >= data.shape[0]:
-            raise IndexError("Dense: getindex reads data out of range")
-        _a3 = i
-        if _a3 < 0:
-            _a3 += data.shape[1]
-        if _a3 < 0 or _a3 >= data.shape[1]:
-            raise IndexError("Dense: getindex reads data out of range")
-        _v1 = data[_a2, _a3]
-        _out[i] = _v1
+    _lo1 = 0
+    _hi2 = min(m, n)
+    if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = data[i, i]
+            _out[i] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += data.shape[0]
+            if _a5 < 0 or _a5 >= data.shape[0]:
+                raise IndexError("Dense: getindex reads data out of range")
+            _a6 = i
+            if _a6 < 0:
+                _a6 += data.shape[1]
+            if _a6 < 0 or _a6 >= data.shape[1]:
+                raise IndexError("Dense: getindex reads data out of range")
+            _v4 = data[_a5, _a6]
+            _out[i] = _v4
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(m, n, data, _dbar, _g_data):
-    for i in range(0, min(m, n)):
-        j = i
-        _y = _dbar[i]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += data.shape[0]
-        if _a2 < 0 or _a2 >= data.shape[0]:
-            raise IndexError("Dense: getindex reads data out of range")
-        _a3 = i
-        if _a3 < 0:
-            _a3 += data.shape[1]
-        if _a3 < 0 or _a3 >= data.shape[1]:
-            raise IndexError("Dense: getindex reads data out of range")
-        _g_data[_a2, _a3] += _y
+    _lo1 = 0
+    _hi2 = min(m, n)
+    if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _g_data[i, i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += data.shape[0]
+            if _a5 < 0 or _a5 >= data.shape[0]:
+                raise IndexError("Dense: getindex reads data out of range")
+            _a6 = i
+            if _a6 < 0:
+                _a6 += data.shape[1]
+            if _a6 < 0 or _a6 >= data.shape[1]:
+                raise IndexError("Dense: getindex reads data out of range")
+            _g_data[_a5, _a6] += _y
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(m, n, data, _out):
     for i in range(0, m):
-        for j in range(0, n):
-            _a2 = i
-            if _a2 < 0:
-                _a2 += data.shape[0]
-            if _a2 < 0 or _a2 >= data.shape[0]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _a3 = j
-            if _a3 < 0:
-                _a3 += data.shape[1]
-            if _a3 < 0 or _a3 >= data.shape[1]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _v1 = data[_a2, _a3]
-            _out[i, j] = _v1
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _v3 = data[i, j]
+                _out[i, j] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _v4 = data[_a5, _a6]
+                _out[i, j] = _v4
 
 
 @numba.njit(cache=True)
 def _pushforward_kernel(m, n, data, _d_data, _out):
     for i in range(0, m):
-        for j in range(0, n):
-            _a2 = i
-            if _a2 < 0:
-                _a2 += data.shape[0]
-            if _a2 < 0 or _a2 >= data.shape[0]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _a3 = j
-            if _a3 < 0:
-                _a3 += data.shape[1]
-            if _a3 < 0 or _a3 >= data.shape[1]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _t_v1 = _d_data[_a2, _a3]
-            _out[i, j] = _t_v1
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _t_v3 = _d_data[i, j]
+                _out[i, j] = _t_v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _t_v4 = _d_data[_a5, _a6]
+                _out[i, j] = _t_v4
 
 
 @numba.njit(cache=True)
 def _pullback_kernel(m, n, data, _ybar, _g_data):
     for i in range(0, m):
-        for j in range(0, n):
-            _y = _ybar[i, j]
-            _a2 = i
-            if _a2 < 0:
-                _a2 += data.shape[0]
-            if _a2 < 0 or _a2 >= data.shape[0]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _a3 = j
-            if _a3 < 0:
-                _a3 += data.shape[1]
-            if _a3 < 0 or _a3 >= data.shape[1]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _g_data[_a2, _a3] += _y
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _g_data[i, j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _g_data[_a5, _a6] += _y
 
 
 @numba.njit(cache=True)
 def _weights_kernel(m, n, data, _w_data):
     for i in range(0, m):
-        for j in range(0, n):
-            _a2 = i
-            if _a2 < 0:
-                _a2 += data.shape[0]
-            if _a2 < 0 or _a2 >= data.shape[0]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _a3 = j
-            if _a3 < 0:
-                _a3 += data.shape[1]
-            if _a3 < 0 or _a3 >= data.shape[1]:
-                raise IndexError("Dense: getindex reads data out of range")
-            _w_data[_a2, _a3] += 1
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _w_data[i, j] += 1
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Dense: getindex reads data out of range")
+                _w_data[_a5, _a6] += 1

@@ -314,17 +314,27 @@ def diagonal_pullback(x, dbar):
 
 @numba.njit(cache=True)
 def _matvec_kernel(n, r, d, U, V, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-        _v1 = d[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[i, _c] += _e * _rhs[j, _c]
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = d[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+            _v4 = d[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
@@ -361,17 +371,27 @@ def _matvec_kernel(n, r, d, U, V, _rhs, _out):
 
 @numba.njit(cache=True)
 def _rmatvec_kernel(n, r, d, U, V, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-        _v1 = d[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[j, _c] += _e * _rhs[i, _c]
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = d[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+            _v4 = d[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
@@ -408,17 +428,27 @@ def _rmatvec_kernel(n, r, d, U, V, _rhs, _out):
 
 @numba.njit(cache=True)
 def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
-    for i in range(0, n):
-        j = i
-        _y = 0.0
-        for _c in range(_left.shape[1]):
-            _y += _left[i, _c] * _right[j, _c]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-        _g_d[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _g_d[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+            _g_d[_a5] += _y
     _acc1 = np.zeros(_left.shape[1])
     _acc2 = np.zeros(_left.shape[1])
     for k in range(0, r):
@@ -488,117 +518,217 @@ def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
 
 @numba.njit(cache=True)
 def _diagonal_kernel(n, r, d, U, V, _out):
-    for i in range(0, n):
-        j = i
-        _s1 = 0.0
-        for k in range(0, r):
-            _a5 = i
-            if _a5 < 0:
-                _a5 += U.shape[0]
-            if _a5 < 0 or _a5 >= U.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _a6 = k
-            if _a6 < 0:
-                _a6 += U.shape[1]
-            if _a6 < 0 or _a6 >= U.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _v3 = U[_a5, _a6]
-            _a7 = i
-            if _a7 < 0:
-                _a7 += V.shape[0]
-            if _a7 < 0 or _a7 >= V.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _a8 = k
-            if _a8 < 0:
-                _a8 += V.shape[1]
-            if _a8 < 0 or _a8 >= V.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _v4 = V[_a7, _a8]
-            _s1 += _v3*_v4
-        _a9 = i
-        if _a9 < 0:
-            _a9 += d.shape[0]
-        if _a9 < 0 or _a9 >= d.shape[0]:
-            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-        _v2 = d[_a9]
-        _out[i] = _s1 + _v2
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _s3 = 0.0
+            for k in range(0, r):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += U.shape[0]
+                if _a7 < 0 or _a7 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a8 = k
+                if _a8 < 0:
+                    _a8 += U.shape[1]
+                if _a8 < 0 or _a8 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v5 = U[_a7, _a8]
+                _a9 = i
+                if _a9 < 0:
+                    _a9 += V.shape[0]
+                if _a9 < 0 or _a9 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a10 = k
+                if _a10 < 0:
+                    _a10 += V.shape[1]
+                if _a10 < 0 or _a10 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v6 = V[_a9, _a10]
+                _s3 += _v5*_v6
+            _v4 = d[i]
+            _out[i] = _s3 + _v4
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _s11 = 0.0
+            for k in range(0, r):
+                _a15 = i
+                if _a15 < 0:
+                    _a15 += U.shape[0]
+                if _a15 < 0 or _a15 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a16 = k
+                if _a16 < 0:
+                    _a16 += U.shape[1]
+                if _a16 < 0 or _a16 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v13 = U[_a15, _a16]
+                _a17 = i
+                if _a17 < 0:
+                    _a17 += V.shape[0]
+                if _a17 < 0 or _a17 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a18 = k
+                if _a18 < 0:
+                    _a18 += V.shape[1]
+                if _a18 < 0 or _a18 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v14 = V[_a17, _a18]
+                _s11 += _v13*_v14
+            _a19 = i
+            if _a19 < 0:
+                _a19 += d.shape[0]
+            if _a19 < 0 or _a19 >= d.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+            _v12 = d[_a19]
+            _out[i] = _s11 + _v12
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(n, r, d, U, V, _dbar, _g_d, _g_U, _g_V):
-    for i in range(0, n):
-        j = i
-        _y = _dbar[i]
-        _a3 = i
-        if _a3 < 0:
-            _a3 += d.shape[0]
-        if _a3 < 0 or _a3 >= d.shape[0]:
-            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-        _g_d[_a3] += _y
-        _b4 = _y
-        for k in range(0, r):
-            _a7 = i
-            if _a7 < 0:
-                _a7 += U.shape[0]
-            if _a7 < 0 or _a7 >= U.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _a8 = k
-            if _a8 < 0:
-                _a8 += U.shape[1]
-            if _a8 < 0 or _a8 >= U.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _v5 = U[_a7, _a8]
-            _a9 = i
-            if _a9 < 0:
-                _a9 += V.shape[0]
-            if _a9 < 0 or _a9 >= V.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _a10 = k
-            if _a10 < 0:
-                _a10 += V.shape[1]
-            if _a10 < 0 or _a10 >= V.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _v6 = V[_a9, _a10]
-            _g_U[_a7, _a8] += (_v6) * _b4
-            _g_V[_a9, _a10] += (_v5) * _b4
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _g_d[i] += _y
+            _b5 = _y
+            for k in range(0, r):
+                _a8 = i
+                if _a8 < 0:
+                    _a8 += U.shape[0]
+                if _a8 < 0 or _a8 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a9 = k
+                if _a9 < 0:
+                    _a9 += U.shape[1]
+                if _a9 < 0 or _a9 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v6 = U[_a8, _a9]
+                _a10 = i
+                if _a10 < 0:
+                    _a10 += V.shape[0]
+                if _a10 < 0 or _a10 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a11 = k
+                if _a11 < 0:
+                    _a11 += V.shape[1]
+                if _a11 < 0 or _a11 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v7 = V[_a10, _a11]
+                _g_U[_a8, _a9] += (_v7) * _b5
+                _g_V[_a10, _a11] += (_v6) * _b5
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _a14 = i
+            if _a14 < 0:
+                _a14 += d.shape[0]
+            if _a14 < 0 or _a14 >= d.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+            _g_d[_a14] += _y
+            _b15 = _y
+            for k in range(0, r):
+                _a18 = i
+                if _a18 < 0:
+                    _a18 += U.shape[0]
+                if _a18 < 0 or _a18 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a19 = k
+                if _a19 < 0:
+                    _a19 += U.shape[1]
+                if _a19 < 0 or _a19 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v16 = U[_a18, _a19]
+                _a20 = i
+                if _a20 < 0:
+                    _a20 += V.shape[0]
+                if _a20 < 0 or _a20 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a21 = k
+                if _a21 < 0:
+                    _a21 += V.shape[1]
+                if _a21 < 0 or _a21 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v17 = V[_a20, _a21]
+                _g_U[_a18, _a19] += (_v17) * _b15
+                _g_V[_a20, _a21] += (_v16) * _b15
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(n, r, d, U, V, _out):
-    for i in range(0, n):
-        j = i
-        _s1 = 0.0
-        for k in range(0, r):
-            _a5 = i
-            if _a5 < 0:
-                _a5 += U.shape[0]
-            if _a5 < 0 or _a5 >= U.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _a6 = k
-            if _a6 < 0:
-                _a6 += U.shape[1]
-            if _a6 < 0 or _a6 >= U.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _v3 = U[_a5, _a6]
-            _a7 = i
-            if _a7 < 0:
-                _a7 += V.shape[0]
-            if _a7 < 0 or _a7 >= V.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _a8 = k
-            if _a8 < 0:
-                _a8 += V.shape[1]
-            if _a8 < 0 or _a8 >= V.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _v4 = V[_a7, _a8]
-            _s1 += _v3*_v4
-        _a9 = i
-        if _a9 < 0:
-            _a9 += d.shape[0]
-        if _a9 < 0 or _a9 >= d.shape[0]:
-            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-        _v2 = d[_a9]
-        _out[i, j] = _s1 + _v2
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _s3 = 0.0
+            for k in range(0, r):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += U.shape[0]
+                if _a7 < 0 or _a7 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a8 = k
+                if _a8 < 0:
+                    _a8 += U.shape[1]
+                if _a8 < 0 or _a8 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v5 = U[_a7, _a8]
+                _a9 = i
+                if _a9 < 0:
+                    _a9 += V.shape[0]
+                if _a9 < 0 or _a9 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a10 = k
+                if _a10 < 0:
+                    _a10 += V.shape[1]
+                if _a10 < 0 or _a10 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v6 = V[_a9, _a10]
+                _s3 += _v5*_v6
+            _v4 = d[i]
+            _out[i, j] = _s3 + _v4
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _s11 = 0.0
+            for k in range(0, r):
+                _a15 = i
+                if _a15 < 0:
+                    _a15 += U.shape[0]
+                if _a15 < 0 or _a15 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a16 = k
+                if _a16 < 0:
+                    _a16 += U.shape[1]
+                if _a16 < 0 or _a16 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v13 = U[_a15, _a16]
+                _a17 = i
+                if _a17 < 0:
+                    _a17 += V.shape[0]
+                if _a17 < 0 or _a17 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a18 = k
+                if _a18 < 0:
+                    _a18 += V.shape[1]
+                if _a18 < 0 or _a18 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v14 = V[_a17, _a18]
+                _s11 += _v13*_v14
+            _a19 = i
+            if _a19 < 0:
+                _a19 += d.shape[0]
+            if _a19 < 0 or _a19 >= d.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+            _v12 = d[_a19]
+            _out[i, j] = _s11 + _v12
     for i in range(0, n):
         for j in range(0, n):
             if (i != j):
@@ -632,42 +762,77 @@ def _destructure_kernel(n, r, d, U, V, _out):
 
 @numba.njit(cache=True)
 def _pushforward_kernel(n, r, d, U, V, _d_d, _d_U, _d_V, _out):
-    for i in range(0, n):
-        j = i
-        _t_s1 = 0.0
-        for k in range(0, r):
-            _a5 = i
-            if _a5 < 0:
-                _a5 += U.shape[0]
-            if _a5 < 0 or _a5 >= U.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _a6 = k
-            if _a6 < 0:
-                _a6 += U.shape[1]
-            if _a6 < 0 or _a6 >= U.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _v3 = U[_a5, _a6]
-            _t_v3 = _d_U[_a5, _a6]
-            _a7 = i
-            if _a7 < 0:
-                _a7 += V.shape[0]
-            if _a7 < 0 or _a7 >= V.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _a8 = k
-            if _a8 < 0:
-                _a8 += V.shape[1]
-            if _a8 < 0 or _a8 >= V.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _v4 = V[_a7, _a8]
-            _t_v4 = _d_V[_a7, _a8]
-            _t_s1 += _t_v3*_v4 + _t_v4*_v3
-        _a9 = i
-        if _a9 < 0:
-            _a9 += d.shape[0]
-        if _a9 < 0 or _a9 >= d.shape[0]:
-            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-        _t_v2 = _d_d[_a9]
-        _out[i, j] = _t_s1 + _t_v2
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _t_s3 = 0.0
+            for k in range(0, r):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += U.shape[0]
+                if _a7 < 0 or _a7 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a8 = k
+                if _a8 < 0:
+                    _a8 += U.shape[1]
+                if _a8 < 0 or _a8 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v5 = U[_a7, _a8]
+                _t_v5 = _d_U[_a7, _a8]
+                _a9 = i
+                if _a9 < 0:
+                    _a9 += V.shape[0]
+                if _a9 < 0 or _a9 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a10 = k
+                if _a10 < 0:
+                    _a10 += V.shape[1]
+                if _a10 < 0 or _a10 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v6 = V[_a9, _a10]
+                _t_v6 = _d_V[_a9, _a10]
+                _t_s3 += _t_v5*_v6 + _t_v6*_v5
+            _t_v4 = _d_d[i]
+            _out[i, j] = _t_s3 + _t_v4
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _t_s11 = 0.0
+            for k in range(0, r):
+                _a15 = i
+                if _a15 < 0:
+                    _a15 += U.shape[0]
+                if _a15 < 0 or _a15 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a16 = k
+                if _a16 < 0:
+                    _a16 += U.shape[1]
+                if _a16 < 0 or _a16 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v13 = U[_a15, _a16]
+                _t_v13 = _d_U[_a15, _a16]
+                _a17 = i
+                if _a17 < 0:
+                    _a17 += V.shape[0]
+                if _a17 < 0 or _a17 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a18 = k
+                if _a18 < 0:
+                    _a18 += V.shape[1]
+                if _a18 < 0 or _a18 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v14 = V[_a17, _a18]
+                _t_v14 = _d_V[_a17, _a18]
+                _t_s11 += _t_v13*_v14 + _t_v14*_v13
+            _a19 = i
+            if _a19 < 0:
+                _a19 += d.shape[0]
+            if _a19 < 0 or _a19 >= d.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+            _t_v12 = _d_d[_a19]
+            _out[i, j] = _t_s11 + _t_v12
     for i in range(0, n):
         for j in range(0, n):
             if (i != j):
@@ -703,41 +868,75 @@ def _pushforward_kernel(n, r, d, U, V, _d_d, _d_U, _d_V, _out):
 
 @numba.njit(cache=True)
 def _pullback_kernel(n, r, d, U, V, _ybar, _g_d, _g_U, _g_V):
-    for i in range(0, n):
-        j = i
-        _y = _ybar[i, j]
-        _a3 = i
-        if _a3 < 0:
-            _a3 += d.shape[0]
-        if _a3 < 0 or _a3 >= d.shape[0]:
-            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-        _g_d[_a3] += _y
-        _b4 = _y
-        for k in range(0, r):
-            _a7 = i
-            if _a7 < 0:
-                _a7 += U.shape[0]
-            if _a7 < 0 or _a7 >= U.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _a8 = k
-            if _a8 < 0:
-                _a8 += U.shape[1]
-            if _a8 < 0 or _a8 >= U.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _v5 = U[_a7, _a8]
-            _a9 = i
-            if _a9 < 0:
-                _a9 += V.shape[0]
-            if _a9 < 0 or _a9 >= V.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _a10 = k
-            if _a10 < 0:
-                _a10 += V.shape[1]
-            if _a10 < 0 or _a10 >= V.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _v6 = V[_a9, _a10]
-            _g_U[_a7, _a8] += (_v6) * _b4
-            _g_V[_a9, _a10] += (_v5) * _b4
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _ybar[i, j]
+            _g_d[i] += _y
+            _b5 = _y
+            for k in range(0, r):
+                _a8 = i
+                if _a8 < 0:
+                    _a8 += U.shape[0]
+                if _a8 < 0 or _a8 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a9 = k
+                if _a9 < 0:
+                    _a9 += U.shape[1]
+                if _a9 < 0 or _a9 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v6 = U[_a8, _a9]
+                _a10 = i
+                if _a10 < 0:
+                    _a10 += V.shape[0]
+                if _a10 < 0 or _a10 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a11 = k
+                if _a11 < 0:
+                    _a11 += V.shape[1]
+                if _a11 < 0 or _a11 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v7 = V[_a10, _a11]
+                _g_U[_a8, _a9] += (_v7) * _b5
+                _g_V[_a10, _a11] += (_v6) * _b5
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _ybar[i, j]
+            _a14 = i
+            if _a14 < 0:
+                _a14 += d.shape[0]
+            if _a14 < 0 or _a14 >= d.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+            _g_d[_a14] += _y
+            _b15 = _y
+            for k in range(0, r):
+                _a18 = i
+                if _a18 < 0:
+                    _a18 += U.shape[0]
+                if _a18 < 0 or _a18 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a19 = k
+                if _a19 < 0:
+                    _a19 += U.shape[1]
+                if _a19 < 0 or _a19 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v16 = U[_a18, _a19]
+                _a20 = i
+                if _a20 < 0:
+                    _a20 += V.shape[0]
+                if _a20 < 0 or _a20 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a21 = k
+                if _a21 < 0:
+                    _a21 += V.shape[1]
+                if _a21 < 0 or _a21 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v17 = V[_a20, _a21]
+                _g_U[_a18, _a19] += (_v17) * _b15
+                _g_V[_a20, _a21] += (_v16) * _b15
     for i in range(0, n):
         for j in range(0, n):
             if (i != j):
@@ -772,40 +971,73 @@ def _pullback_kernel(n, r, d, U, V, _ybar, _g_d, _g_U, _g_V):
 
 @numba.njit(cache=True)
 def _weights_kernel(n, r, d, U, V, _w_d, _w_U, _w_V):
-    for i in range(0, n):
-        j = i
-        _a3 = i
-        if _a3 < 0:
-            _a3 += d.shape[0]
-        if _a3 < 0 or _a3 >= d.shape[0]:
-            raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-        _w_d[_a3] += 1
-        _b4 = 1
-        for k in range(0, r):
-            _a7 = i
-            if _a7 < 0:
-                _a7 += U.shape[0]
-            if _a7 < 0 or _a7 >= U.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _a8 = k
-            if _a8 < 0:
-                _a8 += U.shape[1]
-            if _a8 < 0 or _a8 >= U.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
-            _v5 = U[_a7, _a8]
-            _a9 = i
-            if _a9 < 0:
-                _a9 += V.shape[0]
-            if _a9 < 0 or _a9 >= V.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _a10 = k
-            if _a10 < 0:
-                _a10 += V.shape[1]
-            if _a10 < 0 or _a10 >= V.shape[1]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
-            _v6 = V[_a9, _a10]
-            _w_U[_a7, _a8] += ((_v6) * _b4) ** 2
-            _w_V[_a9, _a10] += ((_v5) * _b4) ** 2
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _w_d[i] += 1
+            _b5 = 1
+            for k in range(0, r):
+                _a8 = i
+                if _a8 < 0:
+                    _a8 += U.shape[0]
+                if _a8 < 0 or _a8 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a9 = k
+                if _a9 < 0:
+                    _a9 += U.shape[1]
+                if _a9 < 0 or _a9 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v6 = U[_a8, _a9]
+                _a10 = i
+                if _a10 < 0:
+                    _a10 += V.shape[0]
+                if _a10 < 0 or _a10 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a11 = k
+                if _a11 < 0:
+                    _a11 += V.shape[1]
+                if _a11 < 0 or _a11 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v7 = V[_a10, _a11]
+                _w_U[_a8, _a9] += ((_v7) * _b5) ** 2
+                _w_V[_a10, _a11] += ((_v6) * _b5) ** 2
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a14 = i
+            if _a14 < 0:
+                _a14 += d.shape[0]
+            if _a14 < 0 or _a14 >= d.shape[0]:
+                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+            _w_d[_a14] += 1
+            _b15 = 1
+            for k in range(0, r):
+                _a18 = i
+                if _a18 < 0:
+                    _a18 += U.shape[0]
+                if _a18 < 0 or _a18 >= U.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _a19 = k
+                if _a19 < 0:
+                    _a19 += U.shape[1]
+                if _a19 < 0 or _a19 >= U.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
+                _v16 = U[_a18, _a19]
+                _a20 = i
+                if _a20 < 0:
+                    _a20 += V.shape[0]
+                if _a20 < 0 or _a20 >= V.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _a21 = k
+                if _a21 < 0:
+                    _a21 += V.shape[1]
+                if _a21 < 0 or _a21 >= V.shape[1]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
+                _v17 = V[_a20, _a21]
+                _w_U[_a18, _a19] += ((_v17) * _b15) ** 2
+                _w_V[_a20, _a21] += ((_v16) * _b15) ** 2
     for i in range(0, n):
         for j in range(0, n):
             if (i != j):

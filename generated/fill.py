@@ -353,46 +353,89 @@ def _bilinear_kernel(m, n, value, _left, _right, _g_value):
 
 @numba.njit(cache=True)
 def _diagonal_kernel(m, n, value, _out):
-    for i in range(0, min(m, n)):
-        j = i
-        _v1 = value[0]
-        _out[i] = _v1
+    _lo1 = 0
+    _hi2 = min(m, n)
+    if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = value[0]
+            _out[i] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _v4 = value[0]
+            _out[i] = _v4
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(m, n, value, _dbar, _g_value):
-    for i in range(0, min(m, n)):
-        j = i
-        _y = _dbar[i]
-        _g_value[0] += _y
+    _lo1 = 0
+    _hi2 = min(m, n)
+    if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _g_value[0] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _g_value[0] += _y
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(m, n, value, _out):
     for i in range(0, m):
-        for j in range(0, n):
-            _v1 = value[0]
-            _out[i, j] = _v1
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = value[0]
+                _out[i, j] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _v4 = value[0]
+                _out[i, j] = _v4
 
 
 @numba.njit(cache=True)
 def _pushforward_kernel(m, n, value, _d_value, _out):
     for i in range(0, m):
-        for j in range(0, n):
-            _t_v1 = _d_value[0]
-            _out[i, j] = _t_v1
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+            for j in range(_lo1, _hi2):
+                _t_v3 = _d_value[0]
+                _out[i, j] = _t_v3
+        else:
+            for j in range(_lo1, _hi2):
+                _t_v4 = _d_value[0]
+                _out[i, j] = _t_v4
 
 
 @numba.njit(cache=True)
 def _pullback_kernel(m, n, value, _ybar, _g_value):
     for i in range(0, m):
-        for j in range(0, n):
-            _y = _ybar[i, j]
-            _g_value[0] += _y
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _g_value[0] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _g_value[0] += _y
 
 
 @numba.njit(cache=True)
 def _weights_kernel(m, n, value, _w_value):
     for i in range(0, m):
-        for j in range(0, n):
-            _w_value[0] += 1
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+            for j in range(_lo1, _hi2):
+                _w_value[0] += 1
+        else:
+            for j in range(_lo1, _hi2):
+                _w_value[0] += 1

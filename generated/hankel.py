@@ -304,120 +304,190 @@ def diagonal_pullback(x, dbar):
 @numba.njit(cache=True)
 def _matvec_kernel(n, h, _rhs, _out):
     for i in range(0, n):
-        for j in range(0, n):
-            _a2 = i + j
-            if _a2 < 0:
-                _a2 += h.shape[0]
-            if _a2 < 0 or _a2 >= h.shape[0]:
-                raise IndexError("Hankel: getindex reads h out of range")
-            _v1 = h[_a2]
-            _e = _v1
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = h[i + j]
+                _e = _v3
+                for _c in range(_rhs.shape[1]):
+                    _out[i, _c] += _e * _rhs[j, _c]
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i + j
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _v4 = h[_a5]
+                _e = _v4
+                for _c in range(_rhs.shape[1]):
+                    _out[i, _c] += _e * _rhs[j, _c]
 
 
 @numba.njit(cache=True)
 def _rmatvec_kernel(n, h, _rhs, _out):
     for i in range(0, n):
-        for j in range(0, n):
-            _a2 = i + j
-            if _a2 < 0:
-                _a2 += h.shape[0]
-            if _a2 < 0 or _a2 >= h.shape[0]:
-                raise IndexError("Hankel: getindex reads h out of range")
-            _v1 = h[_a2]
-            _e = _v1
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = h[i + j]
+                _e = _v3
+                for _c in range(_rhs.shape[1]):
+                    _out[j, _c] += _e * _rhs[i, _c]
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i + j
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _v4 = h[_a5]
+                _e = _v4
+                for _c in range(_rhs.shape[1]):
+                    _out[j, _c] += _e * _rhs[i, _c]
 
 
 @numba.njit(cache=True)
 def _bilinear_kernel(n, h, _left, _right, _g_h):
     for i in range(0, n):
-        for j in range(0, n):
-            _y = 0.0
-            for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _a2 = i + j
-            if _a2 < 0:
-                _a2 += h.shape[0]
-            if _a2 < 0 or _a2 >= h.shape[0]:
-                raise IndexError("Hankel: getindex reads h out of range")
-            _g_h[_a2] += _y
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _g_h[i + j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _a5 = i + j
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _g_h[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _diagonal_kernel(n, h, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = 2*i
-        if _a2 < 0:
-            _a2 += h.shape[0]
-        if _a2 < 0 or _a2 >= h.shape[0]:
-            raise IndexError("Hankel: getindex reads h out of range")
-        _v1 = h[_a2]
-        _out[i] = _v1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= 2*_lo1 < h.shape[0] and 0 <= 2*_hi2 - 2 < h.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = h[2*i]
+            _out[i] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = 2*i
+            if _a5 < 0:
+                _a5 += h.shape[0]
+            if _a5 < 0 or _a5 >= h.shape[0]:
+                raise IndexError("Hankel: getindex reads h out of range")
+            _v4 = h[_a5]
+            _out[i] = _v4
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(n, h, _dbar, _g_h):
-    for i in range(0, n):
-        j = i
-        _y = _dbar[i]
-        _a2 = 2*i
-        if _a2 < 0:
-            _a2 += h.shape[0]
-        if _a2 < 0 or _a2 >= h.shape[0]:
-            raise IndexError("Hankel: getindex reads h out of range")
-        _g_h[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= 2*_lo1 < h.shape[0] and 0 <= 2*_hi2 - 2 < h.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _g_h[2*i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _a5 = 2*i
+            if _a5 < 0:
+                _a5 += h.shape[0]
+            if _a5 < 0 or _a5 >= h.shape[0]:
+                raise IndexError("Hankel: getindex reads h out of range")
+            _g_h[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(n, h, _out):
     for i in range(0, n):
-        for j in range(0, n):
-            _a2 = i + j
-            if _a2 < 0:
-                _a2 += h.shape[0]
-            if _a2 < 0 or _a2 >= h.shape[0]:
-                raise IndexError("Hankel: getindex reads h out of range")
-            _v1 = h[_a2]
-            _out[i, j] = _v1
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = h[i + j]
+                _out[i, j] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i + j
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _v4 = h[_a5]
+                _out[i, j] = _v4
 
 
 @numba.njit(cache=True)
 def _pushforward_kernel(n, h, _d_h, _out):
     for i in range(0, n):
-        for j in range(0, n):
-            _a2 = i + j
-            if _a2 < 0:
-                _a2 += h.shape[0]
-            if _a2 < 0 or _a2 >= h.shape[0]:
-                raise IndexError("Hankel: getindex reads h out of range")
-            _t_v1 = _d_h[_a2]
-            _out[i, j] = _t_v1
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
+            for j in range(_lo1, _hi2):
+                _t_v3 = _d_h[i + j]
+                _out[i, j] = _t_v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i + j
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _t_v4 = _d_h[_a5]
+                _out[i, j] = _t_v4
 
 
 @numba.njit(cache=True)
 def _pullback_kernel(n, h, _ybar, _g_h):
     for i in range(0, n):
-        for j in range(0, n):
-            _y = _ybar[i, j]
-            _a2 = i + j
-            if _a2 < 0:
-                _a2 += h.shape[0]
-            if _a2 < 0 or _a2 >= h.shape[0]:
-                raise IndexError("Hankel: getindex reads h out of range")
-            _g_h[_a2] += _y
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _g_h[i + j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _a5 = i + j
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _g_h[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _weights_kernel(n, h, _w_h):
     for i in range(0, n):
-        for j in range(0, n):
-            _a2 = i + j
-            if _a2 < 0:
-                _a2 += h.shape[0]
-            if _a2 < 0 or _a2 >= h.shape[0]:
-                raise IndexError("Hankel: getindex reads h out of range")
-            _w_h[_a2] += 1
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
+            for j in range(_lo1, _hi2):
+                _w_h[i + j] += 1
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i + j
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _w_h[_a5] += 1

@@ -298,126 +298,208 @@ def diagonal_pullback(x, dbar):
 
 @numba.njit(cache=True)
 def _matvec_kernel(n, logd, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += logd.shape[0]
-        if _a2 < 0 or _a2 >= logd.shape[0]:
-            raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-        _v1 = logd[_a2]
-        _e = math.exp(_v1)
-        for _c in range(_rhs.shape[1]):
-            _out[i, _c] += _e * _rhs[j, _c]
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = logd[i]
+            _e = math.exp(_v3)
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += logd.shape[0]
+            if _a5 < 0 or _a5 >= logd.shape[0]:
+                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+            _v4 = logd[_a5]
+            _e = math.exp(_v4)
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
 
 
 @numba.njit(cache=True)
 def _rmatvec_kernel(n, logd, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += logd.shape[0]
-        if _a2 < 0 or _a2 >= logd.shape[0]:
-            raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-        _v1 = logd[_a2]
-        _e = math.exp(_v1)
-        for _c in range(_rhs.shape[1]):
-            _out[j, _c] += _e * _rhs[i, _c]
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = logd[i]
+            _e = math.exp(_v3)
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += logd.shape[0]
+            if _a5 < 0 or _a5 >= logd.shape[0]:
+                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+            _v4 = logd[_a5]
+            _e = math.exp(_v4)
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
 
 
 @numba.njit(cache=True)
 def _bilinear_kernel(n, logd, _left, _right, _g_logd):
-    for i in range(0, n):
-        j = i
-        _y = 0.0
-        for _c in range(_left.shape[1]):
-            _y += _left[i, _c] * _right[j, _c]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += logd.shape[0]
-        if _a2 < 0 or _a2 >= logd.shape[0]:
-            raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-        _v1 = logd[_a2]
-        _g_logd[_a2] += (math.exp(_v1)) * _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _v3 = logd[i]
+            _g_logd[i] += (math.exp(_v3)) * _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += logd.shape[0]
+            if _a5 < 0 or _a5 >= logd.shape[0]:
+                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+            _v4 = logd[_a5]
+            _g_logd[_a5] += (math.exp(_v4)) * _y
 
 
 @numba.njit(cache=True)
 def _diagonal_kernel(n, logd, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += logd.shape[0]
-        if _a2 < 0 or _a2 >= logd.shape[0]:
-            raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-        _v1 = logd[_a2]
-        _out[i] = math.exp(_v1)
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = logd[i]
+            _out[i] = math.exp(_v3)
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += logd.shape[0]
+            if _a5 < 0 or _a5 >= logd.shape[0]:
+                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+            _v4 = logd[_a5]
+            _out[i] = math.exp(_v4)
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(n, logd, _dbar, _g_logd):
-    for i in range(0, n):
-        j = i
-        _y = _dbar[i]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += logd.shape[0]
-        if _a2 < 0 or _a2 >= logd.shape[0]:
-            raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-        _v1 = logd[_a2]
-        _g_logd[_a2] += (math.exp(_v1)) * _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _v3 = logd[i]
+            _g_logd[i] += (math.exp(_v3)) * _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += logd.shape[0]
+            if _a5 < 0 or _a5 >= logd.shape[0]:
+                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+            _v4 = logd[_a5]
+            _g_logd[_a5] += (math.exp(_v4)) * _y
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(n, logd, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += logd.shape[0]
-        if _a2 < 0 or _a2 >= logd.shape[0]:
-            raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-        _v1 = logd[_a2]
-        _out[i, j] = math.exp(_v1)
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = logd[i]
+            _out[i, j] = math.exp(_v3)
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += logd.shape[0]
+            if _a5 < 0 or _a5 >= logd.shape[0]:
+                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+            _v4 = logd[_a5]
+            _out[i, j] = math.exp(_v4)
 
 
 @numba.njit(cache=True)
 def _pushforward_kernel(n, logd, _d_logd, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += logd.shape[0]
-        if _a2 < 0 or _a2 >= logd.shape[0]:
-            raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-        _v1 = logd[_a2]
-        _t_v1 = _d_logd[_a2]
-        _out[i, j] = _t_v1*math.exp(_v1)
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = logd[i]
+            _t_v3 = _d_logd[i]
+            _out[i, j] = _t_v3*math.exp(_v3)
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += logd.shape[0]
+            if _a5 < 0 or _a5 >= logd.shape[0]:
+                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+            _v4 = logd[_a5]
+            _t_v4 = _d_logd[_a5]
+            _out[i, j] = _t_v4*math.exp(_v4)
 
 
 @numba.njit(cache=True)
 def _pullback_kernel(n, logd, _ybar, _g_logd):
-    for i in range(0, n):
-        j = i
-        _y = _ybar[i, j]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += logd.shape[0]
-        if _a2 < 0 or _a2 >= logd.shape[0]:
-            raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-        _v1 = logd[_a2]
-        _g_logd[_a2] += (math.exp(_v1)) * _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _ybar[i, j]
+            _v3 = logd[i]
+            _g_logd[i] += (math.exp(_v3)) * _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _ybar[i, j]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += logd.shape[0]
+            if _a5 < 0 or _a5 >= logd.shape[0]:
+                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+            _v4 = logd[_a5]
+            _g_logd[_a5] += (math.exp(_v4)) * _y
 
 
 @numba.njit(cache=True)
 def _weights_kernel(n, logd, _w_logd):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += logd.shape[0]
-        if _a2 < 0 or _a2 >= logd.shape[0]:
-            raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-        _v1 = logd[_a2]
-        _w_logd[_a2] += math.exp(2*_v1)
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = logd[i]
+            _w_logd[i] += math.exp(2*_v3)
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += logd.shape[0]
+            if _a5 < 0 or _a5 >= logd.shape[0]:
+                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+            _v4 = logd[_a5]
+            _w_logd[_a5] += math.exp(2*_v4)

@@ -308,184 +308,273 @@ def diagonal_pullback(x, dbar):
 @numba.njit(cache=True)
 def _matvec_kernel(m, n, scale, data, _rhs, _out):
     for i in range(0, m):
-        for j in range(0, n):
-            _a3 = i
-            if _a3 < 0:
-                _a3 += data.shape[0]
-            if _a3 < 0 or _a3 >= data.shape[0]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _a4 = j
-            if _a4 < 0:
-                _a4 += data.shape[1]
-            if _a4 < 0 or _a4 >= data.shape[1]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _v1 = data[_a3, _a4]
-            _v2 = scale[0]
-            _e = _v1*_v2
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = data[i, j]
+                _v4 = scale[0]
+                _e = _v3*_v4
+                for _c in range(_rhs.shape[1]):
+                    _out[i, _c] += _e * _rhs[j, _c]
+        else:
+            for j in range(_lo1, _hi2):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += data.shape[0]
+                if _a7 < 0 or _a7 >= data.shape[0]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _a8 = j
+                if _a8 < 0:
+                    _a8 += data.shape[1]
+                if _a8 < 0 or _a8 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v5 = data[_a7, _a8]
+                _v6 = scale[0]
+                _e = _v5*_v6
+                for _c in range(_rhs.shape[1]):
+                    _out[i, _c] += _e * _rhs[j, _c]
 
 
 @numba.njit(cache=True)
 def _rmatvec_kernel(m, n, scale, data, _rhs, _out):
     for i in range(0, m):
-        for j in range(0, n):
-            _a3 = i
-            if _a3 < 0:
-                _a3 += data.shape[0]
-            if _a3 < 0 or _a3 >= data.shape[0]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _a4 = j
-            if _a4 < 0:
-                _a4 += data.shape[1]
-            if _a4 < 0 or _a4 >= data.shape[1]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _v1 = data[_a3, _a4]
-            _v2 = scale[0]
-            _e = _v1*_v2
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = data[i, j]
+                _v4 = scale[0]
+                _e = _v3*_v4
+                for _c in range(_rhs.shape[1]):
+                    _out[j, _c] += _e * _rhs[i, _c]
+        else:
+            for j in range(_lo1, _hi2):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += data.shape[0]
+                if _a7 < 0 or _a7 >= data.shape[0]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _a8 = j
+                if _a8 < 0:
+                    _a8 += data.shape[1]
+                if _a8 < 0 or _a8 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v5 = data[_a7, _a8]
+                _v6 = scale[0]
+                _e = _v5*_v6
+                for _c in range(_rhs.shape[1]):
+                    _out[j, _c] += _e * _rhs[i, _c]
 
 
 @numba.njit(cache=True)
 def _bilinear_kernel(m, n, scale, data, _left, _right, _g_scale, _g_data):
     for i in range(0, m):
-        for j in range(0, n):
-            _y = 0.0
-            for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _a3 = i
-            if _a3 < 0:
-                _a3 += data.shape[0]
-            if _a3 < 0 or _a3 >= data.shape[0]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _a4 = j
-            if _a4 < 0:
-                _a4 += data.shape[1]
-            if _a4 < 0 or _a4 >= data.shape[1]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _v1 = data[_a3, _a4]
-            _v2 = scale[0]
-            _g_data[_a3, _a4] += (_v2) * _y
-            _g_scale[0] += (_v1) * _y
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _v3 = data[i, j]
+                _v4 = scale[0]
+                _g_data[i, j] += (_v4) * _y
+                _g_scale[0] += (_v3) * _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += data.shape[0]
+                if _a7 < 0 or _a7 >= data.shape[0]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _a8 = j
+                if _a8 < 0:
+                    _a8 += data.shape[1]
+                if _a8 < 0 or _a8 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v5 = data[_a7, _a8]
+                _v6 = scale[0]
+                _g_data[_a7, _a8] += (_v6) * _y
+                _g_scale[0] += (_v5) * _y
 
 
 @numba.njit(cache=True)
 def _diagonal_kernel(m, n, scale, data, _out):
-    for i in range(0, min(m, n)):
-        j = i
-        _a3 = i
-        if _a3 < 0:
-            _a3 += data.shape[0]
-        if _a3 < 0 or _a3 >= data.shape[0]:
-            raise IndexError("ScaledMatrix: getindex reads data out of range")
-        _a4 = i
-        if _a4 < 0:
-            _a4 += data.shape[1]
-        if _a4 < 0 or _a4 >= data.shape[1]:
-            raise IndexError("ScaledMatrix: getindex reads data out of range")
-        _v1 = data[_a3, _a4]
-        _v2 = scale[0]
-        _out[i] = _v1*_v2
+    _lo1 = 0
+    _hi2 = min(m, n)
+    if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = data[i, i]
+            _v4 = scale[0]
+            _out[i] = _v3*_v4
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a7 = i
+            if _a7 < 0:
+                _a7 += data.shape[0]
+            if _a7 < 0 or _a7 >= data.shape[0]:
+                raise IndexError("ScaledMatrix: getindex reads data out of range")
+            _a8 = i
+            if _a8 < 0:
+                _a8 += data.shape[1]
+            if _a8 < 0 or _a8 >= data.shape[1]:
+                raise IndexError("ScaledMatrix: getindex reads data out of range")
+            _v5 = data[_a7, _a8]
+            _v6 = scale[0]
+            _out[i] = _v5*_v6
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(m, n, scale, data, _dbar, _g_scale, _g_data):
-    for i in range(0, min(m, n)):
-        j = i
-        _y = _dbar[i]
-        _a3 = i
-        if _a3 < 0:
-            _a3 += data.shape[0]
-        if _a3 < 0 or _a3 >= data.shape[0]:
-            raise IndexError("ScaledMatrix: getindex reads data out of range")
-        _a4 = i
-        if _a4 < 0:
-            _a4 += data.shape[1]
-        if _a4 < 0 or _a4 >= data.shape[1]:
-            raise IndexError("ScaledMatrix: getindex reads data out of range")
-        _v1 = data[_a3, _a4]
-        _v2 = scale[0]
-        _g_data[_a3, _a4] += (_v2) * _y
-        _g_scale[0] += (_v1) * _y
+    _lo1 = 0
+    _hi2 = min(m, n)
+    if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _v3 = data[i, i]
+            _v4 = scale[0]
+            _g_data[i, i] += (_v4) * _y
+            _g_scale[0] += (_v3) * _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _a7 = i
+            if _a7 < 0:
+                _a7 += data.shape[0]
+            if _a7 < 0 or _a7 >= data.shape[0]:
+                raise IndexError("ScaledMatrix: getindex reads data out of range")
+            _a8 = i
+            if _a8 < 0:
+                _a8 += data.shape[1]
+            if _a8 < 0 or _a8 >= data.shape[1]:
+                raise IndexError("ScaledMatrix: getindex reads data out of range")
+            _v5 = data[_a7, _a8]
+            _v6 = scale[0]
+            _g_data[_a7, _a8] += (_v6) * _y
+            _g_scale[0] += (_v5) * _y
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(m, n, scale, data, _out):
     for i in range(0, m):
-        for j in range(0, n):
-            _a3 = i
-            if _a3 < 0:
-                _a3 += data.shape[0]
-            if _a3 < 0 or _a3 >= data.shape[0]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _a4 = j
-            if _a4 < 0:
-                _a4 += data.shape[1]
-            if _a4 < 0 or _a4 >= data.shape[1]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _v1 = data[_a3, _a4]
-            _v2 = scale[0]
-            _out[i, j] = _v1*_v2
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = data[i, j]
+                _v4 = scale[0]
+                _out[i, j] = _v3*_v4
+        else:
+            for j in range(_lo1, _hi2):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += data.shape[0]
+                if _a7 < 0 or _a7 >= data.shape[0]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _a8 = j
+                if _a8 < 0:
+                    _a8 += data.shape[1]
+                if _a8 < 0 or _a8 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v5 = data[_a7, _a8]
+                _v6 = scale[0]
+                _out[i, j] = _v5*_v6
 
 
 @numba.njit(cache=True)
 def _pushforward_kernel(m, n, scale, data, _d_scale, _d_data, _out):
     for i in range(0, m):
-        for j in range(0, n):
-            _a3 = i
-            if _a3 < 0:
-                _a3 += data.shape[0]
-            if _a3 < 0 or _a3 >= data.shape[0]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _a4 = j
-            if _a4 < 0:
-                _a4 += data.shape[1]
-            if _a4 < 0 or _a4 >= data.shape[1]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _v1 = data[_a3, _a4]
-            _t_v1 = _d_data[_a3, _a4]
-            _v2 = scale[0]
-            _t_v2 = _d_scale[0]
-            _out[i, j] = _t_v1*_v2 + _t_v2*_v1
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = data[i, j]
+                _t_v3 = _d_data[i, j]
+                _v4 = scale[0]
+                _t_v4 = _d_scale[0]
+                _out[i, j] = _t_v3*_v4 + _t_v4*_v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += data.shape[0]
+                if _a7 < 0 or _a7 >= data.shape[0]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _a8 = j
+                if _a8 < 0:
+                    _a8 += data.shape[1]
+                if _a8 < 0 or _a8 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v5 = data[_a7, _a8]
+                _t_v5 = _d_data[_a7, _a8]
+                _v6 = scale[0]
+                _t_v6 = _d_scale[0]
+                _out[i, j] = _t_v5*_v6 + _t_v6*_v5
 
 
 @numba.njit(cache=True)
 def _pullback_kernel(m, n, scale, data, _ybar, _g_scale, _g_data):
     for i in range(0, m):
-        for j in range(0, n):
-            _y = _ybar[i, j]
-            _a3 = i
-            if _a3 < 0:
-                _a3 += data.shape[0]
-            if _a3 < 0 or _a3 >= data.shape[0]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _a4 = j
-            if _a4 < 0:
-                _a4 += data.shape[1]
-            if _a4 < 0 or _a4 >= data.shape[1]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _v1 = data[_a3, _a4]
-            _v2 = scale[0]
-            _g_data[_a3, _a4] += (_v2) * _y
-            _g_scale[0] += (_v1) * _y
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _v3 = data[i, j]
+                _v4 = scale[0]
+                _g_data[i, j] += (_v4) * _y
+                _g_scale[0] += (_v3) * _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += data.shape[0]
+                if _a7 < 0 or _a7 >= data.shape[0]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _a8 = j
+                if _a8 < 0:
+                    _a8 += data.shape[1]
+                if _a8 < 0 or _a8 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v5 = data[_a7, _a8]
+                _v6 = scale[0]
+                _g_data[_a7, _a8] += (_v6) * _y
+                _g_scale[0] += (_v5) * _y
 
 
 @numba.njit(cache=True)
 def _weights_kernel(m, n, scale, data, _w_scale, _w_data):
     for i in range(0, m):
-        for j in range(0, n):
-            _a3 = i
-            if _a3 < 0:
-                _a3 += data.shape[0]
-            if _a3 < 0 or _a3 >= data.shape[0]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _a4 = j
-            if _a4 < 0:
-                _a4 += data.shape[1]
-            if _a4 < 0 or _a4 >= data.shape[1]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _v1 = data[_a3, _a4]
-            _v2 = scale[0]
-            _w_data[_a3, _a4] += _v2**2
-            _w_scale[0] += _v1**2
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = data[i, j]
+                _v4 = scale[0]
+                _w_data[i, j] += _v4**2
+                _w_scale[0] += _v3**2
+        else:
+            for j in range(_lo1, _hi2):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += data.shape[0]
+                if _a7 < 0 or _a7 >= data.shape[0]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _a8 = j
+                if _a8 < 0:
+                    _a8 += data.shape[1]
+                if _a8 < 0 or _a8 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v5 = data[_a7, _a8]
+                _v6 = scale[0]
+                _w_data[_a7, _a8] += _v6**2
+                _w_scale[0] += _v5**2

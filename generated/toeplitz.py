@@ -307,188 +307,312 @@ def diagonal_pullback(x, dbar):
 @numba.njit(cache=True)
 def _matvec_kernel(n, col, row, _rhs, _out):
     for i in range(0, n):
-        for j in range(0, min(n, i + 1)):
-            _a2 = i - j
-            if _a2 < 0:
-                _a2 += col.shape[0]
-            if _a2 < 0 or _a2 >= col.shape[0]:
-                raise IndexError("Toeplitz: getindex reads col out of range")
-            _v1 = col[_a2]
-            _e = _v1
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+        _lo1 = 0
+        _hi2 = min(n, i + 1)
+        if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = col[i - j]
+                _e = _v3
+                for _c in range(_rhs.shape[1]):
+                    _out[i, _c] += _e * _rhs[j, _c]
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i - j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _v4 = col[_a5]
+                _e = _v4
+                for _c in range(_rhs.shape[1]):
+                    _out[i, _c] += _e * _rhs[j, _c]
     for i in range(0, n):
-        for j in range(i + 1, n):
-            _a2 = -i + j
-            if _a2 < 0:
-                _a2 += row.shape[0]
-            if _a2 < 0 or _a2 >= row.shape[0]:
-                raise IndexError("Toeplitz: getindex reads row out of range")
-            _v1 = row[_a2]
-            _e = _v1
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+        _lo1 = i + 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = row[-i + j]
+                _e = _v3
+                for _c in range(_rhs.shape[1]):
+                    _out[i, _c] += _e * _rhs[j, _c]
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = -i + j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _v4 = row[_a5]
+                _e = _v4
+                for _c in range(_rhs.shape[1]):
+                    _out[i, _c] += _e * _rhs[j, _c]
 
 
 @numba.njit(cache=True)
 def _rmatvec_kernel(n, col, row, _rhs, _out):
     for i in range(0, n):
-        for j in range(0, min(n, i + 1)):
-            _a2 = i - j
-            if _a2 < 0:
-                _a2 += col.shape[0]
-            if _a2 < 0 or _a2 >= col.shape[0]:
-                raise IndexError("Toeplitz: getindex reads col out of range")
-            _v1 = col[_a2]
-            _e = _v1
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+        _lo1 = 0
+        _hi2 = min(n, i + 1)
+        if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = col[i - j]
+                _e = _v3
+                for _c in range(_rhs.shape[1]):
+                    _out[j, _c] += _e * _rhs[i, _c]
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i - j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _v4 = col[_a5]
+                _e = _v4
+                for _c in range(_rhs.shape[1]):
+                    _out[j, _c] += _e * _rhs[i, _c]
     for i in range(0, n):
-        for j in range(i + 1, n):
-            _a2 = -i + j
-            if _a2 < 0:
-                _a2 += row.shape[0]
-            if _a2 < 0 or _a2 >= row.shape[0]:
-                raise IndexError("Toeplitz: getindex reads row out of range")
-            _v1 = row[_a2]
-            _e = _v1
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+        _lo1 = i + 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = row[-i + j]
+                _e = _v3
+                for _c in range(_rhs.shape[1]):
+                    _out[j, _c] += _e * _rhs[i, _c]
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = -i + j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _v4 = row[_a5]
+                _e = _v4
+                for _c in range(_rhs.shape[1]):
+                    _out[j, _c] += _e * _rhs[i, _c]
 
 
 @numba.njit(cache=True)
 def _bilinear_kernel(n, col, row, _left, _right, _g_col, _g_row):
     for i in range(0, n):
-        for j in range(0, min(n, i + 1)):
-            _y = 0.0
-            for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _a2 = i - j
-            if _a2 < 0:
-                _a2 += col.shape[0]
-            if _a2 < 0 or _a2 >= col.shape[0]:
-                raise IndexError("Toeplitz: getindex reads col out of range")
-            _g_col[_a2] += _y
+        _lo1 = 0
+        _hi2 = min(n, i + 1)
+        if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _g_col[i - j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _a5 = i - j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _g_col[_a5] += _y
     for i in range(0, n):
-        for j in range(i + 1, n):
-            _y = 0.0
-            for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _a2 = -i + j
-            if _a2 < 0:
-                _a2 += row.shape[0]
-            if _a2 < 0 or _a2 >= row.shape[0]:
-                raise IndexError("Toeplitz: getindex reads row out of range")
-            _g_row[_a2] += _y
+        _lo1 = i + 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _g_row[-i + j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _a5 = -i + j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _g_row[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _diagonal_kernel(n, col, row, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = 0
-        if _a2 < 0:
-            _a2 += col.shape[0]
-        if _a2 < 0 or _a2 >= col.shape[0]:
-            raise IndexError("Toeplitz: getindex reads col out of range")
-        _v1 = col[_a2]
-        _out[i] = _v1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= 0 < col.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = col[0]
+            _out[i] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = 0
+            if _a5 < 0:
+                _a5 += col.shape[0]
+            if _a5 < 0 or _a5 >= col.shape[0]:
+                raise IndexError("Toeplitz: getindex reads col out of range")
+            _v4 = col[_a5]
+            _out[i] = _v4
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(n, col, row, _dbar, _g_col, _g_row):
-    for i in range(0, n):
-        j = i
-        _y = _dbar[i]
-        _a2 = 0
-        if _a2 < 0:
-            _a2 += col.shape[0]
-        if _a2 < 0 or _a2 >= col.shape[0]:
-            raise IndexError("Toeplitz: getindex reads col out of range")
-        _g_col[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= 0 < col.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _g_col[0] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _a5 = 0
+            if _a5 < 0:
+                _a5 += col.shape[0]
+            if _a5 < 0 or _a5 >= col.shape[0]:
+                raise IndexError("Toeplitz: getindex reads col out of range")
+            _g_col[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(n, col, row, _out):
     for i in range(0, n):
-        for j in range(0, min(n, i + 1)):
-            _a2 = i - j
-            if _a2 < 0:
-                _a2 += col.shape[0]
-            if _a2 < 0 or _a2 >= col.shape[0]:
-                raise IndexError("Toeplitz: getindex reads col out of range")
-            _v1 = col[_a2]
-            _out[i, j] = _v1
+        _lo1 = 0
+        _hi2 = min(n, i + 1)
+        if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = col[i - j]
+                _out[i, j] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i - j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _v4 = col[_a5]
+                _out[i, j] = _v4
     for i in range(0, n):
-        for j in range(i + 1, n):
-            _a2 = -i + j
-            if _a2 < 0:
-                _a2 += row.shape[0]
-            if _a2 < 0 or _a2 >= row.shape[0]:
-                raise IndexError("Toeplitz: getindex reads row out of range")
-            _v1 = row[_a2]
-            _out[i, j] = _v1
+        _lo1 = i + 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = row[-i + j]
+                _out[i, j] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = -i + j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _v4 = row[_a5]
+                _out[i, j] = _v4
 
 
 @numba.njit(cache=True)
 def _pushforward_kernel(n, col, row, _d_col, _d_row, _out):
     for i in range(0, n):
-        for j in range(0, min(n, i + 1)):
-            _a2 = i - j
-            if _a2 < 0:
-                _a2 += col.shape[0]
-            if _a2 < 0 or _a2 >= col.shape[0]:
-                raise IndexError("Toeplitz: getindex reads col out of range")
-            _t_v1 = _d_col[_a2]
-            _out[i, j] = _t_v1
+        _lo1 = 0
+        _hi2 = min(n, i + 1)
+        if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _t_v3 = _d_col[i - j]
+                _out[i, j] = _t_v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i - j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _t_v4 = _d_col[_a5]
+                _out[i, j] = _t_v4
     for i in range(0, n):
-        for j in range(i + 1, n):
-            _a2 = -i + j
-            if _a2 < 0:
-                _a2 += row.shape[0]
-            if _a2 < 0 or _a2 >= row.shape[0]:
-                raise IndexError("Toeplitz: getindex reads row out of range")
-            _t_v1 = _d_row[_a2]
-            _out[i, j] = _t_v1
+        _lo1 = i + 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _t_v3 = _d_row[-i + j]
+                _out[i, j] = _t_v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = -i + j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _t_v4 = _d_row[_a5]
+                _out[i, j] = _t_v4
 
 
 @numba.njit(cache=True)
 def _pullback_kernel(n, col, row, _ybar, _g_col, _g_row):
     for i in range(0, n):
-        for j in range(0, min(n, i + 1)):
-            _y = _ybar[i, j]
-            _a2 = i - j
-            if _a2 < 0:
-                _a2 += col.shape[0]
-            if _a2 < 0 or _a2 >= col.shape[0]:
-                raise IndexError("Toeplitz: getindex reads col out of range")
-            _g_col[_a2] += _y
+        _lo1 = 0
+        _hi2 = min(n, i + 1)
+        if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _g_col[i - j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _a5 = i - j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _g_col[_a5] += _y
     for i in range(0, n):
-        for j in range(i + 1, n):
-            _y = _ybar[i, j]
-            _a2 = -i + j
-            if _a2 < 0:
-                _a2 += row.shape[0]
-            if _a2 < 0 or _a2 >= row.shape[0]:
-                raise IndexError("Toeplitz: getindex reads row out of range")
-            _g_row[_a2] += _y
+        _lo1 = i + 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _g_row[-i + j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _a5 = -i + j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _g_row[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _weights_kernel(n, col, row, _w_col, _w_row):
     for i in range(0, n):
-        for j in range(0, min(n, i + 1)):
-            _a2 = i - j
-            if _a2 < 0:
-                _a2 += col.shape[0]
-            if _a2 < 0 or _a2 >= col.shape[0]:
-                raise IndexError("Toeplitz: getindex reads col out of range")
-            _w_col[_a2] += 1
+        _lo1 = 0
+        _hi2 = min(n, i + 1)
+        if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _w_col[i - j] += 1
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i - j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _w_col[_a5] += 1
     for i in range(0, n):
-        for j in range(i + 1, n):
-            _a2 = -i + j
-            if _a2 < 0:
-                _a2 += row.shape[0]
-            if _a2 < 0 or _a2 >= row.shape[0]:
-                raise IndexError("Toeplitz: getindex reads row out of range")
-            _w_row[_a2] += 1
+        _lo1 = i + 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _w_row[-i + j] += 1
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = -i + j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _w_row[_a5] += 1

@@ -309,257 +309,456 @@ def diagonal_pullback(x, dbar):
 
 @numba.njit(cache=True)
 def _matvec_kernel(n, dl, d, du, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads d out of range")
-        _v1 = d[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[i, _c] += _e * _rhs[j, _c]
-    for i in range(0, n - 1):
-        j = i + 1
-        _a2 = i
-        if _a2 < 0:
-            _a2 += du.shape[0]
-        if _a2 < 0 or _a2 >= du.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads du out of range")
-        _v1 = du[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[i, _c] += _e * _rhs[j, _c]
-    for i in range(1, n):
-        j = i - 1
-        _a2 = i - 1
-        if _a2 < 0:
-            _a2 += dl.shape[0]
-        if _a2 < 0 or _a2 >= dl.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads dl out of range")
-        _v1 = dl[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[i, _c] += _e * _rhs[j, _c]
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = d[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads d out of range")
+            _v4 = d[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _v3 = du[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _a5 = i
+            if _a5 < 0:
+                _a5 += du.shape[0]
+            if _a5 < 0 or _a5 >= du.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads du out of range")
+            _v4 = du[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    _lo1 = 1
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _v3 = dl[i - 1]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _a5 = i - 1
+            if _a5 < 0:
+                _a5 += dl.shape[0]
+            if _a5 < 0 or _a5 >= dl.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads dl out of range")
+            _v4 = dl[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
 
 
 @numba.njit(cache=True)
 def _rmatvec_kernel(n, dl, d, du, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads d out of range")
-        _v1 = d[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[j, _c] += _e * _rhs[i, _c]
-    for i in range(0, n - 1):
-        j = i + 1
-        _a2 = i
-        if _a2 < 0:
-            _a2 += du.shape[0]
-        if _a2 < 0 or _a2 >= du.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads du out of range")
-        _v1 = du[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[j, _c] += _e * _rhs[i, _c]
-    for i in range(1, n):
-        j = i - 1
-        _a2 = i - 1
-        if _a2 < 0:
-            _a2 += dl.shape[0]
-        if _a2 < 0 or _a2 >= dl.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads dl out of range")
-        _v1 = dl[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[j, _c] += _e * _rhs[i, _c]
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = d[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads d out of range")
+            _v4 = d[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _v3 = du[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _a5 = i
+            if _a5 < 0:
+                _a5 += du.shape[0]
+            if _a5 < 0 or _a5 >= du.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads du out of range")
+            _v4 = du[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    _lo1 = 1
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _v3 = dl[i - 1]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _a5 = i - 1
+            if _a5 < 0:
+                _a5 += dl.shape[0]
+            if _a5 < 0 or _a5 >= dl.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads dl out of range")
+            _v4 = dl[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
 
 
 @numba.njit(cache=True)
 def _bilinear_kernel(n, dl, d, du, _left, _right, _g_dl, _g_d, _g_du):
-    for i in range(0, n):
-        j = i
-        _y = 0.0
-        for _c in range(_left.shape[1]):
-            _y += _left[i, _c] * _right[j, _c]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads d out of range")
-        _g_d[_a2] += _y
-    for i in range(0, n - 1):
-        j = i + 1
-        _y = 0.0
-        for _c in range(_left.shape[1]):
-            _y += _left[i, _c] * _right[j, _c]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += du.shape[0]
-        if _a2 < 0 or _a2 >= du.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads du out of range")
-        _g_du[_a2] += _y
-    for i in range(1, n):
-        j = i - 1
-        _y = 0.0
-        for _c in range(_left.shape[1]):
-            _y += _left[i, _c] * _right[j, _c]
-        _a2 = i - 1
-        if _a2 < 0:
-            _a2 += dl.shape[0]
-        if _a2 < 0 or _a2 >= dl.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads dl out of range")
-        _g_dl[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _g_d[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads d out of range")
+            _g_d[_a5] += _y
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _g_du[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += du.shape[0]
+            if _a5 < 0 or _a5 >= du.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads du out of range")
+            _g_du[_a5] += _y
+    _lo1 = 1
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _g_dl[i - 1] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _a5 = i - 1
+            if _a5 < 0:
+                _a5 += dl.shape[0]
+            if _a5 < 0 or _a5 >= dl.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads dl out of range")
+            _g_dl[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _diagonal_kernel(n, dl, d, du, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads d out of range")
-        _v1 = d[_a2]
-        _out[i] = _v1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = d[i]
+            _out[i] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads d out of range")
+            _v4 = d[_a5]
+            _out[i] = _v4
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(n, dl, d, du, _dbar, _g_dl, _g_d, _g_du):
-    for i in range(0, n):
-        j = i
-        _y = _dbar[i]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads d out of range")
-        _g_d[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _g_d[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads d out of range")
+            _g_d[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(n, dl, d, du, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads d out of range")
-        _v1 = d[_a2]
-        _out[i, j] = _v1
-    for i in range(0, n - 1):
-        j = i + 1
-        _a2 = i
-        if _a2 < 0:
-            _a2 += du.shape[0]
-        if _a2 < 0 or _a2 >= du.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads du out of range")
-        _v1 = du[_a2]
-        _out[i, j] = _v1
-    for i in range(1, n):
-        j = i - 1
-        _a2 = i - 1
-        if _a2 < 0:
-            _a2 += dl.shape[0]
-        if _a2 < 0 or _a2 >= dl.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads dl out of range")
-        _v1 = dl[_a2]
-        _out[i, j] = _v1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = d[i]
+            _out[i, j] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads d out of range")
+            _v4 = d[_a5]
+            _out[i, j] = _v4
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _v3 = du[i]
+            _out[i, j] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _a5 = i
+            if _a5 < 0:
+                _a5 += du.shape[0]
+            if _a5 < 0 or _a5 >= du.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads du out of range")
+            _v4 = du[_a5]
+            _out[i, j] = _v4
+    _lo1 = 1
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _v3 = dl[i - 1]
+            _out[i, j] = _v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _a5 = i - 1
+            if _a5 < 0:
+                _a5 += dl.shape[0]
+            if _a5 < 0 or _a5 >= dl.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads dl out of range")
+            _v4 = dl[_a5]
+            _out[i, j] = _v4
 
 
 @numba.njit(cache=True)
 def _pushforward_kernel(n, dl, d, du, _d_dl, _d_d, _d_du, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads d out of range")
-        _t_v1 = _d_d[_a2]
-        _out[i, j] = _t_v1
-    for i in range(0, n - 1):
-        j = i + 1
-        _a2 = i
-        if _a2 < 0:
-            _a2 += du.shape[0]
-        if _a2 < 0 or _a2 >= du.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads du out of range")
-        _t_v1 = _d_du[_a2]
-        _out[i, j] = _t_v1
-    for i in range(1, n):
-        j = i - 1
-        _a2 = i - 1
-        if _a2 < 0:
-            _a2 += dl.shape[0]
-        if _a2 < 0 or _a2 >= dl.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads dl out of range")
-        _t_v1 = _d_dl[_a2]
-        _out[i, j] = _t_v1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _t_v3 = _d_d[i]
+            _out[i, j] = _t_v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads d out of range")
+            _t_v4 = _d_d[_a5]
+            _out[i, j] = _t_v4
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _t_v3 = _d_du[i]
+            _out[i, j] = _t_v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _a5 = i
+            if _a5 < 0:
+                _a5 += du.shape[0]
+            if _a5 < 0 or _a5 >= du.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads du out of range")
+            _t_v4 = _d_du[_a5]
+            _out[i, j] = _t_v4
+    _lo1 = 1
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _t_v3 = _d_dl[i - 1]
+            _out[i, j] = _t_v3
+    else:
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _a5 = i - 1
+            if _a5 < 0:
+                _a5 += dl.shape[0]
+            if _a5 < 0 or _a5 >= dl.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads dl out of range")
+            _t_v4 = _d_dl[_a5]
+            _out[i, j] = _t_v4
 
 
 @numba.njit(cache=True)
 def _pullback_kernel(n, dl, d, du, _ybar, _g_dl, _g_d, _g_du):
-    for i in range(0, n):
-        j = i
-        _y = _ybar[i, j]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads d out of range")
-        _g_d[_a2] += _y
-    for i in range(0, n - 1):
-        j = i + 1
-        _y = _ybar[i, j]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += du.shape[0]
-        if _a2 < 0 or _a2 >= du.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads du out of range")
-        _g_du[_a2] += _y
-    for i in range(1, n):
-        j = i - 1
-        _y = _ybar[i, j]
-        _a2 = i - 1
-        if _a2 < 0:
-            _a2 += dl.shape[0]
-        if _a2 < 0 or _a2 >= dl.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads dl out of range")
-        _g_dl[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _ybar[i, j]
+            _g_d[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _ybar[i, j]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads d out of range")
+            _g_d[_a5] += _y
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _y = _ybar[i, j]
+            _g_du[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _y = _ybar[i, j]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += du.shape[0]
+            if _a5 < 0 or _a5 >= du.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads du out of range")
+            _g_du[_a5] += _y
+    _lo1 = 1
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _y = _ybar[i, j]
+            _g_dl[i - 1] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _y = _ybar[i, j]
+            _a5 = i - 1
+            if _a5 < 0:
+                _a5 += dl.shape[0]
+            if _a5 < 0 or _a5 >= dl.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads dl out of range")
+            _g_dl[_a5] += _y
 
 
 @numba.njit(cache=True)
 def _weights_kernel(n, dl, d, du, _w_dl, _w_d, _w_du):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += d.shape[0]
-        if _a2 < 0 or _a2 >= d.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads d out of range")
-        _w_d[_a2] += 1
-    for i in range(0, n - 1):
-        j = i + 1
-        _a2 = i
-        if _a2 < 0:
-            _a2 += du.shape[0]
-        if _a2 < 0 or _a2 >= du.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads du out of range")
-        _w_du[_a2] += 1
-    for i in range(1, n):
-        j = i - 1
-        _a2 = i - 1
-        if _a2 < 0:
-            _a2 += dl.shape[0]
-        if _a2 < 0 or _a2 >= dl.shape[0]:
-            raise IndexError("Tridiagonal: getindex reads dl out of range")
-        _w_dl[_a2] += 1
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _w_d[i] += 1
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += d.shape[0]
+            if _a5 < 0 or _a5 >= d.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads d out of range")
+            _w_d[_a5] += 1
+    _lo1 = 0
+    _hi2 = n - 1
+    if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _w_du[i] += 1
+    else:
+        for i in range(_lo1, _hi2):
+            j = i + 1
+            _a5 = i
+            if _a5 < 0:
+                _a5 += du.shape[0]
+            if _a5 < 0 or _a5 >= du.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads du out of range")
+            _w_du[_a5] += 1
+    _lo1 = 1
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _w_dl[i - 1] += 1
+    else:
+        for i in range(_lo1, _hi2):
+            j = i - 1
+            _a5 = i - 1
+            if _a5 < 0:
+                _a5 += dl.shape[0]
+            if _a5 < 0 or _a5 >= dl.shape[0]:
+                raise IndexError("Tridiagonal: getindex reads dl out of range")
+            _w_dl[_a5] += 1

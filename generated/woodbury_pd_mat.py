@@ -314,17 +314,27 @@ def diagonal_pullback(x, dbar):
 
 @numba.njit(cache=True)
 def _matvec_kernel(n, r, A, d, s, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += s.shape[0]
-        if _a2 < 0 or _a2 >= s.shape[0]:
-            raise IndexError("WoodburyPDMat: getindex reads s out of range")
-        _v1 = s[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[i, _c] += _e * _rhs[j, _c]
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = s[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += s.shape[0]
+            if _a5 < 0 or _a5 >= s.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads s out of range")
+            _v4 = s[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[i, _c] += _e * _rhs[j, _c]
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
@@ -367,17 +377,27 @@ def _matvec_kernel(n, r, A, d, s, _rhs, _out):
 
 @numba.njit(cache=True)
 def _rmatvec_kernel(n, r, A, d, s, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _a2 = i
-        if _a2 < 0:
-            _a2 += s.shape[0]
-        if _a2 < 0 or _a2 >= s.shape[0]:
-            raise IndexError("WoodburyPDMat: getindex reads s out of range")
-        _v1 = s[_a2]
-        _e = _v1
-        for _c in range(_rhs.shape[1]):
-            _out[j, _c] += _e * _rhs[i, _c]
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _v3 = s[i]
+            _e = _v3
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a5 = i
+            if _a5 < 0:
+                _a5 += s.shape[0]
+            if _a5 < 0 or _a5 >= s.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads s out of range")
+            _v4 = s[_a5]
+            _e = _v4
+            for _c in range(_rhs.shape[1]):
+                _out[j, _c] += _e * _rhs[i, _c]
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
@@ -420,17 +440,27 @@ def _rmatvec_kernel(n, r, A, d, s, _rhs, _out):
 
 @numba.njit(cache=True)
 def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
-    for i in range(0, n):
-        j = i
-        _y = 0.0
-        for _c in range(_left.shape[1]):
-            _y += _left[i, _c] * _right[j, _c]
-        _a2 = i
-        if _a2 < 0:
-            _a2 += s.shape[0]
-        if _a2 < 0 or _a2 >= s.shape[0]:
-            raise IndexError("WoodburyPDMat: getindex reads s out of range")
-        _g_s[_a2] += _y
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _g_s[i] += _y
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = 0.0
+            for _c in range(_left.shape[1]):
+                _y += _left[i, _c] * _right[j, _c]
+            _a5 = i
+            if _a5 < 0:
+                _a5 += s.shape[0]
+            if _a5 < 0 or _a5 >= s.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads s out of range")
+            _g_s[_a5] += _y
     _acc1 = np.zeros(_left.shape[1])
     _acc2 = np.zeros(_left.shape[1])
     for k in range(0, r):
@@ -514,102 +544,187 @@ def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
 
 @numba.njit(cache=True)
 def _diagonal_kernel(n, r, A, d, s, _out):
-    for i in range(0, n):
-        j = i
-        _s1 = 0.0
-        for k in range(0, r):
-            _a5 = i
-            if _a5 < 0:
-                _a5 += A.shape[0]
-            if _a5 < 0 or _a5 >= A.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _a6 = k
-            if _a6 < 0:
-                _a6 += A.shape[1]
-            if _a6 < 0 or _a6 >= A.shape[1]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _v3 = A[_a5, _a6]
-            _a7 = k
-            if _a7 < 0:
-                _a7 += d.shape[0]
-            if _a7 < 0 or _a7 >= d.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads d out of range")
-            _v4 = d[_a7]
-            _s1 += _v3**2*_v4
-        _a8 = i
-        if _a8 < 0:
-            _a8 += s.shape[0]
-        if _a8 < 0 or _a8 >= s.shape[0]:
-            raise IndexError("WoodburyPDMat: getindex reads s out of range")
-        _v2 = s[_a8]
-        _out[i] = _s1 + _v2
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _s3 = 0.0
+            for k in range(0, r):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += A.shape[0]
+                if _a7 < 0 or _a7 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a8 = k
+                if _a8 < 0:
+                    _a8 += A.shape[1]
+                if _a8 < 0 or _a8 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v5 = A[_a7, _a8]
+                _a9 = k
+                if _a9 < 0:
+                    _a9 += d.shape[0]
+                if _a9 < 0 or _a9 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v6 = d[_a9]
+                _s3 += _v5**2*_v6
+            _v4 = s[i]
+            _out[i] = _s3 + _v4
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _s10 = 0.0
+            for k in range(0, r):
+                _a14 = i
+                if _a14 < 0:
+                    _a14 += A.shape[0]
+                if _a14 < 0 or _a14 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a15 = k
+                if _a15 < 0:
+                    _a15 += A.shape[1]
+                if _a15 < 0 or _a15 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v12 = A[_a14, _a15]
+                _a16 = k
+                if _a16 < 0:
+                    _a16 += d.shape[0]
+                if _a16 < 0 or _a16 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v13 = d[_a16]
+                _s10 += _v12**2*_v13
+            _a17 = i
+            if _a17 < 0:
+                _a17 += s.shape[0]
+            if _a17 < 0 or _a17 >= s.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads s out of range")
+            _v11 = s[_a17]
+            _out[i] = _s10 + _v11
 
 
 @numba.njit(cache=True)
 def _diagonal_pullback_kernel(n, r, A, d, s, _dbar, _g_A, _g_d, _g_s):
-    for i in range(0, n):
-        j = i
-        _y = _dbar[i]
-        _a3 = i
-        if _a3 < 0:
-            _a3 += s.shape[0]
-        if _a3 < 0 or _a3 >= s.shape[0]:
-            raise IndexError("WoodburyPDMat: getindex reads s out of range")
-        _g_s[_a3] += _y
-        _b4 = _y
-        for k in range(0, r):
-            _a7 = i
-            if _a7 < 0:
-                _a7 += A.shape[0]
-            if _a7 < 0 or _a7 >= A.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _a8 = k
-            if _a8 < 0:
-                _a8 += A.shape[1]
-            if _a8 < 0 or _a8 >= A.shape[1]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _v5 = A[_a7, _a8]
-            _a9 = k
-            if _a9 < 0:
-                _a9 += d.shape[0]
-            if _a9 < 0 or _a9 >= d.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads d out of range")
-            _v6 = d[_a9]
-            _g_A[_a7, _a8] += (2*_v5*_v6) * _b4
-            _g_d[_a9] += (_v5**2) * _b4
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _g_s[i] += _y
+            _b5 = _y
+            for k in range(0, r):
+                _a8 = i
+                if _a8 < 0:
+                    _a8 += A.shape[0]
+                if _a8 < 0 or _a8 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a9 = k
+                if _a9 < 0:
+                    _a9 += A.shape[1]
+                if _a9 < 0 or _a9 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v6 = A[_a8, _a9]
+                _a10 = k
+                if _a10 < 0:
+                    _a10 += d.shape[0]
+                if _a10 < 0 or _a10 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v7 = d[_a10]
+                _g_A[_a8, _a9] += (2*_v6*_v7) * _b5
+                _g_d[_a10] += (_v6**2) * _b5
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _dbar[i]
+            _a13 = i
+            if _a13 < 0:
+                _a13 += s.shape[0]
+            if _a13 < 0 or _a13 >= s.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads s out of range")
+            _g_s[_a13] += _y
+            _b14 = _y
+            for k in range(0, r):
+                _a17 = i
+                if _a17 < 0:
+                    _a17 += A.shape[0]
+                if _a17 < 0 or _a17 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a18 = k
+                if _a18 < 0:
+                    _a18 += A.shape[1]
+                if _a18 < 0 or _a18 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v15 = A[_a17, _a18]
+                _a19 = k
+                if _a19 < 0:
+                    _a19 += d.shape[0]
+                if _a19 < 0 or _a19 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v16 = d[_a19]
+                _g_A[_a17, _a18] += (2*_v15*_v16) * _b14
+                _g_d[_a19] += (_v15**2) * _b14
 
 
 @numba.njit(cache=True)
 def _destructure_kernel(n, r, A, d, s, _out):
-    for i in range(0, n):
-        j = i
-        _s1 = 0.0
-        for k in range(0, r):
-            _a5 = i
-            if _a5 < 0:
-                _a5 += A.shape[0]
-            if _a5 < 0 or _a5 >= A.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _a6 = k
-            if _a6 < 0:
-                _a6 += A.shape[1]
-            if _a6 < 0 or _a6 >= A.shape[1]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _v3 = A[_a5, _a6]
-            _a7 = k
-            if _a7 < 0:
-                _a7 += d.shape[0]
-            if _a7 < 0 or _a7 >= d.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads d out of range")
-            _v4 = d[_a7]
-            _s1 += _v3**2*_v4
-        _a8 = i
-        if _a8 < 0:
-            _a8 += s.shape[0]
-        if _a8 < 0 or _a8 >= s.shape[0]:
-            raise IndexError("WoodburyPDMat: getindex reads s out of range")
-        _v2 = s[_a8]
-        _out[i, j] = _s1 + _v2
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _s3 = 0.0
+            for k in range(0, r):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += A.shape[0]
+                if _a7 < 0 or _a7 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a8 = k
+                if _a8 < 0:
+                    _a8 += A.shape[1]
+                if _a8 < 0 or _a8 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v5 = A[_a7, _a8]
+                _a9 = k
+                if _a9 < 0:
+                    _a9 += d.shape[0]
+                if _a9 < 0 or _a9 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v6 = d[_a9]
+                _s3 += _v5**2*_v6
+            _v4 = s[i]
+            _out[i, j] = _s3 + _v4
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _s10 = 0.0
+            for k in range(0, r):
+                _a14 = i
+                if _a14 < 0:
+                    _a14 += A.shape[0]
+                if _a14 < 0 or _a14 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a15 = k
+                if _a15 < 0:
+                    _a15 += A.shape[1]
+                if _a15 < 0 or _a15 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v12 = A[_a14, _a15]
+                _a16 = k
+                if _a16 < 0:
+                    _a16 += d.shape[0]
+                if _a16 < 0 or _a16 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v13 = d[_a16]
+                _s10 += _v12**2*_v13
+            _a17 = i
+            if _a17 < 0:
+                _a17 += s.shape[0]
+            if _a17 < 0 or _a17 >= s.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads s out of range")
+            _v11 = s[_a17]
+            _out[i, j] = _s10 + _v11
     for i in range(0, n):
         for j in range(0, n):
             if (i != j):
@@ -649,37 +764,67 @@ def _destructure_kernel(n, r, A, d, s, _out):
 
 @numba.njit(cache=True)
 def _pushforward_kernel(n, r, A, d, s, _d_A, _d_d, _d_s, _out):
-    for i in range(0, n):
-        j = i
-        _t_s1 = 0.0
-        for k in range(0, r):
-            _a5 = i
-            if _a5 < 0:
-                _a5 += A.shape[0]
-            if _a5 < 0 or _a5 >= A.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _a6 = k
-            if _a6 < 0:
-                _a6 += A.shape[1]
-            if _a6 < 0 or _a6 >= A.shape[1]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _v3 = A[_a5, _a6]
-            _t_v3 = _d_A[_a5, _a6]
-            _a7 = k
-            if _a7 < 0:
-                _a7 += d.shape[0]
-            if _a7 < 0 or _a7 >= d.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads d out of range")
-            _v4 = d[_a7]
-            _t_v4 = _d_d[_a7]
-            _t_s1 += 2*_t_v3*_v3*_v4 + _t_v4*_v3**2
-        _a8 = i
-        if _a8 < 0:
-            _a8 += s.shape[0]
-        if _a8 < 0 or _a8 >= s.shape[0]:
-            raise IndexError("WoodburyPDMat: getindex reads s out of range")
-        _t_v2 = _d_s[_a8]
-        _out[i, j] = _t_s1 + _t_v2
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _t_s3 = 0.0
+            for k in range(0, r):
+                _a7 = i
+                if _a7 < 0:
+                    _a7 += A.shape[0]
+                if _a7 < 0 or _a7 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a8 = k
+                if _a8 < 0:
+                    _a8 += A.shape[1]
+                if _a8 < 0 or _a8 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v5 = A[_a7, _a8]
+                _t_v5 = _d_A[_a7, _a8]
+                _a9 = k
+                if _a9 < 0:
+                    _a9 += d.shape[0]
+                if _a9 < 0 or _a9 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v6 = d[_a9]
+                _t_v6 = _d_d[_a9]
+                _t_s3 += 2*_t_v5*_v5*_v6 + _t_v6*_v5**2
+            _t_v4 = _d_s[i]
+            _out[i, j] = _t_s3 + _t_v4
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _t_s10 = 0.0
+            for k in range(0, r):
+                _a14 = i
+                if _a14 < 0:
+                    _a14 += A.shape[0]
+                if _a14 < 0 or _a14 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a15 = k
+                if _a15 < 0:
+                    _a15 += A.shape[1]
+                if _a15 < 0 or _a15 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v12 = A[_a14, _a15]
+                _t_v12 = _d_A[_a14, _a15]
+                _a16 = k
+                if _a16 < 0:
+                    _a16 += d.shape[0]
+                if _a16 < 0 or _a16 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v13 = d[_a16]
+                _t_v13 = _d_d[_a16]
+                _t_s10 += 2*_t_v12*_v12*_v13 + _t_v13*_v12**2
+            _a17 = i
+            if _a17 < 0:
+                _a17 += s.shape[0]
+            if _a17 < 0 or _a17 >= s.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads s out of range")
+            _t_v11 = _d_s[_a17]
+            _out[i, j] = _t_s10 + _t_v11
     for i in range(0, n):
         for j in range(0, n):
             if (i != j):
@@ -722,36 +867,65 @@ def _pushforward_kernel(n, r, A, d, s, _d_A, _d_d, _d_s, _out):
 
 @numba.njit(cache=True)
 def _pullback_kernel(n, r, A, d, s, _ybar, _g_A, _g_d, _g_s):
-    for i in range(0, n):
-        j = i
-        _y = _ybar[i, j]
-        _a3 = i
-        if _a3 < 0:
-            _a3 += s.shape[0]
-        if _a3 < 0 or _a3 >= s.shape[0]:
-            raise IndexError("WoodburyPDMat: getindex reads s out of range")
-        _g_s[_a3] += _y
-        _b4 = _y
-        for k in range(0, r):
-            _a7 = i
-            if _a7 < 0:
-                _a7 += A.shape[0]
-            if _a7 < 0 or _a7 >= A.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _a8 = k
-            if _a8 < 0:
-                _a8 += A.shape[1]
-            if _a8 < 0 or _a8 >= A.shape[1]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _v5 = A[_a7, _a8]
-            _a9 = k
-            if _a9 < 0:
-                _a9 += d.shape[0]
-            if _a9 < 0 or _a9 >= d.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads d out of range")
-            _v6 = d[_a9]
-            _g_A[_a7, _a8] += (2*_v5*_v6) * _b4
-            _g_d[_a9] += (_v5**2) * _b4
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _ybar[i, j]
+            _g_s[i] += _y
+            _b5 = _y
+            for k in range(0, r):
+                _a8 = i
+                if _a8 < 0:
+                    _a8 += A.shape[0]
+                if _a8 < 0 or _a8 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a9 = k
+                if _a9 < 0:
+                    _a9 += A.shape[1]
+                if _a9 < 0 or _a9 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v6 = A[_a8, _a9]
+                _a10 = k
+                if _a10 < 0:
+                    _a10 += d.shape[0]
+                if _a10 < 0 or _a10 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v7 = d[_a10]
+                _g_A[_a8, _a9] += (2*_v6*_v7) * _b5
+                _g_d[_a10] += (_v6**2) * _b5
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _y = _ybar[i, j]
+            _a13 = i
+            if _a13 < 0:
+                _a13 += s.shape[0]
+            if _a13 < 0 or _a13 >= s.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads s out of range")
+            _g_s[_a13] += _y
+            _b14 = _y
+            for k in range(0, r):
+                _a17 = i
+                if _a17 < 0:
+                    _a17 += A.shape[0]
+                if _a17 < 0 or _a17 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a18 = k
+                if _a18 < 0:
+                    _a18 += A.shape[1]
+                if _a18 < 0 or _a18 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v15 = A[_a17, _a18]
+                _a19 = k
+                if _a19 < 0:
+                    _a19 += d.shape[0]
+                if _a19 < 0 or _a19 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v16 = d[_a19]
+                _g_A[_a17, _a18] += (2*_v15*_v16) * _b14
+                _g_d[_a19] += (_v15**2) * _b14
     for i in range(0, n):
         for j in range(0, n):
             if (i != j):
@@ -793,35 +967,63 @@ def _pullback_kernel(n, r, A, d, s, _ybar, _g_A, _g_d, _g_s):
 
 @numba.njit(cache=True)
 def _weights_kernel(n, r, A, d, s, _w_A, _w_d, _w_s):
-    for i in range(0, n):
-        j = i
-        _a3 = i
-        if _a3 < 0:
-            _a3 += s.shape[0]
-        if _a3 < 0 or _a3 >= s.shape[0]:
-            raise IndexError("WoodburyPDMat: getindex reads s out of range")
-        _w_s[_a3] += 1
-        _b4 = 1
-        for k in range(0, r):
-            _a7 = i
-            if _a7 < 0:
-                _a7 += A.shape[0]
-            if _a7 < 0 or _a7 >= A.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _a8 = k
-            if _a8 < 0:
-                _a8 += A.shape[1]
-            if _a8 < 0 or _a8 >= A.shape[1]:
-                raise IndexError("WoodburyPDMat: getindex reads A out of range")
-            _v5 = A[_a7, _a8]
-            _a9 = k
-            if _a9 < 0:
-                _a9 += d.shape[0]
-            if _a9 < 0 or _a9 >= d.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads d out of range")
-            _v6 = d[_a9]
-            _w_A[_a7, _a8] += ((2*_v5*_v6) * _b4) ** 2
-            _w_d[_a9] += ((_v5**2) * _b4) ** 2
+    _lo1 = 0
+    _hi2 = n
+    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+        for i in range(_lo1, _hi2):
+            j = i
+            _w_s[i] += 1
+            _b5 = 1
+            for k in range(0, r):
+                _a8 = i
+                if _a8 < 0:
+                    _a8 += A.shape[0]
+                if _a8 < 0 or _a8 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a9 = k
+                if _a9 < 0:
+                    _a9 += A.shape[1]
+                if _a9 < 0 or _a9 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v6 = A[_a8, _a9]
+                _a10 = k
+                if _a10 < 0:
+                    _a10 += d.shape[0]
+                if _a10 < 0 or _a10 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v7 = d[_a10]
+                _w_A[_a8, _a9] += ((2*_v6*_v7) * _b5) ** 2
+                _w_d[_a10] += ((_v6**2) * _b5) ** 2
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _a13 = i
+            if _a13 < 0:
+                _a13 += s.shape[0]
+            if _a13 < 0 or _a13 >= s.shape[0]:
+                raise IndexError("WoodburyPDMat: getindex reads s out of range")
+            _w_s[_a13] += 1
+            _b14 = 1
+            for k in range(0, r):
+                _a17 = i
+                if _a17 < 0:
+                    _a17 += A.shape[0]
+                if _a17 < 0 or _a17 >= A.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _a18 = k
+                if _a18 < 0:
+                    _a18 += A.shape[1]
+                if _a18 < 0 or _a18 >= A.shape[1]:
+                    raise IndexError("WoodburyPDMat: getindex reads A out of range")
+                _v15 = A[_a17, _a18]
+                _a19 = k
+                if _a19 < 0:
+                    _a19 += d.shape[0]
+                if _a19 < 0 or _a19 >= d.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads d out of range")
+                _v16 = d[_a19]
+                _w_A[_a17, _a18] += ((2*_v15*_v16) * _b14) ** 2
+                _w_d[_a19] += ((_v15**2) * _b14) ** 2
     for i in range(0, n):
         for j in range(0, n):
             if (i != j):

@@ -15,7 +15,8 @@ import sympy as sp
 from . import __version__
 from .derive import Derivation, Region
 from .lower import Lowerer
-from .expr import I, J
+from .expr import I, J, IntDiv
+from .derive import _without_sums
 from .printer import code
 
 
@@ -92,8 +93,7 @@ def _shape_text(shape) -> str:
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
-def _open_nest(low: Lowerer, steps) -> int:
-    depth = 1
+def _open_nest(low: Lowerer, steps, depth: int = 1) -> int:
     for step in steps:
         if step[0] == "for":
             _, v, lo, hi = step
@@ -108,14 +108,74 @@ def _open_nest(low: Lowerer, steps) -> int:
     return depth
 
 
+_NONLINEAR = (sp.Mod, IntDiv, sp.Min, sp.Max, sp.Abs, sp.Piecewise, sp.Sum)
+
+
+def _hoistable(steps, value):
+    """(position of the innermost loop, reads whose indices are affine in its
+    variable) when there are such reads, else None."""
+    fors = [k for k, st in enumerate(steps) if st[0] == "for"]
+    if not fors:
+        return None
+    k = fors[-1]
+    v = steps[k][1]
+    lets = [(st[1], st[2]) for st in steps[k + 1:] if st[0] == "let"]
+    reads = []
+    for acc in _without_sums(value).atoms(sp.Indexed):
+        idx = []
+        for e in acc.indices:
+            for w, ew in reversed(lets):
+                e = e.xreplace({w: ew})
+            if any(f.has(v) for f in e.atoms(*_NONLINEAR)) or e.has(sp.Sum) or not sp.diff(e, v).is_Integer:
+                break
+            idx.append(e)
+        else:
+            reads.append((acc, tuple(idx)))
+    return (k, sorted(reads, key=lambda t: sp.default_sort_key(t[0]))) if reads else None
+
+
 def _region(low: Lowerer, r: Region, body) -> None:
-    """The loop nest of ``r`` around ``body(depth)``; nothing if the body is empty."""
+    """The loop nest of ``r`` around ``body(depth)``; nothing if the body is empty.
+
+    Reads whose indices are affine in the innermost loop variable are checked
+    once, at both ends of that loop (an affine index is monotone): if every
+    one is in range the loop runs without per-element checks; otherwise the
+    checked loop runs (Python's negative-index wrap and IndexError preserved).
+    """
     start = len(low.lines)
-    depth = _open_nest(low, r.steps)
+    plan = _hoistable(r.steps, r.value)
+    if plan is None:
+        depth = _open_nest(low, r.steps)
+        mark = len(low.lines)
+        body(depth)
+        if len(low.lines) == mark:
+            del low.lines[start:]
+        return
+    k, reads = plan
+    _, v, lo, hi = r.steps[k]
+    depth = _open_nest(low, r.steps[:k])
+    lo_t, hi_t = sp.Symbol(low.fresh("lo"), integer=True), sp.Symbol(low.fresh("hi"), integer=True)
+    low.add(depth, f"{lo_t.name} = {low.condition(depth, lo)}")
+    low.add(depth, f"{hi_t.name} = {low.condition(depth, hi)}")
+    checks = []
+    for acc, idx in reads:
+        name = acc.base.label.name
+        for d, e in enumerate(idx):
+            for end in (e.xreplace({v: lo_t}), e.xreplace({v: hi_t - 1})):
+                checks.append(f"0 <= {code(end)} < {name}.shape[{d}]")
+    checks = list(dict.fromkeys(checks))
+    low.add(depth, f"if {hi_t.name} <= {lo_t.name} or ({' and '.join(checks)}):")
+    inner = (("for", v, lo_t, hi_t),) + tuple(r.steps[k + 1:])
+    low.trusted = frozenset(acc for acc, _ in reads)
+    inner_depth = _open_nest(low, inner, depth + 1)
     mark = len(low.lines)
-    body(depth)
+    body(inner_depth)
+    low.trusted = frozenset()
     if len(low.lines) == mark:
         del low.lines[start:]
+        return
+    low.add(depth, "else:")
+    body(_open_nest(low, inner, depth + 1))
 
 
 def _kernels(d: Derivation) -> tuple:

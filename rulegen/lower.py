@@ -50,6 +50,7 @@ class Lowerer:
         self.spec = spec
         self.lines = lines
         self.count = 0
+        self.trusted = frozenset()   # reads whose indices were checked before the loop
 
     # -- small pieces -----------------------------------------------------
 
@@ -66,6 +67,8 @@ class Lowerer:
         field = self.spec.field(name)
         if field.ndim == 0:
             return "0"
+        if acc in self.trusted:
+            return ", ".join(code(e) for e in acc.indices)
         parts = []
         for d, e in enumerate(acc.indices):
             t = self.fresh("a")
