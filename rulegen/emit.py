@@ -95,7 +95,12 @@ def _shape_text(shape) -> str:
 
 def _open_nest(low: Lowerer, steps, depth: int = 1) -> int:
     for step in steps:
-        if step[0] == "for":
+        if step[0] == "tile":
+            _, v, lo, hi = step
+            lo_c, hi_c = low.condition(depth, lo), low.condition(depth, hi)
+            low.add(depth, f"for {v.name} in range({lo_c}, {hi_c}, {TILE}):")
+            depth += 1
+        elif step[0] == "for":
             _, v, lo, hi = step
             lo_c, hi_c = low.condition(depth, lo), low.condition(depth, hi)
             low.add(depth, f"for {v.name} in range({lo_c}, {hi_c}):")
@@ -106,6 +111,12 @@ def _open_nest(low: Lowerer, steps, depth: int = 1) -> int:
             low.add(depth, f"if {low.condition(depth, step[1])}:")
             depth += 1
     return depth
+
+
+@dataclass(frozen=True)
+class _Nest:
+    steps: tuple
+    value: sp.Expr
 
 
 _NONLINEAR = (sp.Mod, IntDiv, sp.Min, sp.Max, sp.Abs, sp.Piecewise, sp.Sum)
@@ -134,6 +145,38 @@ def _hoistable(steps, value):
     return (k, sorted(reads, key=lambda t: sp.default_sort_key(t[0]))) if reads else None
 
 
+TILE = 64     # 64 × 64 float64 tiles: 32 KiB per array
+
+
+def _transposed(steps, value) -> bool:
+    """Whether the inner loop walks a field across its rows (``data[j, i]``)
+    while the dense arrays are walked along them: then tiles keep both in cache."""
+    fors = [st for st in steps if st[0] == "for"]
+    if len(fors) != 2 or fors[0][1] != I or fors[1][1] != J:
+        return False
+    for acc in _without_sums(value).atoms(sp.Indexed):
+        idx = acc.indices
+        if len(idx) >= 2 and not idx[-1].has(J) and any(e.has(J) for e in idx[:-1]):
+            return True
+    return False
+
+
+def _tiled(steps, low: Lowerer, rows, cols):
+    """The nest of ``steps`` with its i and j loops cut into TILE × TILE tiles."""
+    k_i = next(k for k, st in enumerate(steps) if st[0] == "for")
+    k_j = next(k for k, st in enumerate(steps) if st[0] == "for" and k > k_i)
+    _, _, ilo, ihi = steps[k_i]
+    _, _, jlo, jhi = steps[k_j]
+    ib = sp.Symbol(low.fresh("ib"), integer=True)
+    jb = sp.Symbol(low.fresh("jb"), integer=True)
+    return (tuple(steps[:k_i])
+            + (("tile", ib, ilo, ihi), ("tile", jb, sp.S.Zero, cols),
+               ("for", I, ib, sp.Min(ib + TILE, ihi)))
+            + tuple(steps[k_i + 1:k_j])
+            + (("for", J, sp.Max(jlo, jb), sp.Min(jhi, jb + TILE)),)
+            + tuple(steps[k_j + 1:]))
+
+
 def _region(low: Lowerer, r: Region, body) -> None:
     """The loop nest of ``r`` around ``body(depth)``; nothing if the body is empty.
 
@@ -143,6 +186,8 @@ def _region(low: Lowerer, r: Region, body) -> None:
     checked loop runs (Python's negative-index wrap and IndexError preserved).
     """
     start = len(low.lines)
+    if _transposed(r.steps, r.value):
+        r = _Nest(_tiled(r.steps, low, *low.spec.size), r.value)
     plan = _hoistable(r.steps, r.value)
     if plan is None:
         depth = _open_nest(low, r.steps)

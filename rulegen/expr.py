@@ -51,6 +51,9 @@ class IntDiv(sp.Function):
 
     is_integer = True
 
+    def fdiff(self, argindex=1):
+        return sp.S.Zero        # piecewise constant
+
     @classmethod
     def eval(cls, a, b):
         if b == 1:

@@ -161,7 +161,7 @@ class Lowerer:
         dsyms = {sym: sp.Symbol(f"_t{sym.name}", real=True) for sym, _ in sums + reads}
         dot = sp.S.Zero
         coefs = {}
-        for sym, _ in sums + reads:
+        for sym, _ in _differentiable(sums) + reads:
             c = sp.diff(f, sym)
             if c != 0:
                 coefs[sym] = c
@@ -210,7 +210,7 @@ class Lowerer:
         (with ``square``: ``(∂e/∂θ · adj)²``, the Gram weights)."""
         f, sums, reads = self._symbolize(e)
         coefs = {}
-        for sym, _ in sums + reads:
+        for sym, _ in _differentiable(sums) + reads:
             c = sp.diff(f, sym)
             if c != 0:
                 coefs[sym] = c
@@ -242,6 +242,12 @@ class Lowerer:
             bar = self.fresh("b")
             self.add(depth, f"{bar} = {_times(coefs[sym], adj)}")
             self._loop(depth, s, lambda d, v: self.adjoint(d, v, bar, prefix, square))
+
+
+def _differentiable(sums) -> list:
+    """The sums that can carry a derivative: an integer-valued one (a count)
+    is piecewise constant in the fields."""
+    return [(sym, s) for sym, s in sums if not is_int(s.function)]
 
 
 def _index_symbols(reads, loaded) -> set:
