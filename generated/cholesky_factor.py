@@ -300,75 +300,73 @@ def diagonal_pullback(x, dbar):
     return CholeskyFactor._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, L, _rhs, _out):
-    for i in range(0, n):
-        for j in range(0, n):
-            _s1 = 0.0
-            for k in range(0, min(i, j) + 1):
-                _a4 = i
-                if _a4 < 0:
-                    _a4 += L.shape[0]
-                if _a4 < 0 or _a4 >= L.shape[0]:
-                    raise IndexError("CholeskyFactor: getindex reads L out of range")
-                _a5 = k
-                if _a5 < 0:
-                    _a5 += L.shape[1]
-                if _a5 < 0 or _a5 >= L.shape[1]:
-                    raise IndexError("CholeskyFactor: getindex reads L out of range")
-                _v2 = L[_a4, _a5]
-                _a6 = j
-                if _a6 < 0:
-                    _a6 += L.shape[0]
-                if _a6 < 0 or _a6 >= L.shape[0]:
-                    raise IndexError("CholeskyFactor: getindex reads L out of range")
-                _a7 = k
-                if _a7 < 0:
-                    _a7 += L.shape[1]
-                if _a7 < 0 or _a7 >= L.shape[1]:
-                    raise IndexError("CholeskyFactor: getindex reads L out of range")
-                _v3 = L[_a6, _a7]
-                _s1 += _v2*_v3
-            _e = _s1
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            for j in range(0, n):
+                _s1 = 0.0
+                for k in range(0, min(i, j) + 1):
+                    _a4 = i
+                    if _a4 < 0:
+                        _a4 += L.shape[0]
+                    if _a4 < 0 or _a4 >= L.shape[0]:
+                        raise IndexError("CholeskyFactor: getindex reads L out of range")
+                    _a5 = k
+                    if _a5 < 0:
+                        _a5 += L.shape[1]
+                    if _a5 < 0 or _a5 >= L.shape[1]:
+                        raise IndexError("CholeskyFactor: getindex reads L out of range")
+                    _v2 = L[_a4, _a5]
+                    _a6 = j
+                    if _a6 < 0:
+                        _a6 += L.shape[0]
+                    if _a6 < 0 or _a6 >= L.shape[0]:
+                        raise IndexError("CholeskyFactor: getindex reads L out of range")
+                    _a7 = k
+                    if _a7 < 0:
+                        _a7 += L.shape[1]
+                    if _a7 < 0 or _a7 >= L.shape[1]:
+                        raise IndexError("CholeskyFactor: getindex reads L out of range")
+                    _v3 = L[_a6, _a7]
+                    _s1 += _v2*_v3
+                _out[i, _c] += (_s1) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, L, _rhs, _out):
-    for i in range(0, n):
-        for j in range(0, n):
-            _s1 = 0.0
-            for k in range(0, min(i, j) + 1):
-                _a4 = i
-                if _a4 < 0:
-                    _a4 += L.shape[0]
-                if _a4 < 0 or _a4 >= L.shape[0]:
-                    raise IndexError("CholeskyFactor: getindex reads L out of range")
-                _a5 = k
-                if _a5 < 0:
-                    _a5 += L.shape[1]
-                if _a5 < 0 or _a5 >= L.shape[1]:
-                    raise IndexError("CholeskyFactor: getindex reads L out of range")
-                _v2 = L[_a4, _a5]
-                _a6 = j
-                if _a6 < 0:
-                    _a6 += L.shape[0]
-                if _a6 < 0 or _a6 >= L.shape[0]:
-                    raise IndexError("CholeskyFactor: getindex reads L out of range")
-                _a7 = k
-                if _a7 < 0:
-                    _a7 += L.shape[1]
-                if _a7 < 0 or _a7 >= L.shape[1]:
-                    raise IndexError("CholeskyFactor: getindex reads L out of range")
-                _v3 = L[_a6, _a7]
-                _s1 += _v2*_v3
-            _e = _s1
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            for j in range(0, n):
+                _s1 = 0.0
+                for k in range(0, min(i, j) + 1):
+                    _a4 = i
+                    if _a4 < 0:
+                        _a4 += L.shape[0]
+                    if _a4 < 0 or _a4 >= L.shape[0]:
+                        raise IndexError("CholeskyFactor: getindex reads L out of range")
+                    _a5 = k
+                    if _a5 < 0:
+                        _a5 += L.shape[1]
+                    if _a5 < 0 or _a5 >= L.shape[1]:
+                        raise IndexError("CholeskyFactor: getindex reads L out of range")
+                    _v2 = L[_a4, _a5]
+                    _a6 = j
+                    if _a6 < 0:
+                        _a6 += L.shape[0]
+                    if _a6 < 0 or _a6 >= L.shape[0]:
+                        raise IndexError("CholeskyFactor: getindex reads L out of range")
+                    _a7 = k
+                    if _a7 < 0:
+                        _a7 += L.shape[1]
+                    if _a7 < 0 or _a7 >= L.shape[1]:
+                        raise IndexError("CholeskyFactor: getindex reads L out of range")
+                    _v3 = L[_a6, _a7]
+                    _s1 += _v2*_v3
+                _out[j, _c] += (_s1) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, L, _left, _right, _g_L):
     for i in range(0, n):
         for j in range(0, n):
@@ -403,7 +401,7 @@ def _bilinear_kernel(n, L, _left, _right, _g_L):
                 _g_L[_a7, _a8] += (_v3) * _b2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, L, _out):
     for i in range(0, n):
         j = i
@@ -424,7 +422,7 @@ def _diagonal_kernel(n, L, _out):
         _out[i] = _s1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, L, _dbar, _g_L):
     for i in range(0, n):
         j = i
@@ -445,7 +443,7 @@ def _diagonal_pullback_kernel(n, L, _dbar, _g_L):
             _g_L[_a4, _a5] += (2*_v3) * _b2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, L, _out):
     for i in range(0, n):
         for j in range(0, n):
@@ -477,7 +475,7 @@ def _destructure_kernel(n, L, _out):
             _out[i, j] = _s1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, L, _d_L, _out):
     for i in range(0, n):
         for j in range(0, n):
@@ -511,7 +509,7 @@ def _pushforward_kernel(n, L, _d_L, _out):
             _out[i, j] = _t_s1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, L, _ybar, _g_L):
     for i in range(0, n):
         for j in range(0, n):
@@ -544,7 +542,7 @@ def _pullback_kernel(n, L, _ybar, _g_L):
                 _g_L[_a7, _a8] += (_v3) * _b2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, L, _w_L):
     for i in range(0, n):
         for j in range(0, n):

@@ -301,37 +301,35 @@ def diagonal_pullback(x, dbar):
     return Circulant._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, c, _rhs, _out):
-    for i in range(0, n):
-        for j in range(0, n):
-            _a2 = ((i - j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _v1 = c[_a2]
-            _e = _v1
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            for j in range(0, n):
+                _a2 = ((i - j) % (n))
+                if _a2 < 0:
+                    _a2 += c.shape[0]
+                if _a2 < 0 or _a2 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _v1 = c[_a2]
+                _out[i, _c] += (_v1) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, c, _rhs, _out):
-    for i in range(0, n):
-        for j in range(0, n):
-            _a2 = ((i - j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _v1 = c[_a2]
-            _e = _v1
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            for j in range(0, n):
+                _a2 = ((i - j) % (n))
+                if _a2 < 0:
+                    _a2 += c.shape[0]
+                if _a2 < 0 or _a2 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _v1 = c[_a2]
+                _out[j, _c] += (_v1) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, c, _left, _right, _g_c):
     for i in range(0, n):
         for j in range(0, n):
@@ -346,49 +344,52 @@ def _bilinear_kernel(n, c, _left, _right, _g_c):
             _g_c[_a2] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, c, _out):
     _lo1 = 0
     _hi2 = n
     if _hi2 <= _lo1 or (0 <= 0 < c.shape[0]):
+        _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = c[0]
-            _out[i] = _v3
+            _v4 = c[0]
+            _out[i] = _v4
     else:
         for i in range(_lo1, _hi2):
             j = i
-            _a5 = 0
-            if _a5 < 0:
-                _a5 += c.shape[0]
-            if _a5 < 0 or _a5 >= c.shape[0]:
+            _a6 = 0
+            if _a6 < 0:
+                _a6 += c.shape[0]
+            if _a6 < 0 or _a6 >= c.shape[0]:
                 raise IndexError("Circulant: getindex reads c out of range")
-            _v4 = c[_a5]
-            _out[i] = _v4
+            _v5 = c[_a6]
+            _out[i] = _v5
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, c, _dbar, _g_c):
     _lo1 = 0
     _hi2 = n
     if _hi2 <= _lo1 or (0 <= 0 < c.shape[0]):
+        _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
             _y = _dbar[i]
-            _g_c[0] += _y
+            _sum3 += _y
+        _g_c[0] += _sum3
     else:
         for i in range(_lo1, _hi2):
             j = i
             _y = _dbar[i]
-            _a5 = 0
-            if _a5 < 0:
-                _a5 += c.shape[0]
-            if _a5 < 0 or _a5 >= c.shape[0]:
+            _a6 = 0
+            if _a6 < 0:
+                _a6 += c.shape[0]
+            if _a6 < 0 or _a6 >= c.shape[0]:
                 raise IndexError("Circulant: getindex reads c out of range")
-            _g_c[_a5] += _y
+            _g_c[_a6] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, c, _out):
     for i in range(0, n):
         for j in range(0, n):
@@ -401,7 +402,7 @@ def _destructure_kernel(n, c, _out):
             _out[i, j] = _v1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, c, _d_c, _out):
     for i in range(0, n):
         for j in range(0, n):
@@ -414,7 +415,7 @@ def _pushforward_kernel(n, c, _d_c, _out):
             _out[i, j] = _t_v1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, c, _ybar, _g_c):
     for i in range(0, n):
         for j in range(0, n):
@@ -427,7 +428,7 @@ def _pullback_kernel(n, c, _ybar, _g_c):
             _g_c[_a2] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, c, _w_c):
     for i in range(0, n):
         for j in range(0, n):

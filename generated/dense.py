@@ -307,65 +307,61 @@ def diagonal_pullback(x, dbar):
     return Dense._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(m, n, data, _rhs, _out):
-    for i in range(0, m):
-        _lo1 = 0
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
-            for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = i
-                if _a5 < 0:
-                    _a5 += data.shape[0]
-                if _a5 < 0 or _a5 >= data.shape[0]:
-                    raise IndexError("Dense: getindex reads data out of range")
-                _a6 = j
-                if _a6 < 0:
-                    _a6 += data.shape[1]
-                if _a6 < 0 or _a6 >= data.shape[1]:
-                    raise IndexError("Dense: getindex reads data out of range")
-                _v4 = data[_a5, _a6]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, m):
+            _lo1 = 0
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+                _sum3 = 0.0
+                for j in range(_lo1, _hi2):
+                    _v4 = data[i, j]
+                    _sum3 += (_v4) * _rhs[j, _c]
+                _out[i, _c] += _sum3
+            else:
+                for j in range(_lo1, _hi2):
+                    _a6 = i
+                    if _a6 < 0:
+                        _a6 += data.shape[0]
+                    if _a6 < 0 or _a6 >= data.shape[0]:
+                        raise IndexError("Dense: getindex reads data out of range")
+                    _a7 = j
+                    if _a7 < 0:
+                        _a7 += data.shape[1]
+                    if _a7 < 0 or _a7 >= data.shape[1]:
+                        raise IndexError("Dense: getindex reads data out of range")
+                    _v5 = data[_a6, _a7]
+                    _out[i, _c] += (_v5) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(m, n, data, _rhs, _out):
-    for i in range(0, m):
-        _lo1 = 0
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
-            for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = i
-                if _a5 < 0:
-                    _a5 += data.shape[0]
-                if _a5 < 0 or _a5 >= data.shape[0]:
-                    raise IndexError("Dense: getindex reads data out of range")
-                _a6 = j
-                if _a6 < 0:
-                    _a6 += data.shape[1]
-                if _a6 < 0 or _a6 >= data.shape[1]:
-                    raise IndexError("Dense: getindex reads data out of range")
-                _v4 = data[_a5, _a6]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, m):
+            _lo1 = 0
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+                for j in range(_lo1, _hi2):
+                    _v3 = data[i, j]
+                    _out[j, _c] += (_v3) * _rhs[i, _c]
+            else:
+                for j in range(_lo1, _hi2):
+                    _a5 = i
+                    if _a5 < 0:
+                        _a5 += data.shape[0]
+                    if _a5 < 0 or _a5 >= data.shape[0]:
+                        raise IndexError("Dense: getindex reads data out of range")
+                    _a6 = j
+                    if _a6 < 0:
+                        _a6 += data.shape[1]
+                    if _a6 < 0 or _a6 >= data.shape[1]:
+                        raise IndexError("Dense: getindex reads data out of range")
+                    _v4 = data[_a5, _a6]
+                    _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(m, n, data, _left, _right, _g_data):
     for i in range(0, m):
         _lo1 = 0
@@ -394,7 +390,7 @@ def _bilinear_kernel(m, n, data, _left, _right, _g_data):
                 _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(m, n, data, _out):
     _lo1 = 0
     _hi2 = min(m, n)
@@ -420,7 +416,7 @@ def _diagonal_kernel(m, n, data, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(m, n, data, _dbar, _g_data):
     _lo1 = 0
     _hi2 = min(m, n)
@@ -446,7 +442,7 @@ def _diagonal_pullback_kernel(m, n, data, _dbar, _g_data):
             _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(m, n, data, _out):
     for i in range(0, m):
         _lo1 = 0
@@ -471,7 +467,7 @@ def _destructure_kernel(m, n, data, _out):
                 _out[i, j] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(m, n, data, _d_data, _out):
     for i in range(0, m):
         _lo1 = 0
@@ -496,7 +492,7 @@ def _pushforward_kernel(m, n, data, _d_data, _out):
                 _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(m, n, data, _ybar, _g_data):
     for i in range(0, m):
         _lo1 = 0
@@ -521,7 +517,7 @@ def _pullback_kernel(m, n, data, _ybar, _g_data):
                 _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(m, n, data, _w_data):
     for i in range(0, m):
         _lo1 = 0

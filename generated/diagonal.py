@@ -301,57 +301,51 @@ def diagonal_pullback(x, dbar):
     return Diagonal._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, diag, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = diag[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += diag.shape[0]
-            if _a5 < 0 or _a5 >= diag.shape[0]:
-                raise IndexError("Diagonal: getindex reads diag out of range")
-            _v4 = diag[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = diag[i]
+                _out[i, _c] += (_v3) * _rhs[j, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += diag.shape[0]
+                if _a5 < 0 or _a5 >= diag.shape[0]:
+                    raise IndexError("Diagonal: getindex reads diag out of range")
+                _v4 = diag[_a5]
+                _out[i, _c] += (_v4) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, diag, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = diag[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += diag.shape[0]
-            if _a5 < 0 or _a5 >= diag.shape[0]:
-                raise IndexError("Diagonal: getindex reads diag out of range")
-            _v4 = diag[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = diag[i]
+                _out[j, _c] += (_v3) * _rhs[i, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += diag.shape[0]
+                if _a5 < 0 or _a5 >= diag.shape[0]:
+                    raise IndexError("Diagonal: getindex reads diag out of range")
+                _v4 = diag[_a5]
+                _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, diag, _left, _right, _g_diag):
     _lo1 = 0
     _hi2 = n
@@ -376,7 +370,7 @@ def _bilinear_kernel(n, diag, _left, _right, _g_diag):
             _g_diag[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, diag, _out):
     _lo1 = 0
     _hi2 = n
@@ -397,7 +391,7 @@ def _diagonal_kernel(n, diag, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, diag, _dbar, _g_diag):
     _lo1 = 0
     _hi2 = n
@@ -418,7 +412,7 @@ def _diagonal_pullback_kernel(n, diag, _dbar, _g_diag):
             _g_diag[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, diag, _out):
     _lo1 = 0
     _hi2 = n
@@ -439,7 +433,7 @@ def _destructure_kernel(n, diag, _out):
             _out[i, j] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, diag, _d_diag, _out):
     _lo1 = 0
     _hi2 = n
@@ -460,7 +454,7 @@ def _pushforward_kernel(n, diag, _d_diag, _out):
             _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, diag, _ybar, _g_diag):
     _lo1 = 0
     _hi2 = n
@@ -481,7 +475,7 @@ def _pullback_kernel(n, diag, _ybar, _g_diag):
             _g_diag[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, diag, _w_diag):
     _lo1 = 0
     _hi2 = n

@@ -312,29 +312,26 @@ def diagonal_pullback(x, dbar):
     return DiagonalPlusLowRank._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, r, d, U, V, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = d[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += d.shape[0]
-            if _a5 < 0 or _a5 >= d.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-            _v4 = d[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = d[i]
+                _out[i, _c] += (_v3) * _rhs[j, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += d.shape[0]
+                if _a5 < 0 or _a5 >= d.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+                _v4 = d[_a5]
+                _out[i, _c] += (_v4) * _rhs[j, _c]
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
@@ -369,29 +366,26 @@ def _matvec_kernel(n, r, d, U, V, _rhs, _out):
                 _out[i, _c] += (_v5) * _acc1[_c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, r, d, U, V, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = d[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += d.shape[0]
-            if _a5 < 0 or _a5 >= d.shape[0]:
-                raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
-            _v4 = d[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = d[i]
+                _out[j, _c] += (_v3) * _rhs[i, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += d.shape[0]
+                if _a5 < 0 or _a5 >= d.shape[0]:
+                    raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
+                _v4 = d[_a5]
+                _out[j, _c] += (_v4) * _rhs[i, _c]
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
@@ -426,7 +420,7 @@ def _rmatvec_kernel(n, r, d, U, V, _rhs, _out):
                 _out[j, _c] += (_v5) * _acc1[_c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
     _lo1 = 0
     _hi2 = n
@@ -516,7 +510,7 @@ def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
             _g_V[_a13, _a14] += _s
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, r, d, U, V, _out):
     _lo1 = 0
     _hi2 = n
@@ -587,7 +581,7 @@ def _diagonal_kernel(n, r, d, U, V, _out):
             _out[i] = _s11 + _v12
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, r, d, U, V, _dbar, _g_d, _g_U, _g_V):
     _lo1 = 0
     _hi2 = n
@@ -660,7 +654,7 @@ def _diagonal_pullback_kernel(n, r, d, U, V, _dbar, _g_d, _g_U, _g_V):
                 _g_V[_a20, _a21] += (_v16) * _b15
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, r, d, U, V, _out):
     _lo1 = 0
     _hi2 = n
@@ -760,7 +754,7 @@ def _destructure_kernel(n, r, d, U, V, _out):
                 _out[i, j] = _s1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, r, d, U, V, _d_d, _d_U, _d_V, _out):
     _lo1 = 0
     _hi2 = n
@@ -866,7 +860,7 @@ def _pushforward_kernel(n, r, d, U, V, _d_d, _d_U, _d_V, _out):
                 _out[i, j] = _t_s1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, r, d, U, V, _ybar, _g_d, _g_U, _g_V):
     _lo1 = 0
     _hi2 = n
@@ -969,7 +963,7 @@ def _pullback_kernel(n, r, d, U, V, _ybar, _g_d, _g_U, _g_V):
                     _g_V[_a7, _a8] += (_v3) * _b2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, r, d, U, V, _w_d, _w_U, _w_V):
     _lo1 = 0
     _hi2 = n

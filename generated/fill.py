@@ -301,7 +301,7 @@ def diagonal_pullback(x, dbar):
     return Fill._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(m, n, value, _rhs, _out):
     _acc1 = np.zeros(_rhs.shape[1])
     for _c in range(_rhs.shape[1]):
@@ -315,7 +315,7 @@ def _matvec_kernel(m, n, value, _rhs, _out):
             _out[i, _c] += (_v2) * _acc1[_c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(m, n, value, _rhs, _out):
     _acc1 = np.zeros(_rhs.shape[1])
     for _c in range(_rhs.shape[1]):
@@ -329,7 +329,7 @@ def _rmatvec_kernel(m, n, value, _rhs, _out):
             _out[j, _c] += (1) * _acc1[_c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(m, n, value, _left, _right, _g_value):
     _acc1 = np.zeros(_left.shape[1])
     _acc2 = np.zeros(_left.shape[1])
@@ -351,31 +351,34 @@ def _bilinear_kernel(m, n, value, _left, _right, _g_value):
         _g_value[0] += _s
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(m, n, value, _out):
     _lo1 = 0
     _hi2 = min(m, n)
     if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = value[0]
-            _out[i] = _v3
-    else:
+        _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
             _v4 = value[0]
             _out[i] = _v4
+    else:
+        for i in range(_lo1, _hi2):
+            j = i
+            _v5 = value[0]
+            _out[i] = _v5
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(m, n, value, _dbar, _g_value):
     _lo1 = 0
     _hi2 = min(m, n)
     if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+        _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
             _y = _dbar[i]
-            _g_value[0] += _y
+            _sum3 += _y
+        _g_value[0] += _sum3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -383,59 +386,65 @@ def _diagonal_pullback_kernel(m, n, value, _dbar, _g_value):
             _g_value[0] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(m, n, value, _out):
     for i in range(0, m):
         _lo1 = 0
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = value[0]
-                _out[i, j] = _v3
-        else:
+            _sum3 = 0.0
             for j in range(_lo1, _hi2):
                 _v4 = value[0]
                 _out[i, j] = _v4
+        else:
+            for j in range(_lo1, _hi2):
+                _v5 = value[0]
+                _out[i, j] = _v5
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(m, n, value, _d_value, _out):
     for i in range(0, m):
         _lo1 = 0
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
-            for j in range(_lo1, _hi2):
-                _t_v3 = _d_value[0]
-                _out[i, j] = _t_v3
-        else:
+            _sum3 = 0.0
             for j in range(_lo1, _hi2):
                 _t_v4 = _d_value[0]
                 _out[i, j] = _t_v4
+        else:
+            for j in range(_lo1, _hi2):
+                _t_v5 = _d_value[0]
+                _out[i, j] = _t_v5
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(m, n, value, _ybar, _g_value):
     for i in range(0, m):
         _lo1 = 0
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+            _sum3 = 0.0
             for j in range(_lo1, _hi2):
                 _y = _ybar[i, j]
-                _g_value[0] += _y
+                _sum3 += _y
+            _g_value[0] += _sum3
         else:
             for j in range(_lo1, _hi2):
                 _y = _ybar[i, j]
                 _g_value[0] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(m, n, value, _w_value):
     for i in range(0, m):
         _lo1 = 0
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+            _sum3 = 0.0
             for j in range(_lo1, _hi2):
-                _w_value[0] += 1
+                _sum3 += 1
+            _w_value[0] += _sum3
         else:
             for j in range(_lo1, _hi2):
                 _w_value[0] += 1

@@ -301,55 +301,51 @@ def diagonal_pullback(x, dbar):
     return Hankel._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, h, _rhs, _out):
-    for i in range(0, n):
-        _lo1 = 0
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = h[i + j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = i + j
-                if _a5 < 0:
-                    _a5 += h.shape[0]
-                if _a5 < 0 or _a5 >= h.shape[0]:
-                    raise IndexError("Hankel: getindex reads h out of range")
-                _v4 = h[_a5]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = 0
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
+                _sum3 = 0.0
+                for j in range(_lo1, _hi2):
+                    _v4 = h[i + j]
+                    _sum3 += (_v4) * _rhs[j, _c]
+                _out[i, _c] += _sum3
+            else:
+                for j in range(_lo1, _hi2):
+                    _a6 = i + j
+                    if _a6 < 0:
+                        _a6 += h.shape[0]
+                    if _a6 < 0 or _a6 >= h.shape[0]:
+                        raise IndexError("Hankel: getindex reads h out of range")
+                    _v5 = h[_a6]
+                    _out[i, _c] += (_v5) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, h, _rhs, _out):
-    for i in range(0, n):
-        _lo1 = 0
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = h[i + j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = i + j
-                if _a5 < 0:
-                    _a5 += h.shape[0]
-                if _a5 < 0 or _a5 >= h.shape[0]:
-                    raise IndexError("Hankel: getindex reads h out of range")
-                _v4 = h[_a5]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = 0
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
+                for j in range(_lo1, _hi2):
+                    _v3 = h[i + j]
+                    _out[j, _c] += (_v3) * _rhs[i, _c]
+            else:
+                for j in range(_lo1, _hi2):
+                    _a5 = i + j
+                    if _a5 < 0:
+                        _a5 += h.shape[0]
+                    if _a5 < 0 or _a5 >= h.shape[0]:
+                        raise IndexError("Hankel: getindex reads h out of range")
+                    _v4 = h[_a5]
+                    _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, h, _left, _right, _g_h):
     for i in range(0, n):
         _lo1 = 0
@@ -373,7 +369,7 @@ def _bilinear_kernel(n, h, _left, _right, _g_h):
                 _g_h[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, h, _out):
     _lo1 = 0
     _hi2 = n
@@ -394,7 +390,7 @@ def _diagonal_kernel(n, h, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, h, _dbar, _g_h):
     _lo1 = 0
     _hi2 = n
@@ -415,7 +411,7 @@ def _diagonal_pullback_kernel(n, h, _dbar, _g_h):
             _g_h[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, h, _out):
     for i in range(0, n):
         _lo1 = 0
@@ -435,7 +431,7 @@ def _destructure_kernel(n, h, _out):
                 _out[i, j] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, h, _d_h, _out):
     for i in range(0, n):
         _lo1 = 0
@@ -455,7 +451,7 @@ def _pushforward_kernel(n, h, _d_h, _out):
                 _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, h, _ybar, _g_h):
     for i in range(0, n):
         _lo1 = 0
@@ -475,7 +471,7 @@ def _pullback_kernel(n, h, _ybar, _g_h):
                 _g_h[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, h, _w_h):
     for i in range(0, n):
         _lo1 = 0

@@ -321,69 +321,67 @@ def diagonal_pullback(x, dbar):
     return KroneckerProduct._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(ma, na, mb, nb, A, B, _rhs, _out):
-    for i in range(0, ma*mb):
-        for j in range(0, na*nb):
-            _a3 = ((i) // (mb))
-            if _a3 < 0:
-                _a3 += A.shape[0]
-            if _a3 < 0 or _a3 >= A.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _a4 = ((j) // (nb))
-            if _a4 < 0:
-                _a4 += A.shape[1]
-            if _a4 < 0 or _a4 >= A.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _v1 = A[_a3, _a4]
-            _a5 = ((i) % (mb))
-            if _a5 < 0:
-                _a5 += B.shape[0]
-            if _a5 < 0 or _a5 >= B.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _a6 = ((j) % (nb))
-            if _a6 < 0:
-                _a6 += B.shape[1]
-            if _a6 < 0 or _a6 >= B.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _v2 = B[_a5, _a6]
-            _e = _v1*_v2
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, ma*mb):
+            for j in range(0, na*nb):
+                _a3 = ((i) // (mb))
+                if _a3 < 0:
+                    _a3 += A.shape[0]
+                if _a3 < 0 or _a3 >= A.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _a4 = ((j) // (nb))
+                if _a4 < 0:
+                    _a4 += A.shape[1]
+                if _a4 < 0 or _a4 >= A.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _v1 = A[_a3, _a4]
+                _a5 = ((i) % (mb))
+                if _a5 < 0:
+                    _a5 += B.shape[0]
+                if _a5 < 0 or _a5 >= B.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _a6 = ((j) % (nb))
+                if _a6 < 0:
+                    _a6 += B.shape[1]
+                if _a6 < 0 or _a6 >= B.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _v2 = B[_a5, _a6]
+                _out[i, _c] += (_v1*_v2) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(ma, na, mb, nb, A, B, _rhs, _out):
-    for i in range(0, ma*mb):
-        for j in range(0, na*nb):
-            _a3 = ((i) // (mb))
-            if _a3 < 0:
-                _a3 += A.shape[0]
-            if _a3 < 0 or _a3 >= A.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _a4 = ((j) // (nb))
-            if _a4 < 0:
-                _a4 += A.shape[1]
-            if _a4 < 0 or _a4 >= A.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _v1 = A[_a3, _a4]
-            _a5 = ((i) % (mb))
-            if _a5 < 0:
-                _a5 += B.shape[0]
-            if _a5 < 0 or _a5 >= B.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _a6 = ((j) % (nb))
-            if _a6 < 0:
-                _a6 += B.shape[1]
-            if _a6 < 0 or _a6 >= B.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _v2 = B[_a5, _a6]
-            _e = _v1*_v2
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, ma*mb):
+            for j in range(0, na*nb):
+                _a3 = ((i) // (mb))
+                if _a3 < 0:
+                    _a3 += A.shape[0]
+                if _a3 < 0 or _a3 >= A.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _a4 = ((j) // (nb))
+                if _a4 < 0:
+                    _a4 += A.shape[1]
+                if _a4 < 0 or _a4 >= A.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _v1 = A[_a3, _a4]
+                _a5 = ((i) % (mb))
+                if _a5 < 0:
+                    _a5 += B.shape[0]
+                if _a5 < 0 or _a5 >= B.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _a6 = ((j) % (nb))
+                if _a6 < 0:
+                    _a6 += B.shape[1]
+                if _a6 < 0 or _a6 >= B.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _v2 = B[_a5, _a6]
+                _out[j, _c] += (_v1*_v2) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(ma, na, mb, nb, A, B, _left, _right, _g_A, _g_B):
     for i in range(0, ma*mb):
         for j in range(0, na*nb):
@@ -416,7 +414,7 @@ def _bilinear_kernel(ma, na, mb, nb, A, B, _left, _right, _g_A, _g_B):
             _g_B[_a5, _a6] += (_v1) * _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(ma, na, mb, nb, A, B, _out):
     for i in range(0, min(ma*mb, na*nb)):
         j = i
@@ -445,7 +443,7 @@ def _diagonal_kernel(ma, na, mb, nb, A, B, _out):
         _out[i] = _v1*_v2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(ma, na, mb, nb, A, B, _dbar, _g_A, _g_B):
     for i in range(0, min(ma*mb, na*nb)):
         j = i
@@ -476,7 +474,7 @@ def _diagonal_pullback_kernel(ma, na, mb, nb, A, B, _dbar, _g_A, _g_B):
         _g_B[_a5, _a6] += (_v1) * _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(ma, na, mb, nb, A, B, _out):
     for i in range(0, ma*mb):
         for j in range(0, na*nb):
@@ -505,7 +503,7 @@ def _destructure_kernel(ma, na, mb, nb, A, B, _out):
             _out[i, j] = _v1*_v2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(ma, na, mb, nb, A, B, _d_A, _d_B, _out):
     for i in range(0, ma*mb):
         for j in range(0, na*nb):
@@ -536,7 +534,7 @@ def _pushforward_kernel(ma, na, mb, nb, A, B, _d_A, _d_B, _out):
             _out[i, j] = _t_v1*_v2 + _t_v2*_v1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(ma, na, mb, nb, A, B, _ybar, _g_A, _g_B):
     for i in range(0, ma*mb):
         for j in range(0, na*nb):
@@ -567,7 +565,7 @@ def _pullback_kernel(ma, na, mb, nb, A, B, _ybar, _g_A, _g_B):
             _g_B[_a5, _a6] += (_v1) * _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(ma, na, mb, nb, A, B, _w_A, _w_B):
     for i in range(0, ma*mb):
         for j in range(0, na*nb):

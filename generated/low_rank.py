@@ -315,7 +315,7 @@ def diagonal_pullback(x, dbar):
     return LowRank._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(m, n, r, U, V, _rhs, _out):
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
@@ -351,7 +351,7 @@ def _matvec_kernel(m, n, r, U, V, _rhs, _out):
                 _out[i, _c] += (_v5) * _acc1[_c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(m, n, r, U, V, _rhs, _out):
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
@@ -387,7 +387,7 @@ def _rmatvec_kernel(m, n, r, U, V, _rhs, _out):
                 _out[j, _c] += (_v5) * _acc1[_c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(m, n, r, U, V, _left, _right, _g_U, _g_V):
     _acc1 = np.zeros(_left.shape[1])
     _acc2 = np.zeros(_left.shape[1])
@@ -456,7 +456,7 @@ def _bilinear_kernel(m, n, r, U, V, _left, _right, _g_U, _g_V):
             _g_V[_a13, _a14] += _s
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(m, n, r, U, V, _out):
     for i in range(0, min(m, n)):
         j = i
@@ -488,7 +488,7 @@ def _diagonal_kernel(m, n, r, U, V, _out):
         _out[i] = _s1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(m, n, r, U, V, _dbar, _g_U, _g_V):
     for i in range(0, min(m, n)):
         j = i
@@ -521,7 +521,7 @@ def _diagonal_pullback_kernel(m, n, r, U, V, _dbar, _g_U, _g_V):
             _g_V[_a7, _a8] += (_v3) * _b2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(m, n, r, U, V, _out):
     for i in range(0, m):
         for j in range(0, n):
@@ -553,7 +553,7 @@ def _destructure_kernel(m, n, r, U, V, _out):
             _out[i, j] = _s1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(m, n, r, U, V, _d_U, _d_V, _out):
     for i in range(0, m):
         for j in range(0, n):
@@ -587,7 +587,7 @@ def _pushforward_kernel(m, n, r, U, V, _d_U, _d_V, _out):
             _out[i, j] = _t_s1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(m, n, r, U, V, _ybar, _g_U, _g_V):
     for i in range(0, m):
         for j in range(0, n):
@@ -620,7 +620,7 @@ def _pullback_kernel(m, n, r, U, V, _ybar, _g_U, _g_V):
                 _g_V[_a7, _a8] += (_v3) * _b2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(m, n, r, U, V, _w_U, _w_V):
     for i in range(0, m):
         for j in range(0, n):

@@ -296,57 +296,51 @@ def diagonal_pullback(x, dbar):
     return PositiveDiagonal._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, logd, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = logd[i]
-            _e = math.exp(_v3)
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += logd.shape[0]
-            if _a5 < 0 or _a5 >= logd.shape[0]:
-                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-            _v4 = logd[_a5]
-            _e = math.exp(_v4)
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = logd[i]
+                _out[i, _c] += (math.exp(_v3)) * _rhs[j, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += logd.shape[0]
+                if _a5 < 0 or _a5 >= logd.shape[0]:
+                    raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+                _v4 = logd[_a5]
+                _out[i, _c] += (math.exp(_v4)) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, logd, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = logd[i]
-            _e = math.exp(_v3)
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += logd.shape[0]
-            if _a5 < 0 or _a5 >= logd.shape[0]:
-                raise IndexError("PositiveDiagonal: getindex reads logd out of range")
-            _v4 = logd[_a5]
-            _e = math.exp(_v4)
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = logd[i]
+                _out[j, _c] += (math.exp(_v3)) * _rhs[i, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += logd.shape[0]
+                if _a5 < 0 or _a5 >= logd.shape[0]:
+                    raise IndexError("PositiveDiagonal: getindex reads logd out of range")
+                _v4 = logd[_a5]
+                _out[j, _c] += (math.exp(_v4)) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, logd, _left, _right, _g_logd):
     _lo1 = 0
     _hi2 = n
@@ -373,7 +367,7 @@ def _bilinear_kernel(n, logd, _left, _right, _g_logd):
             _g_logd[_a5] += (math.exp(_v4)) * _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, logd, _out):
     _lo1 = 0
     _hi2 = n
@@ -394,7 +388,7 @@ def _diagonal_kernel(n, logd, _out):
             _out[i] = math.exp(_v4)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, logd, _dbar, _g_logd):
     _lo1 = 0
     _hi2 = n
@@ -417,7 +411,7 @@ def _diagonal_pullback_kernel(n, logd, _dbar, _g_logd):
             _g_logd[_a5] += (math.exp(_v4)) * _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, logd, _out):
     _lo1 = 0
     _hi2 = n
@@ -438,7 +432,7 @@ def _destructure_kernel(n, logd, _out):
             _out[i, j] = math.exp(_v4)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, logd, _d_logd, _out):
     _lo1 = 0
     _hi2 = n
@@ -461,7 +455,7 @@ def _pushforward_kernel(n, logd, _d_logd, _out):
             _out[i, j] = _t_v4*math.exp(_v4)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, logd, _ybar, _g_logd):
     _lo1 = 0
     _hi2 = n
@@ -484,7 +478,7 @@ def _pullback_kernel(n, logd, _ybar, _g_logd):
             _g_logd[_a5] += (math.exp(_v4)) * _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, logd, _w_logd):
     _lo1 = 0
     _hi2 = n

@@ -305,276 +305,285 @@ def diagonal_pullback(x, dbar):
     return ScaledMatrix._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(m, n, scale, data, _rhs, _out):
-    for i in range(0, m):
-        _lo1 = 0
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _v4 = scale[0]
-                _e = _v3*_v4
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a7 = i
-                if _a7 < 0:
-                    _a7 += data.shape[0]
-                if _a7 < 0 or _a7 >= data.shape[0]:
-                    raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _a8 = j
-                if _a8 < 0:
-                    _a8 += data.shape[1]
-                if _a8 < 0 or _a8 >= data.shape[1]:
-                    raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _v5 = data[_a7, _a8]
-                _v6 = scale[0]
-                _e = _v5*_v6
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, m):
+            _lo1 = 0
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+                _sum3 = 0.0
+                _sum4 = 0.0
+                for j in range(_lo1, _hi2):
+                    _v5 = data[i, j]
+                    _v6 = scale[0]
+                    _sum4 += (_v5*_v6) * _rhs[j, _c]
+                _out[i, _c] += _sum4
+            else:
+                for j in range(_lo1, _hi2):
+                    _a9 = i
+                    if _a9 < 0:
+                        _a9 += data.shape[0]
+                    if _a9 < 0 or _a9 >= data.shape[0]:
+                        raise IndexError("ScaledMatrix: getindex reads data out of range")
+                    _a10 = j
+                    if _a10 < 0:
+                        _a10 += data.shape[1]
+                    if _a10 < 0 or _a10 >= data.shape[1]:
+                        raise IndexError("ScaledMatrix: getindex reads data out of range")
+                    _v7 = data[_a9, _a10]
+                    _v8 = scale[0]
+                    _out[i, _c] += (_v7*_v8) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(m, n, scale, data, _rhs, _out):
-    for i in range(0, m):
-        _lo1 = 0
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _v4 = scale[0]
-                _e = _v3*_v4
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a7 = i
-                if _a7 < 0:
-                    _a7 += data.shape[0]
-                if _a7 < 0 or _a7 >= data.shape[0]:
-                    raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _a8 = j
-                if _a8 < 0:
-                    _a8 += data.shape[1]
-                if _a8 < 0 or _a8 >= data.shape[1]:
-                    raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _v5 = data[_a7, _a8]
-                _v6 = scale[0]
-                _e = _v5*_v6
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, m):
+            _lo1 = 0
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+                _sum3 = 0.0
+                for j in range(_lo1, _hi2):
+                    _v4 = data[i, j]
+                    _v5 = scale[0]
+                    _out[j, _c] += (_v4*_v5) * _rhs[i, _c]
+            else:
+                for j in range(_lo1, _hi2):
+                    _a8 = i
+                    if _a8 < 0:
+                        _a8 += data.shape[0]
+                    if _a8 < 0 or _a8 >= data.shape[0]:
+                        raise IndexError("ScaledMatrix: getindex reads data out of range")
+                    _a9 = j
+                    if _a9 < 0:
+                        _a9 += data.shape[1]
+                    if _a9 < 0 or _a9 >= data.shape[1]:
+                        raise IndexError("ScaledMatrix: getindex reads data out of range")
+                    _v6 = data[_a8, _a9]
+                    _v7 = scale[0]
+                    _out[j, _c] += (_v6*_v7) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(m, n, scale, data, _left, _right, _g_scale, _g_data):
     for i in range(0, m):
         _lo1 = 0
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            _sum3 = 0.0
             for j in range(_lo1, _hi2):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
                     _y += _left[i, _c] * _right[j, _c]
-                _v3 = data[i, j]
-                _v4 = scale[0]
-                _g_data[i, j] += (_v4) * _y
-                _g_scale[0] += (_v3) * _y
+                _v4 = data[i, j]
+                _v5 = scale[0]
+                _g_data[i, j] += (_v5) * _y
+                _sum3 += (_v4) * _y
+            _g_scale[0] += _sum3
         else:
             for j in range(_lo1, _hi2):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
                     _y += _left[i, _c] * _right[j, _c]
-                _a7 = i
-                if _a7 < 0:
-                    _a7 += data.shape[0]
-                if _a7 < 0 or _a7 >= data.shape[0]:
-                    raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _a8 = j
+                _a8 = i
                 if _a8 < 0:
-                    _a8 += data.shape[1]
-                if _a8 < 0 or _a8 >= data.shape[1]:
+                    _a8 += data.shape[0]
+                if _a8 < 0 or _a8 >= data.shape[0]:
                     raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _v5 = data[_a7, _a8]
-                _v6 = scale[0]
-                _g_data[_a7, _a8] += (_v6) * _y
-                _g_scale[0] += (_v5) * _y
+                _a9 = j
+                if _a9 < 0:
+                    _a9 += data.shape[1]
+                if _a9 < 0 or _a9 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v6 = data[_a8, _a9]
+                _v7 = scale[0]
+                _g_data[_a8, _a9] += (_v7) * _y
+                _g_scale[0] += (_v6) * _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(m, n, scale, data, _out):
     _lo1 = 0
     _hi2 = min(m, n)
     if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+        _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = data[i, i]
-            _v4 = scale[0]
-            _out[i] = _v3*_v4
+            _v4 = data[i, i]
+            _v5 = scale[0]
+            _out[i] = _v4*_v5
     else:
         for i in range(_lo1, _hi2):
             j = i
-            _a7 = i
-            if _a7 < 0:
-                _a7 += data.shape[0]
-            if _a7 < 0 or _a7 >= data.shape[0]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
             _a8 = i
             if _a8 < 0:
-                _a8 += data.shape[1]
-            if _a8 < 0 or _a8 >= data.shape[1]:
+                _a8 += data.shape[0]
+            if _a8 < 0 or _a8 >= data.shape[0]:
                 raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _v5 = data[_a7, _a8]
-            _v6 = scale[0]
-            _out[i] = _v5*_v6
+            _a9 = i
+            if _a9 < 0:
+                _a9 += data.shape[1]
+            if _a9 < 0 or _a9 >= data.shape[1]:
+                raise IndexError("ScaledMatrix: getindex reads data out of range")
+            _v6 = data[_a8, _a9]
+            _v7 = scale[0]
+            _out[i] = _v6*_v7
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(m, n, scale, data, _dbar, _g_scale, _g_data):
     _lo1 = 0
     _hi2 = min(m, n)
     if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+        _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
             _y = _dbar[i]
-            _v3 = data[i, i]
-            _v4 = scale[0]
-            _g_data[i, i] += (_v4) * _y
-            _g_scale[0] += (_v3) * _y
+            _v4 = data[i, i]
+            _v5 = scale[0]
+            _g_data[i, i] += (_v5) * _y
+            _sum3 += (_v4) * _y
+        _g_scale[0] += _sum3
     else:
         for i in range(_lo1, _hi2):
             j = i
             _y = _dbar[i]
-            _a7 = i
-            if _a7 < 0:
-                _a7 += data.shape[0]
-            if _a7 < 0 or _a7 >= data.shape[0]:
-                raise IndexError("ScaledMatrix: getindex reads data out of range")
             _a8 = i
             if _a8 < 0:
-                _a8 += data.shape[1]
-            if _a8 < 0 or _a8 >= data.shape[1]:
+                _a8 += data.shape[0]
+            if _a8 < 0 or _a8 >= data.shape[0]:
                 raise IndexError("ScaledMatrix: getindex reads data out of range")
-            _v5 = data[_a7, _a8]
-            _v6 = scale[0]
-            _g_data[_a7, _a8] += (_v6) * _y
-            _g_scale[0] += (_v5) * _y
+            _a9 = i
+            if _a9 < 0:
+                _a9 += data.shape[1]
+            if _a9 < 0 or _a9 >= data.shape[1]:
+                raise IndexError("ScaledMatrix: getindex reads data out of range")
+            _v6 = data[_a8, _a9]
+            _v7 = scale[0]
+            _g_data[_a8, _a9] += (_v7) * _y
+            _g_scale[0] += (_v6) * _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(m, n, scale, data, _out):
     for i in range(0, m):
         _lo1 = 0
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            _sum3 = 0.0
             for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _v4 = scale[0]
-                _out[i, j] = _v3*_v4
+                _v4 = data[i, j]
+                _v5 = scale[0]
+                _out[i, j] = _v4*_v5
         else:
             for j in range(_lo1, _hi2):
-                _a7 = i
-                if _a7 < 0:
-                    _a7 += data.shape[0]
-                if _a7 < 0 or _a7 >= data.shape[0]:
-                    raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _a8 = j
+                _a8 = i
                 if _a8 < 0:
-                    _a8 += data.shape[1]
-                if _a8 < 0 or _a8 >= data.shape[1]:
+                    _a8 += data.shape[0]
+                if _a8 < 0 or _a8 >= data.shape[0]:
                     raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _v5 = data[_a7, _a8]
-                _v6 = scale[0]
-                _out[i, j] = _v5*_v6
+                _a9 = j
+                if _a9 < 0:
+                    _a9 += data.shape[1]
+                if _a9 < 0 or _a9 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v6 = data[_a8, _a9]
+                _v7 = scale[0]
+                _out[i, j] = _v6*_v7
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(m, n, scale, data, _d_scale, _d_data, _out):
     for i in range(0, m):
         _lo1 = 0
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            _sum3 = 0.0
             for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _t_v3 = _d_data[i, j]
-                _v4 = scale[0]
-                _t_v4 = _d_scale[0]
-                _out[i, j] = _t_v3*_v4 + _t_v4*_v3
+                _v4 = data[i, j]
+                _t_v4 = _d_data[i, j]
+                _v5 = scale[0]
+                _t_v5 = _d_scale[0]
+                _out[i, j] = _t_v4*_v5 + _t_v5*_v4
         else:
             for j in range(_lo1, _hi2):
-                _a7 = i
-                if _a7 < 0:
-                    _a7 += data.shape[0]
-                if _a7 < 0 or _a7 >= data.shape[0]:
-                    raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _a8 = j
+                _a8 = i
                 if _a8 < 0:
-                    _a8 += data.shape[1]
-                if _a8 < 0 or _a8 >= data.shape[1]:
+                    _a8 += data.shape[0]
+                if _a8 < 0 or _a8 >= data.shape[0]:
                     raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _v5 = data[_a7, _a8]
-                _t_v5 = _d_data[_a7, _a8]
-                _v6 = scale[0]
-                _t_v6 = _d_scale[0]
-                _out[i, j] = _t_v5*_v6 + _t_v6*_v5
+                _a9 = j
+                if _a9 < 0:
+                    _a9 += data.shape[1]
+                if _a9 < 0 or _a9 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v6 = data[_a8, _a9]
+                _t_v6 = _d_data[_a8, _a9]
+                _v7 = scale[0]
+                _t_v7 = _d_scale[0]
+                _out[i, j] = _t_v6*_v7 + _t_v7*_v6
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(m, n, scale, data, _ybar, _g_scale, _g_data):
     for i in range(0, m):
         _lo1 = 0
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            _sum3 = 0.0
             for j in range(_lo1, _hi2):
                 _y = _ybar[i, j]
-                _v3 = data[i, j]
-                _v4 = scale[0]
-                _g_data[i, j] += (_v4) * _y
-                _g_scale[0] += (_v3) * _y
+                _v4 = data[i, j]
+                _v5 = scale[0]
+                _g_data[i, j] += (_v5) * _y
+                _sum3 += (_v4) * _y
+            _g_scale[0] += _sum3
         else:
             for j in range(_lo1, _hi2):
                 _y = _ybar[i, j]
-                _a7 = i
-                if _a7 < 0:
-                    _a7 += data.shape[0]
-                if _a7 < 0 or _a7 >= data.shape[0]:
-                    raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _a8 = j
+                _a8 = i
                 if _a8 < 0:
-                    _a8 += data.shape[1]
-                if _a8 < 0 or _a8 >= data.shape[1]:
+                    _a8 += data.shape[0]
+                if _a8 < 0 or _a8 >= data.shape[0]:
                     raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _v5 = data[_a7, _a8]
-                _v6 = scale[0]
-                _g_data[_a7, _a8] += (_v6) * _y
-                _g_scale[0] += (_v5) * _y
+                _a9 = j
+                if _a9 < 0:
+                    _a9 += data.shape[1]
+                if _a9 < 0 or _a9 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v6 = data[_a8, _a9]
+                _v7 = scale[0]
+                _g_data[_a8, _a9] += (_v7) * _y
+                _g_scale[0] += (_v6) * _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(m, n, scale, data, _w_scale, _w_data):
     for i in range(0, m):
         _lo1 = 0
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
+            _sum3 = 0.0
             for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _v4 = scale[0]
-                _w_data[i, j] += _v4**2
-                _w_scale[0] += _v3**2
+                _v4 = data[i, j]
+                _v5 = scale[0]
+                _w_data[i, j] += _v5**2
+                _sum3 += _v4**2
+            _w_scale[0] += _sum3
         else:
             for j in range(_lo1, _hi2):
-                _a7 = i
-                if _a7 < 0:
-                    _a7 += data.shape[0]
-                if _a7 < 0 or _a7 >= data.shape[0]:
-                    raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _a8 = j
+                _a8 = i
                 if _a8 < 0:
-                    _a8 += data.shape[1]
-                if _a8 < 0 or _a8 >= data.shape[1]:
+                    _a8 += data.shape[0]
+                if _a8 < 0 or _a8 >= data.shape[0]:
                     raise IndexError("ScaledMatrix: getindex reads data out of range")
-                _v5 = data[_a7, _a8]
-                _v6 = scale[0]
-                _w_data[_a7, _a8] += _v6**2
-                _w_scale[0] += _v5**2
+                _a9 = j
+                if _a9 < 0:
+                    _a9 += data.shape[1]
+                if _a9 < 0 or _a9 >= data.shape[1]:
+                    raise IndexError("ScaledMatrix: getindex reads data out of range")
+                _v6 = data[_a8, _a9]
+                _v7 = scale[0]
+                _w_data[_a8, _a9] += _v7**2
+                _w_scale[0] += _v6**2

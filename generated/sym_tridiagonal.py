@@ -304,141 +304,123 @@ def diagonal_pullback(x, dbar):
     return SymTridiagonal._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, dv, ev, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = dv[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += dv.shape[0]
-            if _a5 < 0 or _a5 >= dv.shape[0]:
-                raise IndexError("SymTridiagonal: getindex reads dv out of range")
-            _v4 = dv[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    _lo1 = 0
-    _hi2 = n - 1
-    if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i + 1
-            _v3 = ev[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i + 1
-            _a5 = i
-            if _a5 < 0:
-                _a5 += ev.shape[0]
-            if _a5 < 0 or _a5 >= ev.shape[0]:
-                raise IndexError("SymTridiagonal: getindex reads ev out of range")
-            _v4 = ev[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    _lo1 = 1
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < ev.shape[0] and 0 <= _hi2 - 2 < ev.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i - 1
-            _v3 = ev[i - 1]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i - 1
-            _a5 = i - 1
-            if _a5 < 0:
-                _a5 += ev.shape[0]
-            if _a5 < 0 or _a5 >= ev.shape[0]:
-                raise IndexError("SymTridiagonal: getindex reads ev out of range")
-            _v4 = ev[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = dv[i]
+                _out[i, _c] += (_v3) * _rhs[j, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += dv.shape[0]
+                if _a5 < 0 or _a5 >= dv.shape[0]:
+                    raise IndexError("SymTridiagonal: getindex reads dv out of range")
+                _v4 = dv[_a5]
+                _out[i, _c] += (_v4) * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n - 1
+        if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i + 1
+                _v3 = ev[i]
+                _out[i, _c] += (_v3) * _rhs[j, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i + 1
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += ev.shape[0]
+                if _a5 < 0 or _a5 >= ev.shape[0]:
+                    raise IndexError("SymTridiagonal: getindex reads ev out of range")
+                _v4 = ev[_a5]
+                _out[i, _c] += (_v4) * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - 1 < ev.shape[0] and 0 <= _hi2 - 2 < ev.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i - 1
+                _v3 = ev[i - 1]
+                _out[i, _c] += (_v3) * _rhs[j, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i - 1
+                _a5 = i - 1
+                if _a5 < 0:
+                    _a5 += ev.shape[0]
+                if _a5 < 0 or _a5 >= ev.shape[0]:
+                    raise IndexError("SymTridiagonal: getindex reads ev out of range")
+                _v4 = ev[_a5]
+                _out[i, _c] += (_v4) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, dv, ev, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = dv[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += dv.shape[0]
-            if _a5 < 0 or _a5 >= dv.shape[0]:
-                raise IndexError("SymTridiagonal: getindex reads dv out of range")
-            _v4 = dv[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    _lo1 = 0
-    _hi2 = n - 1
-    if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i + 1
-            _v3 = ev[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i + 1
-            _a5 = i
-            if _a5 < 0:
-                _a5 += ev.shape[0]
-            if _a5 < 0 or _a5 >= ev.shape[0]:
-                raise IndexError("SymTridiagonal: getindex reads ev out of range")
-            _v4 = ev[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    _lo1 = 1
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < ev.shape[0] and 0 <= _hi2 - 2 < ev.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i - 1
-            _v3 = ev[i - 1]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i - 1
-            _a5 = i - 1
-            if _a5 < 0:
-                _a5 += ev.shape[0]
-            if _a5 < 0 or _a5 >= ev.shape[0]:
-                raise IndexError("SymTridiagonal: getindex reads ev out of range")
-            _v4 = ev[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = dv[i]
+                _out[j, _c] += (_v3) * _rhs[i, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += dv.shape[0]
+                if _a5 < 0 or _a5 >= dv.shape[0]:
+                    raise IndexError("SymTridiagonal: getindex reads dv out of range")
+                _v4 = dv[_a5]
+                _out[j, _c] += (_v4) * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n - 1
+        if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i + 1
+                _v3 = ev[i]
+                _out[j, _c] += (_v3) * _rhs[i, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i + 1
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += ev.shape[0]
+                if _a5 < 0 or _a5 >= ev.shape[0]:
+                    raise IndexError("SymTridiagonal: getindex reads ev out of range")
+                _v4 = ev[_a5]
+                _out[j, _c] += (_v4) * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - 1 < ev.shape[0] and 0 <= _hi2 - 2 < ev.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i - 1
+                _v3 = ev[i - 1]
+                _out[j, _c] += (_v3) * _rhs[i, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i - 1
+                _a5 = i - 1
+                if _a5 < 0:
+                    _a5 += ev.shape[0]
+                if _a5 < 0 or _a5 >= ev.shape[0]:
+                    raise IndexError("SymTridiagonal: getindex reads ev out of range")
+                _v4 = ev[_a5]
+                _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, dv, ev, _left, _right, _g_dv, _g_ev):
     _lo1 = 0
     _hi2 = n
@@ -505,7 +487,7 @@ def _bilinear_kernel(n, dv, ev, _left, _right, _g_dv, _g_ev):
             _g_ev[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, dv, ev, _out):
     _lo1 = 0
     _hi2 = n
@@ -526,7 +508,7 @@ def _diagonal_kernel(n, dv, ev, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, dv, ev, _dbar, _g_dv, _g_ev):
     _lo1 = 0
     _hi2 = n
@@ -547,7 +529,7 @@ def _diagonal_pullback_kernel(n, dv, ev, _dbar, _g_dv, _g_ev):
             _g_dv[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, dv, ev, _out):
     _lo1 = 0
     _hi2 = n
@@ -602,7 +584,7 @@ def _destructure_kernel(n, dv, ev, _out):
             _out[i, j] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, dv, ev, _d_dv, _d_ev, _out):
     _lo1 = 0
     _hi2 = n
@@ -657,7 +639,7 @@ def _pushforward_kernel(n, dv, ev, _d_dv, _d_ev, _out):
             _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, dv, ev, _ybar, _g_dv, _g_ev):
     _lo1 = 0
     _hi2 = n
@@ -712,7 +694,7 @@ def _pullback_kernel(n, dv, ev, _ybar, _g_dv, _g_ev):
             _g_ev[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, dv, ev, _w_dv, _w_ev):
     _lo1 = 0
     _hi2 = n

@@ -301,119 +301,107 @@ def diagonal_pullback(x, dbar):
     return Symmetric._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, data, _rhs, _out):
-    for i in range(0, n):
-        _lo1 = i
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
-            for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = i
-                if _a5 < 0:
-                    _a5 += data.shape[0]
-                if _a5 < 0 or _a5 >= data.shape[0]:
-                    raise IndexError("Symmetric: getindex reads data out of range")
-                _a6 = j
-                if _a6 < 0:
-                    _a6 += data.shape[1]
-                if _a6 < 0 or _a6 >= data.shape[1]:
-                    raise IndexError("Symmetric: getindex reads data out of range")
-                _v4 = data[_a5, _a6]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
-    for _ib1 in range(0, n, 64):
-        for _jb2 in range(0, n, 64):
-            for i in range(_ib1, min(n, _ib1 + 64)):
-                _lo3 = max(0, _jb2)
-                _hi4 = min(min(i, n), _jb2 + 64)
-                if _hi4 <= _lo3 or (0 <= _lo3 < data.shape[0] and 0 <= _hi4 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
-                    for j in range(_lo3, _hi4):
-                        _v5 = data[j, i]
-                        _e = _v5
-                        for _c in range(_rhs.shape[1]):
-                            _out[i, _c] += _e * _rhs[j, _c]
-                else:
-                    for j in range(_lo3, _hi4):
-                        _a7 = j
-                        if _a7 < 0:
-                            _a7 += data.shape[0]
-                        if _a7 < 0 or _a7 >= data.shape[0]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _a8 = i
-                        if _a8 < 0:
-                            _a8 += data.shape[1]
-                        if _a8 < 0 or _a8 >= data.shape[1]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _v6 = data[_a7, _a8]
-                        _e = _v6
-                        for _c in range(_rhs.shape[1]):
-                            _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = i
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+                _sum3 = 0.0
+                for j in range(_lo1, _hi2):
+                    _v4 = data[i, j]
+                    _sum3 += (_v4) * _rhs[j, _c]
+                _out[i, _c] += _sum3
+            else:
+                for j in range(_lo1, _hi2):
+                    _a6 = i
+                    if _a6 < 0:
+                        _a6 += data.shape[0]
+                    if _a6 < 0 or _a6 >= data.shape[0]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _a7 = j
+                    if _a7 < 0:
+                        _a7 += data.shape[1]
+                    if _a7 < 0 or _a7 >= data.shape[1]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _v5 = data[_a6, _a7]
+                    _out[i, _c] += (_v5) * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = 0
+            _hi2 = min(i, n)
+            if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+                _sum3 = 0.0
+                for j in range(_lo1, _hi2):
+                    _v4 = data[j, i]
+                    _sum3 += (_v4) * _rhs[j, _c]
+                _out[i, _c] += _sum3
+            else:
+                for j in range(_lo1, _hi2):
+                    _a6 = j
+                    if _a6 < 0:
+                        _a6 += data.shape[0]
+                    if _a6 < 0 or _a6 >= data.shape[0]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _a7 = i
+                    if _a7 < 0:
+                        _a7 += data.shape[1]
+                    if _a7 < 0 or _a7 >= data.shape[1]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _v5 = data[_a6, _a7]
+                    _out[i, _c] += (_v5) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, data, _rhs, _out):
-    for i in range(0, n):
-        _lo1 = i
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
-            for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = i
-                if _a5 < 0:
-                    _a5 += data.shape[0]
-                if _a5 < 0 or _a5 >= data.shape[0]:
-                    raise IndexError("Symmetric: getindex reads data out of range")
-                _a6 = j
-                if _a6 < 0:
-                    _a6 += data.shape[1]
-                if _a6 < 0 or _a6 >= data.shape[1]:
-                    raise IndexError("Symmetric: getindex reads data out of range")
-                _v4 = data[_a5, _a6]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
-    for _ib1 in range(0, n, 64):
-        for _jb2 in range(0, n, 64):
-            for i in range(_ib1, min(n, _ib1 + 64)):
-                _lo3 = max(0, _jb2)
-                _hi4 = min(min(i, n), _jb2 + 64)
-                if _hi4 <= _lo3 or (0 <= _lo3 < data.shape[0] and 0 <= _hi4 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
-                    for j in range(_lo3, _hi4):
-                        _v5 = data[j, i]
-                        _e = _v5
-                        for _c in range(_rhs.shape[1]):
-                            _out[j, _c] += _e * _rhs[i, _c]
-                else:
-                    for j in range(_lo3, _hi4):
-                        _a7 = j
-                        if _a7 < 0:
-                            _a7 += data.shape[0]
-                        if _a7 < 0 or _a7 >= data.shape[0]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _a8 = i
-                        if _a8 < 0:
-                            _a8 += data.shape[1]
-                        if _a8 < 0 or _a8 >= data.shape[1]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _v6 = data[_a7, _a8]
-                        _e = _v6
-                        for _c in range(_rhs.shape[1]):
-                            _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = i
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+                for j in range(_lo1, _hi2):
+                    _v3 = data[i, j]
+                    _out[j, _c] += (_v3) * _rhs[i, _c]
+            else:
+                for j in range(_lo1, _hi2):
+                    _a5 = i
+                    if _a5 < 0:
+                        _a5 += data.shape[0]
+                    if _a5 < 0 or _a5 >= data.shape[0]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _a6 = j
+                    if _a6 < 0:
+                        _a6 += data.shape[1]
+                    if _a6 < 0 or _a6 >= data.shape[1]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _v4 = data[_a5, _a6]
+                    _out[j, _c] += (_v4) * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = 0
+            _hi2 = min(i, n)
+            if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+                for j in range(_lo1, _hi2):
+                    _v3 = data[j, i]
+                    _out[j, _c] += (_v3) * _rhs[i, _c]
+            else:
+                for j in range(_lo1, _hi2):
+                    _a5 = j
+                    if _a5 < 0:
+                        _a5 += data.shape[0]
+                    if _a5 < 0 or _a5 >= data.shape[0]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _a6 = i
+                    if _a6 < 0:
+                        _a6 += data.shape[1]
+                    if _a6 < 0 or _a6 >= data.shape[1]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _v4 = data[_a5, _a6]
+                    _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, data, _left, _right, _g_data):
     for i in range(0, n):
         _lo1 = i
@@ -440,36 +428,34 @@ def _bilinear_kernel(n, data, _left, _right, _g_data):
                 if _a6 < 0 or _a6 >= data.shape[1]:
                     raise IndexError("Symmetric: getindex reads data out of range")
                 _g_data[_a5, _a6] += _y
-    for _ib1 in range(0, n, 64):
-        for _jb2 in range(0, n, 64):
-            for i in range(_ib1, min(n, _ib1 + 64)):
-                _lo3 = max(0, _jb2)
-                _hi4 = min(min(i, n), _jb2 + 64)
-                if _hi4 <= _lo3 or (0 <= _lo3 < data.shape[0] and 0 <= _hi4 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
-                    for j in range(_lo3, _hi4):
-                        _y = 0.0
-                        for _c in range(_left.shape[1]):
-                            _y += _left[i, _c] * _right[j, _c]
-                        _g_data[j, i] += _y
-                else:
-                    for j in range(_lo3, _hi4):
-                        _y = 0.0
-                        for _c in range(_left.shape[1]):
-                            _y += _left[i, _c] * _right[j, _c]
-                        _a7 = j
-                        if _a7 < 0:
-                            _a7 += data.shape[0]
-                        if _a7 < 0 or _a7 >= data.shape[0]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _a8 = i
-                        if _a8 < 0:
-                            _a8 += data.shape[1]
-                        if _a8 < 0 or _a8 >= data.shape[1]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _g_data[_a7, _a8] += _y
+    for i in range(0, n):
+        _lo1 = 0
+        _hi2 = min(i, n)
+        if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _g_data[j, i] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _a5 = j
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Symmetric: getindex reads data out of range")
+                _a6 = i
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Symmetric: getindex reads data out of range")
+                _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, data, _out):
     _lo1 = 0
     _hi2 = n
@@ -495,7 +481,7 @@ def _diagonal_kernel(n, data, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, data, _dbar, _g_data):
     _lo1 = 0
     _hi2 = n
@@ -521,7 +507,7 @@ def _diagonal_pullback_kernel(n, data, _dbar, _g_data):
             _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, data, _out):
     for i in range(0, n):
         _lo1 = i
@@ -544,32 +530,30 @@ def _destructure_kernel(n, data, _out):
                     raise IndexError("Symmetric: getindex reads data out of range")
                 _v4 = data[_a5, _a6]
                 _out[i, j] = _v4
-    for _ib1 in range(0, n, 64):
-        for _jb2 in range(0, n, 64):
-            for i in range(_ib1, min(n, _ib1 + 64)):
-                _lo3 = max(0, _jb2)
-                _hi4 = min(min(i, n), _jb2 + 64)
-                if _hi4 <= _lo3 or (0 <= _lo3 < data.shape[0] and 0 <= _hi4 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
-                    for j in range(_lo3, _hi4):
-                        _v5 = data[j, i]
-                        _out[i, j] = _v5
-                else:
-                    for j in range(_lo3, _hi4):
-                        _a7 = j
-                        if _a7 < 0:
-                            _a7 += data.shape[0]
-                        if _a7 < 0 or _a7 >= data.shape[0]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _a8 = i
-                        if _a8 < 0:
-                            _a8 += data.shape[1]
-                        if _a8 < 0 or _a8 >= data.shape[1]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _v6 = data[_a7, _a8]
-                        _out[i, j] = _v6
+    for i in range(0, n):
+        _lo1 = 0
+        _hi2 = min(i, n)
+        if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _v3 = data[j, i]
+                _out[i, j] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = j
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Symmetric: getindex reads data out of range")
+                _a6 = i
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Symmetric: getindex reads data out of range")
+                _v4 = data[_a5, _a6]
+                _out[i, j] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, data, _d_data, _out):
     for i in range(0, n):
         _lo1 = i
@@ -592,32 +576,30 @@ def _pushforward_kernel(n, data, _d_data, _out):
                     raise IndexError("Symmetric: getindex reads data out of range")
                 _t_v4 = _d_data[_a5, _a6]
                 _out[i, j] = _t_v4
-    for _ib1 in range(0, n, 64):
-        for _jb2 in range(0, n, 64):
-            for i in range(_ib1, min(n, _ib1 + 64)):
-                _lo3 = max(0, _jb2)
-                _hi4 = min(min(i, n), _jb2 + 64)
-                if _hi4 <= _lo3 or (0 <= _lo3 < data.shape[0] and 0 <= _hi4 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
-                    for j in range(_lo3, _hi4):
-                        _t_v5 = _d_data[j, i]
-                        _out[i, j] = _t_v5
-                else:
-                    for j in range(_lo3, _hi4):
-                        _a7 = j
-                        if _a7 < 0:
-                            _a7 += data.shape[0]
-                        if _a7 < 0 or _a7 >= data.shape[0]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _a8 = i
-                        if _a8 < 0:
-                            _a8 += data.shape[1]
-                        if _a8 < 0 or _a8 >= data.shape[1]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _t_v6 = _d_data[_a7, _a8]
-                        _out[i, j] = _t_v6
+    for i in range(0, n):
+        _lo1 = 0
+        _hi2 = min(i, n)
+        if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _t_v3 = _d_data[j, i]
+                _out[i, j] = _t_v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = j
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Symmetric: getindex reads data out of range")
+                _a6 = i
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Symmetric: getindex reads data out of range")
+                _t_v4 = _d_data[_a5, _a6]
+                _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, data, _ybar, _g_data):
     for i in range(0, n):
         _lo1 = i
@@ -640,32 +622,30 @@ def _pullback_kernel(n, data, _ybar, _g_data):
                 if _a6 < 0 or _a6 >= data.shape[1]:
                     raise IndexError("Symmetric: getindex reads data out of range")
                 _g_data[_a5, _a6] += _y
-    for _ib1 in range(0, n, 64):
-        for _jb2 in range(0, n, 64):
-            for i in range(_ib1, min(n, _ib1 + 64)):
-                _lo3 = max(0, _jb2)
-                _hi4 = min(min(i, n), _jb2 + 64)
-                if _hi4 <= _lo3 or (0 <= _lo3 < data.shape[0] and 0 <= _hi4 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
-                    for j in range(_lo3, _hi4):
-                        _y = _ybar[i, j]
-                        _g_data[j, i] += _y
-                else:
-                    for j in range(_lo3, _hi4):
-                        _y = _ybar[i, j]
-                        _a7 = j
-                        if _a7 < 0:
-                            _a7 += data.shape[0]
-                        if _a7 < 0 or _a7 >= data.shape[0]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _a8 = i
-                        if _a8 < 0:
-                            _a8 += data.shape[1]
-                        if _a8 < 0 or _a8 >= data.shape[1]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _g_data[_a7, _a8] += _y
+    for i in range(0, n):
+        _lo1 = 0
+        _hi2 = min(i, n)
+        if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _g_data[j, i] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _ybar[i, j]
+                _a5 = j
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Symmetric: getindex reads data out of range")
+                _a6 = i
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Symmetric: getindex reads data out of range")
+                _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, data, _w_data):
     for i in range(0, n):
         _lo1 = i
@@ -686,24 +666,22 @@ def _weights_kernel(n, data, _w_data):
                 if _a6 < 0 or _a6 >= data.shape[1]:
                     raise IndexError("Symmetric: getindex reads data out of range")
                 _w_data[_a5, _a6] += 1
-    for _ib1 in range(0, n, 64):
-        for _jb2 in range(0, n, 64):
-            for i in range(_ib1, min(n, _ib1 + 64)):
-                _lo3 = max(0, _jb2)
-                _hi4 = min(min(i, n), _jb2 + 64)
-                if _hi4 <= _lo3 or (0 <= _lo3 < data.shape[0] and 0 <= _hi4 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
-                    for j in range(_lo3, _hi4):
-                        _w_data[j, i] += 1
-                else:
-                    for j in range(_lo3, _hi4):
-                        _a7 = j
-                        if _a7 < 0:
-                            _a7 += data.shape[0]
-                        if _a7 < 0 or _a7 >= data.shape[0]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _a8 = i
-                        if _a8 < 0:
-                            _a8 += data.shape[1]
-                        if _a8 < 0 or _a8 >= data.shape[1]:
-                            raise IndexError("Symmetric: getindex reads data out of range")
-                        _w_data[_a7, _a8] += 1
+    for i in range(0, n):
+        _lo1 = 0
+        _hi2 = min(i, n)
+        if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+            for j in range(_lo1, _hi2):
+                _w_data[j, i] += 1
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = j
+                if _a5 < 0:
+                    _a5 += data.shape[0]
+                if _a5 < 0 or _a5 >= data.shape[0]:
+                    raise IndexError("Symmetric: getindex reads data out of range")
+                _a6 = i
+                if _a6 < 0:
+                    _a6 += data.shape[1]
+                if _a6 < 0 or _a6 >= data.shape[1]:
+                    raise IndexError("Symmetric: getindex reads data out of range")
+                _w_data[_a5, _a6] += 1

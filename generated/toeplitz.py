@@ -304,95 +304,87 @@ def diagonal_pullback(x, dbar):
     return Toeplitz._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, col, row, _rhs, _out):
-    for i in range(0, n):
-        _lo1 = 0
-        _hi2 = min(n, i + 1)
-        if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = col[i - j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = i - j
-                if _a5 < 0:
-                    _a5 += col.shape[0]
-                if _a5 < 0 or _a5 >= col.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads col out of range")
-                _v4 = col[_a5]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
-    for i in range(0, n):
-        _lo1 = i + 1
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = row[-i + j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = -i + j
-                if _a5 < 0:
-                    _a5 += row.shape[0]
-                if _a5 < 0 or _a5 >= row.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads row out of range")
-                _v4 = row[_a5]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = 0
+            _hi2 = min(n, i + 1)
+            if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
+                _sum3 = 0.0
+                for j in range(_lo1, _hi2):
+                    _v4 = col[i - j]
+                    _sum3 += (_v4) * _rhs[j, _c]
+                _out[i, _c] += _sum3
+            else:
+                for j in range(_lo1, _hi2):
+                    _a6 = i - j
+                    if _a6 < 0:
+                        _a6 += col.shape[0]
+                    if _a6 < 0 or _a6 >= col.shape[0]:
+                        raise IndexError("Toeplitz: getindex reads col out of range")
+                    _v5 = col[_a6]
+                    _out[i, _c] += (_v5) * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = i + 1
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
+                _sum3 = 0.0
+                for j in range(_lo1, _hi2):
+                    _v4 = row[-i + j]
+                    _sum3 += (_v4) * _rhs[j, _c]
+                _out[i, _c] += _sum3
+            else:
+                for j in range(_lo1, _hi2):
+                    _a6 = -i + j
+                    if _a6 < 0:
+                        _a6 += row.shape[0]
+                    if _a6 < 0 or _a6 >= row.shape[0]:
+                        raise IndexError("Toeplitz: getindex reads row out of range")
+                    _v5 = row[_a6]
+                    _out[i, _c] += (_v5) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, col, row, _rhs, _out):
-    for i in range(0, n):
-        _lo1 = 0
-        _hi2 = min(n, i + 1)
-        if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = col[i - j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = i - j
-                if _a5 < 0:
-                    _a5 += col.shape[0]
-                if _a5 < 0 or _a5 >= col.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads col out of range")
-                _v4 = col[_a5]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
-    for i in range(0, n):
-        _lo1 = i + 1
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = row[-i + j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = -i + j
-                if _a5 < 0:
-                    _a5 += row.shape[0]
-                if _a5 < 0 or _a5 >= row.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads row out of range")
-                _v4 = row[_a5]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = 0
+            _hi2 = min(n, i + 1)
+            if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
+                for j in range(_lo1, _hi2):
+                    _v3 = col[i - j]
+                    _out[j, _c] += (_v3) * _rhs[i, _c]
+            else:
+                for j in range(_lo1, _hi2):
+                    _a5 = i - j
+                    if _a5 < 0:
+                        _a5 += col.shape[0]
+                    if _a5 < 0 or _a5 >= col.shape[0]:
+                        raise IndexError("Toeplitz: getindex reads col out of range")
+                    _v4 = col[_a5]
+                    _out[j, _c] += (_v4) * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = i + 1
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
+                for j in range(_lo1, _hi2):
+                    _v3 = row[-i + j]
+                    _out[j, _c] += (_v3) * _rhs[i, _c]
+            else:
+                for j in range(_lo1, _hi2):
+                    _a5 = -i + j
+                    if _a5 < 0:
+                        _a5 += row.shape[0]
+                    if _a5 < 0 or _a5 >= row.shape[0]:
+                        raise IndexError("Toeplitz: getindex reads row out of range")
+                    _v4 = row[_a5]
+                    _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, col, row, _left, _right, _g_col, _g_row):
     for i in range(0, n):
         _lo1 = 0
@@ -436,49 +428,52 @@ def _bilinear_kernel(n, col, row, _left, _right, _g_col, _g_row):
                 _g_row[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, col, row, _out):
     _lo1 = 0
     _hi2 = n
     if _hi2 <= _lo1 or (0 <= 0 < col.shape[0]):
+        _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = col[0]
-            _out[i] = _v3
+            _v4 = col[0]
+            _out[i] = _v4
     else:
         for i in range(_lo1, _hi2):
             j = i
-            _a5 = 0
-            if _a5 < 0:
-                _a5 += col.shape[0]
-            if _a5 < 0 or _a5 >= col.shape[0]:
+            _a6 = 0
+            if _a6 < 0:
+                _a6 += col.shape[0]
+            if _a6 < 0 or _a6 >= col.shape[0]:
                 raise IndexError("Toeplitz: getindex reads col out of range")
-            _v4 = col[_a5]
-            _out[i] = _v4
+            _v5 = col[_a6]
+            _out[i] = _v5
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, col, row, _dbar, _g_col, _g_row):
     _lo1 = 0
     _hi2 = n
     if _hi2 <= _lo1 or (0 <= 0 < col.shape[0]):
+        _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
             _y = _dbar[i]
-            _g_col[0] += _y
+            _sum3 += _y
+        _g_col[0] += _sum3
     else:
         for i in range(_lo1, _hi2):
             j = i
             _y = _dbar[i]
-            _a5 = 0
-            if _a5 < 0:
-                _a5 += col.shape[0]
-            if _a5 < 0 or _a5 >= col.shape[0]:
+            _a6 = 0
+            if _a6 < 0:
+                _a6 += col.shape[0]
+            if _a6 < 0 or _a6 >= col.shape[0]:
                 raise IndexError("Toeplitz: getindex reads col out of range")
-            _g_col[_a5] += _y
+            _g_col[_a6] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, col, row, _out):
     for i in range(0, n):
         _lo1 = 0
@@ -514,7 +509,7 @@ def _destructure_kernel(n, col, row, _out):
                 _out[i, j] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, col, row, _d_col, _d_row, _out):
     for i in range(0, n):
         _lo1 = 0
@@ -550,7 +545,7 @@ def _pushforward_kernel(n, col, row, _d_col, _d_row, _out):
                 _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, col, row, _ybar, _g_col, _g_row):
     for i in range(0, n):
         _lo1 = 0
@@ -586,7 +581,7 @@ def _pullback_kernel(n, col, row, _ybar, _g_col, _g_row):
                 _g_row[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, col, row, _w_col, _w_row):
     for i in range(0, n):
         _lo1 = 0

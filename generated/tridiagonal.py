@@ -307,141 +307,123 @@ def diagonal_pullback(x, dbar):
     return Tridiagonal._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, dl, d, du, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = d[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += d.shape[0]
-            if _a5 < 0 or _a5 >= d.shape[0]:
-                raise IndexError("Tridiagonal: getindex reads d out of range")
-            _v4 = d[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    _lo1 = 0
-    _hi2 = n - 1
-    if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i + 1
-            _v3 = du[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i + 1
-            _a5 = i
-            if _a5 < 0:
-                _a5 += du.shape[0]
-            if _a5 < 0 or _a5 >= du.shape[0]:
-                raise IndexError("Tridiagonal: getindex reads du out of range")
-            _v4 = du[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    _lo1 = 1
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i - 1
-            _v3 = dl[i - 1]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i - 1
-            _a5 = i - 1
-            if _a5 < 0:
-                _a5 += dl.shape[0]
-            if _a5 < 0 or _a5 >= dl.shape[0]:
-                raise IndexError("Tridiagonal: getindex reads dl out of range")
-            _v4 = dl[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = d[i]
+                _out[i, _c] += (_v3) * _rhs[j, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += d.shape[0]
+                if _a5 < 0 or _a5 >= d.shape[0]:
+                    raise IndexError("Tridiagonal: getindex reads d out of range")
+                _v4 = d[_a5]
+                _out[i, _c] += (_v4) * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n - 1
+        if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i + 1
+                _v3 = du[i]
+                _out[i, _c] += (_v3) * _rhs[j, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i + 1
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += du.shape[0]
+                if _a5 < 0 or _a5 >= du.shape[0]:
+                    raise IndexError("Tridiagonal: getindex reads du out of range")
+                _v4 = du[_a5]
+                _out[i, _c] += (_v4) * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i - 1
+                _v3 = dl[i - 1]
+                _out[i, _c] += (_v3) * _rhs[j, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i - 1
+                _a5 = i - 1
+                if _a5 < 0:
+                    _a5 += dl.shape[0]
+                if _a5 < 0 or _a5 >= dl.shape[0]:
+                    raise IndexError("Tridiagonal: getindex reads dl out of range")
+                _v4 = dl[_a5]
+                _out[i, _c] += (_v4) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, dl, d, du, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = d[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += d.shape[0]
-            if _a5 < 0 or _a5 >= d.shape[0]:
-                raise IndexError("Tridiagonal: getindex reads d out of range")
-            _v4 = d[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    _lo1 = 0
-    _hi2 = n - 1
-    if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i + 1
-            _v3 = du[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i + 1
-            _a5 = i
-            if _a5 < 0:
-                _a5 += du.shape[0]
-            if _a5 < 0 or _a5 >= du.shape[0]:
-                raise IndexError("Tridiagonal: getindex reads du out of range")
-            _v4 = du[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    _lo1 = 1
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i - 1
-            _v3 = dl[i - 1]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i - 1
-            _a5 = i - 1
-            if _a5 < 0:
-                _a5 += dl.shape[0]
-            if _a5 < 0 or _a5 >= dl.shape[0]:
-                raise IndexError("Tridiagonal: getindex reads dl out of range")
-            _v4 = dl[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = d[i]
+                _out[j, _c] += (_v3) * _rhs[i, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += d.shape[0]
+                if _a5 < 0 or _a5 >= d.shape[0]:
+                    raise IndexError("Tridiagonal: getindex reads d out of range")
+                _v4 = d[_a5]
+                _out[j, _c] += (_v4) * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n - 1
+        if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i + 1
+                _v3 = du[i]
+                _out[j, _c] += (_v3) * _rhs[i, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i + 1
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += du.shape[0]
+                if _a5 < 0 or _a5 >= du.shape[0]:
+                    raise IndexError("Tridiagonal: getindex reads du out of range")
+                _v4 = du[_a5]
+                _out[j, _c] += (_v4) * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i - 1
+                _v3 = dl[i - 1]
+                _out[j, _c] += (_v3) * _rhs[i, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i - 1
+                _a5 = i - 1
+                if _a5 < 0:
+                    _a5 += dl.shape[0]
+                if _a5 < 0 or _a5 >= dl.shape[0]:
+                    raise IndexError("Tridiagonal: getindex reads dl out of range")
+                _v4 = dl[_a5]
+                _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, dl, d, du, _left, _right, _g_dl, _g_d, _g_du):
     _lo1 = 0
     _hi2 = n
@@ -508,7 +490,7 @@ def _bilinear_kernel(n, dl, d, du, _left, _right, _g_dl, _g_d, _g_du):
             _g_dl[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, dl, d, du, _out):
     _lo1 = 0
     _hi2 = n
@@ -529,7 +511,7 @@ def _diagonal_kernel(n, dl, d, du, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, dl, d, du, _dbar, _g_dl, _g_d, _g_du):
     _lo1 = 0
     _hi2 = n
@@ -550,7 +532,7 @@ def _diagonal_pullback_kernel(n, dl, d, du, _dbar, _g_dl, _g_d, _g_du):
             _g_d[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, dl, d, du, _out):
     _lo1 = 0
     _hi2 = n
@@ -605,7 +587,7 @@ def _destructure_kernel(n, dl, d, du, _out):
             _out[i, j] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, dl, d, du, _d_dl, _d_d, _d_du, _out):
     _lo1 = 0
     _hi2 = n
@@ -660,7 +642,7 @@ def _pushforward_kernel(n, dl, d, du, _d_dl, _d_d, _d_du, _out):
             _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, dl, d, du, _ybar, _g_dl, _g_d, _g_du):
     _lo1 = 0
     _hi2 = n
@@ -715,7 +697,7 @@ def _pullback_kernel(n, dl, d, du, _ybar, _g_dl, _g_d, _g_du):
             _g_dl[_a5] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, dl, d, du, _w_dl, _w_d, _w_du):
     _lo1 = 0
     _hi2 = n

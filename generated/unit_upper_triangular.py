@@ -301,75 +301,69 @@ def diagonal_pullback(x, dbar):
     return UnitUpperTriangular._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, data, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _e = 1
-        for _c in range(_rhs.shape[1]):
-            _out[i, _c] += _e * _rhs[j, _c]
-    for i in range(0, n):
-        _lo1 = i + 1
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
-            for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = i
-                if _a5 < 0:
-                    _a5 += data.shape[0]
-                if _a5 < 0 or _a5 >= data.shape[0]:
-                    raise IndexError("UnitUpperTriangular: getindex reads data out of range")
-                _a6 = j
-                if _a6 < 0:
-                    _a6 += data.shape[1]
-                if _a6 < 0 or _a6 >= data.shape[1]:
-                    raise IndexError("UnitUpperTriangular: getindex reads data out of range")
-                _v4 = data[_a5, _a6]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            j = i
+            _out[i, _c] += (1) * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = i + 1
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+                _sum3 = 0.0
+                for j in range(_lo1, _hi2):
+                    _v4 = data[i, j]
+                    _sum3 += (_v4) * _rhs[j, _c]
+                _out[i, _c] += _sum3
+            else:
+                for j in range(_lo1, _hi2):
+                    _a6 = i
+                    if _a6 < 0:
+                        _a6 += data.shape[0]
+                    if _a6 < 0 or _a6 >= data.shape[0]:
+                        raise IndexError("UnitUpperTriangular: getindex reads data out of range")
+                    _a7 = j
+                    if _a7 < 0:
+                        _a7 += data.shape[1]
+                    if _a7 < 0 or _a7 >= data.shape[1]:
+                        raise IndexError("UnitUpperTriangular: getindex reads data out of range")
+                    _v5 = data[_a6, _a7]
+                    _out[i, _c] += (_v5) * _rhs[j, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, data, _rhs, _out):
-    for i in range(0, n):
-        j = i
-        _e = 1
-        for _c in range(_rhs.shape[1]):
-            _out[j, _c] += _e * _rhs[i, _c]
-    for i in range(0, n):
-        _lo1 = i + 1
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
-            for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _e = _v3
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = i
-                if _a5 < 0:
-                    _a5 += data.shape[0]
-                if _a5 < 0 or _a5 >= data.shape[0]:
-                    raise IndexError("UnitUpperTriangular: getindex reads data out of range")
-                _a6 = j
-                if _a6 < 0:
-                    _a6 += data.shape[1]
-                if _a6 < 0 or _a6 >= data.shape[1]:
-                    raise IndexError("UnitUpperTriangular: getindex reads data out of range")
-                _v4 = data[_a5, _a6]
-                _e = _v4
-                for _c in range(_rhs.shape[1]):
-                    _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            j = i
+            _out[j, _c] += (1) * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        for i in range(0, n):
+            _lo1 = i + 1
+            _hi2 = n
+            if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
+                for j in range(_lo1, _hi2):
+                    _v3 = data[i, j]
+                    _out[j, _c] += (_v3) * _rhs[i, _c]
+            else:
+                for j in range(_lo1, _hi2):
+                    _a5 = i
+                    if _a5 < 0:
+                        _a5 += data.shape[0]
+                    if _a5 < 0 or _a5 >= data.shape[0]:
+                        raise IndexError("UnitUpperTriangular: getindex reads data out of range")
+                    _a6 = j
+                    if _a6 < 0:
+                        _a6 += data.shape[1]
+                    if _a6 < 0 or _a6 >= data.shape[1]:
+                        raise IndexError("UnitUpperTriangular: getindex reads data out of range")
+                    _v4 = data[_a5, _a6]
+                    _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, data, _left, _right, _g_data):
     for i in range(0, n):
         _lo1 = i + 1
@@ -398,19 +392,19 @@ def _bilinear_kernel(n, data, _left, _right, _g_data):
                 _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, data, _out):
     for i in range(0, n):
         j = i
         _out[i] = 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, data, _dbar, _g_data):
     pass
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, data, _out):
     for i in range(0, n):
         j = i
@@ -438,7 +432,7 @@ def _destructure_kernel(n, data, _out):
                 _out[i, j] = _v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, data, _d_data, _out):
     for i in range(0, n):
         _lo1 = i + 1
@@ -463,7 +457,7 @@ def _pushforward_kernel(n, data, _d_data, _out):
                 _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, data, _ybar, _g_data):
     for i in range(0, n):
         _lo1 = i + 1
@@ -488,7 +482,7 @@ def _pullback_kernel(n, data, _ybar, _g_data):
                 _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, data, _w_data):
     for i in range(0, n):
         _lo1 = i + 1

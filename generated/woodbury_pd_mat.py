@@ -312,29 +312,26 @@ def diagonal_pullback(x, dbar):
     return WoodburyPDMat._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, r, A, d, s, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = s[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += s.shape[0]
-            if _a5 < 0 or _a5 >= s.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads s out of range")
-            _v4 = s[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[i, _c] += _e * _rhs[j, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = s[i]
+                _out[i, _c] += (_v3) * _rhs[j, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += s.shape[0]
+                if _a5 < 0 or _a5 >= s.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads s out of range")
+                _v4 = s[_a5]
+                _out[i, _c] += (_v4) * _rhs[j, _c]
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
@@ -375,29 +372,26 @@ def _matvec_kernel(n, r, A, d, s, _rhs, _out):
                 _out[i, _c] += (_v5*_v6) * _acc1[_c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _rmatvec_kernel(n, r, A, d, s, _rhs, _out):
-    _lo1 = 0
-    _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
-        for i in range(_lo1, _hi2):
-            j = i
-            _v3 = s[i]
-            _e = _v3
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
-    else:
-        for i in range(_lo1, _hi2):
-            j = i
-            _a5 = i
-            if _a5 < 0:
-                _a5 += s.shape[0]
-            if _a5 < 0 or _a5 >= s.shape[0]:
-                raise IndexError("WoodburyPDMat: getindex reads s out of range")
-            _v4 = s[_a5]
-            _e = _v4
-            for _c in range(_rhs.shape[1]):
-                _out[j, _c] += _e * _rhs[i, _c]
+    for _c in range(_rhs.shape[1]):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
+            for i in range(_lo1, _hi2):
+                j = i
+                _v3 = s[i]
+                _out[j, _c] += (_v3) * _rhs[i, _c]
+        else:
+            for i in range(_lo1, _hi2):
+                j = i
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += s.shape[0]
+                if _a5 < 0 or _a5 >= s.shape[0]:
+                    raise IndexError("WoodburyPDMat: getindex reads s out of range")
+                _v4 = s[_a5]
+                _out[j, _c] += (_v4) * _rhs[i, _c]
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
@@ -438,7 +432,7 @@ def _rmatvec_kernel(n, r, A, d, s, _rhs, _out):
                 _out[j, _c] += (_v7) * _acc1[_c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
     _lo1 = 0
     _hi2 = n
@@ -542,7 +536,7 @@ def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
             _g_A[_a17, _a18] += _s
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_kernel(n, r, A, d, s, _out):
     _lo1 = 0
     _hi2 = n
@@ -603,7 +597,7 @@ def _diagonal_kernel(n, r, A, d, s, _out):
             _out[i] = _s10 + _v11
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _diagonal_pullback_kernel(n, r, A, d, s, _dbar, _g_A, _g_d, _g_s):
     _lo1 = 0
     _hi2 = n
@@ -666,7 +660,7 @@ def _diagonal_pullback_kernel(n, r, A, d, s, _dbar, _g_A, _g_d, _g_s):
                 _g_d[_a19] += (_v15**2) * _b14
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, r, A, d, s, _out):
     _lo1 = 0
     _hi2 = n
@@ -762,7 +756,7 @@ def _destructure_kernel(n, r, A, d, s, _out):
                 _out[i, j] = _s1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pushforward_kernel(n, r, A, d, s, _d_A, _d_d, _d_s, _out):
     _lo1 = 0
     _hi2 = n
@@ -865,7 +859,7 @@ def _pushforward_kernel(n, r, A, d, s, _d_A, _d_d, _d_s, _out):
                 _out[i, j] = _t_s1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _pullback_kernel(n, r, A, d, s, _ybar, _g_A, _g_d, _g_s):
     _lo1 = 0
     _hi2 = n
@@ -965,7 +959,7 @@ def _pullback_kernel(n, r, A, d, s, _ybar, _g_A, _g_d, _g_s):
                     _g_d[_a10] += (_v3*_v4) * _b2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _weights_kernel(n, r, A, d, s, _w_A, _w_d, _w_s):
     _lo1 = 0
     _hi2 = n

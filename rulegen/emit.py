@@ -16,7 +16,6 @@ from . import __version__
 from .derive import Derivation, Region
 from .lower import Lowerer
 from .expr import I, J, IntDiv
-from .derive import _without_sums
 from .printer import code
 
 
@@ -95,12 +94,7 @@ def _shape_text(shape) -> str:
 
 def _open_nest(low: Lowerer, steps, depth: int = 1) -> int:
     for step in steps:
-        if step[0] == "tile":
-            _, v, lo, hi = step
-            lo_c, hi_c = low.condition(depth, lo), low.condition(depth, hi)
-            low.add(depth, f"for {v.name} in range({lo_c}, {hi_c}, {TILE}):")
-            depth += 1
-        elif step[0] == "for":
+        if step[0] == "for":
             _, v, lo, hi = step
             lo_c, hi_c = low.condition(depth, lo), low.condition(depth, hi)
             low.add(depth, f"for {v.name} in range({lo_c}, {hi_c}):")
@@ -113,13 +107,19 @@ def _open_nest(low: Lowerer, steps, depth: int = 1) -> int:
     return depth
 
 
-@dataclass(frozen=True)
-class _Nest:
-    steps: tuple
-    value: sp.Expr
-
-
 _NONLINEAR = (sp.Mod, IntDiv, sp.Min, sp.Max, sp.Abs, sp.Piecewise, sp.Sum)
+
+
+def _outer_reads(e) -> set:
+    """Field reads of ``e`` that are not inside a sum (their indices as written)."""
+    found, stack = set(), [e]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, sp.Indexed):
+            found.add(node)
+        elif isinstance(node, sp.Basic) and not isinstance(node, sp.Sum):
+            stack.extend(node.args)
+    return found
 
 
 def _hoistable(steps, value):
@@ -132,7 +132,7 @@ def _hoistable(steps, value):
     v = steps[k][1]
     lets = [(st[1], st[2]) for st in steps[k + 1:] if st[0] == "let"]
     reads = []
-    for acc in _without_sums(value).atoms(sp.Indexed):
+    for acc in _outer_reads(value):
         idx = []
         for e in acc.indices:
             for w, ew in reversed(lets):
@@ -145,52 +145,22 @@ def _hoistable(steps, value):
     return (k, sorted(reads, key=lambda t: sp.default_sort_key(t[0]))) if reads else None
 
 
-TILE = 64     # 64 × 64 float64 tiles: 32 KiB per array
-
-
-def _transposed(steps, value) -> bool:
-    """Whether the inner loop walks a field across its rows (``data[j, i]``)
-    while the dense arrays are walked along them: then tiles keep both in cache."""
-    fors = [st for st in steps if st[0] == "for"]
-    if len(fors) != 2 or fors[0][1] != I or fors[1][1] != J:
-        return False
-    for acc in _without_sums(value).atoms(sp.Indexed):
-        idx = acc.indices
-        if len(idx) >= 2 and not idx[-1].has(J) and any(e.has(J) for e in idx[:-1]):
-            return True
-    return False
-
-
-def _tiled(steps, low: Lowerer, rows, cols):
-    """The nest of ``steps`` with its i and j loops cut into TILE × TILE tiles."""
-    k_i = next(k for k, st in enumerate(steps) if st[0] == "for")
-    k_j = next(k for k, st in enumerate(steps) if st[0] == "for" and k > k_i)
-    _, _, ilo, ihi = steps[k_i]
-    _, _, jlo, jhi = steps[k_j]
-    ib = sp.Symbol(low.fresh("ib"), integer=True)
-    jb = sp.Symbol(low.fresh("jb"), integer=True)
-    return (tuple(steps[:k_i])
-            + (("tile", ib, ilo, ihi), ("tile", jb, sp.S.Zero, cols),
-               ("for", I, ib, sp.Min(ib + TILE, ihi)))
-            + tuple(steps[k_i + 1:k_j])
-            + (("for", J, sp.Max(jlo, jb), sp.Min(jhi, jb + TILE)),)
-            + tuple(steps[k_j + 1:]))
-
-
-def _region(low: Lowerer, r: Region, body) -> None:
+def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     """The loop nest of ``r`` around ``body(depth)``; nothing if the body is empty.
 
     Reads whose indices are affine in the innermost loop variable are checked
     once, at both ends of that loop (an affine index is monotone): if every
     one is in range the loop runs without per-element checks; otherwise the
     checked loop runs (Python's negative-index wrap and IndexError preserved).
+    In the unchecked loop, scatters into an element that the loop does not
+    move (a scalar field, ``col[i]`` in a ``j`` loop) and outputs that it does
+    not move (``outputs``: key -> (target code, loop variables it uses)) go
+    through a local accumulator, added once after the loop.
     """
     start = len(low.lines)
-    if _transposed(r.steps, r.value):
-        r = _Nest(_tiled(r.steps, low, *low.spec.size), r.value)
     plan = _hoistable(r.steps, r.value)
     if plan is None:
-        depth = _open_nest(low, r.steps)
+        depth = _open_nest(low, r.steps, base)
         mark = len(low.lines)
         body(depth)
         if len(low.lines) == mark:
@@ -198,7 +168,7 @@ def _region(low: Lowerer, r: Region, body) -> None:
         return
     k, reads = plan
     _, v, lo, hi = r.steps[k]
-    depth = _open_nest(low, r.steps[:k])
+    depth = _open_nest(low, r.steps[:k], base)
     lo_t, hi_t = sp.Symbol(low.fresh("lo"), integer=True), sp.Symbol(low.fresh("hi"), integer=True)
     low.add(depth, f"{lo_t.name} = {low.condition(depth, lo)}")
     low.add(depth, f"{hi_t.name} = {low.condition(depth, hi)}")
@@ -211,14 +181,32 @@ def _region(low: Lowerer, r: Region, body) -> None:
     checks = list(dict.fromkeys(checks))
     low.add(depth, f"if {hi_t.name} <= {lo_t.name} or ({' and '.join(checks)}):")
     inner = (("for", v, lo_t, hi_t),) + tuple(r.steps[k + 1:])
+    let_vars = {st[1] for st in r.steps[k + 1:] if st[0] == "let"}
+    # accumulators for what the unchecked loop does not move
+    fixed = {acc: idx for acc, idx in reads if not any(e.has(v) for e in idx)}
+    sinks = {acc: low.fresh("sum") for acc in fixed}
+    for key, (target, uses) in (outputs or {}).items():
+        if v not in uses and not (uses & let_vars):
+            sinks[key] = low.fresh("sum")
+    for name in sinks.values():
+        low.add(depth + 1, f"{name} = 0.0")
     low.trusted = frozenset(acc for acc, _ in reads)
+    low.sinks, low.sink_used = sinks, {}
     inner_depth = _open_nest(low, inner, depth + 1)
     mark = len(low.lines)
     body(inner_depth)
-    low.trusted = frozenset()
+    used = low.sink_used
+    low.trusted, low.sinks, low.sink_used = frozenset(), {}, {}
     if len(low.lines) == mark:
         del low.lines[start:]
         return
+    for key, prefix in used.items():
+        if key in fixed:
+            name = key.base.label.name
+            index = ", ".join(code(e) for e in fixed[key]) if low.spec.field(name).ndim else "0"
+            low.add(depth + 1, f"{prefix}{name}[{index}] += {sinks[key]}")
+        else:
+            low.add(depth + 1, f"{prefix} += {sinks[key]}")
     low.add(depth, "else:")
     body(_open_nest(low, inner, depth + 1))
 
@@ -337,12 +325,16 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple):
                 _separable_product(low, r.separable, "_rhs", "_out", transpose)
                 continue
             src, dst = ("i", "j") if transpose else ("j", "i")
+            target = f"_out[{dst}, _c]"
 
-            def body(depth, low=low, src=src, dst=dst):
+            def body(depth, low=low, src=src, target=target):
                 e = low.value(depth, r.value)
-                low.add(depth, f"_e = {e}")
-                _cols(low, depth, f"_out[{dst}, _c] += _e * _rhs[{src}, _c]", "_rhs")
-            _region(low, r, body)
+                low.accumulate(depth, "row", target, f"({e}) * _rhs[{src}, _c]")
+            start = len(lines)
+            low.add(1, "for _c in range(_rhs.shape[1]):")
+            _region(low, r, body, base=2, outputs={"row": (target, {I if dst == "i" else J})})
+            if len(lines) == start + 1:
+                del lines[start:]
         low = Lowerer(d.spec, bil)
         if r.separable is not None:
             _separable_bilinear(low, r.separable)

@@ -51,11 +51,22 @@ class Lowerer:
         self.lines = lines
         self.count = 0
         self.trusted = frozenset()   # reads whose indices were checked before the loop
+        self.sinks = {}              # read (or key) -> local accumulator, flushed after the loop
+        self.sink_used = {}          # read -> array prefix it was scattered into
 
     # -- small pieces -----------------------------------------------------
 
     def add(self, depth: int, text: str) -> None:
         self.lines.append((depth, text))
+
+    def accumulate(self, depth: int, key: str, target: str, amount: str) -> None:
+        """``target += amount``, through a local accumulator when the region set one up."""
+        sink = self.sinks.get(key)
+        if sink is None:
+            self.add(depth, f"{target} += {amount}")
+        else:
+            self.sink_used[key] = target
+            self.add(depth, f"{sink} += {amount}")
 
     def fresh(self, prefix: str) -> str:
         self.count += 1
@@ -231,11 +242,16 @@ class Lowerer:
                 self.add(depth, f"{sym.name} = {acc.base.label.name}[{idx}]")
         for sym, acc in reads:
             if sym in coefs:
+                sink = self.sinks.get(acc)
                 if square:
                     amount = value_code(coefs[sym] ** 2) if adj == "1" else f"({_times(coefs[sym], adj)}) ** 2"
                 else:
                     amount = _times(coefs[sym], adj)
-                self.add(depth, f"{prefix}{acc.base.label.name}[{idxs[sym]}] += {amount}")
+                if sink is not None:        # an element fixed across the inner loop
+                    self.sink_used[acc] = prefix
+                    self.add(depth, f"{sink} += {amount}")
+                else:
+                    self.add(depth, f"{prefix}{acc.base.label.name}[{idxs[sym]}] += {amount}")
         for sym, s in sums:
             if sym not in coefs:
                 continue
