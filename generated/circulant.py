@@ -250,10 +250,28 @@ def parametrisation(x):
 # Σ_k alpha(i, k)·beta(j, k) over a rectangle (LowRank, Fill) is contracted
 # through its factors instead: O((m + n)·k) per term of the sum.
 
+# getindex depends on i - j only: the matrix is Toeplitz, fixed by its first
+# column and row. From FFT_MIN on, matvec, rmatvec and bilinear_pullback go
+# through scipy's FFT (O((m + n) log(m + n)) per column); below, the direct kernels.
+FFT_MIN = 384   # measured crossover on 2 cores: direct kernels win below
+
+
+def _edges(x):
+    c, r = np.zeros(x.shape[0]), np.zeros(x.shape[1])
+    _column_kernel(*x._size_values, *x._arrays, c)
+    _row_kernel(*x._size_values, *x._arrays, r)
+    return c, r
+
+
 def matvec(x, v):
     """x @ v for v of shape (n,) or (n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, Circulant)
     rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1])
+    if min(x.shape) >= FFT_MIN:
+        import scipy.linalg
+
+        out = scipy.linalg.matmul_toeplitz(_edges(x), rhs).reshape(x.shape[0], rhs.shape[1])
+        return out[:, 0] if vector else out
     out = np.zeros((x.shape[0], rhs.shape[1]))
     _matvec_kernel(*x._size_values, *x._arrays, rhs, out)
     return out[:, 0] if vector else out
@@ -263,6 +281,12 @@ def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,) or (m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, Circulant)
     rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0])
+    if min(x.shape) >= FFT_MIN:
+        import scipy.linalg
+
+        c, r = _edges(x)
+        out = scipy.linalg.matmul_toeplitz((r, c), rhs).reshape(x.shape[1], rhs.shape[1])
+        return out[:, 0] if vector else out
     out = np.zeros((x.shape[1], rhs.shape[1]))
     _rmatvec_kernel(*x._size_values, *x._arrays, rhs, out)
     return out[:, 0] if vector else out
@@ -279,6 +303,18 @@ def bilinear_pullback(x, U, V):
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[1]} and {right.shape[1]}")
     grads = tuple(np.zeros_like(a) for a in x._arrays)
+    if min(x.shape) >= FFT_MIN:
+        import scipy.signal
+
+        # s[d + n - 1] = Σ over the diagonal i - j = d of U Vᵀ (a correlation)
+        m, n = x.shape
+        s = scipy.signal.fftconvolve(left, right[::-1], axes=0).sum(axis=1)
+        cbar = np.ascontiguousarray(s[n - 1:n - 1 + m])
+        rbar = np.ascontiguousarray(s[n - 1::-1])
+        rbar[0] = 0.0                     # Y[0, 0] is counted in the column
+        _column_pullback_kernel(*x._size_values, *x._arrays, cbar, *grads)
+        _row_pullback_kernel(*x._size_values, *x._arrays, rbar, *grads)
+        return Circulant._from_arrays(x._size_values, grads)
     _bilinear_kernel(*x._size_values, *x._arrays, left, right, *grads)
     return Circulant._from_arrays(x._size_values, grads)
 
@@ -299,6 +335,62 @@ def diagonal_pullback(x, dbar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _diagonal_pullback_kernel(*x._size_values, *x._arrays, dbar, *grads)
     return Circulant._from_arrays(x._size_values, grads)
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_kernel(n, c, _out):
+    j = 0
+    if (0 < n):
+        for i in range(0, n):
+            _a2 = ((i) % (n))
+            if _a2 < 0:
+                _a2 += c.shape[0]
+            if _a2 < 0 or _a2 >= c.shape[0]:
+                raise IndexError("Circulant: getindex reads c out of range")
+            _v1 = c[_a2]
+            _out[i] = _v1
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_kernel(n, c, _out):
+    i = 0
+    if (0 < n):
+        for j in range(0, n):
+            _a2 = ((-j) % (n))
+            if _a2 < 0:
+                _a2 += c.shape[0]
+            if _a2 < 0 or _a2 >= c.shape[0]:
+                raise IndexError("Circulant: getindex reads c out of range")
+            _v1 = c[_a2]
+            _out[j] = _v1
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_pullback_kernel(n, c, _bar, _g_c):
+    j = 0
+    if (0 < n):
+        for i in range(0, n):
+            _y = _bar[i]
+            _a2 = ((i) % (n))
+            if _a2 < 0:
+                _a2 += c.shape[0]
+            if _a2 < 0 or _a2 >= c.shape[0]:
+                raise IndexError("Circulant: getindex reads c out of range")
+            _g_c[_a2] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_pullback_kernel(n, c, _bar, _g_c):
+    i = 0
+    if (0 < n):
+        for j in range(0, n):
+            _y = _bar[j]
+            _a2 = ((-j) % (n))
+            if _a2 < 0:
+                _a2 += c.shape[0]
+            if _a2 < 0 or _a2 >= c.shape[0]:
+                raise IndexError("Circulant: getindex reads c out of range")
+            _g_c[_a2] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})

@@ -253,10 +253,28 @@ def parametrisation(x):
 # Σ_k alpha(i, k)·beta(j, k) over a rectangle (LowRank, Fill) is contracted
 # through its factors instead: O((m + n)·k) per term of the sum.
 
+# getindex depends on i - j only: the matrix is Toeplitz, fixed by its first
+# column and row. From FFT_MIN on, matvec, rmatvec and bilinear_pullback go
+# through scipy's FFT (O((m + n) log(m + n)) per column); below, the direct kernels.
+FFT_MIN = 384   # measured crossover on 2 cores: direct kernels win below
+
+
+def _edges(x):
+    c, r = np.zeros(x.shape[0]), np.zeros(x.shape[1])
+    _column_kernel(*x._size_values, *x._arrays, c)
+    _row_kernel(*x._size_values, *x._arrays, r)
+    return c, r
+
+
 def matvec(x, v):
     """x @ v for v of shape (n,) or (n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, Toeplitz)
     rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1])
+    if min(x.shape) >= FFT_MIN:
+        import scipy.linalg
+
+        out = scipy.linalg.matmul_toeplitz(_edges(x), rhs).reshape(x.shape[0], rhs.shape[1])
+        return out[:, 0] if vector else out
     out = np.zeros((x.shape[0], rhs.shape[1]))
     _matvec_kernel(*x._size_values, *x._arrays, rhs, out)
     return out[:, 0] if vector else out
@@ -266,6 +284,12 @@ def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,) or (m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, Toeplitz)
     rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0])
+    if min(x.shape) >= FFT_MIN:
+        import scipy.linalg
+
+        c, r = _edges(x)
+        out = scipy.linalg.matmul_toeplitz((r, c), rhs).reshape(x.shape[1], rhs.shape[1])
+        return out[:, 0] if vector else out
     out = np.zeros((x.shape[1], rhs.shape[1]))
     _rmatvec_kernel(*x._size_values, *x._arrays, rhs, out)
     return out[:, 0] if vector else out
@@ -282,6 +306,18 @@ def bilinear_pullback(x, U, V):
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[1]} and {right.shape[1]}")
     grads = tuple(np.zeros_like(a) for a in x._arrays)
+    if min(x.shape) >= FFT_MIN:
+        import scipy.signal
+
+        # s[d + n - 1] = Σ over the diagonal i - j = d of U Vᵀ (a correlation)
+        m, n = x.shape
+        s = scipy.signal.fftconvolve(left, right[::-1], axes=0).sum(axis=1)
+        cbar = np.ascontiguousarray(s[n - 1:n - 1 + m])
+        rbar = np.ascontiguousarray(s[n - 1::-1])
+        rbar[0] = 0.0                     # Y[0, 0] is counted in the column
+        _column_pullback_kernel(*x._size_values, *x._arrays, cbar, *grads)
+        _row_pullback_kernel(*x._size_values, *x._arrays, rbar, *grads)
+        return Toeplitz._from_arrays(x._size_values, grads)
     _bilinear_kernel(*x._size_values, *x._arrays, left, right, *grads)
     return Toeplitz._from_arrays(x._size_values, grads)
 
@@ -302,6 +338,158 @@ def diagonal_pullback(x, dbar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _diagonal_pullback_kernel(*x._size_values, *x._arrays, dbar, *grads)
     return Toeplitz._from_arrays(x._size_values, grads)
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_kernel(n, col, row, _out):
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < col.shape[0] and 0 <= _hi2 - 1 < col.shape[0]):
+            for i in range(_lo1, _hi2):
+                _v3 = col[i]
+                _out[i] = _v3
+        else:
+            for i in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _v4 = col[_a5]
+                _out[i] = _v4
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = 0
+        if _hi2 <= _lo1 or (0 <= -_lo1 < row.shape[0] and 0 <= 1 - _hi2 < row.shape[0]):
+            for i in range(_lo1, _hi2):
+                _v3 = row[-i]
+                _out[i] = _v3
+        else:
+            for i in range(_lo1, _hi2):
+                _a5 = -i
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _v4 = row[_a5]
+                _out[i] = _v4
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_kernel(n, col, row, _out):
+    i = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = min(1, n)
+        if _hi2 <= _lo1 or (0 <= -_lo1 < col.shape[0] and 0 <= 1 - _hi2 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = col[-j]
+                _out[j] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = -j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _v4 = col[_a5]
+                _out[j] = _v4
+    i = 0
+    if (0 < n):
+        _lo1 = 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < row.shape[0] and 0 <= _hi2 - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = row[j]
+                _out[j] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _v4 = row[_a5]
+                _out[j] = _v4
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < col.shape[0] and 0 <= _hi2 - 1 < col.shape[0]):
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _g_col[i] += _y
+        else:
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _g_col[_a5] += _y
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = 0
+        if _hi2 <= _lo1 or (0 <= -_lo1 < row.shape[0] and 0 <= 1 - _hi2 < row.shape[0]):
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _g_row[-i] += _y
+        else:
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _a5 = -i
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _g_row[_a5] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
+    i = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = min(1, n)
+        if _hi2 <= _lo1 or (0 <= -_lo1 < col.shape[0] and 0 <= 1 - _hi2 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _g_col[-j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _a5 = -j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _g_col[_a5] += _y
+    i = 0
+    if (0 < n):
+        _lo1 = 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < row.shape[0] and 0 <= _hi2 - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _g_row[j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _a5 = j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _g_row[_a5] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})

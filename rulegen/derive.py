@@ -85,6 +85,9 @@ class Derivation:
     coupled: tuple = ()
     op_regions: tuple = ()      # OpRegion: additive terms, for matvec and friends
     diagonal: tuple = ()        # (steps, value) of the regions restricted to i == j
+    toeplitz: bool = False      # the entry depends on i - j only (Toeplitz, Circulant)
+    column: tuple = ()          # (steps, value) restricted to j == 0 (when toeplitz)
+    row: tuple = ()             # (steps, value) restricted to i == 0 (when toeplitz)
 
     @property
     def rows(self):
@@ -296,13 +299,18 @@ def derive(spec: Spec) -> Derivation:
                 errors.error(pos, f"getindex splits into more than {MAX_REGIONS} regions")
                 errors.raise_if_any()
     ops = _op_regions(entry, rows, cols)
-    diag = tuple(d for r in regions for d in _on_diagonal(r, rows, cols))
+    diag = tuple(d for r in regions for d in _restricted(r, sp.Eq(J, I), {J: I}, rows, cols))
+    toeplitz = _shift_invariant(entry)
+    column = row = ()
+    if toeplitz:
+        column = tuple(d for r in regions for d in _restricted(r, sp.Eq(J, 0), {J: sp.S.Zero}, rows, cols))
+        row = tuple(d for r in regions for d in _restricted(r, sp.Eq(I, 0), {I: sp.S.Zero}, rows, cols))
     if all(r.gather for r in regions):
         kind, coupled = "gather", ()
     else:
         coupled = _coupling(spec, regions)
         kind = "bordered" if coupled is not None else "general"
-    return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag)
+    return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag, toeplitz, column, row)
 
 
 MAX_FOLDED = 4096     # a sum of constants folds only to numbers this small
@@ -341,13 +349,27 @@ def _nests(cond, value, rows, cols):
             yield steps, v
 
 
-def _on_diagonal(region, rows, cols):
-    """The part of ``region`` where i == j: usually a single loop."""
+def _restricted(region, atom, subs, rows, cols):
+    """The part of ``region`` where ``atom`` holds (i == j: the diagonal; j == 0:
+    the first column; i == 0: the first row), usually a single loop."""
     atoms = list(region.condition.args) if isinstance(region.condition, sp.And) else \
         ([] if region.condition is sp.true else [region.condition])
-    value = region.value
-    for steps, v in _nests(sp.And(*atoms, sp.Eq(J, I)), value.xreplace({J: I}), rows, cols):
-        yield steps, v
+    yield from _nests(sp.And(*atoms, atom), region.value.xreplace(subs), rows, cols)
+
+
+def _canonical(e):
+    return e.replace(lambda x: isinstance(x, sp.core.relational.Relational) and x.lhs.is_number is not True,
+                     lambda x: x.func(sp.expand(x.lhs - x.rhs), 0))
+
+
+def _shift_invariant(entry) -> bool:
+    """Whether getindex(i + t, j + t) == getindex(i, j) as expressions: then the
+    matrix is Toeplitz, fixed by its first column and row."""
+    t = sp.Dummy("t", integer=True)
+    try:
+        return _canonical(entry.xreplace({I: I + t, J: J + t})) == _canonical(entry)
+    except Exception:       # sympy could not rebuild an expression: no FFT path
+        return False
 
 
 def _op_regions(entry, rows, cols) -> tuple:

@@ -362,6 +362,30 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple):
             if len(low.lines) == mark + 1:
                 del low.lines[mark:]
         _region(low, r, adjoint_d)
+    col, colb, row, rowb = ([] for _ in range(4))
+    for nests, var, value_lines, pull_lines in ((d.column, "i", col, colb), (d.row, "j", row, rowb)):
+        for steps, value in nests:
+            r = Region(steps, value, sp.true, (), frozenset(), False)
+            low = Lowerer(d.spec, value_lines)
+            _region(low, r, lambda depth, low=low, value=value, var=var:
+                    low.add(depth, f"_out[{var}] = {low.value(depth, value)}"))
+            low = Lowerer(d.spec, pull_lines)
+
+            def adjoint_line(depth, low=low, value=value, var=var, lines=pull_lines):
+                mark = len(lines)
+                low.add(depth, f"_y = _bar[{var}]")
+                low.adjoint(depth, value, "_y", "_g_")
+                if len(lines) == mark + 1:
+                    del lines[mark:]
+            _region(low, r, adjoint_line)
+    if d.toeplitz:
+        for name, lines, params in (
+            ("_column_kernel", col, sizes + fields + ("_out",)),
+            ("_row_kernel", row, sizes + fields + ("_out",)),
+            ("_column_pullback_kernel", colb, sizes + fields + ("_bar",) + tuple("_g_" + f for f in fields)),
+            ("_row_pullback_kernel", rowb, sizes + fields + ("_bar",) + tuple("_g_" + f for f in fields)),
+        ):
+            yield Kernel(name, params, tuple(lines or [(1, "pass")]))
     for name, lines, params in (
         ("_matvec_kernel", mv, sizes + fields + ("_rhs", "_out")),
         ("_rmatvec_kernel", rmv, sizes + fields + ("_rhs", "_out")),
@@ -414,6 +438,7 @@ def render(d: Derivation, spec_file: str) -> str:
         shape_text=f"{spec.size[0]} × {spec.size[1]}",
         kernels=_kernels(d),
         kind=d.kind,
+        fft=d.toeplitz and not all(r.separable is not None for r in d.op_regions),
         coupled=[f.name in d.coupled for f in spec.fields],
         coupled_names=", ".join(d.coupled) or "(none)",
     )
