@@ -37,22 +37,36 @@ def compile_spec(path: str) -> Built:
     return Built(path, spec.module + ".py", source)
 
 
-def compile_all(paths) -> tuple[list[Built], list[tuple[str, SpecError]]]:
+def compile_all(paths, progress: bool = False) -> tuple[list[Built], list[tuple[str, SpecError]]]:
     built, failed = [], []
     seen: dict[str, str] = {}
-    for path in paths:
-        try:
-            b = compile_spec(path)
-        except SpecError as exc:
-            failed.append((path, exc))
-            continue
-        if b.module in seen:
-            failed.append((path, SpecError([Diagnostic(
-                Pos(path, 1, 1), f"module {b.module} is also built from {seen[b.module]}")])))
-            continue
-        seen[b.module] = path
-        built.append(b)
+    items = paths
+    bar = None
+    if progress and len(paths) > 1:
+        bar = click.progressbar(paths, label="building", file=sys.stderr,
+                                item_show_func=lambda p: os.path.basename(p) if p else "")
+        items = bar.__enter__()
+    try:
+        for path in items:
+            _compile_one(path, built, failed, seen)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
     return built, failed
+
+
+def _compile_one(path, built, failed, seen) -> None:
+    try:
+        b = compile_spec(path)
+    except SpecError as exc:
+        failed.append((path, exc))
+        return
+    if b.module in seen:
+        failed.append((path, SpecError([Diagnostic(
+            Pos(path, 1, 1), f"module {b.module} is also built from {seen[b.module]}")])))
+        return
+    seen[b.module] = path
+    built.append(b)
 
 
 def _report(failed, color: bool) -> None:
@@ -92,7 +106,7 @@ def build(specs, out):
     """Build one module per SPEC into --out (all or nothing)."""
     color = sys.stderr.isatty()
     start = time.perf_counter()
-    built, failed = compile_all(specs)
+    built, failed = compile_all(specs, progress=color)
     if failed:
         _report(failed, color)
         click.echo("nothing written", err=True)
@@ -140,6 +154,86 @@ def check(specs, out):
                    f"{' '.join(specs)} --out {out}", err=True)
         sys.exit(1)
     click.echo(f"{len(built)} module{'s' if len(built) != 1 else ''} up to date")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--latex", is_flag=True, help="Print the formulas as LaTeX.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG: the sparsity of J and the entry -> field map of a small instance.")
+def explain(spec, latex, plot):
+    """Explain what was derived from SPEC: regions, derivatives, costs, class."""
+    from .explain import explain as run
+
+    try:
+        text = run(spec, latex=latex, plot=plot)
+    except SpecError as exc:
+        _report([(spec, exc)], sys.stderr.isatty())
+        sys.exit(1)
+    except TooLarge as exc:
+        click.echo(f"{spec}: error: getindex: {exc}", err=True)
+        sys.exit(1)
+    except ImportError as exc:
+        click.echo(f"error: --plot needs matplotlib ({exc}); pip install -e '.[bench]'", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"{plot}: error: cannot write: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    click.echo(text)
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out", default="generated", show_default=True, type=click.Path(file_okay=False),
+              help="Folder holding the generated modules.")
+@click.option("--trials", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="Random sizes and points per module.")
+def verify(specs, out, trials):
+    """Check the modules built from SPECS numerically, independently of the derivation.
+
+    Dot-product tests, finite differences of destructure, the Penrose
+    identities, project idempotent, the derived operations against
+    destructure. Exit 1 naming each map that fails.
+    """
+    from .spec import load
+    from .verify import DEFAULT_TOLERANCE, TOLERANCE, verify_module
+
+    color = sys.stderr.isatty()
+    specs_ok, failed = [], []
+    for path in specs:
+        try:
+            specs_ok.append((path, load(path)))
+        except SpecError as exc:
+            failed.append((path, exc))
+    if failed:
+        _report(failed, color)
+        sys.exit(1)
+    bad = 0
+    for path, spec in specs_ok:
+        target = os.path.join(out, spec.module + ".py")
+        if not os.path.exists(target):
+            click.echo(f"{target}: missing (build it from {path})", err=True)
+            bad += 1
+            continue
+        report = verify_module(spec, target, trials=trials)
+        for problem in report.problems:
+            click.echo(f"{target}: error: {problem}", err=True)
+        failures = report.failures()
+        status = "FAIL" if failures or report.problems else "ok"
+        click.echo(f"{spec.name} ({target}): {status}")
+        for name, err in report.errors.items():
+            mark = "  <- fails" if name in failures else ""
+            click.echo(f"  {name:26s} worst relative error {err:.1e} "
+                       f"(tolerance {TOLERANCE.get(name, DEFAULT_TOLERANCE):.0e}){mark}")
+        if failures or report.problems:
+            bad += 1
+            for name in failures:
+                click.echo(f"{target}: error: {name} fails its check "
+                           f"(relative error {report.errors[name]:.1e})", err=True)
+    if bad:
+        click.echo(f"{bad} of {len(specs_ok)} module{'s' if len(specs_ok) != 1 else ''} failed", err=True)
+        sys.exit(1)
+    click.echo(f"verified {len(specs_ok)} module{'s' if len(specs_ok) != 1 else ''}")
 
 
 def _header(text: str, key: str) -> str | None:
