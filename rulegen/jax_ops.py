@@ -23,17 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .runtime import adapter_arguments
+
 __all__ = ["destructure", "matvec"]
 
 
 def _split(mod, kwargs):
-    cls = getattr(mod, mod.__all__[0])
-    unknown = set(kwargs) - set(cls._fields) - set(cls._sizes)
-    if unknown:
-        raise TypeError(f"{cls.__name__}: unknown argument(s) {', '.join(sorted(unknown))}; "
-                        f"fields are {', '.join(cls._fields) or '(none)'}, sizes {', '.join(cls._sizes) or '(none)'}")
-    names = tuple(n for n in cls._fields if n in kwargs)
-    sizes = tuple(sorted((k, int(v)) for k, v in kwargs.items() if k in cls._sizes))
+    cls, names, size_kw = adapter_arguments(mod, kwargs)
+    sizes = tuple(sorted((k, int(v)) for k, v in size_kw.items()))
     arrays = [jnp.asarray(kwargs[n], dtype=jnp.result_type(float)) for n in names]
     return cls, names, sizes, arrays
 

@@ -92,14 +92,19 @@ def check_dims(owner: str, shape: tuple, sizes: str) -> tuple:
     return shape
 
 
-def as_dense(func: str, name: str, value, shape: tuple) -> np.ndarray:
-    """A dense matrix argument: float64, C-contiguous, exactly ``shape``."""
+def _real_array(func: str, name: str, value) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except Exception as exc:
         raise TypeError(f"{func}: argument '{name}' is not an array of numbers ({exc})") from None
     if not _dtype_ok(arr):
         raise TypeError(f"{func}: argument '{name}' must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def as_dense(func: str, name: str, value, shape: tuple) -> np.ndarray:
+    """A dense matrix argument: float64, C-contiguous, exactly ``shape``."""
+    arr = _real_array(func, name, value)
     if arr.shape != tuple(shape):
         raise ValueError(f"{func}: argument '{name}' must have shape {tuple(shape)}, got {arr.shape}")
     return np.asarray(arr, dtype=np.float64, order="C")
@@ -108,18 +113,26 @@ def as_dense(func: str, name: str, value, shape: tuple) -> np.ndarray:
 def as_operand(func: str, name: str, value, rows: int, what: str):
     """A vector ``(rows,)`` or a matrix ``(rows, k)`` as a 2-d float64 array,
     and whether it was a vector."""
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:
-        raise TypeError(f"{func}: argument '{name}' is not an array of numbers ({exc})") from None
-    if not _dtype_ok(arr):
-        raise TypeError(f"{func}: argument '{name}' must hold real numbers, got dtype {arr.dtype}")
+    arr = _real_array(func, name, value)
     if arr.ndim not in (1, 2) or arr.shape[0] != rows:
         raise ValueError(f"{func}: argument '{name}' must have shape ({rows},) or ({rows}, k) "
                          f"({what}), got {arr.shape}")
     vector = arr.ndim == 1
     arr = arr.reshape(rows, 1) if vector else arr
     return np.ascontiguousarray(arr, dtype=np.float64), vector
+
+
+def adapter_arguments(mod, kwargs):
+    """For the framework adapters: (class, field names given, size keywords),
+    refusing unknown keywords with the names that are known."""
+    cls = getattr(mod, mod.__all__[0])
+    unknown = set(kwargs) - set(cls._fields) - set(cls._sizes)
+    if unknown:
+        raise TypeError(f"{cls.__name__}: unknown argument(s) {', '.join(sorted(unknown))}; "
+                        f"fields are {', '.join(cls._fields) or '(none)'}, sizes {', '.join(cls._sizes) or '(none)'}")
+    names = tuple(n for n in cls._fields if n in kwargs)
+    sizes = {k: v for k, v in kwargs.items() if k in cls._sizes}
+    return cls, names, sizes
 
 
 def check_instance(func: str, name: str, value, cls, like=None):

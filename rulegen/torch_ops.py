@@ -23,19 +23,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .runtime import adapter_arguments
+
 __all__ = ["destructure", "matvec"]
 
 
 def _split(mod, kwargs):
-    cls = getattr(mod, mod.__all__[0])
-    unknown = set(kwargs) - set(cls._fields) - set(cls._sizes)
-    if unknown:
-        raise TypeError(f"{cls.__name__}: unknown argument(s) {', '.join(sorted(unknown))}; "
-                        f"fields are {', '.join(cls._fields) or '(none)'}, sizes {', '.join(cls._sizes) or '(none)'}")
-    sizes = {k: v for k, v in kwargs.items() if k in cls._sizes}
-    tensors = [torch.as_tensor(kwargs[name], dtype=torch.float64) if not torch.is_tensor(kwargs.get(name))
-               else kwargs[name] for name in cls._fields if name in kwargs]
-    names = tuple(name for name in cls._fields if name in kwargs)
+    cls, names, sizes = adapter_arguments(mod, kwargs)
+    tensors = [kwargs[n] if torch.is_tensor(kwargs[n]) else torch.as_tensor(kwargs[n], dtype=torch.float64)
+               for n in names]
     return cls, names, sizes, tensors
 
 
