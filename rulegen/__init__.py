@@ -9,4 +9,4 @@ Pipeline (one stage a module)::
 besides numpy and numba.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -183,11 +183,26 @@ def parametrisation_class(r: int, p_a: int, n_entries: int) -> str:
     return "deficient"
 
 
+def flat_zeros(arrays) -> tuple:
+    """One zero buffer for all the kernel arrays of a type, and its views shaped
+    like ``arrays``: a kernel that fills the views fills the flat vector, with
+    no copy (a fresh 32 MB array costs ~15 ms of page faults here)."""
+    sizes = [a.size for a in arrays]
+    buf = np.zeros(sum(sizes))
+    views, k = [], 0
+    for a, size in zip(arrays, sizes):
+        views.append(buf[k:k + size].reshape(a.shape))
+        k += size
+    return buf, tuple(views)
+
+
 class _Linearisation:
     """J at one primal x, as two callables: ``push(arrays) -> dense`` (J·θ̇)
-    and ``pull(dense) -> arrays`` (Jᵀ·Ȳ)."""
+    and ``pull(dense, out_arrays)`` (adds Jᵀ·Ȳ into zeroed arrays); ``weights``
+    is the flat vector of Σ c² per element."""
 
     def __init__(self, owner, arrays, shape, push, pull, weights):
+        self.arrays = arrays
         self.owner = owner
         self.shapes = [a.shape for a in arrays]
         self.bounds = np.cumsum([0] + [a.size for a in arrays])
@@ -196,7 +211,7 @@ class _Linearisation:
         self.n_entries = self.shape[0] * self.shape[1]
         self.push = push
         self.pull = pull
-        self.used = self.flat(weights) > 0     # columns of J that are not zero (Σ c² > 0)
+        self.used = weights > 0     # columns of J that are not zero (Σ c² > 0)
 
     def flat(self, arrays) -> np.ndarray:
         if len(arrays) == 1:
@@ -211,7 +226,9 @@ class _Linearisation:
         return self.push(self.split(vec)).ravel()
 
     def vjp(self, yvec) -> np.ndarray:
-        return self.flat(self.pull(np.ascontiguousarray(yvec).reshape(self.shape)))
+        buf, views = flat_zeros(self.arrays)
+        self.pull(np.ascontiguousarray(yvec).reshape(self.shape), views)
+        return buf
 
     # the three products with J⁺, on kernel arrays and dense matrices
     def pinv(self, ydot) -> tuple:
@@ -249,7 +266,7 @@ class Bordered(_Linearisation):
         super().__init__(owner, arrays, shape, push, pull, weights)
         # Everything is kept in full p-coordinates (no gathers over p):
         # winv = 1/w on used G elements, 0 elsewhere; B has zero rows outside them.
-        w_all = self.flat(weights)
+        w_all = weights
         self.winv = np.zeros(self.p)
         np.divide(1.0, w_all, out=self.winv, where=w_all > 0)
         self.c_idx = np.concatenate([np.arange(a, b) for (a, b), c in
@@ -292,19 +309,32 @@ class Bordered(_Linearisation):
         self.used[self.c_idx] = np.diag(C) > 0      # ‖J e‖² for each coupled element
 
     def _off_null(self, v):
+        """v minus its part in null(JᵀJ), in place (v is a work vector)."""
         for q in self.null:
-            v = v - q * (q @ v)
+            c = q @ v
+            if c:
+                np.multiply(q, c, out=self._scratch)
+                v -= self._scratch
         return v
 
     def solve(self, v) -> np.ndarray:
-        """M⁺ v for M = JᵀJ, v a p-vector."""
+        """M⁺ v for M = JᵀJ, v a p-vector (not modified)."""
         if not self.finite:
             return np.full(self.p, np.nan)
-        v = self._off_null(v)
-        h = v[self.c_idx] - self.B @ (self.winv * v)
-        zc = self.Qr @ ((self.Qr.T @ h) / self.lam)
-        z = v - zc @ self.B if zc.size else v.copy()
-        z *= self.winv
+        self._scratch = np.empty(self.p) if self.null or self.c_idx.size else None
+        v = self._off_null(v.copy()) if self.null else v
+        if self.c_idx.size:
+            np.multiply(self.winv, v, out=self._scratch)
+            h = v[self.c_idx] - self.B @ self._scratch
+            zc = self.Qr @ ((self.Qr.T @ h) / self.lam)
+        else:
+            zc = np.zeros(0)
+        z = v * self.winv
+        for t in range(zc.size):                 # z -= (Bᵀ zc) ∘ winv, one row at a time
+            if zc[t]:
+                np.multiply(self.B[t], zc[t] , out=self._scratch)
+                self._scratch *= self.winv
+                z -= self._scratch
         z[self.c_idx] = zc
         return self._off_null(z)
 
