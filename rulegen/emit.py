@@ -154,8 +154,8 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     checked loop runs (Python's negative-index wrap and IndexError preserved).
     In the unchecked loop, scatters into an element that the loop does not
     move (a scalar field, ``col[i]`` in a ``j`` loop) and outputs that it does
-    not move (``outputs``: key -> (target code, loop variables it uses)) go
-    through a local accumulator, added once after the loop.
+    not move (``outputs``: key -> the loop variables its target uses, see
+    ``Lowerer.accumulate``) go through a local accumulator, added once after the loop.
     """
     start = len(low.lines)
     plan = _hoistable(r.steps, r.value)
@@ -185,7 +185,7 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     # accumulators for what the unchecked loop does not move
     fixed = {acc: idx for acc, idx in reads if not any(e.has(v) for e in idx)}
     sinks = {acc: low.fresh("sum") for acc in fixed}
-    for key, (target, uses) in (outputs or {}).items():
+    for key, uses in (outputs or {}).items():
         if v not in uses and not (uses & let_vars):
             sinks[key] = low.fresh("sum")
     for name in sinks.values():
@@ -332,7 +332,7 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple):
                 low.accumulate(depth, "row", target, f"({e}) * _rhs[{src}, _c]")
             start = len(lines)
             low.add(1, "for _c in range(_rhs.shape[1]):")
-            _region(low, r, body, base=2, outputs={"row": (target, {I if dst == "i" else J})})
+            _region(low, r, body, base=2, outputs={"row": {I if dst == "i" else J}})
             if len(lines) == start + 1:
                 del lines[start:]
         low = Lowerer(d.spec, bil)

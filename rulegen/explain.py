@@ -91,7 +91,7 @@ def _costs(d) -> list:
     lines = [
         f"destructure, destructure_pushforward, destructure_pullback: {per}",
         f"restructure_pushforward, restructure_pullback, project: {pinv}",
-        f"matvec, rmatvec, bilinear_pullback: one pass per column of the operand"
+        "matvec, rmatvec, bilinear_pullback: one pass per column of the operand"
         + (f"; {sep} term(s) Σ_k alpha(i,k)·beta(j,k) contracted in O((m + n)·k)" if sep else ""),
         "diagonal, diagonal_pullback: the entries with i == j only",
     ]

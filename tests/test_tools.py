@@ -1,9 +1,7 @@
 """rulegen explain and rulegen verify, on specs that are not in specs/."""
 
 import os
-import shutil
 
-import numpy as np
 
 from helpers import ROOT, run_cli
 
