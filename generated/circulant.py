@@ -338,62 +338,6 @@ def diagonal_pullback(x, dbar):
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _column_kernel(n, c, _out):
-    j = 0
-    if (0 < n):
-        for i in range(0, n):
-            _a2 = ((i) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _v1 = c[_a2]
-            _out[i] = _v1
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _row_kernel(n, c, _out):
-    i = 0
-    if (0 < n):
-        for j in range(0, n):
-            _a2 = ((-j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _v1 = c[_a2]
-            _out[j] = _v1
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _column_pullback_kernel(n, c, _bar, _g_c):
-    j = 0
-    if (0 < n):
-        for i in range(0, n):
-            _y = _bar[i]
-            _a2 = ((i) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _g_c[_a2] += _y
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _row_pullback_kernel(n, c, _bar, _g_c):
-    i = 0
-    if (0 < n):
-        for j in range(0, n):
-            _y = _bar[j]
-            _a2 = ((-j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _g_c[_a2] += _y
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, c, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -479,6 +423,62 @@ def _diagonal_pullback_kernel(n, c, _dbar, _g_c):
             if _a6 < 0 or _a6 >= c.shape[0]:
                 raise IndexError("Circulant: getindex reads c out of range")
             _g_c[_a6] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_kernel(n, c, _out):
+    j = 0
+    if (0 < n):
+        for i in range(0, n):
+            _a2 = ((i) % (n))
+            if _a2 < 0:
+                _a2 += c.shape[0]
+            if _a2 < 0 or _a2 >= c.shape[0]:
+                raise IndexError("Circulant: getindex reads c out of range")
+            _v1 = c[_a2]
+            _out[i] = _v1
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_pullback_kernel(n, c, _bar, _g_c):
+    j = 0
+    if (0 < n):
+        for i in range(0, n):
+            _y = _bar[i]
+            _a2 = ((i) % (n))
+            if _a2 < 0:
+                _a2 += c.shape[0]
+            if _a2 < 0 or _a2 >= c.shape[0]:
+                raise IndexError("Circulant: getindex reads c out of range")
+            _g_c[_a2] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_kernel(n, c, _out):
+    i = 0
+    if (0 < n):
+        for j in range(0, n):
+            _a2 = ((-j) % (n))
+            if _a2 < 0:
+                _a2 += c.shape[0]
+            if _a2 < 0 or _a2 >= c.shape[0]:
+                raise IndexError("Circulant: getindex reads c out of range")
+            _v1 = c[_a2]
+            _out[j] = _v1
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_pullback_kernel(n, c, _bar, _g_c):
+    i = 0
+    if (0 < n):
+        for j in range(0, n):
+            _y = _bar[j]
+            _a2 = ((-j) % (n))
+            if _a2 < 0:
+                _a2 += c.shape[0]
+            if _a2 < 0 or _a2 >= c.shape[0]:
+                raise IndexError("Circulant: getindex reads c out of range")
+            _g_c[_a2] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})

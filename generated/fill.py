@@ -302,76 +302,6 @@ def diagonal_pullback(x, dbar):
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _column_kernel(m, n, value, _out):
-    j = 0
-    if (0 < n):
-        _lo1 = 0
-        _hi2 = m
-        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
-            _sum3 = 0.0
-            for i in range(_lo1, _hi2):
-                _v4 = value[0]
-                _out[i] = _v4
-        else:
-            for i in range(_lo1, _hi2):
-                _v5 = value[0]
-                _out[i] = _v5
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _row_kernel(m, n, value, _out):
-    i = 0
-    if (0 < m):
-        _lo1 = 0
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
-            _sum3 = 0.0
-            for j in range(_lo1, _hi2):
-                _v4 = value[0]
-                _out[j] = _v4
-        else:
-            for j in range(_lo1, _hi2):
-                _v5 = value[0]
-                _out[j] = _v5
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _column_pullback_kernel(m, n, value, _bar, _g_value):
-    j = 0
-    if (0 < n):
-        _lo1 = 0
-        _hi2 = m
-        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
-            _sum3 = 0.0
-            for i in range(_lo1, _hi2):
-                _y = _bar[i]
-                _sum3 += _y
-            _g_value[0] += _sum3
-        else:
-            for i in range(_lo1, _hi2):
-                _y = _bar[i]
-                _g_value[0] += _y
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _row_pullback_kernel(m, n, value, _bar, _g_value):
-    i = 0
-    if (0 < m):
-        _lo1 = 0
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
-            _sum3 = 0.0
-            for j in range(_lo1, _hi2):
-                _y = _bar[j]
-                _sum3 += _y
-            _g_value[0] += _sum3
-        else:
-            for j in range(_lo1, _hi2):
-                _y = _bar[j]
-                _g_value[0] += _y
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(m, n, value, _rhs, _out):
     _acc1 = np.zeros(_rhs.shape[1])
     for _c in range(_rhs.shape[1]):
@@ -454,6 +384,76 @@ def _diagonal_pullback_kernel(m, n, value, _dbar, _g_value):
             j = i
             _y = _dbar[i]
             _g_value[0] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_kernel(m, n, value, _out):
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = m
+        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+            _sum3 = 0.0
+            for i in range(_lo1, _hi2):
+                _v4 = value[0]
+                _out[i] = _v4
+        else:
+            for i in range(_lo1, _hi2):
+                _v5 = value[0]
+                _out[i] = _v5
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_pullback_kernel(m, n, value, _bar, _g_value):
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = m
+        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+            _sum3 = 0.0
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _sum3 += _y
+            _g_value[0] += _sum3
+        else:
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _g_value[0] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_kernel(m, n, value, _out):
+    i = 0
+    if (0 < m):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+            _sum3 = 0.0
+            for j in range(_lo1, _hi2):
+                _v4 = value[0]
+                _out[j] = _v4
+        else:
+            for j in range(_lo1, _hi2):
+                _v5 = value[0]
+                _out[j] = _v5
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_pullback_kernel(m, n, value, _bar, _g_value):
+    i = 0
+    if (0 < m):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
+            _sum3 = 0.0
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _sum3 += _y
+            _g_value[0] += _sum3
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _g_value[0] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})

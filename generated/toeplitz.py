@@ -341,158 +341,6 @@ def diagonal_pullback(x, dbar):
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _column_kernel(n, col, row, _out):
-    j = 0
-    if (0 < n):
-        _lo1 = 0
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 < col.shape[0] and 0 <= _hi2 - 1 < col.shape[0]):
-            for i in range(_lo1, _hi2):
-                _v3 = col[i]
-                _out[i] = _v3
-        else:
-            for i in range(_lo1, _hi2):
-                _a5 = i
-                if _a5 < 0:
-                    _a5 += col.shape[0]
-                if _a5 < 0 or _a5 >= col.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads col out of range")
-                _v4 = col[_a5]
-                _out[i] = _v4
-    j = 0
-    if (0 < n):
-        _lo1 = 0
-        _hi2 = 0
-        if _hi2 <= _lo1 or (0 <= -_lo1 < row.shape[0] and 0 <= 1 - _hi2 < row.shape[0]):
-            for i in range(_lo1, _hi2):
-                _v3 = row[-i]
-                _out[i] = _v3
-        else:
-            for i in range(_lo1, _hi2):
-                _a5 = -i
-                if _a5 < 0:
-                    _a5 += row.shape[0]
-                if _a5 < 0 or _a5 >= row.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads row out of range")
-                _v4 = row[_a5]
-                _out[i] = _v4
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _row_kernel(n, col, row, _out):
-    i = 0
-    if (0 < n):
-        _lo1 = 0
-        _hi2 = min(1, n)
-        if _hi2 <= _lo1 or (0 <= -_lo1 < col.shape[0] and 0 <= 1 - _hi2 < col.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = col[-j]
-                _out[j] = _v3
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = -j
-                if _a5 < 0:
-                    _a5 += col.shape[0]
-                if _a5 < 0 or _a5 >= col.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads col out of range")
-                _v4 = col[_a5]
-                _out[j] = _v4
-    i = 0
-    if (0 < n):
-        _lo1 = 1
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 < row.shape[0] and 0 <= _hi2 - 1 < row.shape[0]):
-            for j in range(_lo1, _hi2):
-                _v3 = row[j]
-                _out[j] = _v3
-        else:
-            for j in range(_lo1, _hi2):
-                _a5 = j
-                if _a5 < 0:
-                    _a5 += row.shape[0]
-                if _a5 < 0 or _a5 >= row.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads row out of range")
-                _v4 = row[_a5]
-                _out[j] = _v4
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _column_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
-    j = 0
-    if (0 < n):
-        _lo1 = 0
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 < col.shape[0] and 0 <= _hi2 - 1 < col.shape[0]):
-            for i in range(_lo1, _hi2):
-                _y = _bar[i]
-                _g_col[i] += _y
-        else:
-            for i in range(_lo1, _hi2):
-                _y = _bar[i]
-                _a5 = i
-                if _a5 < 0:
-                    _a5 += col.shape[0]
-                if _a5 < 0 or _a5 >= col.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads col out of range")
-                _g_col[_a5] += _y
-    j = 0
-    if (0 < n):
-        _lo1 = 0
-        _hi2 = 0
-        if _hi2 <= _lo1 or (0 <= -_lo1 < row.shape[0] and 0 <= 1 - _hi2 < row.shape[0]):
-            for i in range(_lo1, _hi2):
-                _y = _bar[i]
-                _g_row[-i] += _y
-        else:
-            for i in range(_lo1, _hi2):
-                _y = _bar[i]
-                _a5 = -i
-                if _a5 < 0:
-                    _a5 += row.shape[0]
-                if _a5 < 0 or _a5 >= row.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads row out of range")
-                _g_row[_a5] += _y
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
-def _row_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
-    i = 0
-    if (0 < n):
-        _lo1 = 0
-        _hi2 = min(1, n)
-        if _hi2 <= _lo1 or (0 <= -_lo1 < col.shape[0] and 0 <= 1 - _hi2 < col.shape[0]):
-            for j in range(_lo1, _hi2):
-                _y = _bar[j]
-                _g_col[-j] += _y
-        else:
-            for j in range(_lo1, _hi2):
-                _y = _bar[j]
-                _a5 = -j
-                if _a5 < 0:
-                    _a5 += col.shape[0]
-                if _a5 < 0 or _a5 >= col.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads col out of range")
-                _g_col[_a5] += _y
-    i = 0
-    if (0 < n):
-        _lo1 = 1
-        _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 < row.shape[0] and 0 <= _hi2 - 1 < row.shape[0]):
-            for j in range(_lo1, _hi2):
-                _y = _bar[j]
-                _g_row[j] += _y
-        else:
-            for j in range(_lo1, _hi2):
-                _y = _bar[j]
-                _a5 = j
-                if _a5 < 0:
-                    _a5 += row.shape[0]
-                if _a5 < 0 or _a5 >= row.shape[0]:
-                    raise IndexError("Toeplitz: getindex reads row out of range")
-                _g_row[_a5] += _y
-
-
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _matvec_kernel(n, col, row, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -659,6 +507,158 @@ def _diagonal_pullback_kernel(n, col, row, _dbar, _g_col, _g_row):
             if _a6 < 0 or _a6 >= col.shape[0]:
                 raise IndexError("Toeplitz: getindex reads col out of range")
             _g_col[_a6] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_kernel(n, col, row, _out):
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < col.shape[0] and 0 <= _hi2 - 1 < col.shape[0]):
+            for i in range(_lo1, _hi2):
+                _v3 = col[i]
+                _out[i] = _v3
+        else:
+            for i in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _v4 = col[_a5]
+                _out[i] = _v4
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = 0
+        if _hi2 <= _lo1 or (0 <= -_lo1 < row.shape[0] and 0 <= 1 - _hi2 < row.shape[0]):
+            for i in range(_lo1, _hi2):
+                _v3 = row[-i]
+                _out[i] = _v3
+        else:
+            for i in range(_lo1, _hi2):
+                _a5 = -i
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _v4 = row[_a5]
+                _out[i] = _v4
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < col.shape[0] and 0 <= _hi2 - 1 < col.shape[0]):
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _g_col[i] += _y
+        else:
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _g_col[_a5] += _y
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = 0
+        if _hi2 <= _lo1 or (0 <= -_lo1 < row.shape[0] and 0 <= 1 - _hi2 < row.shape[0]):
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _g_row[-i] += _y
+        else:
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _a5 = -i
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _g_row[_a5] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_kernel(n, col, row, _out):
+    i = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = min(1, n)
+        if _hi2 <= _lo1 or (0 <= -_lo1 < col.shape[0] and 0 <= 1 - _hi2 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = col[-j]
+                _out[j] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = -j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _v4 = col[_a5]
+                _out[j] = _v4
+    i = 0
+    if (0 < n):
+        _lo1 = 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < row.shape[0] and 0 <= _hi2 - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = row[j]
+                _out[j] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _v4 = row[_a5]
+                _out[j] = _v4
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
+    i = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = min(1, n)
+        if _hi2 <= _lo1 or (0 <= -_lo1 < col.shape[0] and 0 <= 1 - _hi2 < col.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _g_col[-j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _a5 = -j
+                if _a5 < 0:
+                    _a5 += col.shape[0]
+                if _a5 < 0 or _a5 >= col.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads col out of range")
+                _g_col[_a5] += _y
+    i = 0
+    if (0 < n):
+        _lo1 = 1
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < row.shape[0] and 0 <= _hi2 - 1 < row.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _g_row[j] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _a5 = j
+                if _a5 < 0:
+                    _a5 += row.shape[0]
+                if _a5 < 0 or _a5 >= row.shape[0]:
+                    raise IndexError("Toeplitz: getindex reads row out of range")
+                _g_row[_a5] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})

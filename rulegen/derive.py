@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .errors import Collector, Pos
-from .expr import I, J, unwhere
+from .expr import I, J, outside_sums, unwhere
 from .loops import build_nest
 from .spec import Spec
 
@@ -194,12 +194,6 @@ def _field_of(acc) -> str:
     return acc.base.label.name
 
 
-def _without_sums(e):
-    """``e`` with every Sum replaced by a fresh symbol."""
-    sums = e.atoms(sp.Sum)
-    return e.xreplace({s: sp.Dummy("s") for s in sums}) if sums else e
-
-
 def _summed_fields(e) -> set:
     return {_field_of(a) for s in e.atoms(sp.Sum) for a in s.atoms(sp.Indexed)}
 
@@ -281,16 +275,8 @@ def derive(spec: Spec) -> Derivation:
     for cond, value in cases:
         if value == 0:
             continue
-        value = _doit_constant_sums(value)
-        for atoms in _conjunctions(cond):
-            built = build_nest(atoms, rows, cols)
-            if built is None:
-                continue
-            steps, pins = built
-            v = value.xreplace(pins) if pins else value
-            if v == 0:
-                continue
-            reads = tuple(sorted(_without_sums(v).atoms(sp.Indexed), key=sp.default_sort_key))
+        for atoms, steps, v in _nests(cond, _doit_constant_sums(value), rows, cols):
+            reads = tuple(outside_sums(v, sp.Indexed))
             tests = [s[1] for s in steps if s[0] == "if"]
             summed = _summed_fields(v)
             gather = _is_gather(v, reads) and not any(_has_access(t) for t in tests)
@@ -338,7 +324,8 @@ def _doit_constant_sums(value):
 
 
 def _nests(cond, value, rows, cols):
-    """(steps, value) for each loop nest of the region ``cond``."""
+    """(atoms, steps, value) for each loop nest of the region ``cond``, the
+    value with the pinned indices substituted; empty regions left out."""
     for atoms in _conjunctions(cond):
         built = build_nest(atoms, rows, cols)
         if built is None:
@@ -346,7 +333,7 @@ def _nests(cond, value, rows, cols):
         steps, pins = built
         v = value.xreplace(pins) if pins else value
         if v != 0:
-            yield steps, v
+            yield atoms, steps, v
 
 
 def _restricted(region, atom, subs, rows, cols):
@@ -354,7 +341,8 @@ def _restricted(region, atom, subs, rows, cols):
     the first column; i == 0: the first row), usually a single loop."""
     atoms = list(region.condition.args) if isinstance(region.condition, sp.And) else \
         ([] if region.condition is sp.true else [region.condition])
-    yield from _nests(sp.And(*atoms, atom), region.value.xreplace(subs), rows, cols)
+    for _, steps, v in _nests(sp.And(*atoms, atom), region.value.xreplace(subs), rows, cols):
+        yield steps, v
 
 
 def _canonical(e):
@@ -383,7 +371,7 @@ def _op_regions(entry, rows, cols) -> tuple:
         for cond, value in cases:
             if value == 0:
                 continue
-            for steps, v in _nests(cond, _doit_constant_sums(value), rows, cols):
+            for _, steps, v in _nests(cond, _doit_constant_sums(value), rows, cols):
                 out.append(OpRegion(steps, v, _separable(steps, v)))
                 if len(out) > 2 * MAX_REGIONS:
                     return ()

@@ -15,7 +15,7 @@ import sympy as sp
 from . import __version__
 from .derive import Derivation, Region
 from .lower import Lowerer
-from .expr import I, J, IntDiv
+from .expr import I, J, IntDiv, outside_sums
 from .printer import code
 
 
@@ -110,18 +110,6 @@ def _open_nest(low: Lowerer, steps, depth: int = 1) -> int:
 _NONLINEAR = (sp.Mod, IntDiv, sp.Min, sp.Max, sp.Abs, sp.Piecewise, sp.Sum)
 
 
-def _outer_reads(e) -> set:
-    """Field reads of ``e`` that are not inside a sum (their indices as written)."""
-    found, stack = set(), [e]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, sp.Indexed):
-            found.add(node)
-        elif isinstance(node, sp.Basic) and not isinstance(node, sp.Sum):
-            stack.extend(node.args)
-    return found
-
-
 def _hoistable(steps, value):
     """(position of the innermost loop, reads whose indices are affine in its
     variable) when there are such reads, else None."""
@@ -132,7 +120,7 @@ def _hoistable(steps, value):
     v = steps[k][1]
     lets = [(st[1], st[2]) for st in steps[k + 1:] if st[0] == "let"]
     reads = []
-    for acc in _outer_reads(value):
+    for acc in outside_sums(value, sp.Indexed):
         idx = []
         for e in acc.indices:
             for w, ew in reversed(lets):
@@ -211,44 +199,71 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     body(_open_nest(low, inner, depth + 1))
 
 
+@dataclass(frozen=True)
+class _Nest:
+    """A loop nest and the entry it visits (what _region needs of a Region)."""
+
+    steps: tuple
+    value: sp.Expr
+
+
+def _values(spec, lines: list, nests, target: str) -> None:
+    """``target = entry`` over each nest (destructure, diagonal, first column, first row)."""
+    for r in nests:
+        low = Lowerer(spec, lines)
+        _region(low, r, lambda depth, low=low, r=r: low.add(depth, f"{target} = {low.value(depth, r.value)}"))
+
+
+def _adjoints(spec, lines: list, nests, seed, square: bool = False) -> None:
+    """Scatter ∂entry/∂θ · seed over each nest; ``seed(low, depth)`` emits the
+    statements that set ``_y`` (a nest whose entry reads no field emits nothing)."""
+    for r in nests:
+        low = Lowerer(spec, lines)
+
+        def body(depth, low=low, r=r):
+            mark = len(lines)
+            if square:      # the Gram weights: (∂entry/∂θ)²
+                low.adjoint(depth, r.value, "1", "_w_", square=True)
+                return
+            seed(low, depth)
+            inner = len(lines)
+            low.adjoint(depth, r.value, "_y", "_g_")
+            if len(lines) == inner:
+                del lines[mark:]
+        _region(low, r, body)
+
+
+def _seed(text: str):
+    return lambda low, depth: low.add(depth, text)
+
+
+def _kernel(name: str, lines: list, params: tuple) -> Kernel:
+    return Kernel(name, params, tuple(lines or [(1, "pass")]))
+
+
 def _kernels(d: Derivation) -> tuple:
     spec = d.spec
     sizes = tuple(s.name for s in spec.sizes)
     fields = tuple(f.name for f in spec.fields)
+    grads = tuple("_g_" + f for f in fields)
     dest, push, pull, wts = ([] for _ in range(4))
+    _values(spec, dest, d.regions, "_out[i, j]")
     for r in d.regions:
-        low = Lowerer(spec, dest)
-        _region(low, r, lambda depth: low.add(depth, f"_out[i, j] = {low.value(depth, r.value)}"))
+        low = Lowerer(spec, push)
 
-        low_p = Lowerer(spec, push)
-
-        def tangent(depth):
-            _, dot = low_p.tangent(depth, r.value)
+        def tangent(depth, low=low, r=r):
+            _, dot = low.tangent(depth, r.value)
             if dot != "0":
-                low_p.add(depth, f"_out[i, j] = {dot}")
-        _region(low_p, r, tangent)
-
-        low_b = Lowerer(spec, pull)
-
-        def adjoint(depth):
-            mark = len(pull)
-            low_b.add(depth, "_y = _ybar[i, j]")
-            low_b.adjoint(depth, r.value, "_y", "_g_")
-            if len(pull) == mark + 1:
-                del pull[mark:]
-        _region(low_b, r, adjoint)
-
-        low_w = Lowerer(spec, wts)
-        _region(low_w, r, lambda depth: low_w.adjoint(depth, r.value, "1", "_w_", square=True))
-    out = list(_op_kernels(d, sizes, fields))
-    for name, lines, params in (
-        ("_destructure_kernel", dest, sizes + fields + ("_out",)),
-        ("_pushforward_kernel", push, sizes + fields + tuple("_d_" + f for f in fields) + ("_out",)),
-        ("_pullback_kernel", pull, sizes + fields + ("_ybar",) + tuple("_g_" + f for f in fields)),
-        ("_weights_kernel", wts, sizes + fields + tuple("_w_" + f for f in fields)),
-    ):
-        out.append(Kernel(name, params, tuple(lines or [(1, "pass")])))
-    return tuple(out)
+                low.add(depth, f"_out[i, j] = {dot}")
+        _region(low, r, tangent)
+    _adjoints(spec, pull, d.regions, _seed("_y = _ybar[i, j]"))
+    _adjoints(spec, wts, d.regions, None, square=True)
+    return tuple(_op_kernels(d, sizes, fields, grads)) + (
+        _kernel("_destructure_kernel", dest, sizes + fields + ("_out",)),
+        _kernel("_pushforward_kernel", push, sizes + fields + tuple("_d_" + f for f in fields) + ("_out",)),
+        _kernel("_pullback_kernel", pull, sizes + fields + ("_ybar",) + grads),
+        _kernel("_weights_kernel", wts, sizes + fields + tuple("_w_" + f for f in fields)),
+    )
 
 
 def _cols(low: Lowerer, depth: int, text: str, array: str) -> None:
@@ -314,10 +329,11 @@ def _separable_bilinear(low: Lowerer, sep) -> None:
             del low.lines[start:]
 
 
-def _op_kernels(d: Derivation, sizes: tuple, fields: tuple):
-    """matvec, rmatvec and bilinear_pullback from the additive terms of the entry,
-    diagonal and its pullback from the regions restricted to i == j."""
-    mv, rmv, bil, dia, diab = ([] for _ in range(5))
+def _op_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
+    """matvec, rmatvec and bilinear_pullback from the additive terms of the entry;
+    diagonal (and, for Toeplitz-like types, the first column and row) with their
+    pullbacks from the regions restricted to i == j (j == 0, i == 0)."""
+    mv, rmv, bil = [], [], []
     for r in d.op_regions:
         for lines, transpose in ((mv, False), (rmv, True)):
             low = Lowerer(d.spec, lines)
@@ -335,65 +351,26 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple):
             _region(low, r, body, base=2, outputs={"row": {I if dst == "i" else J}})
             if len(lines) == start + 1:
                 del lines[start:]
-        low = Lowerer(d.spec, bil)
         if r.separable is not None:
-            _separable_bilinear(low, r.separable)
-            continue
-
-        def adjoint(depth, low=low):
-            mark = len(low.lines)
-            low.add(depth, "_y = 0.0")
-            _cols(low, depth, "_y += _left[i, _c] * _right[j, _c]", "_left")
-            inner = len(low.lines)
-            low.adjoint(depth, r.value, "_y", "_g_")
-            if len(low.lines) == inner:
-                del low.lines[mark:]
-        _region(low, r, adjoint)
-    for steps, value in d.diagonal:
-        r = Region(steps, value, sp.true, (), frozenset(), False)
-        low = Lowerer(d.spec, dia)
-        _region(low, r, lambda depth, low=low: low.add(depth, f"_out[i] = {low.value(depth, value)}"))
-        low = Lowerer(d.spec, diab)
-
-        def adjoint_d(depth, low=low):
-            mark = len(low.lines)
-            low.add(depth, "_y = _dbar[i]")
-            low.adjoint(depth, value, "_y", "_g_")
-            if len(low.lines) == mark + 1:
-                del low.lines[mark:]
-        _region(low, r, adjoint_d)
-    col, colb, row, rowb = ([] for _ in range(4))
-    for nests, var, value_lines, pull_lines in ((d.column, "i", col, colb), (d.row, "j", row, rowb)):
-        for steps, value in nests:
-            r = Region(steps, value, sp.true, (), frozenset(), False)
-            low = Lowerer(d.spec, value_lines)
-            _region(low, r, lambda depth, low=low, value=value, var=var:
-                    low.add(depth, f"_out[{var}] = {low.value(depth, value)}"))
-            low = Lowerer(d.spec, pull_lines)
-
-            def adjoint_line(depth, low=low, value=value, var=var, lines=pull_lines):
-                mark = len(lines)
-                low.add(depth, f"_y = _bar[{var}]")
-                low.adjoint(depth, value, "_y", "_g_")
-                if len(lines) == mark + 1:
-                    del lines[mark:]
-            _region(low, r, adjoint_line)
+            _separable_bilinear(Lowerer(d.spec, bil), r.separable)
+        else:
+            def seed(low, depth):
+                low.add(depth, "_y = 0.0")
+                _cols(low, depth, "_y += _left[i, _c] * _right[j, _c]", "_left")
+            _adjoints(d.spec, bil, [r], seed)
+    yield _kernel("_matvec_kernel", mv, sizes + fields + ("_rhs", "_out"))
+    yield _kernel("_rmatvec_kernel", rmv, sizes + fields + ("_rhs", "_out"))
+    yield _kernel("_bilinear_kernel", bil, sizes + fields + ("_left", "_right") + grads)
+    parts = [("_diagonal", d.diagonal, "i", "_dbar")]
     if d.toeplitz:
-        for name, lines, params in (
-            ("_column_kernel", col, sizes + fields + ("_out",)),
-            ("_row_kernel", row, sizes + fields + ("_out",)),
-            ("_column_pullback_kernel", colb, sizes + fields + ("_bar",) + tuple("_g_" + f for f in fields)),
-            ("_row_pullback_kernel", rowb, sizes + fields + ("_bar",) + tuple("_g_" + f for f in fields)),
-        ):
-            yield Kernel(name, params, tuple(lines or [(1, "pass")]))
-    for name, lines, params in (
-        ("_matvec_kernel", mv, sizes + fields + ("_rhs", "_out")),
-        ("_rmatvec_kernel", rmv, sizes + fields + ("_rhs", "_out")),
-        ("_bilinear_kernel", bil, sizes + fields + ("_left", "_right") + tuple("_g_" + f for f in fields)),
-        ("_diagonal_kernel", dia, sizes + fields + ("_out",)),
-        ("_diagonal_pullback_kernel", diab, sizes + fields + ("_dbar",) + tuple("_g_" + f for f in fields)),
-    ):
-        yield Kernel(name, params, tuple(lines or [(1, "pass")]))
+        parts += [("_column", d.column, "i", "_bar"), ("_row", d.row, "j", "_bar")]
+    for name, nests, var, bar in parts:
+        nests = [_Nest(steps, value) for steps, value in nests]
+        values, pulls = [], []
+        _values(d.spec, values, nests, f"_out[{var}]")
+        _adjoints(d.spec, pulls, nests, _seed(f"_y = {bar}[{var}]"))
+        yield _kernel(f"{name}_kernel", values, sizes + fields + ("_out",))
+        yield _kernel(f"{name}_pullback_kernel", pulls, sizes + fields + (bar,) + grads)
 
 
 def _environment() -> jinja2.Environment:

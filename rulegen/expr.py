@@ -109,6 +109,20 @@ def unwhere(e):
     return f.xreplace({d: s for s, d in sums.items()}) if sums else f
 
 
+def outside_sums(e, kind) -> list:
+    """The subexpressions of type ``kind`` in ``e`` that are not inside a Sum
+    (with ``kind`` Sum: the outermost sums), in a stable order. A read inside
+    a sum depends on its bound variable; these are the ones that do not."""
+    found, stack = set(), [e]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, kind):
+            found.add(node)
+        elif isinstance(node, sp.Basic) and not isinstance(node, sp.Sum):
+            stack.extend(node.args)
+    return sorted(found, key=sp.default_sort_key)
+
+
 def is_int(e) -> bool:
     """Whether ``e`` is integer-valued (``a % b`` of integers counts, although
     sympy leaves it undecided because ``b`` might be zero: that raises at run

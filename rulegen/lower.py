@@ -22,25 +22,13 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .expr import is_int, unwhere
+from .expr import is_int, outside_sums, unwhere
 from .printer import code, value_code
 
 
 def _top_sums(e) -> list:
-    """Sums that occur in ``e`` outside any other Sum, in a stable order."""
-    found, stack = set(), [e]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, sp.Sum):
-            found.add(node)
-        elif isinstance(node, sp.Basic):
-            stack.extend(node.args)
-    return sorted(found, key=sp.default_sort_key)
-
-
-def _reads(e) -> list:
-    """Field reads of ``e`` outside any Sum (call after sums are replaced)."""
-    return sorted(e.atoms(sp.Indexed), key=sp.default_sort_key)
+    """Sums that occur in ``e`` outside any other Sum."""
+    return outside_sums(e, sp.Sum)
 
 
 class Lowerer:
@@ -95,20 +83,10 @@ class Lowerer:
     def _symbolize(self, e):
         """``(F, sums, reads)``: e with its top-level sums and then its reads
         replaced by fresh real symbols."""
-        sums = []
-        subs = {}
-        for s in _top_sums(e):
-            sym = sp.Symbol(self.fresh("s"), real=True)
-            sums.append((sym, s))
-            subs[s] = sym
-        f = e.xreplace(subs) if subs else e
-        reads = []
-        subs = {}
-        for acc in _reads(f):
-            sym = sp.Symbol(self.fresh("v"), real=True)
-            reads.append((sym, acc))
-            subs[acc] = sym
-        f = f.xreplace(subs) if subs else f
+        sums = [(sp.Symbol(self.fresh("s"), real=True), s) for s in _top_sums(e)]
+        f = e.xreplace({s: sym for sym, s in sums}) if sums else e
+        reads = [(sp.Symbol(self.fresh("v"), real=True), acc) for acc in outside_sums(f, sp.Indexed)]
+        f = f.xreplace({acc: sym for sym, acc in reads}) if reads else f
         return f, sums, reads
 
     def _loop(self, depth: int, s: sp.Sum, body) -> None:
