@@ -6,7 +6,7 @@ numpy's pinv. The pseudo-inverse maps must agree to 1e-8 relative."""
 import numpy as np
 import pytest
 
-from helpers import check_derived_ops, expected_class, generated, jacobian, jacobian_complex, struct_vec, unflatten
+from helpers import assert_norm_close, check_derived_ops, expected_class, generated, jacobian, jacobian_complex, struct_vec, unflatten
 from references import REFERENCES, instance
 
 CASES = [(key, sizes) for key, ref in REFERENCES.items() for sizes in ref.sizes]
@@ -27,9 +27,7 @@ def case(request):
 
 
 def assert_close(got, want, what=""):
-    """‖got - want‖ <= 1e-8 ‖want‖ (+ 1e-12 for a zero reference)."""
-    err = np.linalg.norm(np.ravel(got) - np.ravel(want))
-    assert err <= 1e-8 * np.linalg.norm(want) + 1e-12, f"{what}: error {err:.3e}, |want| {np.linalg.norm(want):.3e}"
+    assert_norm_close(got, want, what, atol=1e-12)
 
 
 def _random_struct(case):

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from helpers import check_derived_ops, expected_class, jacobian_complex, load_module, run_cli, struct_vec, unflatten
+from helpers import assert_norm_close, check_derived_ops, expected_class, jacobian_complex, load_module, run_cli, struct_vec, unflatten
 
 FIELDS = {"a": "[n]", "b": "[n]", "M": "[n, n]", "s": "[]", "U": "[n, r]"}
 SHAPES = {"a": ("n",), "b": ("n",), "M": ("n", "n"), "s": (), "U": ("n", "r")}
@@ -120,8 +120,7 @@ def test_random_spec_against_python(built, k, n, r):
     Y = rng.standard_normal((n, n))
 
     def close(got, want, what):
-        err = np.linalg.norm(np.ravel(got) - np.ravel(want))
-        assert err <= 1e-8 * np.linalg.norm(want) + 1e-10, f"{what} of {entry!r}: error {err:.2e}"
+        assert_norm_close(got, want, f"{what} of {entry!r}")
 
     close(mod.destructure_pushforward(x, tx), J @ t, "destructure_pushforward")
     close(struct_vec(mod.destructure_pullback(x, Y), used), J.T @ Y.ravel(), "destructure_pullback")

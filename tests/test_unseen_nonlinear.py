@@ -9,7 +9,7 @@ and numpy's pinv."""
 import numpy as np
 import pytest
 
-from helpers import check_derived_ops, expected_class, jacobian, jacobian_complex, load_module, run_cli, struct_vec, unflatten
+from helpers import assert_norm_close, check_derived_ops, expected_class, jacobian, jacobian_complex, load_module, run_cli, struct_vec, unflatten
 
 
 def _loops(shape, entry, dtype=float):
@@ -207,8 +207,7 @@ def _snake(name):
 
 
 def _close(got, want, what):
-    err = np.linalg.norm(np.ravel(got) - np.ravel(want))
-    assert err <= 1e-8 * np.linalg.norm(want) + 1e-10, f"{what}: error {err:.2e}, |want| {np.linalg.norm(want):.2e}"
+    assert_norm_close(got, want, what)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
