@@ -121,6 +121,10 @@ def rows_at(n, rng):
     idx = (np.arange(n)[:, None] + np.arange(n)).ravel()
     out.append(("Hankel", "destructure_pullback", lambda: hankel.destructure_pullback(h, Y), {
         "floor": lambda: Y.sum(), "numpy": lambda: np.bincount(idx, Y.ravel())}))
+    H = scipy.linalg.hankel(h.h[:n], h.h[n - 1:])
+    out.append(("Hankel", "matvec", lambda: hankel.matvec(h, v), {
+        "floor": lambda: v.copy(), "numpy": lambda: H @ v,
+        "scipy FFT": lambda: scipy.linalg.matmul_toeplitz((h.h[n - 1:], h.h[n - 1::-1]), v[::-1])}))
 
     dl, dm, du = rng.standard_normal(n - 1), rng.standard_normal(n), rng.standard_normal(n - 1)
     tr = tridiagonal.Tridiagonal(dl=dl, d=dm, du=du)

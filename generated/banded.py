@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -319,9 +320,9 @@ def _matvec_kernel(m, n, kl, ku, data, _rhs, _out):
             if _hi2 <= _lo1 or (0 <= -_lo1 + i + ku < data.shape[0] and 0 <= -_hi2 + i + ku + 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
                 _sum3 = 0.0
                 for j in range(_lo1, _hi2):
-                    _v4 = data[i - j + ku, j]
-                    _sum3 += (_v4) * _rhs[j, _c]
-                _out[i, _c] += _sum3
+                    _v4 = data[_u(i - j + ku), _u(j)]
+                    _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
+                _out[_u(i), _u(_c)] += _sum3
             else:
                 for j in range(_lo1, _hi2):
                     _a6 = i - j + ku
@@ -346,8 +347,8 @@ def _rmatvec_kernel(m, n, kl, ku, data, _rhs, _out):
             _hi2 = min(n, i + ku + 1)
             if _hi2 <= _lo1 or (0 <= -_lo1 + i + ku < data.shape[0] and 0 <= -_hi2 + i + ku + 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
                 for j in range(_lo1, _hi2):
-                    _v3 = data[i - j + ku, j]
-                    _out[j, _c] += (_v3) * _rhs[i, _c]
+                    _v3 = data[_u(i - j + ku), _u(j)]
+                    _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
             else:
                 for j in range(_lo1, _hi2):
                     _a5 = i - j + ku
@@ -373,8 +374,8 @@ def _bilinear_kernel(m, n, kl, ku, data, _left, _right, _g_data):
             for j in range(_lo1, _hi2):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
-                    _y += _left[i, _c] * _right[j, _c]
-                _g_data[i - j + ku, j] += _y
+                    _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+                _g_data[_u(i - j + ku), _u(j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = 0.0
@@ -400,8 +401,8 @@ def _diagonal_kernel(m, n, kl, ku, data, _out):
     if _hi2 <= _lo1 or (0 <= ku < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = data[ku, i]
-            _out[i] = _v3
+            _v3 = data[_u(ku), _u(i)]
+            _out[_u(i)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -426,8 +427,8 @@ def _diagonal_pullback_kernel(m, n, kl, ku, data, _dbar, _g_data):
     if _hi2 <= _lo1 or (0 <= ku < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _g_data[ku, i] += _y
+            _y = _dbar[_u(i)]
+            _g_data[_u(ku), _u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -452,8 +453,8 @@ def _destructure_kernel(m, n, kl, ku, data, _out):
         _hi2 = min(n, i + ku + 1)
         if _hi2 <= _lo1 or (0 <= -_lo1 + i + ku < data.shape[0] and 0 <= -_hi2 + i + ku + 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _v3 = data[i - j + ku, j]
-                _out[i, j] = _v3
+                _v3 = data[_u(i - j + ku), _u(j)]
+                _out[_u(i), _u(j)] = _v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i - j + ku
@@ -477,8 +478,8 @@ def _pushforward_kernel(m, n, kl, ku, data, _d_data, _out):
         _hi2 = min(n, i + ku + 1)
         if _hi2 <= _lo1 or (0 <= -_lo1 + i + ku < data.shape[0] and 0 <= -_hi2 + i + ku + 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _t_v3 = _d_data[i - j + ku, j]
-                _out[i, j] = _t_v3
+                _t_v3 = _d_data[_u(i - j + ku), _u(j)]
+                _out[_u(i), _u(j)] = _t_v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i - j + ku
@@ -502,8 +503,8 @@ def _pullback_kernel(m, n, kl, ku, data, _ybar, _g_data):
         _hi2 = min(n, i + ku + 1)
         if _hi2 <= _lo1 or (0 <= -_lo1 + i + ku < data.shape[0] and 0 <= -_hi2 + i + ku + 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _y = _ybar[i, j]
-                _g_data[i - j + ku, j] += _y
+                _y = _ybar[_u(i), _u(j)]
+                _g_data[_u(i - j + ku), _u(j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = _ybar[i, j]
@@ -527,7 +528,7 @@ def _weights_kernel(m, n, kl, ku, data, _w_data):
         _hi2 = min(n, i + ku + 1)
         if _hi2 <= _lo1 or (0 <= -_lo1 + i + ku < data.shape[0] and 0 <= -_hi2 + i + ku + 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _w_data[i - j + ku, j] += 1
+                _w_data[_u(i - j + ku), _u(j)] += 1
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i - j + ku

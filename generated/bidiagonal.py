@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -312,8 +313,8 @@ def _matvec_kernel(n, dv, ev, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = dv[i]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = dv[_u(i)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -330,8 +331,8 @@ def _matvec_kernel(n, dv, ev, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i + 1
-                _v3 = ev[i]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = ev[_u(i)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i + 1
@@ -352,8 +353,8 @@ def _rmatvec_kernel(n, dv, ev, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = dv[i]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = dv[_u(i)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -370,8 +371,8 @@ def _rmatvec_kernel(n, dv, ev, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i + 1
-                _v3 = ev[i]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = ev[_u(i)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i + 1
@@ -393,8 +394,8 @@ def _bilinear_kernel(n, dv, ev, _left, _right, _g_dv, _g_ev):
             j = i
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_dv[i] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_dv[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -414,8 +415,8 @@ def _bilinear_kernel(n, dv, ev, _left, _right, _g_dv, _g_ev):
             j = i + 1
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_ev[i] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_ev[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -437,8 +438,8 @@ def _diagonal_kernel(n, dv, ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = dv[i]
-            _out[i] = _v3
+            _v3 = dv[_u(i)]
+            _out[_u(i)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -458,8 +459,8 @@ def _diagonal_pullback_kernel(n, dv, ev, _dbar, _g_dv, _g_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _g_dv[i] += _y
+            _y = _dbar[_u(i)]
+            _g_dv[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -479,8 +480,8 @@ def _destructure_kernel(n, dv, ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = dv[i]
-            _out[i, j] = _v3
+            _v3 = dv[_u(i)]
+            _out[_u(i), _u(j)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -496,8 +497,8 @@ def _destructure_kernel(n, dv, ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _v3 = ev[i]
-            _out[i, j] = _v3
+            _v3 = ev[_u(i)]
+            _out[_u(i), _u(j)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -517,8 +518,8 @@ def _pushforward_kernel(n, dv, ev, _d_dv, _d_ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _t_v3 = _d_dv[i]
-            _out[i, j] = _t_v3
+            _t_v3 = _d_dv[_u(i)]
+            _out[_u(i), _u(j)] = _t_v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -534,8 +535,8 @@ def _pushforward_kernel(n, dv, ev, _d_dv, _d_ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _t_v3 = _d_ev[i]
-            _out[i, j] = _t_v3
+            _t_v3 = _d_ev[_u(i)]
+            _out[_u(i), _u(j)] = _t_v3
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -555,8 +556,8 @@ def _pullback_kernel(n, dv, ev, _ybar, _g_dv, _g_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _ybar[i, j]
-            _g_dv[i] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_dv[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -572,8 +573,8 @@ def _pullback_kernel(n, dv, ev, _ybar, _g_dv, _g_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _y = _ybar[i, j]
-            _g_ev[i] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_ev[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -593,7 +594,7 @@ def _weights_kernel(n, dv, ev, _w_dv, _w_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _w_dv[i] += 1
+            _w_dv[_u(i)] += 1
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -608,7 +609,7 @@ def _weights_kernel(n, dv, ev, _w_dv, _w_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _w_ev[i] += 1
+            _w_ev[_u(i)] += 1
     else:
         for i in range(_lo1, _hi2):
             j = i + 1

@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -251,8 +252,9 @@ def parametrisation(x):
 # through its factors instead: O((m + n)·k) per term of the sum.
 
 # getindex depends on i - j only: the matrix is Toeplitz, fixed by its first
-# column and row. From FFT_MIN on, matvec, rmatvec and bilinear_pullback go
-# through scipy's FFT (O((m + n) log(m + n)) per column); below, the direct kernels.
+# column and row.
+# From FFT_MIN on, matvec, rmatvec and bilinear_pullback go through scipy's
+# FFT (O((m + n) log(m + n)) per column); below, the direct kernels.
 FFT_MIN = 384   # measured crossover on 2 cores: direct kernels win below
 
 
@@ -306,8 +308,8 @@ def bilinear_pullback(x, U, V):
     if min(x.shape) >= FFT_MIN:
         import scipy.signal
 
-        # s[d + n - 1] = Σ over the diagonal i - j = d of U Vᵀ (a correlation)
         m, n = x.shape
+        # s[d + n - 1] = Σ over the diagonal i - j = d of U Vᵀ (a correlation)
         s = scipy.signal.fftconvolve(left, right[::-1], axes=0).sum(axis=1)
         cbar = np.ascontiguousarray(s[n - 1:n - 1 + m])
         rbar = np.ascontiguousarray(s[n - 1::-1])
@@ -389,7 +391,7 @@ def _diagonal_kernel(n, c, _out):
         for i in range(_lo1, _hi2):
             j = i
             _v4 = c[0]
-            _out[i] = _v4
+            _out[_u(i)] = _v4
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -410,7 +412,7 @@ def _diagonal_pullback_kernel(n, c, _dbar, _g_c):
         _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
+            _y = _dbar[_u(i)]
             _sum3 += _y
         _g_c[0] += _sum3
     else:

@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -316,9 +317,9 @@ def _matvec_kernel(m, n, data, _rhs, _out):
             if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
                 _sum3 = 0.0
                 for j in range(_lo1, _hi2):
-                    _v4 = data[i, j]
-                    _sum3 += (_v4) * _rhs[j, _c]
-                _out[i, _c] += _sum3
+                    _v4 = data[_u(i), _u(j)]
+                    _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
+                _out[_u(i), _u(_c)] += _sum3
             else:
                 for j in range(_lo1, _hi2):
                     _a6 = i
@@ -343,8 +344,8 @@ def _rmatvec_kernel(m, n, data, _rhs, _out):
             _hi2 = n
             if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
                 for j in range(_lo1, _hi2):
-                    _v3 = data[i, j]
-                    _out[j, _c] += (_v3) * _rhs[i, _c]
+                    _v3 = data[_u(i), _u(j)]
+                    _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
             else:
                 for j in range(_lo1, _hi2):
                     _a5 = i
@@ -370,8 +371,8 @@ def _bilinear_kernel(m, n, data, _left, _right, _g_data):
             for j in range(_lo1, _hi2):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
-                    _y += _left[i, _c] * _right[j, _c]
-                _g_data[i, j] += _y
+                    _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+                _g_data[_u(i), _u(j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = 0.0
@@ -397,8 +398,8 @@ def _diagonal_kernel(m, n, data, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = data[i, i]
-            _out[i] = _v3
+            _v3 = data[_u(i), _u(i)]
+            _out[_u(i)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -423,8 +424,8 @@ def _diagonal_pullback_kernel(m, n, data, _dbar, _g_data):
     if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _g_data[i, i] += _y
+            _y = _dbar[_u(i)]
+            _g_data[_u(i), _u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -449,8 +450,8 @@ def _destructure_kernel(m, n, data, _out):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _out[i, j] = _v3
+                _v3 = data[_u(i), _u(j)]
+                _out[_u(i), _u(j)] = _v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i
@@ -474,8 +475,8 @@ def _pushforward_kernel(m, n, data, _d_data, _out):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _t_v3 = _d_data[i, j]
-                _out[i, j] = _t_v3
+                _t_v3 = _d_data[_u(i), _u(j)]
+                _out[_u(i), _u(j)] = _t_v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i
@@ -499,8 +500,8 @@ def _pullback_kernel(m, n, data, _ybar, _g_data):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _y = _ybar[i, j]
-                _g_data[i, j] += _y
+                _y = _ybar[_u(i), _u(j)]
+                _g_data[_u(i), _u(j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = _ybar[i, j]
@@ -524,7 +525,7 @@ def _weights_kernel(m, n, data, _w_data):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _w_data[i, j] += 1
+                _w_data[_u(i), _u(j)] += 1
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i

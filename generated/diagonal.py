@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -309,8 +310,8 @@ def _matvec_kernel(n, diag, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = diag[i]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = diag[_u(i)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -331,8 +332,8 @@ def _rmatvec_kernel(n, diag, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = diag[i]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = diag[_u(i)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -354,8 +355,8 @@ def _bilinear_kernel(n, diag, _left, _right, _g_diag):
             j = i
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_diag[i] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_diag[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -377,8 +378,8 @@ def _diagonal_kernel(n, diag, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = diag[i]
-            _out[i] = _v3
+            _v3 = diag[_u(i)]
+            _out[_u(i)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -398,8 +399,8 @@ def _diagonal_pullback_kernel(n, diag, _dbar, _g_diag):
     if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _g_diag[i] += _y
+            _y = _dbar[_u(i)]
+            _g_diag[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -419,8 +420,8 @@ def _destructure_kernel(n, diag, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = diag[i]
-            _out[i, j] = _v3
+            _v3 = diag[_u(i)]
+            _out[_u(i), _u(j)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -440,8 +441,8 @@ def _pushforward_kernel(n, diag, _d_diag, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _t_v3 = _d_diag[i]
-            _out[i, j] = _t_v3
+            _t_v3 = _d_diag[_u(i)]
+            _out[_u(i), _u(j)] = _t_v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -461,8 +462,8 @@ def _pullback_kernel(n, diag, _ybar, _g_diag):
     if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _ybar[i, j]
-            _g_diag[i] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_diag[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -482,7 +483,7 @@ def _weights_kernel(n, diag, _w_diag):
     if _hi2 <= _lo1 or (0 <= _lo1 < diag.shape[0] and 0 <= _hi2 - 1 < diag.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _w_diag[i] += 1
+            _w_diag[_u(i)] += 1
     else:
         for i in range(_lo1, _hi2):
             j = i

@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -326,8 +327,8 @@ def _matvec_kernel(n, r, d, U, V, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = d[i]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = d[_u(i)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -380,8 +381,8 @@ def _rmatvec_kernel(n, r, d, U, V, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = d[i]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = d[_u(i)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -435,8 +436,8 @@ def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
             j = i
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_d[i] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_d[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -548,8 +549,8 @@ def _diagonal_kernel(n, r, d, U, V, _out):
                     raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
                 _v6 = V[_a9, _a10]
                 _s3 += _v5*_v6
-            _v4 = d[i]
-            _out[i] = _s3 + _v4
+            _v4 = d[_u(i)]
+            _out[_u(i)] = _s3 + _v4
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -594,8 +595,8 @@ def _diagonal_pullback_kernel(n, r, d, U, V, _dbar, _g_d, _g_U, _g_V):
     if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _g_d[i] += _y
+            _y = _dbar[_u(i)]
+            _g_d[_u(i)] += _y
             _b5 = _y
             for k in range(0, r):
                 _a8 = i
@@ -692,8 +693,8 @@ def _destructure_kernel(n, r, d, U, V, _out):
                     raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
                 _v6 = V[_a9, _a10]
                 _s3 += _v5*_v6
-            _v4 = d[i]
-            _out[i, j] = _s3 + _v4
+            _v4 = d[_u(i)]
+            _out[_u(i), _u(j)] = _s3 + _v4
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -794,8 +795,8 @@ def _pushforward_kernel(n, r, d, U, V, _d_d, _d_U, _d_V, _out):
                 _v6 = V[_a9, _a10]
                 _t_v6 = _d_V[_a9, _a10]
                 _t_s3 += _t_v5*_v6 + _t_v6*_v5
-            _t_v4 = _d_d[i]
-            _out[i, j] = _t_s3 + _t_v4
+            _t_v4 = _d_d[_u(i)]
+            _out[_u(i), _u(j)] = _t_s3 + _t_v4
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -873,8 +874,8 @@ def _pullback_kernel(n, r, d, U, V, _ybar, _g_d, _g_U, _g_V):
     if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _ybar[i, j]
-            _g_d[i] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_d[_u(i)] += _y
             _b5 = _y
             for k in range(0, r):
                 _a8 = i
@@ -976,7 +977,7 @@ def _weights_kernel(n, r, d, U, V, _w_d, _w_U, _w_V):
     if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _w_d[i] += 1
+            _w_d[_u(i)] += 1
             _b5 = 1
             for k in range(0, r):
                 _a8 = i

@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -360,7 +361,7 @@ def _diagonal_kernel(m, n, value, _out):
         for i in range(_lo1, _hi2):
             j = i
             _v4 = value[0]
-            _out[i] = _v4
+            _out[_u(i)] = _v4
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -376,7 +377,7 @@ def _diagonal_pullback_kernel(m, n, value, _dbar, _g_value):
         _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
+            _y = _dbar[_u(i)]
             _sum3 += _y
         _g_value[0] += _sum3
     else:
@@ -396,7 +397,7 @@ def _column_kernel(m, n, value, _out):
             _sum3 = 0.0
             for i in range(_lo1, _hi2):
                 _v4 = value[0]
-                _out[i] = _v4
+                _out[_u(i)] = _v4
         else:
             for i in range(_lo1, _hi2):
                 _v5 = value[0]
@@ -412,7 +413,7 @@ def _column_pullback_kernel(m, n, value, _bar, _g_value):
         if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
             _sum3 = 0.0
             for i in range(_lo1, _hi2):
-                _y = _bar[i]
+                _y = _bar[_u(i)]
                 _sum3 += _y
             _g_value[0] += _sum3
         else:
@@ -431,7 +432,7 @@ def _row_kernel(m, n, value, _out):
             _sum3 = 0.0
             for j in range(_lo1, _hi2):
                 _v4 = value[0]
-                _out[j] = _v4
+                _out[_u(j)] = _v4
         else:
             for j in range(_lo1, _hi2):
                 _v5 = value[0]
@@ -447,7 +448,7 @@ def _row_pullback_kernel(m, n, value, _bar, _g_value):
         if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
             _sum3 = 0.0
             for j in range(_lo1, _hi2):
-                _y = _bar[j]
+                _y = _bar[_u(j)]
                 _sum3 += _y
             _g_value[0] += _sum3
         else:
@@ -465,7 +466,7 @@ def _destructure_kernel(m, n, value, _out):
             _sum3 = 0.0
             for j in range(_lo1, _hi2):
                 _v4 = value[0]
-                _out[i, j] = _v4
+                _out[_u(i), _u(j)] = _v4
         else:
             for j in range(_lo1, _hi2):
                 _v5 = value[0]
@@ -481,7 +482,7 @@ def _pushforward_kernel(m, n, value, _d_value, _out):
             _sum3 = 0.0
             for j in range(_lo1, _hi2):
                 _t_v4 = _d_value[0]
-                _out[i, j] = _t_v4
+                _out[_u(i), _u(j)] = _t_v4
         else:
             for j in range(_lo1, _hi2):
                 _t_v5 = _d_value[0]
@@ -496,7 +497,7 @@ def _pullback_kernel(m, n, value, _ybar, _g_value):
         if _hi2 <= _lo1 or (0 <= 0 < value.shape[0]):
             _sum3 = 0.0
             for j in range(_lo1, _hi2):
-                _y = _ybar[i, j]
+                _y = _ybar[_u(i), _u(j)]
                 _sum3 += _y
             _g_value[0] += _sum3
         else:

@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -250,10 +251,32 @@ def parametrisation(x):
 # Σ_k alpha(i, k)·beta(j, k) over a rectangle (LowRank, Fill) is contracted
 # through its factors instead: O((m + n)·k) per term of the sum.
 
+# getindex depends on i + j only: the matrix is Hankel, fixed by its first
+# column and last row, and its column-reversal is Toeplitz.
+# From FFT_MIN on, matvec, rmatvec and bilinear_pullback go through scipy's
+# FFT (O((m + n) log(m + n)) per column); below, the direct kernels.
+FFT_MIN = 384   # measured crossover on 2 cores: direct kernels win below
+
+
+def _edges(x):
+    c, r = np.zeros(x.shape[0]), np.zeros(x.shape[1])
+    _column_kernel(*x._size_values, *x._arrays, c)
+    _row_kernel(*x._size_values, *x._arrays, r)
+    # a[d]: the value on the anti-diagonal i + j = d, d < m + n - 1
+    return np.concatenate((c, r[1:]))
+
+
 def matvec(x, v):
     """x @ v for v of shape (n,) or (n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, Hankel)
     rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1])
+    if min(x.shape) >= FFT_MIN:
+        import scipy.linalg
+
+        m, n = x.shape
+        a = _edges(x)
+        out = scipy.linalg.matmul_toeplitz((a[n - 1:n - 1 + m], a[n - 1::-1]), rhs[::-1]).reshape(m, rhs.shape[1])
+        return out[:, 0] if vector else out
     out = np.zeros((x.shape[0], rhs.shape[1]))
     _matvec_kernel(*x._size_values, *x._arrays, rhs, out)
     return out[:, 0] if vector else out
@@ -263,6 +286,13 @@ def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,) or (m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, Hankel)
     rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0])
+    if min(x.shape) >= FFT_MIN:
+        import scipy.linalg
+
+        m, n = x.shape
+        a = _edges(x)
+        out = scipy.linalg.matmul_toeplitz((a[m - 1:m - 1 + n], a[m - 1::-1]), rhs[::-1]).reshape(n, rhs.shape[1])
+        return out[:, 0] if vector else out
     out = np.zeros((x.shape[1], rhs.shape[1]))
     _rmatvec_kernel(*x._size_values, *x._arrays, rhs, out)
     return out[:, 0] if vector else out
@@ -279,6 +309,18 @@ def bilinear_pullback(x, U, V):
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[1]} and {right.shape[1]}")
     grads = tuple(np.zeros_like(a) for a in x._arrays)
+    if min(x.shape) >= FFT_MIN:
+        import scipy.signal
+
+        m, n = x.shape
+        # s[d] = Σ over the anti-diagonal i + j = d of U Vᵀ (a convolution)
+        s = scipy.signal.fftconvolve(left, right, axes=0).sum(axis=1)
+        cbar = s[:m].copy()
+        rbar = s[m - 1:].copy()
+        rbar[0] = 0.0                     # Y[m - 1, 0] is counted in the column
+        _column_pullback_kernel(*x._size_values, *x._arrays, cbar, *grads)
+        _row_pullback_kernel(*x._size_values, *x._arrays, rbar, *grads)
+        return Hankel._from_arrays(x._size_values, grads)
     _bilinear_kernel(*x._size_values, *x._arrays, left, right, *grads)
     return Hankel._from_arrays(x._size_values, grads)
 
@@ -310,9 +352,9 @@ def _matvec_kernel(n, h, _rhs, _out):
             if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
                 _sum3 = 0.0
                 for j in range(_lo1, _hi2):
-                    _v4 = h[i + j]
-                    _sum3 += (_v4) * _rhs[j, _c]
-                _out[i, _c] += _sum3
+                    _v4 = h[_u(i + j)]
+                    _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
+                _out[_u(i), _u(_c)] += _sum3
             else:
                 for j in range(_lo1, _hi2):
                     _a6 = i + j
@@ -332,8 +374,8 @@ def _rmatvec_kernel(n, h, _rhs, _out):
             _hi2 = n
             if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
                 for j in range(_lo1, _hi2):
-                    _v3 = h[i + j]
-                    _out[j, _c] += (_v3) * _rhs[i, _c]
+                    _v3 = h[_u(i + j)]
+                    _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
             else:
                 for j in range(_lo1, _hi2):
                     _a5 = i + j
@@ -354,8 +396,8 @@ def _bilinear_kernel(n, h, _left, _right, _g_h):
             for j in range(_lo1, _hi2):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
-                    _y += _left[i, _c] * _right[j, _c]
-                _g_h[i + j] += _y
+                    _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+                _g_h[_u(i + j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = 0.0
@@ -376,8 +418,8 @@ def _diagonal_kernel(n, h, _out):
     if _hi2 <= _lo1 or (0 <= 2*_lo1 < h.shape[0] and 0 <= 2*_hi2 - 2 < h.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = h[2*i]
-            _out[i] = _v3
+            _v3 = h[_u(2*i)]
+            _out[_u(i)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -397,8 +439,8 @@ def _diagonal_pullback_kernel(n, h, _dbar, _g_h):
     if _hi2 <= _lo1 or (0 <= 2*_lo1 < h.shape[0] and 0 <= 2*_hi2 - 2 < h.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _g_h[2*i] += _y
+            _y = _dbar[_u(i)]
+            _g_h[_u(2*i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -412,14 +454,98 @@ def _diagonal_pullback_kernel(n, h, _dbar, _g_h):
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_kernel(n, h, _out):
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < h.shape[0] and 0 <= _hi2 - 1 < h.shape[0]):
+            for i in range(_lo1, _hi2):
+                _v3 = h[_u(i)]
+                _out[_u(i)] = _v3
+        else:
+            for i in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _v4 = h[_a5]
+                _out[i] = _v4
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _column_pullback_kernel(n, h, _bar, _g_h):
+    j = 0
+    if (0 < n):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 < h.shape[0] and 0 <= _hi2 - 1 < h.shape[0]):
+            for i in range(_lo1, _hi2):
+                _y = _bar[_u(i)]
+                _g_h[_u(i)] += _y
+        else:
+            for i in range(_lo1, _hi2):
+                _y = _bar[i]
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _g_h[_a5] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_kernel(n, h, _out):
+    i = n - 1
+    if (n - 1 >= 0):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 + n - 1 < h.shape[0] and 0 <= _hi2 + n - 2 < h.shape[0]):
+            for j in range(_lo1, _hi2):
+                _v3 = h[_u(j + n - 1)]
+                _out[_u(j)] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = j + n - 1
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _v4 = h[_a5]
+                _out[j] = _v4
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_pullback_kernel(n, h, _bar, _g_h):
+    i = n - 1
+    if (n - 1 >= 0):
+        _lo1 = 0
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= _lo1 + n - 1 < h.shape[0] and 0 <= _hi2 + n - 2 < h.shape[0]):
+            for j in range(_lo1, _hi2):
+                _y = _bar[_u(j)]
+                _g_h[_u(j + n - 1)] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _bar[j]
+                _a5 = j + n - 1
+                if _a5 < 0:
+                    _a5 += h.shape[0]
+                if _a5 < 0 or _a5 >= h.shape[0]:
+                    raise IndexError("Hankel: getindex reads h out of range")
+                _g_h[_a5] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _destructure_kernel(n, h, _out):
     for i in range(0, n):
         _lo1 = 0
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
             for j in range(_lo1, _hi2):
-                _v3 = h[i + j]
-                _out[i, j] = _v3
+                _v3 = h[_u(i + j)]
+                _out[_u(i), _u(j)] = _v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i + j
@@ -438,8 +564,8 @@ def _pushforward_kernel(n, h, _d_h, _out):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
             for j in range(_lo1, _hi2):
-                _t_v3 = _d_h[i + j]
-                _out[i, j] = _t_v3
+                _t_v3 = _d_h[_u(i + j)]
+                _out[_u(i), _u(j)] = _t_v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i + j
@@ -458,8 +584,8 @@ def _pullback_kernel(n, h, _ybar, _g_h):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
             for j in range(_lo1, _hi2):
-                _y = _ybar[i, j]
-                _g_h[i + j] += _y
+                _y = _ybar[_u(i), _u(j)]
+                _g_h[_u(i + j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = _ybar[i, j]
@@ -478,7 +604,7 @@ def _weights_kernel(n, h, _w_h):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 + i < h.shape[0] and 0 <= _hi2 + i - 1 < h.shape[0]):
             for j in range(_lo1, _hi2):
-                _w_h[i + j] += 1
+                _w_h[_u(i + j)] += 1
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i + j

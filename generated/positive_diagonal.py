@@ -25,6 +25,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -310,8 +311,8 @@ def _matvec_kernel(n, logd, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = logd[i]
-                _out[i, _c] += (math.exp(_v3)) * _rhs[j, _c]
+                _v3 = logd[_u(i)]
+                _out[_u(i), _u(_c)] += (math.exp(_v3)) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -332,8 +333,8 @@ def _rmatvec_kernel(n, logd, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = logd[i]
-                _out[j, _c] += (math.exp(_v3)) * _rhs[i, _c]
+                _v3 = logd[_u(i)]
+                _out[_u(j), _u(_c)] += (math.exp(_v3)) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -355,9 +356,9 @@ def _bilinear_kernel(n, logd, _left, _right, _g_logd):
             j = i
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _v3 = logd[i]
-            _g_logd[i] += (math.exp(_v3)) * _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _v3 = logd[_u(i)]
+            _g_logd[_u(i)] += (math.exp(_v3)) * _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -380,8 +381,8 @@ def _diagonal_kernel(n, logd, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = logd[i]
-            _out[i] = math.exp(_v3)
+            _v3 = logd[_u(i)]
+            _out[_u(i)] = math.exp(_v3)
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -401,9 +402,9 @@ def _diagonal_pullback_kernel(n, logd, _dbar, _g_logd):
     if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _v3 = logd[i]
-            _g_logd[i] += (math.exp(_v3)) * _y
+            _y = _dbar[_u(i)]
+            _v3 = logd[_u(i)]
+            _g_logd[_u(i)] += (math.exp(_v3)) * _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -424,8 +425,8 @@ def _destructure_kernel(n, logd, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = logd[i]
-            _out[i, j] = math.exp(_v3)
+            _v3 = logd[_u(i)]
+            _out[_u(i), _u(j)] = math.exp(_v3)
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -445,9 +446,9 @@ def _pushforward_kernel(n, logd, _d_logd, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = logd[i]
-            _t_v3 = _d_logd[i]
-            _out[i, j] = _t_v3*math.exp(_v3)
+            _v3 = logd[_u(i)]
+            _t_v3 = _d_logd[_u(i)]
+            _out[_u(i), _u(j)] = _t_v3*math.exp(_v3)
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -468,9 +469,9 @@ def _pullback_kernel(n, logd, _ybar, _g_logd):
     if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _ybar[i, j]
-            _v3 = logd[i]
-            _g_logd[i] += (math.exp(_v3)) * _y
+            _y = _ybar[_u(i), _u(j)]
+            _v3 = logd[_u(i)]
+            _g_logd[_u(i)] += (math.exp(_v3)) * _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -491,8 +492,8 @@ def _weights_kernel(n, logd, _w_logd):
     if _hi2 <= _lo1 or (0 <= _lo1 < logd.shape[0] and 0 <= _hi2 - 1 < logd.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = logd[i]
-            _w_logd[i] += math.exp(2*_v3)
+            _v3 = logd[_u(i)]
+            _w_logd[_u(i)] += math.exp(2*_v3)
     else:
         for i in range(_lo1, _hi2):
             j = i

@@ -25,6 +25,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -321,10 +322,10 @@ def _matvec_kernel(m, n, scale, data, _rhs, _out):
                 _sum3 = 0.0
                 _sum4 = 0.0
                 for j in range(_lo1, _hi2):
-                    _v5 = data[i, j]
+                    _v5 = data[_u(i), _u(j)]
                     _v6 = scale[0]
-                    _sum4 += (_v5*_v6) * _rhs[j, _c]
-                _out[i, _c] += _sum4
+                    _sum4 += (_v5*_v6) * _rhs[_u(j), _u(_c)]
+                _out[_u(i), _u(_c)] += _sum4
             else:
                 for j in range(_lo1, _hi2):
                     _a9 = i
@@ -351,9 +352,9 @@ def _rmatvec_kernel(m, n, scale, data, _rhs, _out):
             if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
                 _sum3 = 0.0
                 for j in range(_lo1, _hi2):
-                    _v4 = data[i, j]
+                    _v4 = data[_u(i), _u(j)]
                     _v5 = scale[0]
-                    _out[j, _c] += (_v4*_v5) * _rhs[i, _c]
+                    _out[_u(j), _u(_c)] += (_v4*_v5) * _rhs[_u(i), _u(_c)]
             else:
                 for j in range(_lo1, _hi2):
                     _a8 = i
@@ -381,10 +382,10 @@ def _bilinear_kernel(m, n, scale, data, _left, _right, _g_scale, _g_data):
             for j in range(_lo1, _hi2):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
-                    _y += _left[i, _c] * _right[j, _c]
-                _v4 = data[i, j]
+                    _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+                _v4 = data[_u(i), _u(j)]
                 _v5 = scale[0]
-                _g_data[i, j] += (_v5) * _y
+                _g_data[_u(i), _u(j)] += (_v5) * _y
                 _sum3 += (_v4) * _y
             _g_scale[0] += _sum3
         else:
@@ -416,9 +417,9 @@ def _diagonal_kernel(m, n, scale, data, _out):
         _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
-            _v4 = data[i, i]
+            _v4 = data[_u(i), _u(i)]
             _v5 = scale[0]
-            _out[i] = _v4*_v5
+            _out[_u(i)] = _v4*_v5
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -445,10 +446,10 @@ def _diagonal_pullback_kernel(m, n, scale, data, _dbar, _g_scale, _g_data):
         _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _v4 = data[i, i]
+            _y = _dbar[_u(i)]
+            _v4 = data[_u(i), _u(i)]
             _v5 = scale[0]
-            _g_data[i, i] += (_v5) * _y
+            _g_data[_u(i), _u(i)] += (_v5) * _y
             _sum3 += (_v4) * _y
         _g_scale[0] += _sum3
     else:
@@ -479,9 +480,9 @@ def _destructure_kernel(m, n, scale, data, _out):
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
             _sum3 = 0.0
             for j in range(_lo1, _hi2):
-                _v4 = data[i, j]
+                _v4 = data[_u(i), _u(j)]
                 _v5 = scale[0]
-                _out[i, j] = _v4*_v5
+                _out[_u(i), _u(j)] = _v4*_v5
         else:
             for j in range(_lo1, _hi2):
                 _a8 = i
@@ -507,11 +508,11 @@ def _pushforward_kernel(m, n, scale, data, _d_scale, _d_data, _out):
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
             _sum3 = 0.0
             for j in range(_lo1, _hi2):
-                _v4 = data[i, j]
-                _t_v4 = _d_data[i, j]
+                _v4 = data[_u(i), _u(j)]
+                _t_v4 = _d_data[_u(i), _u(j)]
                 _v5 = scale[0]
                 _t_v5 = _d_scale[0]
-                _out[i, j] = _t_v4*_v5 + _t_v5*_v4
+                _out[_u(i), _u(j)] = _t_v4*_v5 + _t_v5*_v4
         else:
             for j in range(_lo1, _hi2):
                 _a8 = i
@@ -539,10 +540,10 @@ def _pullback_kernel(m, n, scale, data, _ybar, _g_scale, _g_data):
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
             _sum3 = 0.0
             for j in range(_lo1, _hi2):
-                _y = _ybar[i, j]
-                _v4 = data[i, j]
+                _y = _ybar[_u(i), _u(j)]
+                _v4 = data[_u(i), _u(j)]
                 _v5 = scale[0]
-                _g_data[i, j] += (_v5) * _y
+                _g_data[_u(i), _u(j)] += (_v5) * _y
                 _sum3 += (_v4) * _y
             _g_scale[0] += _sum3
         else:
@@ -572,9 +573,9 @@ def _weights_kernel(m, n, scale, data, _w_scale, _w_data):
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1] and 0 <= 0 < scale.shape[0]):
             _sum3 = 0.0
             for j in range(_lo1, _hi2):
-                _v4 = data[i, j]
+                _v4 = data[_u(i), _u(j)]
                 _v5 = scale[0]
-                _w_data[i, j] += _v5**2
+                _w_data[_u(i), _u(j)] += _v5**2
                 _sum3 += _v4**2
             _w_scale[0] += _sum3
         else:

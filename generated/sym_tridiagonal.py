@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -312,8 +313,8 @@ def _matvec_kernel(n, dv, ev, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = dv[i]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = dv[_u(i)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -330,8 +331,8 @@ def _matvec_kernel(n, dv, ev, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i + 1
-                _v3 = ev[i]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = ev[_u(i)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i + 1
@@ -348,8 +349,8 @@ def _matvec_kernel(n, dv, ev, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 - 1 < ev.shape[0] and 0 <= _hi2 - 2 < ev.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i - 1
-                _v3 = ev[i - 1]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = ev[_u(i - 1)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i - 1
@@ -370,8 +371,8 @@ def _rmatvec_kernel(n, dv, ev, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = dv[i]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = dv[_u(i)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -388,8 +389,8 @@ def _rmatvec_kernel(n, dv, ev, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i + 1
-                _v3 = ev[i]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = ev[_u(i)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i + 1
@@ -406,8 +407,8 @@ def _rmatvec_kernel(n, dv, ev, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 - 1 < ev.shape[0] and 0 <= _hi2 - 2 < ev.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i - 1
-                _v3 = ev[i - 1]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = ev[_u(i - 1)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i - 1
@@ -429,8 +430,8 @@ def _bilinear_kernel(n, dv, ev, _left, _right, _g_dv, _g_ev):
             j = i
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_dv[i] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_dv[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -450,8 +451,8 @@ def _bilinear_kernel(n, dv, ev, _left, _right, _g_dv, _g_ev):
             j = i + 1
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_ev[i] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_ev[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -471,8 +472,8 @@ def _bilinear_kernel(n, dv, ev, _left, _right, _g_dv, _g_ev):
             j = i - 1
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_ev[i - 1] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_ev[_u(i - 1)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i - 1
@@ -494,8 +495,8 @@ def _diagonal_kernel(n, dv, ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = dv[i]
-            _out[i] = _v3
+            _v3 = dv[_u(i)]
+            _out[_u(i)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -515,8 +516,8 @@ def _diagonal_pullback_kernel(n, dv, ev, _dbar, _g_dv, _g_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _g_dv[i] += _y
+            _y = _dbar[_u(i)]
+            _g_dv[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -536,8 +537,8 @@ def _destructure_kernel(n, dv, ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = dv[i]
-            _out[i, j] = _v3
+            _v3 = dv[_u(i)]
+            _out[_u(i), _u(j)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -553,8 +554,8 @@ def _destructure_kernel(n, dv, ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _v3 = ev[i]
-            _out[i, j] = _v3
+            _v3 = ev[_u(i)]
+            _out[_u(i), _u(j)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -570,8 +571,8 @@ def _destructure_kernel(n, dv, ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 - 1 < ev.shape[0] and 0 <= _hi2 - 2 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i - 1
-            _v3 = ev[i - 1]
-            _out[i, j] = _v3
+            _v3 = ev[_u(i - 1)]
+            _out[_u(i), _u(j)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i - 1
@@ -591,8 +592,8 @@ def _pushforward_kernel(n, dv, ev, _d_dv, _d_ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _t_v3 = _d_dv[i]
-            _out[i, j] = _t_v3
+            _t_v3 = _d_dv[_u(i)]
+            _out[_u(i), _u(j)] = _t_v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -608,8 +609,8 @@ def _pushforward_kernel(n, dv, ev, _d_dv, _d_ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _t_v3 = _d_ev[i]
-            _out[i, j] = _t_v3
+            _t_v3 = _d_ev[_u(i)]
+            _out[_u(i), _u(j)] = _t_v3
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -625,8 +626,8 @@ def _pushforward_kernel(n, dv, ev, _d_dv, _d_ev, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 - 1 < ev.shape[0] and 0 <= _hi2 - 2 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i - 1
-            _t_v3 = _d_ev[i - 1]
-            _out[i, j] = _t_v3
+            _t_v3 = _d_ev[_u(i - 1)]
+            _out[_u(i), _u(j)] = _t_v3
     else:
         for i in range(_lo1, _hi2):
             j = i - 1
@@ -646,8 +647,8 @@ def _pullback_kernel(n, dv, ev, _ybar, _g_dv, _g_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _ybar[i, j]
-            _g_dv[i] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_dv[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -663,8 +664,8 @@ def _pullback_kernel(n, dv, ev, _ybar, _g_dv, _g_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _y = _ybar[i, j]
-            _g_ev[i] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_ev[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -680,8 +681,8 @@ def _pullback_kernel(n, dv, ev, _ybar, _g_dv, _g_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 - 1 < ev.shape[0] and 0 <= _hi2 - 2 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i - 1
-            _y = _ybar[i, j]
-            _g_ev[i - 1] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_ev[_u(i - 1)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i - 1
@@ -701,7 +702,7 @@ def _weights_kernel(n, dv, ev, _w_dv, _w_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 < dv.shape[0] and 0 <= _hi2 - 1 < dv.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _w_dv[i] += 1
+            _w_dv[_u(i)] += 1
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -716,7 +717,7 @@ def _weights_kernel(n, dv, ev, _w_dv, _w_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 < ev.shape[0] and 0 <= _hi2 - 1 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _w_ev[i] += 1
+            _w_ev[_u(i)] += 1
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -731,7 +732,7 @@ def _weights_kernel(n, dv, ev, _w_dv, _w_ev):
     if _hi2 <= _lo1 or (0 <= _lo1 - 1 < ev.shape[0] and 0 <= _hi2 - 2 < ev.shape[0]):
         for i in range(_lo1, _hi2):
             j = i - 1
-            _w_ev[i - 1] += 1
+            _w_ev[_u(i - 1)] += 1
     else:
         for i in range(_lo1, _hi2):
             j = i - 1

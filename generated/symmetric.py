@@ -27,8 +27,10 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
+from rulegen import tiles as _tiles
 
 # numba's on-disk cache records each kernel's module name and imports it when
 # the kernel is loaded again. Give this module one stable name, whatever name
@@ -310,9 +312,9 @@ def _matvec_kernel(n, data, _rhs, _out):
             if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
                 _sum3 = 0.0
                 for j in range(_lo1, _hi2):
-                    _v4 = data[i, j]
-                    _sum3 += (_v4) * _rhs[j, _c]
-                _out[i, _c] += _sum3
+                    _v4 = data[_u(i), _u(j)]
+                    _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
+                _out[_u(i), _u(_c)] += _sum3
             else:
                 for j in range(_lo1, _hi2):
                     _a6 = i
@@ -334,9 +336,9 @@ def _matvec_kernel(n, data, _rhs, _out):
             if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
                 _sum3 = 0.0
                 for j in range(_lo1, _hi2):
-                    _v4 = data[j, i]
-                    _sum3 += (_v4) * _rhs[j, _c]
-                _out[i, _c] += _sum3
+                    _v4 = data[_u(j), _u(i)]
+                    _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
+                _out[_u(i), _u(_c)] += _sum3
             else:
                 for j in range(_lo1, _hi2):
                     _a6 = j
@@ -361,8 +363,8 @@ def _rmatvec_kernel(n, data, _rhs, _out):
             _hi2 = n
             if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
                 for j in range(_lo1, _hi2):
-                    _v3 = data[i, j]
-                    _out[j, _c] += (_v3) * _rhs[i, _c]
+                    _v3 = data[_u(i), _u(j)]
+                    _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
             else:
                 for j in range(_lo1, _hi2):
                     _a5 = i
@@ -383,8 +385,8 @@ def _rmatvec_kernel(n, data, _rhs, _out):
             _hi2 = min(i, n)
             if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
                 for j in range(_lo1, _hi2):
-                    _v3 = data[j, i]
-                    _out[j, _c] += (_v3) * _rhs[i, _c]
+                    _v3 = data[_u(j), _u(i)]
+                    _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
             else:
                 for j in range(_lo1, _hi2):
                     _a5 = j
@@ -410,8 +412,8 @@ def _bilinear_kernel(n, data, _left, _right, _g_data):
             for j in range(_lo1, _hi2):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
-                    _y += _left[i, _c] * _right[j, _c]
-                _g_data[i, j] += _y
+                    _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+                _g_data[_u(i), _u(j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = 0.0
@@ -435,8 +437,8 @@ def _bilinear_kernel(n, data, _left, _right, _g_data):
             for j in range(_lo1, _hi2):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
-                    _y += _left[i, _c] * _right[j, _c]
-                _g_data[j, i] += _y
+                    _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+                _g_data[_u(j), _u(i)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = 0.0
@@ -462,8 +464,8 @@ def _diagonal_kernel(n, data, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = data[i, i]
-            _out[i] = _v3
+            _v3 = data[_u(i), _u(i)]
+            _out[_u(i)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -488,8 +490,8 @@ def _diagonal_pullback_kernel(n, data, _dbar, _g_data):
     if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _g_data[i, i] += _y
+            _y = _dbar[_u(i)]
+            _g_data[_u(i), _u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -514,8 +516,8 @@ def _destructure_kernel(n, data, _out):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _v3 = data[i, j]
-                _out[i, j] = _v3
+                _v3 = data[_u(i), _u(j)]
+                _out[_u(i), _u(j)] = _v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i
@@ -530,27 +532,78 @@ def _destructure_kernel(n, data, _out):
                     raise IndexError("Symmetric: getindex reads data out of range")
                 _v4 = data[_a5, _a6]
                 _out[i, j] = _v4
-    for i in range(0, n):
-        _lo1 = 0
-        _hi2 = min(i, n)
-        if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
-            for j in range(_lo1, _hi2):
-                _v3 = data[j, i]
-                _out[i, j] = _v3
+    _ti6 = 0 + max(n - (0), 0) // 4 * 4
+    for _i01 in range(0, _ti6, 4):
+        _jl3 = max(0, 0, 0, 0)
+        _jh4 = min(min(_i01, n), min(n, _i01 + 1), min(n, _i01 + 2), min(n, _i01 + 3))
+        _jt5 = _jl3 + max(_jh4 - _jl3, 0) // 4 * 4
+        if _jt5 > _jl3 and not (0 <= _jl3 and _jt5 <= data.shape[0] and 0 <= _i01 and _i01 + 4 <= data.shape[1]):
+            _jt5 = _jl3
+        for _j02 in range(_jl3, _jt5, 4):
+            _tiles.tcopy4(data, _j02, _i01, _out, _i01, _j02, 1.0)
+        for i in range(_i01, _i01 + 4):
+            _lo7 = 0
+            _hi8 = min(min(_jl3, i), n)
+            if _hi8 <= _lo7 or (0 <= _lo7 < data.shape[0] and 0 <= _hi8 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+                for j in range(_lo7, _hi8):
+                    _v9 = data[_u(j), _u(i)]
+                    _out[_u(i), _u(j)] = _v9
+            else:
+                for j in range(_lo7, _hi8):
+                    _a11 = j
+                    if _a11 < 0:
+                        _a11 += data.shape[0]
+                    if _a11 < 0 or _a11 >= data.shape[0]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _a12 = i
+                    if _a12 < 0:
+                        _a12 += data.shape[1]
+                    if _a12 < 0 or _a12 >= data.shape[1]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _v10 = data[_a11, _a12]
+                    _out[i, j] = _v10
+        for i in range(_i01, _i01 + 4):
+            _lo13 = max(0, _jt5)
+            _hi14 = min(i, n)
+            if _hi14 <= _lo13 or (0 <= _lo13 < data.shape[0] and 0 <= _hi14 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+                for j in range(_lo13, _hi14):
+                    _v15 = data[_u(j), _u(i)]
+                    _out[_u(i), _u(j)] = _v15
+            else:
+                for j in range(_lo13, _hi14):
+                    _a17 = j
+                    if _a17 < 0:
+                        _a17 += data.shape[0]
+                    if _a17 < 0 or _a17 >= data.shape[0]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _a18 = i
+                    if _a18 < 0:
+                        _a18 += data.shape[1]
+                    if _a18 < 0 or _a18 >= data.shape[1]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _v16 = data[_a17, _a18]
+                    _out[i, j] = _v16
+    for i in range(_ti6, n):
+        _lo19 = 0
+        _hi20 = min(i, n)
+        if _hi20 <= _lo19 or (0 <= _lo19 < data.shape[0] and 0 <= _hi20 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+            for j in range(_lo19, _hi20):
+                _v21 = data[_u(j), _u(i)]
+                _out[_u(i), _u(j)] = _v21
         else:
-            for j in range(_lo1, _hi2):
-                _a5 = j
-                if _a5 < 0:
-                    _a5 += data.shape[0]
-                if _a5 < 0 or _a5 >= data.shape[0]:
+            for j in range(_lo19, _hi20):
+                _a23 = j
+                if _a23 < 0:
+                    _a23 += data.shape[0]
+                if _a23 < 0 or _a23 >= data.shape[0]:
                     raise IndexError("Symmetric: getindex reads data out of range")
-                _a6 = i
-                if _a6 < 0:
-                    _a6 += data.shape[1]
-                if _a6 < 0 or _a6 >= data.shape[1]:
+                _a24 = i
+                if _a24 < 0:
+                    _a24 += data.shape[1]
+                if _a24 < 0 or _a24 >= data.shape[1]:
                     raise IndexError("Symmetric: getindex reads data out of range")
-                _v4 = data[_a5, _a6]
-                _out[i, j] = _v4
+                _v22 = data[_a23, _a24]
+                _out[i, j] = _v22
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
@@ -560,8 +613,8 @@ def _pushforward_kernel(n, data, _d_data, _out):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _t_v3 = _d_data[i, j]
-                _out[i, j] = _t_v3
+                _t_v3 = _d_data[_u(i), _u(j)]
+                _out[_u(i), _u(j)] = _t_v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i
@@ -576,27 +629,78 @@ def _pushforward_kernel(n, data, _d_data, _out):
                     raise IndexError("Symmetric: getindex reads data out of range")
                 _t_v4 = _d_data[_a5, _a6]
                 _out[i, j] = _t_v4
-    for i in range(0, n):
-        _lo1 = 0
-        _hi2 = min(i, n)
-        if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
-            for j in range(_lo1, _hi2):
-                _t_v3 = _d_data[j, i]
-                _out[i, j] = _t_v3
+    _ti6 = 0 + max(n - (0), 0) // 4 * 4
+    for _i01 in range(0, _ti6, 4):
+        _jl3 = max(0, 0, 0, 0)
+        _jh4 = min(min(_i01, n), min(n, _i01 + 1), min(n, _i01 + 2), min(n, _i01 + 3))
+        _jt5 = _jl3 + max(_jh4 - _jl3, 0) // 4 * 4
+        if _jt5 > _jl3 and not (0 <= _jl3 and _jt5 <= data.shape[0] and 0 <= _i01 and _i01 + 4 <= data.shape[1]):
+            _jt5 = _jl3
+        for _j02 in range(_jl3, _jt5, 4):
+            _tiles.tcopy4(_d_data, _j02, _i01, _out, _i01, _j02, 1.0)
+        for i in range(_i01, _i01 + 4):
+            _lo7 = 0
+            _hi8 = min(min(_jl3, i), n)
+            if _hi8 <= _lo7 or (0 <= _lo7 < data.shape[0] and 0 <= _hi8 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+                for j in range(_lo7, _hi8):
+                    _t_v9 = _d_data[_u(j), _u(i)]
+                    _out[_u(i), _u(j)] = _t_v9
+            else:
+                for j in range(_lo7, _hi8):
+                    _a11 = j
+                    if _a11 < 0:
+                        _a11 += data.shape[0]
+                    if _a11 < 0 or _a11 >= data.shape[0]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _a12 = i
+                    if _a12 < 0:
+                        _a12 += data.shape[1]
+                    if _a12 < 0 or _a12 >= data.shape[1]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _t_v10 = _d_data[_a11, _a12]
+                    _out[i, j] = _t_v10
+        for i in range(_i01, _i01 + 4):
+            _lo13 = max(0, _jt5)
+            _hi14 = min(i, n)
+            if _hi14 <= _lo13 or (0 <= _lo13 < data.shape[0] and 0 <= _hi14 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+                for j in range(_lo13, _hi14):
+                    _t_v15 = _d_data[_u(j), _u(i)]
+                    _out[_u(i), _u(j)] = _t_v15
+            else:
+                for j in range(_lo13, _hi14):
+                    _a17 = j
+                    if _a17 < 0:
+                        _a17 += data.shape[0]
+                    if _a17 < 0 or _a17 >= data.shape[0]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _a18 = i
+                    if _a18 < 0:
+                        _a18 += data.shape[1]
+                    if _a18 < 0 or _a18 >= data.shape[1]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _t_v16 = _d_data[_a17, _a18]
+                    _out[i, j] = _t_v16
+    for i in range(_ti6, n):
+        _lo19 = 0
+        _hi20 = min(i, n)
+        if _hi20 <= _lo19 or (0 <= _lo19 < data.shape[0] and 0 <= _hi20 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+            for j in range(_lo19, _hi20):
+                _t_v21 = _d_data[_u(j), _u(i)]
+                _out[_u(i), _u(j)] = _t_v21
         else:
-            for j in range(_lo1, _hi2):
-                _a5 = j
-                if _a5 < 0:
-                    _a5 += data.shape[0]
-                if _a5 < 0 or _a5 >= data.shape[0]:
+            for j in range(_lo19, _hi20):
+                _a23 = j
+                if _a23 < 0:
+                    _a23 += data.shape[0]
+                if _a23 < 0 or _a23 >= data.shape[0]:
                     raise IndexError("Symmetric: getindex reads data out of range")
-                _a6 = i
-                if _a6 < 0:
-                    _a6 += data.shape[1]
-                if _a6 < 0 or _a6 >= data.shape[1]:
+                _a24 = i
+                if _a24 < 0:
+                    _a24 += data.shape[1]
+                if _a24 < 0 or _a24 >= data.shape[1]:
                     raise IndexError("Symmetric: getindex reads data out of range")
-                _t_v4 = _d_data[_a5, _a6]
-                _out[i, j] = _t_v4
+                _t_v22 = _d_data[_a23, _a24]
+                _out[i, j] = _t_v22
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
@@ -606,8 +710,8 @@ def _pullback_kernel(n, data, _ybar, _g_data):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _y = _ybar[i, j]
-                _g_data[i, j] += _y
+                _y = _ybar[_u(i), _u(j)]
+                _g_data[_u(i), _u(j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = _ybar[i, j]
@@ -622,27 +726,78 @@ def _pullback_kernel(n, data, _ybar, _g_data):
                 if _a6 < 0 or _a6 >= data.shape[1]:
                     raise IndexError("Symmetric: getindex reads data out of range")
                 _g_data[_a5, _a6] += _y
-    for i in range(0, n):
-        _lo1 = 0
-        _hi2 = min(i, n)
-        if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
-            for j in range(_lo1, _hi2):
-                _y = _ybar[i, j]
-                _g_data[j, i] += _y
+    _ti6 = 0 + max(n - (0), 0) // 4 * 4
+    for _i01 in range(0, _ti6, 4):
+        _jl3 = max(0, 0, 0, 0)
+        _jh4 = min(min(_i01, n), min(n, _i01 + 1), min(n, _i01 + 2), min(n, _i01 + 3))
+        _jt5 = _jl3 + max(_jh4 - _jl3, 0) // 4 * 4
+        if _jt5 > _jl3 and not (0 <= _jl3 and _jt5 <= data.shape[0] and 0 <= _i01 and _i01 + 4 <= data.shape[1]):
+            _jt5 = _jl3
+        for _j02 in range(_jl3, _jt5, 4):
+            _tiles.tadd4(_ybar, _i01, _j02, _g_data, _j02, _i01, 1.0)
+        for i in range(_i01, _i01 + 4):
+            _lo7 = 0
+            _hi8 = min(min(_jl3, i), n)
+            if _hi8 <= _lo7 or (0 <= _lo7 < data.shape[0] and 0 <= _hi8 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+                for j in range(_lo7, _hi8):
+                    _y = _ybar[_u(i), _u(j)]
+                    _g_data[_u(j), _u(i)] += _y
+            else:
+                for j in range(_lo7, _hi8):
+                    _y = _ybar[i, j]
+                    _a11 = j
+                    if _a11 < 0:
+                        _a11 += data.shape[0]
+                    if _a11 < 0 or _a11 >= data.shape[0]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _a12 = i
+                    if _a12 < 0:
+                        _a12 += data.shape[1]
+                    if _a12 < 0 or _a12 >= data.shape[1]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _g_data[_a11, _a12] += _y
+        for i in range(_i01, _i01 + 4):
+            _lo13 = max(0, _jt5)
+            _hi14 = min(i, n)
+            if _hi14 <= _lo13 or (0 <= _lo13 < data.shape[0] and 0 <= _hi14 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+                for j in range(_lo13, _hi14):
+                    _y = _ybar[_u(i), _u(j)]
+                    _g_data[_u(j), _u(i)] += _y
+            else:
+                for j in range(_lo13, _hi14):
+                    _y = _ybar[i, j]
+                    _a17 = j
+                    if _a17 < 0:
+                        _a17 += data.shape[0]
+                    if _a17 < 0 or _a17 >= data.shape[0]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _a18 = i
+                    if _a18 < 0:
+                        _a18 += data.shape[1]
+                    if _a18 < 0 or _a18 >= data.shape[1]:
+                        raise IndexError("Symmetric: getindex reads data out of range")
+                    _g_data[_a17, _a18] += _y
+    for i in range(_ti6, n):
+        _lo19 = 0
+        _hi20 = min(i, n)
+        if _hi20 <= _lo19 or (0 <= _lo19 < data.shape[0] and 0 <= _hi20 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
+            for j in range(_lo19, _hi20):
+                _y = _ybar[_u(i), _u(j)]
+                _g_data[_u(j), _u(i)] += _y
         else:
-            for j in range(_lo1, _hi2):
+            for j in range(_lo19, _hi20):
                 _y = _ybar[i, j]
-                _a5 = j
-                if _a5 < 0:
-                    _a5 += data.shape[0]
-                if _a5 < 0 or _a5 >= data.shape[0]:
+                _a23 = j
+                if _a23 < 0:
+                    _a23 += data.shape[0]
+                if _a23 < 0 or _a23 >= data.shape[0]:
                     raise IndexError("Symmetric: getindex reads data out of range")
-                _a6 = i
-                if _a6 < 0:
-                    _a6 += data.shape[1]
-                if _a6 < 0 or _a6 >= data.shape[1]:
+                _a24 = i
+                if _a24 < 0:
+                    _a24 += data.shape[1]
+                if _a24 < 0 or _a24 >= data.shape[1]:
                     raise IndexError("Symmetric: getindex reads data out of range")
-                _g_data[_a5, _a6] += _y
+                _g_data[_a23, _a24] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
@@ -652,7 +807,7 @@ def _weights_kernel(n, data, _w_data):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= i < data.shape[0] and 0 <= _lo1 < data.shape[1] and 0 <= _hi2 - 1 < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _w_data[i, j] += 1
+                _w_data[_u(i), _u(j)] += 1
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i
@@ -671,7 +826,7 @@ def _weights_kernel(n, data, _w_data):
         _hi2 = min(i, n)
         if _hi2 <= _lo1 or (0 <= _lo1 < data.shape[0] and 0 <= _hi2 - 1 < data.shape[0] and 0 <= i < data.shape[1]):
             for j in range(_lo1, _hi2):
-                _w_data[j, i] += 1
+                _w_data[_u(j), _u(i)] += 1
         else:
             for j in range(_lo1, _hi2):
                 _a5 = j

@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -254,8 +255,9 @@ def parametrisation(x):
 # through its factors instead: O((m + n)·k) per term of the sum.
 
 # getindex depends on i - j only: the matrix is Toeplitz, fixed by its first
-# column and row. From FFT_MIN on, matvec, rmatvec and bilinear_pullback go
-# through scipy's FFT (O((m + n) log(m + n)) per column); below, the direct kernels.
+# column and row.
+# From FFT_MIN on, matvec, rmatvec and bilinear_pullback go through scipy's
+# FFT (O((m + n) log(m + n)) per column); below, the direct kernels.
 FFT_MIN = 384   # measured crossover on 2 cores: direct kernels win below
 
 
@@ -309,8 +311,8 @@ def bilinear_pullback(x, U, V):
     if min(x.shape) >= FFT_MIN:
         import scipy.signal
 
-        # s[d + n - 1] = Σ over the diagonal i - j = d of U Vᵀ (a correlation)
         m, n = x.shape
+        # s[d + n - 1] = Σ over the diagonal i - j = d of U Vᵀ (a correlation)
         s = scipy.signal.fftconvolve(left, right[::-1], axes=0).sum(axis=1)
         cbar = np.ascontiguousarray(s[n - 1:n - 1 + m])
         rbar = np.ascontiguousarray(s[n - 1::-1])
@@ -349,9 +351,9 @@ def _matvec_kernel(n, col, row, _rhs, _out):
             if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
                 _sum3 = 0.0
                 for j in range(_lo1, _hi2):
-                    _v4 = col[i - j]
-                    _sum3 += (_v4) * _rhs[j, _c]
-                _out[i, _c] += _sum3
+                    _v4 = col[_u(i - j)]
+                    _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
+                _out[_u(i), _u(_c)] += _sum3
             else:
                 for j in range(_lo1, _hi2):
                     _a6 = i - j
@@ -368,9 +370,9 @@ def _matvec_kernel(n, col, row, _rhs, _out):
             if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
                 _sum3 = 0.0
                 for j in range(_lo1, _hi2):
-                    _v4 = row[-i + j]
-                    _sum3 += (_v4) * _rhs[j, _c]
-                _out[i, _c] += _sum3
+                    _v4 = row[_u(-i + j)]
+                    _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
+                _out[_u(i), _u(_c)] += _sum3
             else:
                 for j in range(_lo1, _hi2):
                     _a6 = -i + j
@@ -390,8 +392,8 @@ def _rmatvec_kernel(n, col, row, _rhs, _out):
             _hi2 = min(n, i + 1)
             if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
                 for j in range(_lo1, _hi2):
-                    _v3 = col[i - j]
-                    _out[j, _c] += (_v3) * _rhs[i, _c]
+                    _v3 = col[_u(i - j)]
+                    _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
             else:
                 for j in range(_lo1, _hi2):
                     _a5 = i - j
@@ -407,8 +409,8 @@ def _rmatvec_kernel(n, col, row, _rhs, _out):
             _hi2 = n
             if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
                 for j in range(_lo1, _hi2):
-                    _v3 = row[-i + j]
-                    _out[j, _c] += (_v3) * _rhs[i, _c]
+                    _v3 = row[_u(-i + j)]
+                    _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
             else:
                 for j in range(_lo1, _hi2):
                     _a5 = -i + j
@@ -429,8 +431,8 @@ def _bilinear_kernel(n, col, row, _left, _right, _g_col, _g_row):
             for j in range(_lo1, _hi2):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
-                    _y += _left[i, _c] * _right[j, _c]
-                _g_col[i - j] += _y
+                    _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+                _g_col[_u(i - j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = 0.0
@@ -449,8 +451,8 @@ def _bilinear_kernel(n, col, row, _left, _right, _g_col, _g_row):
             for j in range(_lo1, _hi2):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
-                    _y += _left[i, _c] * _right[j, _c]
-                _g_row[-i + j] += _y
+                    _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+                _g_row[_u(-i + j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = 0.0
@@ -473,7 +475,7 @@ def _diagonal_kernel(n, col, row, _out):
         for i in range(_lo1, _hi2):
             j = i
             _v4 = col[0]
-            _out[i] = _v4
+            _out[_u(i)] = _v4
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -494,7 +496,7 @@ def _diagonal_pullback_kernel(n, col, row, _dbar, _g_col, _g_row):
         _sum3 = 0.0
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
+            _y = _dbar[_u(i)]
             _sum3 += _y
         _g_col[0] += _sum3
     else:
@@ -517,8 +519,8 @@ def _column_kernel(n, col, row, _out):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 < col.shape[0] and 0 <= _hi2 - 1 < col.shape[0]):
             for i in range(_lo1, _hi2):
-                _v3 = col[i]
-                _out[i] = _v3
+                _v3 = col[_u(i)]
+                _out[_u(i)] = _v3
         else:
             for i in range(_lo1, _hi2):
                 _a5 = i
@@ -534,8 +536,8 @@ def _column_kernel(n, col, row, _out):
         _hi2 = 0
         if _hi2 <= _lo1 or (0 <= -_lo1 < row.shape[0] and 0 <= 1 - _hi2 < row.shape[0]):
             for i in range(_lo1, _hi2):
-                _v3 = row[-i]
-                _out[i] = _v3
+                _v3 = row[_u(-i)]
+                _out[_u(i)] = _v3
         else:
             for i in range(_lo1, _hi2):
                 _a5 = -i
@@ -555,8 +557,8 @@ def _column_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 < col.shape[0] and 0 <= _hi2 - 1 < col.shape[0]):
             for i in range(_lo1, _hi2):
-                _y = _bar[i]
-                _g_col[i] += _y
+                _y = _bar[_u(i)]
+                _g_col[_u(i)] += _y
         else:
             for i in range(_lo1, _hi2):
                 _y = _bar[i]
@@ -572,8 +574,8 @@ def _column_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
         _hi2 = 0
         if _hi2 <= _lo1 or (0 <= -_lo1 < row.shape[0] and 0 <= 1 - _hi2 < row.shape[0]):
             for i in range(_lo1, _hi2):
-                _y = _bar[i]
-                _g_row[-i] += _y
+                _y = _bar[_u(i)]
+                _g_row[_u(-i)] += _y
         else:
             for i in range(_lo1, _hi2):
                 _y = _bar[i]
@@ -593,8 +595,8 @@ def _row_kernel(n, col, row, _out):
         _hi2 = min(1, n)
         if _hi2 <= _lo1 or (0 <= -_lo1 < col.shape[0] and 0 <= 1 - _hi2 < col.shape[0]):
             for j in range(_lo1, _hi2):
-                _v3 = col[-j]
-                _out[j] = _v3
+                _v3 = col[_u(-j)]
+                _out[_u(j)] = _v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = -j
@@ -610,8 +612,8 @@ def _row_kernel(n, col, row, _out):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 < row.shape[0] and 0 <= _hi2 - 1 < row.shape[0]):
             for j in range(_lo1, _hi2):
-                _v3 = row[j]
-                _out[j] = _v3
+                _v3 = row[_u(j)]
+                _out[_u(j)] = _v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = j
@@ -631,8 +633,8 @@ def _row_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
         _hi2 = min(1, n)
         if _hi2 <= _lo1 or (0 <= -_lo1 < col.shape[0] and 0 <= 1 - _hi2 < col.shape[0]):
             for j in range(_lo1, _hi2):
-                _y = _bar[j]
-                _g_col[-j] += _y
+                _y = _bar[_u(j)]
+                _g_col[_u(-j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = _bar[j]
@@ -648,8 +650,8 @@ def _row_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 < row.shape[0] and 0 <= _hi2 - 1 < row.shape[0]):
             for j in range(_lo1, _hi2):
-                _y = _bar[j]
-                _g_row[j] += _y
+                _y = _bar[_u(j)]
+                _g_row[_u(j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = _bar[j]
@@ -668,8 +670,8 @@ def _destructure_kernel(n, col, row, _out):
         _hi2 = min(n, i + 1)
         if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
             for j in range(_lo1, _hi2):
-                _v3 = col[i - j]
-                _out[i, j] = _v3
+                _v3 = col[_u(i - j)]
+                _out[_u(i), _u(j)] = _v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i - j
@@ -684,8 +686,8 @@ def _destructure_kernel(n, col, row, _out):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
             for j in range(_lo1, _hi2):
-                _v3 = row[-i + j]
-                _out[i, j] = _v3
+                _v3 = row[_u(-i + j)]
+                _out[_u(i), _u(j)] = _v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = -i + j
@@ -704,8 +706,8 @@ def _pushforward_kernel(n, col, row, _d_col, _d_row, _out):
         _hi2 = min(n, i + 1)
         if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
             for j in range(_lo1, _hi2):
-                _t_v3 = _d_col[i - j]
-                _out[i, j] = _t_v3
+                _t_v3 = _d_col[_u(i - j)]
+                _out[_u(i), _u(j)] = _t_v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i - j
@@ -720,8 +722,8 @@ def _pushforward_kernel(n, col, row, _d_col, _d_row, _out):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
             for j in range(_lo1, _hi2):
-                _t_v3 = _d_row[-i + j]
-                _out[i, j] = _t_v3
+                _t_v3 = _d_row[_u(-i + j)]
+                _out[_u(i), _u(j)] = _t_v3
         else:
             for j in range(_lo1, _hi2):
                 _a5 = -i + j
@@ -740,8 +742,8 @@ def _pullback_kernel(n, col, row, _ybar, _g_col, _g_row):
         _hi2 = min(n, i + 1)
         if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
             for j in range(_lo1, _hi2):
-                _y = _ybar[i, j]
-                _g_col[i - j] += _y
+                _y = _ybar[_u(i), _u(j)]
+                _g_col[_u(i - j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = _ybar[i, j]
@@ -756,8 +758,8 @@ def _pullback_kernel(n, col, row, _ybar, _g_col, _g_row):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
             for j in range(_lo1, _hi2):
-                _y = _ybar[i, j]
-                _g_row[-i + j] += _y
+                _y = _ybar[_u(i), _u(j)]
+                _g_row[_u(-i + j)] += _y
         else:
             for j in range(_lo1, _hi2):
                 _y = _ybar[i, j]
@@ -776,7 +778,7 @@ def _weights_kernel(n, col, row, _w_col, _w_row):
         _hi2 = min(n, i + 1)
         if _hi2 <= _lo1 or (0 <= -_lo1 + i < col.shape[0] and 0 <= -_hi2 + i + 1 < col.shape[0]):
             for j in range(_lo1, _hi2):
-                _w_col[i - j] += 1
+                _w_col[_u(i - j)] += 1
         else:
             for j in range(_lo1, _hi2):
                 _a5 = i - j
@@ -790,7 +792,7 @@ def _weights_kernel(n, col, row, _w_col, _w_row):
         _hi2 = n
         if _hi2 <= _lo1 or (0 <= _lo1 - i < row.shape[0] and 0 <= _hi2 - i - 1 < row.shape[0]):
             for j in range(_lo1, _hi2):
-                _w_row[-i + j] += 1
+                _w_row[_u(-i + j)] += 1
         else:
             for j in range(_lo1, _hi2):
                 _a5 = -i + j

@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -315,8 +316,8 @@ def _matvec_kernel(n, dl, d, du, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = d[i]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = d[_u(i)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -333,8 +334,8 @@ def _matvec_kernel(n, dl, d, du, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i + 1
-                _v3 = du[i]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = du[_u(i)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i + 1
@@ -351,8 +352,8 @@ def _matvec_kernel(n, dl, d, du, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i - 1
-                _v3 = dl[i - 1]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = dl[_u(i - 1)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i - 1
@@ -373,8 +374,8 @@ def _rmatvec_kernel(n, dl, d, du, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = d[i]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = d[_u(i)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -391,8 +392,8 @@ def _rmatvec_kernel(n, dl, d, du, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i + 1
-                _v3 = du[i]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = du[_u(i)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i + 1
@@ -409,8 +410,8 @@ def _rmatvec_kernel(n, dl, d, du, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i - 1
-                _v3 = dl[i - 1]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = dl[_u(i - 1)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i - 1
@@ -432,8 +433,8 @@ def _bilinear_kernel(n, dl, d, du, _left, _right, _g_dl, _g_d, _g_du):
             j = i
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_d[i] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_d[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -453,8 +454,8 @@ def _bilinear_kernel(n, dl, d, du, _left, _right, _g_dl, _g_d, _g_du):
             j = i + 1
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_du[i] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_du[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -474,8 +475,8 @@ def _bilinear_kernel(n, dl, d, du, _left, _right, _g_dl, _g_d, _g_du):
             j = i - 1
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_dl[i - 1] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_dl[_u(i - 1)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i - 1
@@ -497,8 +498,8 @@ def _diagonal_kernel(n, dl, d, du, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = d[i]
-            _out[i] = _v3
+            _v3 = d[_u(i)]
+            _out[_u(i)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -518,8 +519,8 @@ def _diagonal_pullback_kernel(n, dl, d, du, _dbar, _g_dl, _g_d, _g_du):
     if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _g_d[i] += _y
+            _y = _dbar[_u(i)]
+            _g_d[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -539,8 +540,8 @@ def _destructure_kernel(n, dl, d, du, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _v3 = d[i]
-            _out[i, j] = _v3
+            _v3 = d[_u(i)]
+            _out[_u(i), _u(j)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -556,8 +557,8 @@ def _destructure_kernel(n, dl, d, du, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _v3 = du[i]
-            _out[i, j] = _v3
+            _v3 = du[_u(i)]
+            _out[_u(i), _u(j)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -573,8 +574,8 @@ def _destructure_kernel(n, dl, d, du, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
         for i in range(_lo1, _hi2):
             j = i - 1
-            _v3 = dl[i - 1]
-            _out[i, j] = _v3
+            _v3 = dl[_u(i - 1)]
+            _out[_u(i), _u(j)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i - 1
@@ -594,8 +595,8 @@ def _pushforward_kernel(n, dl, d, du, _d_dl, _d_d, _d_du, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _t_v3 = _d_d[i]
-            _out[i, j] = _t_v3
+            _t_v3 = _d_d[_u(i)]
+            _out[_u(i), _u(j)] = _t_v3
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -611,8 +612,8 @@ def _pushforward_kernel(n, dl, d, du, _d_dl, _d_d, _d_du, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _t_v3 = _d_du[i]
-            _out[i, j] = _t_v3
+            _t_v3 = _d_du[_u(i)]
+            _out[_u(i), _u(j)] = _t_v3
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -628,8 +629,8 @@ def _pushforward_kernel(n, dl, d, du, _d_dl, _d_d, _d_du, _out):
     if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
         for i in range(_lo1, _hi2):
             j = i - 1
-            _t_v3 = _d_dl[i - 1]
-            _out[i, j] = _t_v3
+            _t_v3 = _d_dl[_u(i - 1)]
+            _out[_u(i), _u(j)] = _t_v3
     else:
         for i in range(_lo1, _hi2):
             j = i - 1
@@ -649,8 +650,8 @@ def _pullback_kernel(n, dl, d, du, _ybar, _g_dl, _g_d, _g_du):
     if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _ybar[i, j]
-            _g_d[i] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_d[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -666,8 +667,8 @@ def _pullback_kernel(n, dl, d, du, _ybar, _g_dl, _g_d, _g_du):
     if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _y = _ybar[i, j]
-            _g_du[i] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_du[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -683,8 +684,8 @@ def _pullback_kernel(n, dl, d, du, _ybar, _g_dl, _g_d, _g_du):
     if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
         for i in range(_lo1, _hi2):
             j = i - 1
-            _y = _ybar[i, j]
-            _g_dl[i - 1] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_dl[_u(i - 1)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i - 1
@@ -704,7 +705,7 @@ def _weights_kernel(n, dl, d, du, _w_dl, _w_d, _w_du):
     if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _w_d[i] += 1
+            _w_d[_u(i)] += 1
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -719,7 +720,7 @@ def _weights_kernel(n, dl, d, du, _w_dl, _w_d, _w_du):
     if _hi2 <= _lo1 or (0 <= _lo1 < du.shape[0] and 0 <= _hi2 - 1 < du.shape[0]):
         for i in range(_lo1, _hi2):
             j = i + 1
-            _w_du[i] += 1
+            _w_du[_u(i)] += 1
     else:
         for i in range(_lo1, _hi2):
             j = i + 1
@@ -734,7 +735,7 @@ def _weights_kernel(n, dl, d, du, _w_dl, _w_d, _w_du):
     if _hi2 <= _lo1 or (0 <= _lo1 - 1 < dl.shape[0] and 0 <= _hi2 - 2 < dl.shape[0]):
         for i in range(_lo1, _hi2):
             j = i - 1
-            _w_dl[i - 1] += 1
+            _w_dl[_u(i - 1)] += 1
     else:
         for i in range(_lo1, _hi2):
             j = i - 1

@@ -27,6 +27,7 @@ import sys as _sys
 
 import numba
 import numpy as np
+from numba import uint64 as _u
 
 from rulegen import runtime as _rt
 
@@ -326,8 +327,8 @@ def _matvec_kernel(n, r, A, d, s, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = s[i]
-                _out[i, _c] += (_v3) * _rhs[j, _c]
+                _v3 = s[_u(i)]
+                _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -386,8 +387,8 @@ def _rmatvec_kernel(n, r, A, d, s, _rhs, _out):
         if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = s[i]
-                _out[j, _c] += (_v3) * _rhs[i, _c]
+                _v3 = s[_u(i)]
+                _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -447,8 +448,8 @@ def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
             j = i
             _y = 0.0
             for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _g_s[i] += _y
+                _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+            _g_s[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -569,8 +570,8 @@ def _diagonal_kernel(n, r, A, d, s, _out):
                     raise IndexError("WoodburyPDMat: getindex reads d out of range")
                 _v6 = d[_a9]
                 _s3 += _v5**2*_v6
-            _v4 = s[i]
-            _out[i] = _s3 + _v4
+            _v4 = s[_u(i)]
+            _out[_u(i)] = _s3 + _v4
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -610,8 +611,8 @@ def _diagonal_pullback_kernel(n, r, A, d, s, _dbar, _g_A, _g_d, _g_s):
     if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _dbar[i]
-            _g_s[i] += _y
+            _y = _dbar[_u(i)]
+            _g_s[_u(i)] += _y
             _b5 = _y
             for k in range(0, r):
                 _a8 = i
@@ -693,8 +694,8 @@ def _destructure_kernel(n, r, A, d, s, _out):
                     raise IndexError("WoodburyPDMat: getindex reads d out of range")
                 _v6 = d[_a9]
                 _s3 += _v5**2*_v6
-            _v4 = s[i]
-            _out[i, j] = _s3 + _v4
+            _v4 = s[_u(i)]
+            _out[_u(i), _u(j)] = _s3 + _v4
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -791,8 +792,8 @@ def _pushforward_kernel(n, r, A, d, s, _d_A, _d_d, _d_s, _out):
                 _v6 = d[_a9]
                 _t_v6 = _d_d[_a9]
                 _t_s3 += 2*_t_v5*_v5*_v6 + _t_v6*_v5**2
-            _t_v4 = _d_s[i]
-            _out[i, j] = _t_s3 + _t_v4
+            _t_v4 = _d_s[_u(i)]
+            _out[_u(i), _u(j)] = _t_s3 + _t_v4
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -872,8 +873,8 @@ def _pullback_kernel(n, r, A, d, s, _ybar, _g_A, _g_d, _g_s):
     if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _y = _ybar[i, j]
-            _g_s[i] += _y
+            _y = _ybar[_u(i), _u(j)]
+            _g_s[_u(i)] += _y
             _b5 = _y
             for k in range(0, r):
                 _a8 = i
@@ -972,7 +973,7 @@ def _weights_kernel(n, r, A, d, s, _w_A, _w_d, _w_s):
     if _hi2 <= _lo1 or (0 <= _lo1 < s.shape[0] and 0 <= _hi2 - 1 < s.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            _w_s[i] += 1
+            _w_s[_u(i)] += 1
             _b5 = 1
             for k in range(0, r):
                 _a8 = i

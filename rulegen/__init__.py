@@ -5,7 +5,8 @@ Pipeline (one stage a module)::
     YAML text --spec.py--> Spec --derive.py (loops.py)--> Derivation
         --emit.py + templates/--> module source --> generated/<name>.py
 
-``cli.py`` drives it; ``runtime.py`` is all that generated code imports
+``cli.py`` drives it; ``runtime.py`` (and, for types that read a matrix
+field across its rows, ``tiles.py``) is all that generated code imports
 besides numpy and numba.
 """
 

@@ -86,8 +86,9 @@ class Derivation:
     op_regions: tuple = ()      # OpRegion: additive terms, for matvec and friends
     diagonal: tuple = ()        # (steps, value) of the regions restricted to i == j
     toeplitz: bool = False      # the entry depends on i - j only (Toeplitz, Circulant)
-    column: tuple = ()          # (steps, value) restricted to j == 0 (when toeplitz)
-    row: tuple = ()             # (steps, value) restricted to i == 0 (when toeplitz)
+    column: tuple = ()          # (steps, value) restricted to j == 0 (when toeplitz or hankel)
+    row: tuple = ()             # (steps, value) restricted to i == 0 (toeplitz) or i == m - 1 (hankel)
+    hankel: bool = False        # the entry depends on i + j only
 
     @property
     def rows(self):
@@ -286,17 +287,20 @@ def derive(spec: Spec) -> Derivation:
                 errors.raise_if_any()
     ops = _op_regions(entry, rows, cols)
     diag = tuple(d for r in regions for d in _restricted(r, sp.Eq(J, I), {J: I}, rows, cols))
-    toeplitz = _shift_invariant(entry)
+    toeplitz = _shift_invariant(entry, 1)
+    hankel = not toeplitz and _shift_invariant(entry, -1)
     column = row = ()
-    if toeplitz:
+    if toeplitz or hankel:
+        # the first column, and the row that meets it at its end: the first (Toeplitz), the last (Hankel)
         column = tuple(d for r in regions for d in _restricted(r, sp.Eq(J, 0), {J: sp.S.Zero}, rows, cols))
-        row = tuple(d for r in regions for d in _restricted(r, sp.Eq(I, 0), {I: sp.S.Zero}, rows, cols))
+        edge = sp.S.Zero if toeplitz else rows - 1
+        row = tuple(d for r in regions for d in _restricted(r, sp.Eq(I, edge), {I: edge}, rows, cols))
     if all(r.gather for r in regions):
         kind, coupled = "gather", ()
     else:
         coupled = _coupling(spec, regions)
         kind = "bordered" if coupled is not None else "general"
-    return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag, toeplitz, column, row)
+    return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag, toeplitz, column, row, hankel)
 
 
 MAX_FOLDED = 4096     # a sum of constants folds only to numbers this small
@@ -350,12 +354,13 @@ def _canonical(e):
                      lambda x: x.func(sp.expand(x.lhs - x.rhs), 0))
 
 
-def _shift_invariant(entry) -> bool:
-    """Whether getindex(i + t, j + t) == getindex(i, j) as expressions: then the
-    matrix is Toeplitz, fixed by its first column and row."""
+def _shift_invariant(entry, sign: int) -> bool:
+    """Whether getindex(i + t, j + sign·t) == getindex(i, j) as expressions:
+    sign 1, the entry depends on i - j only (Toeplitz, fixed by its first
+    column and row); sign -1, on i + j only (Hankel: first column, last row)."""
     t = sp.Dummy("t", integer=True)
     try:
-        return _canonical(entry.xreplace({I: I + t, J: J + t})) == _canonical(entry)
+        return _canonical(entry.xreplace({I: I + t, J: J + sign * t})) == _canonical(entry)
     except Exception:       # sympy could not rebuild an expression: no FFT path
         return False
 

@@ -15,8 +15,8 @@ import sympy as sp
 from . import __version__
 from .derive import Derivation, Region
 from .lower import Lowerer
-from .expr import I, J, IntDiv, outside_sums
-from .printer import code
+from .expr import I, J, IntDiv, is_int, outside_sums
+from .printer import code, value_code
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,69 @@ def _hoistable(steps, value):
     return (k, sorted(reads, key=lambda t: sp.default_sort_key(t[0]))) if reads else None
 
 
+def _transposed(spec, r):
+    """``(field, coef, p, q)`` when ``r`` is ``for i: for j: entry = coef * F[j + p, i + q]``
+    with F a matrix field (its rows walked by j): the entry reads across F's
+    rows while the loops write along the output's rows."""
+    if len(r.steps) != 2 or any(st[0] != "for" for st in r.steps) or (r.steps[0][1], r.steps[1][1]) != (I, J):
+        return None
+    if any(b.has(sp.Indexed, sp.Sum) for st in r.steps for b in st[2:]):
+        return None
+    coef, acc = r.value.as_coeff_Mul()
+    if not isinstance(acc, sp.Indexed) or not coef.is_Rational or coef == 0:
+        return None
+    field = spec.field(acc.base.label.name)
+    if field.ndim != 2:
+        return None
+    p, q = sp.expand(acc.indices[0] - J), sp.expand(acc.indices[1] - I)
+    if p.has(I, J, sp.Indexed, sp.Sum) or q.has(I, J, sp.Indexed, sp.Sum) or not (is_int(p) and is_int(q)):
+        return None
+    return field.name, coef, p, q
+
+
+def _tiled(low: Lowerer, r: Region, body, tile: str, base: int = 1) -> bool:
+    """Emit ``r`` (see ``_transposed``) in strips of four rows: where all four
+    rows share a column range, 4 × 4 tiles move through ``rulegen.tiles``
+    (vector loads, shuffles, vector stores); the ragged ends of each strip
+    and the last rows go through ``_region``. ``tile`` is "value" (destructure),
+    "tangent" (pushforward) or "adjoint" (pullback). False when ``r`` has not
+    that shape (nothing emitted)."""
+    shape = _transposed(low.spec, r)
+    if shape is None:
+        return False
+    name, coef, p, q = shape
+    (_, _, lo_i, hi_i), (_, _, lo_j, hi_j) = r.steps
+    sym = {k: sp.Symbol(low.fresh(k), integer=True) for k in ("i0", "j0", "jl", "jh", "jt", "ti")}
+    i0, j0, jl, jh, jt, ti = sym.values()
+    lo_c, hi_c = low.condition(base, lo_i), low.condition(base, hi_i)
+    low.add(base, f"{ti.name} = {lo_c} + max({hi_c} - ({lo_c}), 0) // 4 * 4")
+    low.add(base, f"for {i0.name} in range({lo_c}, {ti.name}, 4):")
+    d = base + 1
+    los = [low.condition(d, lo_j.xreplace({I: i0 + a})) for a in range(4)]
+    his = [low.condition(d, hi_j.xreplace({I: i0 + a})) for a in range(4)]
+    low.add(d, f"{jl.name} = max({', '.join(los)})")
+    low.add(d, f"{jh.name} = min({', '.join(his)})")
+    low.add(d, f"{jt.name} = {jl.name} + max({jh.name} - {jl.name}, 0) // 4 * 4")
+    rows, cols = code(jl + p), code(jt + p)
+    first = code(i0 + q)
+    low.add(d, f"if {jt.name} > {jl.name} and not (0 <= {rows} and {cols} <= {name}.shape[0] "
+               f"and 0 <= {first} and {first} + 4 <= {name}.shape[1]):")
+    low.add(d + 1, f"{jt.name} = {jl.name}")
+    low.add(d, f"for {j0.name} in range({jl.name}, {jt.name}, 4):")
+    c = value_code(sp.Float(coef)) if coef != 1 else "1.0"
+    src, dst = f"{code(j0 + p)}, {code(i0 + q)}", f"{i0.name}, {j0.name}"
+    if tile == "value":
+        low.add(d + 1, f"_tiles.tcopy4({name}, {src}, _out, {dst}, {c})")
+    elif tile == "tangent":
+        low.add(d + 1, f"_tiles.tcopy4(_d_{name}, {src}, _out, {dst}, {c})")
+    else:
+        low.add(d + 1, f"_tiles.tadd4(_ybar, {dst}, _g_{name}, {src}, {c})")
+    for j_lo, j_hi in ((lo_j, sp.Min(hi_j, jl)), (sp.Max(lo_j, jt), hi_j)):
+        _region(low, _Nest((("for", I, i0, i0 + 4), ("for", J, j_lo, j_hi)), r.value), body, base=d)
+    _region(low, _Nest((("for", I, ti, hi_i), ("for", J, lo_j, hi_j)), r.value), body, base=base)
+    return True
+
+
 def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     """The loop nest of ``r`` around ``body(depth)``; nothing if the body is empty.
 
@@ -179,12 +242,13 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     for name in sinks.values():
         low.add(depth + 1, f"{name} = 0.0")
     low.trusted = frozenset(acc for acc, _ in reads)
+    low.fast = True
     low.sinks, low.sink_used = sinks, {}
     inner_depth = _open_nest(low, inner, depth + 1)
     mark = len(low.lines)
     body(inner_depth)
     used = low.sink_used
-    low.trusted, low.sinks, low.sink_used = frozenset(), {}, {}
+    low.trusted, low.sinks, low.sink_used, low.fast = frozenset(), {}, {}, False
     if len(low.lines) == mark:
         del low.lines[start:]
         return
@@ -207,14 +271,20 @@ class _Nest:
     value: sp.Expr
 
 
-def _values(spec, lines: list, nests, target: str) -> None:
-    """``target = entry`` over each nest (destructure, diagonal, first column, first row)."""
+def _values(spec, lines: list, nests, target: tuple, tile: bool = False) -> None:
+    """``array[index] = entry`` over each nest (destructure, diagonal, first
+    column, first row); ``target`` is ``(array, *index)``; with ``tile``,
+    transposing nests move in 4 × 4 tiles (``_tiled``)."""
     for r in nests:
         low = Lowerer(spec, lines)
-        _region(low, r, lambda depth, low=low, r=r: low.add(depth, f"{target} = {low.value(depth, r.value)}"))
+
+        def body(depth, low=low, r=r):
+            low.add(depth, f"{low.ref(*target)} = {low.value(depth, r.value)}")
+        if not (tile and _tiled(low, r, body, "value")):
+            _region(low, r, body)
 
 
-def _adjoints(spec, lines: list, nests, seed, square: bool = False) -> None:
+def _adjoints(spec, lines: list, nests, seed, square: bool = False, tile: bool = False) -> None:
     """Scatter ∂entry/∂θ · seed over each nest; ``seed(low, depth)`` emits the
     statements that set ``_y`` (a nest whose entry reads no field emits nothing)."""
     for r in nests:
@@ -230,11 +300,13 @@ def _adjoints(spec, lines: list, nests, seed, square: bool = False) -> None:
             low.adjoint(depth, r.value, "_y", "_g_")
             if len(lines) == inner:
                 del lines[mark:]
-        _region(low, r, body)
+        if not (tile and _tiled(low, r, body, "adjoint")):
+            _region(low, r, body)
 
 
-def _seed(text: str):
-    return lambda low, depth: low.add(depth, text)
+def _seed(array: str, *index: str):
+    """``_y = array[index]``."""
+    return lambda low, depth: low.add(depth, f"_y = {low.ref(array, *index)}")
 
 
 def _kernel(name: str, lines: list, params: tuple) -> Kernel:
@@ -247,16 +319,17 @@ def _kernels(d: Derivation) -> tuple:
     fields = tuple(f.name for f in spec.fields)
     grads = tuple("_g_" + f for f in fields)
     dest, push, pull, wts = ([] for _ in range(4))
-    _values(spec, dest, d.regions, "_out[i, j]")
+    _values(spec, dest, d.regions, ("_out", "i", "j"), tile=True)
     for r in d.regions:
         low = Lowerer(spec, push)
 
         def tangent(depth, low=low, r=r):
             _, dot = low.tangent(depth, r.value)
             if dot != "0":
-                low.add(depth, f"_out[i, j] = {dot}")
-        _region(low, r, tangent)
-    _adjoints(spec, pull, d.regions, _seed("_y = _ybar[i, j]"))
+                low.add(depth, f"{low.ref('_out', 'i', 'j')} = {dot}")
+        if not _tiled(low, r, tangent, "tangent"):
+            _region(low, r, tangent)
+    _adjoints(spec, pull, d.regions, _seed("_ybar", "i", "j"), tile=True)
     _adjoints(spec, wts, d.regions, None, square=True)
     return tuple(_op_kernels(d, sizes, fields, grads)) + (
         _kernel("_destructure_kernel", dest, sizes + fields + ("_out",)),
@@ -341,11 +414,10 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
                 _separable_product(low, r.separable, "_rhs", "_out", transpose)
                 continue
             src, dst = ("i", "j") if transpose else ("j", "i")
-            target = f"_out[{dst}, _c]"
 
-            def body(depth, low=low, src=src, target=target):
+            def body(depth, low=low, src=src, dst=dst):
                 e = low.value(depth, r.value)
-                low.accumulate(depth, "row", target, f"({e}) * _rhs[{src}, _c]")
+                low.accumulate(depth, "row", low.ref("_out", dst, "_c"), f"({e}) * {low.ref('_rhs', src, '_c')}")
             start = len(lines)
             low.add(1, "for _c in range(_rhs.shape[1]):")
             _region(low, r, body, base=2, outputs={"row": {I if dst == "i" else J}})
@@ -356,19 +428,19 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
         else:
             def seed(low, depth):
                 low.add(depth, "_y = 0.0")
-                _cols(low, depth, "_y += _left[i, _c] * _right[j, _c]", "_left")
+                _cols(low, depth, f"_y += {low.ref('_left', 'i', '_c')} * {low.ref('_right', 'j', '_c')}", "_left")
             _adjoints(d.spec, bil, [r], seed)
     yield _kernel("_matvec_kernel", mv, sizes + fields + ("_rhs", "_out"))
     yield _kernel("_rmatvec_kernel", rmv, sizes + fields + ("_rhs", "_out"))
     yield _kernel("_bilinear_kernel", bil, sizes + fields + ("_left", "_right") + grads)
     parts = [("_diagonal", d.diagonal, "i", "_dbar")]
-    if d.toeplitz:
+    if d.toeplitz or d.hankel:
         parts += [("_column", d.column, "i", "_bar"), ("_row", d.row, "j", "_bar")]
     for name, nests, var, bar in parts:
         nests = [_Nest(steps, value) for steps, value in nests]
         values, pulls = [], []
-        _values(d.spec, values, nests, f"_out[{var}]")
-        _adjoints(d.spec, pulls, nests, _seed(f"_y = {bar}[{var}]"))
+        _values(d.spec, values, nests, ("_out", var))
+        _adjoints(d.spec, pulls, nests, _seed(bar, var))
         yield _kernel(f"{name}_kernel", values, sizes + fields + ("_out",))
         yield _kernel(f"{name}_pullback_kernel", pulls, sizes + fields + (bar,) + grads)
 
@@ -389,6 +461,7 @@ def render(d: Derivation, spec_file: str) -> str:
     """The source of the generated module for ``d``."""
     spec = d.spec
     size_names = ", ".join(s.name for s in spec.sizes)
+    kernels = _kernels(d)
     fields = [
         dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape),
              kernel_shape_code=_shape_code(f.shape) if f.ndim else "(1,)")
@@ -413,9 +486,11 @@ def render(d: Derivation, spec_file: str) -> str:
         rows_code=code(spec.size[0]),
         cols_code=code(spec.size[1]),
         shape_text=f"{spec.size[0]} × {spec.size[1]}",
-        kernels=_kernels(d),
+        kernels=kernels,
+        tiles=any("_tiles." in text for k in kernels for _, text in k.lines),
         kind=d.kind,
-        fft=d.toeplitz and not all(r.separable is not None for r in d.op_regions),
+        fft=(d.toeplitz or d.hankel) and not all(r.separable is not None for r in d.op_regions),
+        hankel=d.hankel,
         coupled=[f.name in d.coupled for f in spec.fields],
         coupled_names=", ".join(d.coupled) or "(none)",
     )

@@ -97,6 +97,8 @@ def _costs(d) -> list:
     ]
     if d.toeplitz:
         lines.append("the entry depends on i - j only: matvec-like maps use the FFT from n = 384 on")
+    if d.hankel:
+        lines.append("the entry depends on i + j only: matvec-like maps use the FFT from n = 384 on")
     return lines
 
 

@@ -39,6 +39,7 @@ class Lowerer:
         self.lines = lines
         self.count = 0
         self.trusted = frozenset()   # reads whose indices were checked before the loop
+        self.fast = False            # inside a loop whose indices are all known in range
         self.sinks = {}              # read (or key) -> local accumulator, flushed after the loop
         self.sink_used = {}          # read -> array prefix it was scattered into
 
@@ -56,6 +57,19 @@ class Lowerer:
             self.sink_used[key] = target
             self.add(depth, f"{sink} += {amount}")
 
+    def subscript(self, parts) -> str:
+        """An index known to be in range. In the unchecked loop each part is
+        cast to unsigned: numba then drops its negative-index wrap, which
+        otherwise keeps LLVM from vectorizing the loop."""
+        parts = list(parts)
+        if self.fast:
+            parts = [p if p.isdigit() else f"_u({p})" for p in parts]
+        return ", ".join(parts)
+
+    def ref(self, array: str, *parts: str) -> str:
+        """``array[parts]`` for an index the loop nest keeps in range (outputs, cotangents)."""
+        return f"{array}[{self.subscript(parts)}]"
+
     def fresh(self, prefix: str) -> str:
         self.count += 1
         return f"_{prefix}{self.count}"
@@ -67,7 +81,7 @@ class Lowerer:
         if field.ndim == 0:
             return "0"
         if acc in self.trusted:
-            return ", ".join(code(e) for e in acc.indices)
+            return self.subscript(code(e) for e in acc.indices)
         parts = []
         for d, e in enumerate(acc.indices):
             t = self.fresh("a")

@@ -1,7 +1,7 @@
 """Correctness of the optimised kernel paths at sizes where they engage:
-64 × 64 tiles (several, and partial ones), loops whose index checks were
-hoisted (and the checked fallback), contracted separable terms. References
-are dense matrices written by hand in numpy."""
+4 × 4 transposing tiles (whole strips, ragged ends, the last rows), loops
+whose index checks were hoisted (and the checked fallback), contracted
+separable terms. References are dense matrices written by hand in numpy."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ import pytest
 from helpers import build, generated
 
 
-@pytest.mark.parametrize("n", [64, 65, 150])
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 8, 11, 64, 65, 150])
 def test_symmetric_tiles(n):
     mod = generated("symmetric")
     rng = np.random.default_rng(n)
@@ -24,6 +24,67 @@ def test_symmetric_tiles(n):
     np.testing.assert_array_equal(mod.destructure_pushforward(x, dx), np.triu(Y) + np.triu(Y, 1).T)
     v = rng.standard_normal((n, 2))
     np.testing.assert_allclose(mod.matvec(x, v), S @ v, atol=1e-10)
+
+
+TRANSPOSED = """
+name: Transposed
+sizes: [m, n]
+fields: {F: [n + 1, m + 2]}
+size: [m, n]
+getindex: "-2.5 * F[j + 1, i + 2]"
+"""
+
+
+@pytest.mark.parametrize("m,n", [(1, 1), (4, 4), (5, 7), (9, 13), (64, 3), (3, 64), (37, 41)])
+def test_transposed_tiles_with_offsets_and_a_coefficient(tmp_path, m, n):
+    mod = build(tmp_path, TRANSPOSED)
+    rng = np.random.default_rng(m * 100 + n)
+    F = rng.standard_normal((n + 1, m + 2))
+    x = mod.Transposed(F=F)
+    want = -2.5 * F[1:n + 1, 2:m + 2].T
+    np.testing.assert_array_equal(mod.destructure(x), want)
+    dF = rng.standard_normal(F.shape)
+    np.testing.assert_array_equal(mod.destructure_pushforward(x, mod.Transposed(F=dF)), -2.5 * dF[1:n + 1, 2:m + 2].T)
+    Y = rng.standard_normal((m, n))
+    g = np.zeros_like(F)
+    g[1:n + 1, 2:m + 2] = -2.5 * Y.T
+    np.testing.assert_allclose(mod.destructure_pullback(x, Y).F, g, rtol=1e-15, atol=0)
+    read_only = F.copy()
+    read_only.setflags(write=False)
+    np.testing.assert_array_equal(mod.destructure(mod.Transposed(F=read_only)), want)
+
+
+def test_transposed_reads_that_wrap_or_run_past_the_end(tmp_path):
+    """F[j, i - 5] wraps to F's last columns for i < 5 (Python semantics): the
+    strips whose tiles would wrap take the per-row loops, the others move in
+    tiles. F[j + 1, i] runs past the end."""
+    mod = build(tmp_path, """
+name: Wrap
+sizes: [n]
+fields: {F: [n, n]}
+size: [n, n]
+getindex: "F[j, i - 5]"
+""")
+    F = np.arange(144.0).reshape(12, 12)
+    want = np.array([[F[j, (i - 5) % 12] for j in range(12)] for i in range(12)])
+    x = mod.Wrap(F=F)
+    np.testing.assert_array_equal(mod.destructure(x), want)
+    Y = np.arange(144.0).reshape(12, 12) ** 0.5
+    g = np.zeros((12, 12))
+    for i in range(12):
+        for j in range(12):
+            g[j, (i - 5) % 12] += Y[i, j]
+    np.testing.assert_allclose(mod.destructure_pullback(x, Y).F, g, rtol=1e-15)
+    (tmp_path / "b").mkdir()
+    bad = build(tmp_path / "b", """
+name: Past
+sizes: [n]
+fields: {F: [n, n]}
+size: [n, n]
+getindex: "F[j + 1, i]"
+""")
+    with pytest.raises(IndexError, match="reads F out of range"):
+        bad.destructure(bad.Past(F=F))
 
 
 def test_toeplitz_hoisted_checks_at_size():
@@ -95,14 +156,34 @@ size: [n, n]
 getindex: "exp(c[(i - j) % n] / 4)"
 """, lambda rng, m, n: {"c": rng.standard_normal(n)},
         lambda f, m, n: np.exp(np.array([[f["c"][(i - j) % n] for j in range(n)] for i in range(n)]) / 4)),
+    "RectHankel": ("""
+sizes: [m, n]
+fields: {h: [m + n - 1], w: [n]}
+size: [m, n]
+getindex: "h[i + j]"
+""", lambda rng, m, n: {"h": rng.standard_normal(m + n - 1), "w": np.zeros(n)},
+        lambda f, m, n: np.array([[f["h"][i + j] for j in range(n)] for i in range(m)])),
+    "SplitHankel": ("""
+sizes: [m, n]
+fields: {a: [m], b: [n]}
+size: [m, n]
+getindex: "a[i + j] if i + j < m else 2 * b[i + j - m + 1]"
+""", lambda rng, m, n: {"a": rng.standard_normal(m), "b": rng.standard_normal(n)},
+        lambda f, m, n: np.array([[f["a"][i + j] if i + j < m else 2 * f["b"][i + j - m + 1] for j in range(n)]
+                                  for i in range(m)])),
 }
+
+
+def _anti_diagonal_sums(W):
+    m, n = W.shape
+    return np.array([np.trace(W[::-1], d - m + 1) for d in range(m + n - 1)])
 
 
 @pytest.mark.parametrize("name", sorted(FFT_SPECS))
 @pytest.mark.parametrize("m,n", [(400, 450), (500, 500), (20, 30)])
 def test_fft_path_of_shift_invariant_specs(tmp_path, name, m, n):
     """Above FFT_MIN, matvec, rmatvec and bilinear_pullback of a spec whose entry
-    depends on i - j only go through the FFT; below, through the direct kernels."""
+    depends on i - j (or i + j) only go through the FFT; below, through the direct kernels."""
     text, make, dense = FFT_SPECS[name]
     if name == "ExpCirculant":
         m = n
@@ -119,6 +200,11 @@ def test_fft_path_of_shift_invariant_specs(tmp_path, name, m, n):
     W = u @ v.T
     if name == "RectToeplitz":      # Σ over each diagonal of W, by hand
         want = {"c": [np.trace(W, -d) for d in range(m)], "r": [0.0] + [np.trace(W, d) for d in range(1, n)]}
+    elif name == "RectHankel":
+        want = {"h": _anti_diagonal_sums(W), "w": np.zeros(n)}
+    elif name == "SplitHankel":
+        sums = _anti_diagonal_sums(W)
+        want = {"a": sums[:m], "b": np.r_[0.0, 2 * sums[m:]]}
     else:
         k = (np.arange(n)[:, None] - np.arange(n)) % n
         want = {"c": np.bincount(k.ravel(), W.ravel(), minlength=n) * np.exp(fields["c"] / 4) / 4}
