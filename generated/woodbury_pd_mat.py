@@ -154,7 +154,7 @@ def _pullback(x, ybar):
 
 
 def _pushforward(x, arrays):
-    out = np.zeros(x.shape)
+    out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
 
@@ -192,7 +192,7 @@ def destructure(x):
     Cost: one write of the m × n output plus one pass over the stored pattern.
     """
     _rt.check_instance("destructure", "x", x, WoodburyPDMat)
-    out = np.zeros(x.shape)
+    out = np.empty(x.shape)
     _destructure_kernel(*x._size_values, *x._arrays, out)
     return out
 

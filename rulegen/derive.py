@@ -89,6 +89,7 @@ class Derivation:
     column: tuple = ()          # (steps, value) restricted to j == 0 (when toeplitz or hankel)
     row: tuple = ()             # (steps, value) restricted to i == 0 (toeplitz) or i == m - 1 (hankel)
     hankel: bool = False        # the entry depends on i + j only
+    covers: bool = False        # the regions tile the whole matrix (no entry is a structural zero)
 
     @property
     def rows(self):
@@ -300,7 +301,11 @@ def derive(spec: Spec) -> Derivation:
     else:
         coupled = _coupling(spec, regions)
         kind = "bordered" if coupled is not None else "general"
-    return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag, toeplitz, column, row, hankel)
+    # The cases partition the (i, j) rectangle; with conditions on integers
+    # only (a field value may be NaN, true on neither side), the regions of
+    # non-zero cases then visit every entry: the dense output needs no zeroing.
+    covers = all(v != 0 for _, v in cases) and not any(c.has(sp.Indexed, sp.Sum) for c, _ in cases)
+    return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag, toeplitz, column, row, hankel, covers)
 
 
 MAX_FOLDED = 4096     # a sum of constants folds only to numbers this small

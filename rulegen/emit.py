@@ -313,24 +313,31 @@ def _kernel(name: str, lines: list, params: tuple) -> Kernel:
     return Kernel(name, params, tuple(lines or [(1, "pass")]))
 
 
-def _kernels(d: Derivation) -> tuple:
+def _kernels(d: Derivation, writes: dict) -> tuple:
+    """The kernels of ``d``; ``writes`` learns whether the destructure and
+    pushforward kernels write every entry of their output (then it need not be zeroed)."""
     spec = d.spec
     sizes = tuple(s.name for s in spec.sizes)
     fields = tuple(f.name for f in spec.fields)
     grads = tuple("_g_" + f for f in fields)
     dest, push, pull, wts = ([] for _ in range(4))
     _values(spec, dest, d.regions, ("_out", "i", "j"), tile=True)
+    silent = []         # regions with a zero tangent: the pushforward writes nothing there
     for r in d.regions:
         low = Lowerer(spec, push)
 
         def tangent(depth, low=low, r=r):
             _, dot = low.tangent(depth, r.value)
-            if dot != "0":
+            if dot == "0":
+                silent.append(r)
+            else:
                 low.add(depth, f"{low.ref('_out', 'i', 'j')} = {dot}")
         if not _tiled(low, r, tangent, "tangent"):
             _region(low, r, tangent)
     _adjoints(spec, pull, d.regions, _seed("_ybar", "i", "j"), tile=True)
     _adjoints(spec, wts, d.regions, None, square=True)
+    writes["destructure"] = d.covers
+    writes["pushforward"] = d.covers and not silent
     return tuple(_op_kernels(d, sizes, fields, grads)) + (
         _kernel("_destructure_kernel", dest, sizes + fields + ("_out",)),
         _kernel("_pushforward_kernel", push, sizes + fields + tuple("_d_" + f for f in fields) + ("_out",)),
@@ -461,7 +468,8 @@ def render(d: Derivation, spec_file: str) -> str:
     """The source of the generated module for ``d``."""
     spec = d.spec
     size_names = ", ".join(s.name for s in spec.sizes)
-    kernels = _kernels(d)
+    writes: dict = {}
+    kernels = _kernels(d, writes)
     fields = [
         dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape),
              kernel_shape_code=_shape_code(f.shape) if f.ndim else "(1,)")
@@ -491,6 +499,8 @@ def render(d: Derivation, spec_file: str) -> str:
         kind=d.kind,
         fft=(d.toeplitz or d.hankel) and not all(r.separable is not None for r in d.op_regions),
         hankel=d.hankel,
+        dest_alloc="np.empty" if writes["destructure"] else "np.zeros",
+        push_alloc="np.empty" if writes["pushforward"] else "np.zeros",
         coupled=[f.name in d.coupled for f in spec.fields],
         coupled_names=", ".join(d.coupled) or "(none)",
     )

@@ -96,3 +96,23 @@ def test_derived_operations(case):
     """matvec, rmatvec, bilinear_pullback, diagonal against the hand-written dense matrix."""
     Y = np.asarray(case["dense"](case["fields"]), dtype=float)
     check_derived_ops(case["mod"], case["x"], Y, case["J"], case["ref"].order, case["rng"])
+
+
+class _PoisonedEmpty:
+    """numpy, except that ``empty`` returns NaN-filled memory: an output that
+    a kernel allocates with ``np.empty`` must have every entry written."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def empty(shape, *args, **kwargs):
+        return np.full(shape, np.nan)
+
+
+def test_outputs_allocated_empty_are_written_everywhere(case, monkeypatch):
+    monkeypatch.setattr(case["mod"], "np", _PoisonedEmpty())
+    x, mod = case["x"], case["mod"]
+    np.testing.assert_allclose(mod.destructure(x), case["dense"](case["fields"]), rtol=0, atol=1e-14)
+    dx, vec = _random_struct(case)
+    np.testing.assert_allclose(mod.destructure_pushforward(x, dx).ravel(), case["J"] @ vec, atol=1e-12, rtol=1e-12)
