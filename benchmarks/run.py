@@ -46,12 +46,16 @@ REPEATS = 7
 
 
 def best(f, repeat=None):
+    """Best time of at least ``repeat`` calls after a warm-up; fast maps repeat
+    until 0.2 s is spent (at most 300 calls), so sub-millisecond times settle."""
     f()
     times = []
-    for _ in range(repeat or REPEATS):
+    spent = 0.0
+    while len(times) < (repeat or REPEATS) or (spent < 0.2 and len(times) < 300):
         t = time.perf_counter()
         f()
         times.append(time.perf_counter() - t)
+        spent += times[-1]
     return min(times)
 
 
@@ -144,7 +148,7 @@ def rows_at(n, rng):
     out.append(("ScaledMatrix", "destructure_pullback", lambda: scaled_matrix.destructure_pullback(sm, Y), {
         "floor": lambda: Y.copy(), "numpy": lambda: (np.vdot(Y, Y), 1.5 * Y)}))
     out.append(("ScaledMatrix", "restructure_pullback", lambda: scaled_matrix.restructure_pullback(sm, sm), {
-        "floor": lambda: Y.copy()}))
+        "floor": lambda: Y.copy(), "scipy LSQR (numpy ops)": scaled_lsqr(Y, 1.5)}))
 
     m2 = int(np.sqrt(n))
     A, B = rng.standard_normal((m2, m2)), rng.standard_normal((m2, m2))
@@ -155,6 +159,25 @@ def rows_at(n, rng):
     out.append(("KroneckerProduct", "matvec", lambda: kronecker_product.matvec(kp, vk), {
         "floor": lambda: vk.copy(), "numpy": lambda: (A @ vk.reshape(m2, m2) @ B.T).ravel()}))
     return out
+
+
+def scaled_lsqr(data, scale):
+    """(J⁺)ᵀ θ̄ for ScaledMatrix(scale, data) at θ̄ = (scale, data) by a hand-written
+    matrix-free scipy LSQR on Jᵀ (J = [vec(data) | scale·I], numpy products)."""
+    flat = data.ravel()
+    n_entries = flat.size
+
+    def jv(z):
+        return z[0] * flat + scale * z[1:]
+
+    def jtv(y):
+        return np.concatenate([[flat @ y], scale * y])
+
+    def run():
+        op = scipy.sparse.linalg.LinearOperator((n_entries + 1, n_entries), matvec=jtv, rmatvec=jv)
+        rhs = np.concatenate([[scale], flat])
+        return scipy.sparse.linalg.lsqr(op, rhs, atol=1e-12, btol=1e-12)[0]
+    return run
 
 
 def lowrank_rows(rng, dense_pinv: bool):
@@ -224,25 +247,72 @@ def tooling():
             "--out", tmp], check=True, capture_output=True, cwd=ROOT)
         build = time.perf_counter() - t
         code = ("import time, sys; sys.path.insert(0, {root!r}); t = time.perf_counter(); "
-                "from generated import toeplitz as T; import numpy as np; "
+                "from generated import toeplitz as T; import numpy as np; imported = time.perf_counter() - t; "
                 "x = T.Toeplitz(col=np.ones(3), row=np.ones(3)); [f(x, np.ones((3, 3))) for f in "
                 "(T.destructure_pullback, T.restructure_pushforward, T.project)]; T.destructure(x); "
-                "print(time.perf_counter() - t)")
+                "print(imported, time.perf_counter() - t)")
         subprocess.run([py, "-c", code.format(root=ROOT)], check=True, capture_output=True)   # warm the cache
-        warm = float(subprocess.run([py, "-c", code.format(root=ROOT)], check=True, capture_output=True,
-                                    text=True).stdout)
+        runs = [subprocess.run([py, "-c", code.format(root=ROOT)], check=True, capture_output=True,
+                               text=True).stdout.split() for _ in range(3)]
+        imported, warm = (min(float(r[k]) for r in runs) for k in (0, 1))
         shutil.copytree(os.path.join(ROOT, "generated"), os.path.join(tmp, "generated"),
                         ignore=shutil.ignore_patterns("__pycache__"))
         cold = float(subprocess.run([py, "-c", code.format(root=tmp)], check=True, capture_output=True,
-                                    text=True, env=dict(os.environ, NUMBA_CACHE_DIR=tmp)).stdout)
-    return build, warm, cold
+                                    text=True, env=dict(os.environ, NUMBA_CACHE_DIR=tmp)).stdout.split()[1])
+    return build, imported, warm, cold
+
+
+MAPS = ("destructure", "destructure_pushforward", "destructure_pullback", "restructure_pushforward",
+        "restructure_pullback", "project", "matvec", "bilinear_pullback")
+
+
+def all_maps(rng, repeat):
+    """Every one of the six maps plus matvec and bilinear_pullback for the
+    types the issue names; each row with the floor Y.copy() at its size."""
+    n = 2000
+    m2 = int(np.sqrt(n))
+    r = 4
+    types = [
+        ("Diagonal", diagonal, diagonal.Diagonal(diag=rng.standard_normal(n)), n),
+        ("Symmetric", symmetric, symmetric.Symmetric(data=rng.standard_normal((n, n))), n),
+        ("Toeplitz", toeplitz, toeplitz.Toeplitz(col=rng.standard_normal(n), row=rng.standard_normal(n)), n),
+        ("Tridiagonal", tridiagonal, tridiagonal.Tridiagonal(dl=rng.standard_normal(n - 1), d=rng.standard_normal(n),
+                                                             du=rng.standard_normal(n - 1)), n),
+        ("Fill", fill, fill.Fill(value=1.5, m=n, n=n), n),
+        ("ScaledMatrix", scaled_matrix, scaled_matrix.ScaledMatrix(scale=1.5, data=rng.standard_normal((n, n))), n),
+        ("LowRank (r = 4)", low_rank, low_rank.LowRank(U=rng.standard_normal((200, r)), V=rng.standard_normal((200, r))),
+         200),
+        ("KroneckerProduct", kronecker_product, kronecker_product.KroneckerProduct(
+            A=rng.standard_normal((m2, m2)), B=rng.standard_normal((m2, m2))), m2 * m2),
+    ]
+    out = []
+    for name, mod, x, size in types:
+        Y = rng.standard_normal((size, size))
+        v = rng.standard_normal(size)
+        args = {"destructure": (x,), "destructure_pushforward": (x, x), "destructure_pullback": (x, Y),
+                "restructure_pushforward": (x, Y), "restructure_pullback": (x, x), "project": (x, Y),
+                "matvec": (x, v), "bilinear_pullback": (x, v, v)}
+        times = [best(lambda f=getattr(mod, m), a=args[m]: f(*a), repeat) for m in MAPS]
+        floor = best(lambda: Y.copy(), repeat)
+        out.append((f"{name}, n = {size}", times, floor))
+        print(f"  {name:18s} " + "  ".join(f"{m} {t * 1e3:.3g}" for m, t in zip(MAPS, times)) +
+              f"  floor {floor * 1e3:.3g} ms", flush=True)
+    return out
+
+
+def all_maps_table(rows):
+    lines = ["| type | " + " | ".join(MAPS) + " | floor `Y.copy()` |", "|---|" + "---|" * (len(MAPS) + 1)]
+    for name, times, floor in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{t * 1e3:.3g} ms ({t / floor:.2g}×)" for t in times) +
+                     f" | {floor * 1e3:.3g} ms |")
+    return "\n".join(lines)
 
 
 def scaling(sizes, repeat):
     """Time against n for maps whose pattern is O(n²) and O(n)."""
     rng = np.random.default_rng(1)
     series = {"Symmetric project": [], "Toeplitz destructure_pullback": [], "Tridiagonal destructure_pullback": [],
-              "Diagonal matvec": [], "floor: Y.copy()": []}
+              "Diagonal matvec": [], "floor: Y.copy()": [], "floor: numpy reads Tridiagonal's 3 diagonals": []}
     for n in sizes:
         Y = rng.standard_normal((n, n))
         s = symmetric.Symmetric(data=Y)
@@ -256,6 +326,8 @@ def scaling(sizes, repeat):
         series["Tridiagonal destructure_pullback"].append(best(lambda: tridiagonal.destructure_pullback(tr, Y), repeat))
         series["Diagonal matvec"].append(best(lambda: diagonal.matvec(d, v), repeat))
         series["floor: Y.copy()"].append(best(lambda: Y.copy(), repeat))
+        series["floor: numpy reads Tridiagonal's 3 diagonals"].append(
+            best(lambda: [np.diagonal(Y, k).copy() for k in (-1, 0, 1)], repeat))
     return series
 
 
@@ -299,9 +371,11 @@ def main():
     print("LowRank pseudo-inverse:")
     measured += measure(lowrank_rows(rng, dense_pinv=not args.quick), repeat=3)
     sizes = [250, 500, 1000, 2000] if args.quick else [250, 500, 1000, 2000, 4000]
+    print("all maps:")
+    every = all_maps(rng, 3)
     print("scaling:")
     series = scaling(sizes, 3)
-    build, warm, cold = tooling()
+    build, imported, warm, cold = tooling()
     lines = [
         "# Benchmark results",
         "",
@@ -311,6 +385,10 @@ def main():
         f"## Maps at n = {n} (Kronecker: {int(np.sqrt(n))}² × {int(np.sqrt(n))}²)",
         "",
         table(measured),
+        "",
+        "## All six maps, matvec and bilinear_pullback (ratio to the floor `Y.copy()` at the same size)",
+        "",
+        all_maps_table(every),
         "",
         "## Scaling (ms)",
         "",
@@ -324,7 +402,8 @@ def main():
         "## Tooling",
         "",
         f"- `rulegen build specs/*.yaml`: {build:.2f} s (including the interpreter start)",
-        f"- import of a generated module and first calls, warm numba cache: {warm:.2f} s",
+        f"- import of a generated module, warm numba cache: {imported:.2f} s (best of 3 fresh interpreters)",
+        f"- the same and first calls of four maps (loading their cached kernels): {warm:.2f} s",
         f"- the same with a cold cache (JIT of the kernels used): {cold:.2f} s",
         "",
     ]
