@@ -313,8 +313,8 @@ def _kernel(name: str, lines: list, params: tuple) -> Kernel:
     return Kernel(name, params, tuple(lines or [(1, "pass")]))
 
 
-def _kernels(d: Derivation, writes: dict) -> tuple:
-    """The kernels of ``d``; ``writes`` learns whether the destructure and
+def _kernels(d: Derivation) -> tuple:
+    """``(kernels of d, writes)``: ``writes`` tells whether the destructure and
     pushforward kernels write every entry of their output (then it need not be zeroed)."""
     spec = d.spec
     sizes = tuple(s.name for s in spec.sizes)
@@ -336,14 +336,13 @@ def _kernels(d: Derivation, writes: dict) -> tuple:
             _region(low, r, tangent)
     _adjoints(spec, pull, d.regions, _seed("_ybar", "i", "j"), tile=True)
     _adjoints(spec, wts, d.regions, None, square=True)
-    writes["destructure"] = d.covers
-    writes["pushforward"] = d.covers and not silent
+    writes = {"destructure": d.covers, "pushforward": d.covers and not silent}
     return tuple(_op_kernels(d, sizes, fields, grads)) + (
         _kernel("_destructure_kernel", dest, sizes + fields + ("_out",)),
         _kernel("_pushforward_kernel", push, sizes + fields + tuple("_d_" + f for f in fields) + ("_out",)),
         _kernel("_pullback_kernel", pull, sizes + fields + ("_ybar",) + grads),
         _kernel("_weights_kernel", wts, sizes + fields + tuple("_w_" + f for f in fields)),
-    )
+    ), writes
 
 
 def _cols(low: Lowerer, depth: int, text: str, array: str) -> None:
@@ -468,8 +467,7 @@ def render(d: Derivation, spec_file: str) -> str:
     """The source of the generated module for ``d``."""
     spec = d.spec
     size_names = ", ".join(s.name for s in spec.sizes)
-    writes: dict = {}
-    kernels = _kernels(d, writes)
+    kernels, writes = _kernels(d)
     fields = [
         dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape),
              kernel_shape_code=_shape_code(f.shape) if f.ndim else "(1,)")
