@@ -22,8 +22,6 @@ Which identities hold depends on x: see parametrisation.
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class CholeskyFactor:
     _sizes = ("n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, L, n=None):
+    def __init__(self, *_args, L=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("CholeskyFactor", _args, _unknown, self._fields, self._sizes)
         L = _rt.as_array("CholeskyFactor", "L", L, 2)
         n = _rt.solve_size(
             "CholeskyFactor", "n", n, L.shape[0] - (0), 1,
@@ -132,9 +132,6 @@ def _kernel_shapes(_size_values):
     return ((n, n), )
 
 
-_COUPLED = (False, )
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -145,6 +142,9 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+_COUPLED = (False, )
 
 
 def _pullback_into(x, ybar, grads):
@@ -307,7 +307,7 @@ def diagonal_pullback(x, dbar):
     return CholeskyFactor._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, L, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -340,7 +340,7 @@ def _matvec_kernel(n, L, _rhs, _out):
                 _out[i, _c] += (_s1) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, L, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -373,7 +373,7 @@ def _rmatvec_kernel(n, L, _rhs, _out):
                 _out[j, _c] += (_s1) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, L, _left, _right, _g_L):
     for i in range(0, n):
         for j in range(0, n):
@@ -408,7 +408,7 @@ def _bilinear_kernel(n, L, _left, _right, _g_L):
                 _g_L[_a7, _a8] += (_v3) * _b2
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, L, _out):
     for i in range(0, n):
         j = i
@@ -429,7 +429,7 @@ def _diagonal_kernel(n, L, _out):
         _out[i] = _s1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, L, _dbar, _g_L):
     for i in range(0, n):
         j = i
@@ -450,7 +450,7 @@ def _diagonal_pullback_kernel(n, L, _dbar, _g_L):
             _g_L[_a4, _a5] += (2*_v3) * _b2
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, L, _out):
     for i in range(0, n):
         for j in range(0, n):
@@ -482,7 +482,7 @@ def _destructure_kernel(n, L, _out):
             _out[i, j] = _s1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, L, _d_L, _out):
     for i in range(0, n):
         for j in range(0, n):
@@ -516,7 +516,7 @@ def _pushforward_kernel(n, L, _d_L, _out):
             _out[i, j] = _t_s1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, L, _ybar, _g_L):
     for i in range(0, n):
         for j in range(0, n):
@@ -549,7 +549,7 @@ def _pullback_kernel(n, L, _ybar, _g_L):
                 _g_L[_a7, _a8] += (_v3) * _b2
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, L, _w_L):
     for i in range(0, n):
         for j in range(0, n):

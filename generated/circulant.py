@@ -22,8 +22,6 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class Circulant:
     _sizes = ("n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, c, n=None):
+    def __init__(self, *_args, c=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("Circulant", _args, _unknown, self._fields, self._sizes)
         c = _rt.as_array("Circulant", "c", c, 1)
         n = _rt.solve_size(
             "Circulant", "n", n, c.shape[0] - (0), 1,
@@ -132,16 +132,6 @@ def _kernel_shapes(_size_values):
     return ((n,), )
 
 
-@functools.lru_cache(maxsize=16)
-def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
-    (for a gather type w does not depend on the fields' values)."""
-    shapes = _kernel_shapes(size_values)
-    weights = tuple(np.zeros(shape) for shape in shapes)
-    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
-    return _rt.inverse_weights(weights)
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -152,6 +142,16 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_weights(size_values):
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
+    (for a gather type w does not depend on the fields' values)."""
+    shapes = _kernel_shapes(size_values)
+    weights = tuple(np.zeros(shape) for shape in shapes)
+    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
+    return _rt.inverse_weights(weights)
 
 
 def _pinv(x, ydot):
@@ -339,7 +339,7 @@ def diagonal_pullback(x, dbar):
     return Circulant._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, c, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -353,7 +353,7 @@ def _matvec_kernel(n, c, _rhs, _out):
                 _out[i, _c] += (_v1) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, c, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -367,7 +367,7 @@ def _rmatvec_kernel(n, c, _rhs, _out):
                 _out[j, _c] += (_v1) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, c, _left, _right, _g_c):
     for i in range(0, n):
         for j in range(0, n):
@@ -382,7 +382,7 @@ def _bilinear_kernel(n, c, _left, _right, _g_c):
             _g_c[_a2] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, c, _out):
     _lo1 = 0
     _hi2 = n
@@ -404,7 +404,7 @@ def _diagonal_kernel(n, c, _out):
             _out[i] = _v5
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, c, _dbar, _g_c):
     _lo1 = 0
     _hi2 = n
@@ -427,7 +427,7 @@ def _diagonal_pullback_kernel(n, c, _dbar, _g_c):
             _g_c[_a6] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _column_kernel(n, c, _out):
     j = 0
     if (0 < n):
@@ -441,7 +441,7 @@ def _column_kernel(n, c, _out):
             _out[i] = _v1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _column_pullback_kernel(n, c, _bar, _g_c):
     j = 0
     if (0 < n):
@@ -455,7 +455,7 @@ def _column_pullback_kernel(n, c, _bar, _g_c):
             _g_c[_a2] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _row_kernel(n, c, _out):
     i = 0
     if (0 < n):
@@ -469,7 +469,7 @@ def _row_kernel(n, c, _out):
             _out[j] = _v1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _row_pullback_kernel(n, c, _bar, _g_c):
     i = 0
     if (0 < n):
@@ -483,7 +483,7 @@ def _row_pullback_kernel(n, c, _bar, _g_c):
             _g_c[_a2] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, c, _out):
     for i in range(0, n):
         for j in range(0, n):
@@ -496,7 +496,7 @@ def _destructure_kernel(n, c, _out):
             _out[i, j] = _v1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, c, _d_c, _out):
     for i in range(0, n):
         for j in range(0, n):
@@ -509,7 +509,7 @@ def _pushforward_kernel(n, c, _d_c, _out):
             _out[i, j] = _t_v1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, c, _ybar, _g_c):
     for i in range(0, n):
         for j in range(0, n):
@@ -522,7 +522,7 @@ def _pullback_kernel(n, c, _ybar, _g_c):
             _g_c[_a2] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, c, _w_c):
     for i in range(0, n):
         for j in range(0, n):

@@ -22,8 +22,6 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class Diagonal:
     _sizes = ("n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, diag, n=None):
+    def __init__(self, *_args, diag=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("Diagonal", _args, _unknown, self._fields, self._sizes)
         diag = _rt.as_array("Diagonal", "diag", diag, 1)
         n = _rt.solve_size(
             "Diagonal", "n", n, diag.shape[0] - (0), 1,
@@ -132,16 +132,6 @@ def _kernel_shapes(_size_values):
     return ((n,), )
 
 
-@functools.lru_cache(maxsize=16)
-def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
-    (for a gather type w does not depend on the fields' values)."""
-    shapes = _kernel_shapes(size_values)
-    weights = tuple(np.zeros(shape) for shape in shapes)
-    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
-    return _rt.inverse_weights(weights)
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -152,6 +142,16 @@ def _pushforward(x, arrays):
     out = np.zeros(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_weights(size_values):
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
+    (for a gather type w does not depend on the fields' values)."""
+    shapes = _kernel_shapes(size_values)
+    weights = tuple(np.zeros(shape) for shape in shapes)
+    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
+    return _rt.inverse_weights(weights)
 
 
 def _pinv(x, ydot):
@@ -302,7 +302,7 @@ def diagonal_pullback(x, dbar):
     return Diagonal._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, diag, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -324,7 +324,7 @@ def _matvec_kernel(n, diag, _rhs, _out):
                 _out[i, _c] += (_v4) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, diag, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -346,7 +346,7 @@ def _rmatvec_kernel(n, diag, _rhs, _out):
                 _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, diag, _left, _right, _g_diag):
     _lo1 = 0
     _hi2 = n
@@ -371,7 +371,7 @@ def _bilinear_kernel(n, diag, _left, _right, _g_diag):
             _g_diag[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, diag, _out):
     _lo1 = 0
     _hi2 = n
@@ -392,7 +392,7 @@ def _diagonal_kernel(n, diag, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, diag, _dbar, _g_diag):
     _lo1 = 0
     _hi2 = n
@@ -413,7 +413,7 @@ def _diagonal_pullback_kernel(n, diag, _dbar, _g_diag):
             _g_diag[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, diag, _out):
     _lo1 = 0
     _hi2 = n
@@ -434,7 +434,7 @@ def _destructure_kernel(n, diag, _out):
             _out[i, j] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, diag, _d_diag, _out):
     _lo1 = 0
     _hi2 = n
@@ -455,7 +455,7 @@ def _pushforward_kernel(n, diag, _d_diag, _out):
             _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, diag, _ybar, _g_diag):
     _lo1 = 0
     _hi2 = n
@@ -476,7 +476,7 @@ def _pullback_kernel(n, diag, _ybar, _g_diag):
             _g_diag[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, diag, _w_diag):
     _lo1 = 0
     _hi2 = n

@@ -22,8 +22,6 @@ Which identities hold depends on x: see parametrisation.
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class DiagonalPlusLowRank:
     _sizes = ("n", "r", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, d, U, V, n=None, r=None):
+    def __init__(self, *_args, d=None, U=None, V=None, n=None, r=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("DiagonalPlusLowRank", _args, _unknown, self._fields, self._sizes)
         d = _rt.as_array("DiagonalPlusLowRank", "d", d, 1)
         U = _rt.as_array("DiagonalPlusLowRank", "U", U, 2)
         V = _rt.as_array("DiagonalPlusLowRank", "V", V, 2)
@@ -144,9 +144,6 @@ def _kernel_shapes(_size_values):
     return ((n,), (n, r), (n, r), )
 
 
-_COUPLED = (False, False, False, )
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -157,6 +154,9 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+_COUPLED = (False, False, False, )
 
 
 def _pullback_into(x, ybar, grads):
@@ -319,7 +319,7 @@ def diagonal_pullback(x, dbar):
     return DiagonalPlusLowRank._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, r, d, U, V, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -373,7 +373,7 @@ def _matvec_kernel(n, r, d, U, V, _rhs, _out):
                 _out[i, _c] += (_v5) * _acc1[_c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, r, d, U, V, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -427,7 +427,7 @@ def _rmatvec_kernel(n, r, d, U, V, _rhs, _out):
                 _out[j, _c] += (_v5) * _acc1[_c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
     _lo1 = 0
     _hi2 = n
@@ -517,7 +517,7 @@ def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
             _g_V[_a13, _a14] += _s
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, r, d, U, V, _out):
     _lo1 = 0
     _hi2 = n
@@ -588,7 +588,7 @@ def _diagonal_kernel(n, r, d, U, V, _out):
             _out[i] = _s11 + _v12
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, r, d, U, V, _dbar, _g_d, _g_U, _g_V):
     _lo1 = 0
     _hi2 = n
@@ -661,7 +661,7 @@ def _diagonal_pullback_kernel(n, r, d, U, V, _dbar, _g_d, _g_U, _g_V):
                 _g_V[_a20, _a21] += (_v16) * _b15
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, r, d, U, V, _out):
     _lo1 = 0
     _hi2 = n
@@ -761,7 +761,7 @@ def _destructure_kernel(n, r, d, U, V, _out):
                 _out[i, j] = _s1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, r, d, U, V, _d_d, _d_U, _d_V, _out):
     _lo1 = 0
     _hi2 = n
@@ -867,7 +867,7 @@ def _pushforward_kernel(n, r, d, U, V, _d_d, _d_U, _d_V, _out):
                 _out[i, j] = _t_s1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, r, d, U, V, _ybar, _g_d, _g_U, _g_V):
     _lo1 = 0
     _hi2 = n
@@ -970,7 +970,7 @@ def _pullback_kernel(n, r, d, U, V, _ybar, _g_d, _g_U, _g_V):
                     _g_V[_a7, _a8] += (_v3) * _b2
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, r, d, U, V, _w_d, _w_U, _w_V):
     _lo1 = 0
     _hi2 = n

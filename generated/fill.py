@@ -22,8 +22,6 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class Fill:
     _sizes = ("m", "n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, value, m=None, n=None):
+    def __init__(self, *_args, value=None, m=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("Fill", _args, _unknown, self._fields, self._sizes)
         value = _rt.as_array("Fill", "value", value, 0)
         m = _rt.given_size("Fill", "m", m)
         n = _rt.given_size("Fill", "n", n)
@@ -132,16 +132,6 @@ def _kernel_shapes(_size_values):
     return ((1,), )
 
 
-@functools.lru_cache(maxsize=16)
-def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
-    (for a gather type w does not depend on the fields' values)."""
-    shapes = _kernel_shapes(size_values)
-    weights = tuple(np.zeros(shape) for shape in shapes)
-    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
-    return _rt.inverse_weights(weights)
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -152,6 +142,16 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_weights(size_values):
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
+    (for a gather type w does not depend on the fields' values)."""
+    shapes = _kernel_shapes(size_values)
+    weights = tuple(np.zeros(shape) for shape in shapes)
+    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
+    return _rt.inverse_weights(weights)
 
 
 def _pinv(x, ydot):
@@ -302,7 +302,7 @@ def diagonal_pullback(x, dbar):
     return Fill._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(m, n, value, _rhs, _out):
     _acc1 = np.zeros(_rhs.shape[1])
     for _c in range(_rhs.shape[1]):
@@ -316,7 +316,7 @@ def _matvec_kernel(m, n, value, _rhs, _out):
             _out[i, _c] += (_v2) * _acc1[_c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(m, n, value, _rhs, _out):
     _acc1 = np.zeros(_rhs.shape[1])
     for _c in range(_rhs.shape[1]):
@@ -330,7 +330,7 @@ def _rmatvec_kernel(m, n, value, _rhs, _out):
             _out[j, _c] += (1) * _acc1[_c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(m, n, value, _left, _right, _g_value):
     _acc1 = np.zeros(_left.shape[1])
     _acc2 = np.zeros(_left.shape[1])
@@ -352,7 +352,7 @@ def _bilinear_kernel(m, n, value, _left, _right, _g_value):
         _g_value[0] += _s
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(m, n, value, _out):
     _lo1 = 0
     _hi2 = min(m, n)
@@ -369,7 +369,7 @@ def _diagonal_kernel(m, n, value, _out):
             _out[i] = _v5
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(m, n, value, _dbar, _g_value):
     _lo1 = 0
     _hi2 = min(m, n)
@@ -387,7 +387,7 @@ def _diagonal_pullback_kernel(m, n, value, _dbar, _g_value):
             _g_value[0] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _column_kernel(m, n, value, _out):
     j = 0
     if (0 < n):
@@ -404,7 +404,7 @@ def _column_kernel(m, n, value, _out):
                 _out[i] = _v5
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _column_pullback_kernel(m, n, value, _bar, _g_value):
     j = 0
     if (0 < n):
@@ -422,7 +422,7 @@ def _column_pullback_kernel(m, n, value, _bar, _g_value):
                 _g_value[0] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _row_kernel(m, n, value, _out):
     i = 0
     if (0 < m):
@@ -439,7 +439,7 @@ def _row_kernel(m, n, value, _out):
                 _out[j] = _v5
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _row_pullback_kernel(m, n, value, _bar, _g_value):
     i = 0
     if (0 < m):
@@ -457,7 +457,7 @@ def _row_pullback_kernel(m, n, value, _bar, _g_value):
                 _g_value[0] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(m, n, value, _out):
     for i in range(0, m):
         _lo1 = 0
@@ -473,7 +473,7 @@ def _destructure_kernel(m, n, value, _out):
                 _out[i, j] = _v5
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(m, n, value, _d_value, _out):
     for i in range(0, m):
         _lo1 = 0
@@ -489,7 +489,7 @@ def _pushforward_kernel(m, n, value, _d_value, _out):
                 _out[i, j] = _t_v5
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(m, n, value, _ybar, _g_value):
     for i in range(0, m):
         _lo1 = 0
@@ -506,7 +506,7 @@ def _pullback_kernel(m, n, value, _ybar, _g_value):
                 _g_value[0] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(m, n, value, _w_value):
     for i in range(0, m):
         _lo1 = 0

@@ -22,8 +22,6 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class Hankel:
     _sizes = ("n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, h, n=None):
+    def __init__(self, *_args, h=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("Hankel", _args, _unknown, self._fields, self._sizes)
         h = _rt.as_array("Hankel", "h", h, 1)
         n = _rt.solve_size(
             "Hankel", "n", n, h.shape[0] - (-1), 2,
@@ -132,16 +132,6 @@ def _kernel_shapes(_size_values):
     return ((2*n - 1,), )
 
 
-@functools.lru_cache(maxsize=16)
-def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
-    (for a gather type w does not depend on the fields' values)."""
-    shapes = _kernel_shapes(size_values)
-    weights = tuple(np.zeros(shape) for shape in shapes)
-    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
-    return _rt.inverse_weights(weights)
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -152,6 +142,16 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_weights(size_values):
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
+    (for a gather type w does not depend on the fields' values)."""
+    shapes = _kernel_shapes(size_values)
+    weights = tuple(np.zeros(shape) for shape in shapes)
+    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
+    return _rt.inverse_weights(weights)
 
 
 def _pinv(x, ydot):
@@ -343,7 +343,7 @@ def diagonal_pullback(x, dbar):
     return Hankel._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, h, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -366,7 +366,7 @@ def _matvec_kernel(n, h, _rhs, _out):
                     _out[i, _c] += (_v5) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, h, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -387,7 +387,7 @@ def _rmatvec_kernel(n, h, _rhs, _out):
                     _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, h, _left, _right, _g_h):
     for i in range(0, n):
         _lo1 = 0
@@ -411,7 +411,7 @@ def _bilinear_kernel(n, h, _left, _right, _g_h):
                 _g_h[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, h, _out):
     _lo1 = 0
     _hi2 = n
@@ -432,7 +432,7 @@ def _diagonal_kernel(n, h, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, h, _dbar, _g_h):
     _lo1 = 0
     _hi2 = n
@@ -453,7 +453,7 @@ def _diagonal_pullback_kernel(n, h, _dbar, _g_h):
             _g_h[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _column_kernel(n, h, _out):
     j = 0
     if (0 < n):
@@ -474,7 +474,7 @@ def _column_kernel(n, h, _out):
                 _out[i] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _column_pullback_kernel(n, h, _bar, _g_h):
     j = 0
     if (0 < n):
@@ -495,7 +495,7 @@ def _column_pullback_kernel(n, h, _bar, _g_h):
                 _g_h[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _row_kernel(n, h, _out):
     i = n - 1
     if (n - 1 >= 0):
@@ -516,7 +516,7 @@ def _row_kernel(n, h, _out):
                 _out[j] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _row_pullback_kernel(n, h, _bar, _g_h):
     i = n - 1
     if (n - 1 >= 0):
@@ -537,7 +537,7 @@ def _row_pullback_kernel(n, h, _bar, _g_h):
                 _g_h[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, h, _out):
     for i in range(0, n):
         _lo1 = 0
@@ -557,7 +557,7 @@ def _destructure_kernel(n, h, _out):
                 _out[i, j] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, h, _d_h, _out):
     for i in range(0, n):
         _lo1 = 0
@@ -577,7 +577,7 @@ def _pushforward_kernel(n, h, _d_h, _out):
                 _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, h, _ybar, _g_h):
     for i in range(0, n):
         _lo1 = 0
@@ -597,7 +597,7 @@ def _pullback_kernel(n, h, _ybar, _g_h):
                 _g_h[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, h, _w_h):
     for i in range(0, n):
         _lo1 = 0

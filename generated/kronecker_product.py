@@ -22,8 +22,6 @@ Which identities hold depends on x: see parametrisation.
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class KroneckerProduct:
     _sizes = ("ma", "na", "mb", "nb", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, A, B, ma=None, na=None, mb=None, nb=None):
+    def __init__(self, *_args, A=None, B=None, ma=None, na=None, mb=None, nb=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("KroneckerProduct", _args, _unknown, self._fields, self._sizes)
         A = _rt.as_array("KroneckerProduct", "A", A, 2)
         B = _rt.as_array("KroneckerProduct", "B", B, 2)
         ma = _rt.solve_size(
@@ -153,9 +153,6 @@ def _kernel_shapes(_size_values):
     return ((ma, na), (mb, nb), )
 
 
-_COUPLED = (False, False, )
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -166,6 +163,9 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+_COUPLED = (False, False, )
 
 
 def _pullback_into(x, ybar, grads):
@@ -328,7 +328,7 @@ def diagonal_pullback(x, dbar):
     return KroneckerProduct._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(ma, na, mb, nb, A, B, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, ma*mb):
@@ -358,7 +358,7 @@ def _matvec_kernel(ma, na, mb, nb, A, B, _rhs, _out):
                 _out[i, _c] += (_v1*_v2) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(ma, na, mb, nb, A, B, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, ma*mb):
@@ -388,7 +388,7 @@ def _rmatvec_kernel(ma, na, mb, nb, A, B, _rhs, _out):
                 _out[j, _c] += (_v1*_v2) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(ma, na, mb, nb, A, B, _left, _right, _g_A, _g_B):
     for i in range(0, ma*mb):
         for j in range(0, na*nb):
@@ -421,7 +421,7 @@ def _bilinear_kernel(ma, na, mb, nb, A, B, _left, _right, _g_A, _g_B):
             _g_B[_a5, _a6] += (_v1) * _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(ma, na, mb, nb, A, B, _out):
     for i in range(0, min(ma*mb, na*nb)):
         j = i
@@ -450,7 +450,7 @@ def _diagonal_kernel(ma, na, mb, nb, A, B, _out):
         _out[i] = _v1*_v2
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(ma, na, mb, nb, A, B, _dbar, _g_A, _g_B):
     for i in range(0, min(ma*mb, na*nb)):
         j = i
@@ -481,7 +481,7 @@ def _diagonal_pullback_kernel(ma, na, mb, nb, A, B, _dbar, _g_A, _g_B):
         _g_B[_a5, _a6] += (_v1) * _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(ma, na, mb, nb, A, B, _out):
     for i in range(0, ma*mb):
         for j in range(0, na*nb):
@@ -510,7 +510,7 @@ def _destructure_kernel(ma, na, mb, nb, A, B, _out):
             _out[i, j] = _v1*_v2
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(ma, na, mb, nb, A, B, _d_A, _d_B, _out):
     for i in range(0, ma*mb):
         for j in range(0, na*nb):
@@ -541,7 +541,7 @@ def _pushforward_kernel(ma, na, mb, nb, A, B, _d_A, _d_B, _out):
             _out[i, j] = _t_v1*_v2 + _t_v2*_v1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(ma, na, mb, nb, A, B, _ybar, _g_A, _g_B):
     for i in range(0, ma*mb):
         for j in range(0, na*nb):
@@ -572,7 +572,7 @@ def _pullback_kernel(ma, na, mb, nb, A, B, _ybar, _g_A, _g_B):
             _g_B[_a5, _a6] += (_v1) * _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(ma, na, mb, nb, A, B, _w_A, _w_B):
     for i in range(0, ma*mb):
         for j in range(0, na*nb):

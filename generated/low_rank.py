@@ -22,8 +22,6 @@ Which identities hold depends on x: see parametrisation.
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class LowRank:
     _sizes = ("m", "n", "r", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, U, V, m=None, n=None, r=None):
+    def __init__(self, *_args, U=None, V=None, m=None, n=None, r=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("LowRank", _args, _unknown, self._fields, self._sizes)
         U = _rt.as_array("LowRank", "U", U, 2)
         V = _rt.as_array("LowRank", "V", V, 2)
         m = _rt.solve_size(
@@ -147,9 +147,6 @@ def _kernel_shapes(_size_values):
     return ((m, r), (n, r), )
 
 
-_COUPLED = (False, False, )
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -160,6 +157,9 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+_COUPLED = (False, False, )
 
 
 def _pullback_into(x, ybar, grads):
@@ -322,7 +322,7 @@ def diagonal_pullback(x, dbar):
     return LowRank._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(m, n, r, U, V, _rhs, _out):
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
@@ -358,7 +358,7 @@ def _matvec_kernel(m, n, r, U, V, _rhs, _out):
                 _out[i, _c] += (_v5) * _acc1[_c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(m, n, r, U, V, _rhs, _out):
     _acc1 = np.zeros(_rhs.shape[1])
     for k in range(0, r):
@@ -394,7 +394,7 @@ def _rmatvec_kernel(m, n, r, U, V, _rhs, _out):
                 _out[j, _c] += (_v5) * _acc1[_c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(m, n, r, U, V, _left, _right, _g_U, _g_V):
     _acc1 = np.zeros(_left.shape[1])
     _acc2 = np.zeros(_left.shape[1])
@@ -463,7 +463,7 @@ def _bilinear_kernel(m, n, r, U, V, _left, _right, _g_U, _g_V):
             _g_V[_a13, _a14] += _s
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(m, n, r, U, V, _out):
     for i in range(0, min(m, n)):
         j = i
@@ -495,7 +495,7 @@ def _diagonal_kernel(m, n, r, U, V, _out):
         _out[i] = _s1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(m, n, r, U, V, _dbar, _g_U, _g_V):
     for i in range(0, min(m, n)):
         j = i
@@ -528,7 +528,7 @@ def _diagonal_pullback_kernel(m, n, r, U, V, _dbar, _g_U, _g_V):
             _g_V[_a7, _a8] += (_v3) * _b2
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(m, n, r, U, V, _out):
     for i in range(0, m):
         for j in range(0, n):
@@ -560,7 +560,7 @@ def _destructure_kernel(m, n, r, U, V, _out):
             _out[i, j] = _s1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(m, n, r, U, V, _d_U, _d_V, _out):
     for i in range(0, m):
         for j in range(0, n):
@@ -594,7 +594,7 @@ def _pushforward_kernel(m, n, r, U, V, _d_U, _d_V, _out):
             _out[i, j] = _t_s1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(m, n, r, U, V, _ybar, _g_U, _g_V):
     for i in range(0, m):
         for j in range(0, n):
@@ -627,7 +627,7 @@ def _pullback_kernel(m, n, r, U, V, _ybar, _g_U, _g_V):
                 _g_V[_a7, _a8] += (_v3) * _b2
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(m, n, r, U, V, _w_U, _w_V):
     for i in range(0, m):
         for j in range(0, n):

@@ -21,7 +21,6 @@ identities hold depends on x: see parametrisation.
 
 import functools
 import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -69,7 +68,9 @@ class PositiveDiagonal:
     _sizes = ("n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, logd, n=None):
+    def __init__(self, *_args, logd=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("PositiveDiagonal", _args, _unknown, self._fields, self._sizes)
         logd = _rt.as_array("PositiveDiagonal", "logd", logd, 1)
         n = _rt.solve_size(
             "PositiveDiagonal", "n", n, logd.shape[0] - (0), 1,
@@ -130,9 +131,6 @@ def _kernel_shapes(_size_values):
     return ((n,), )
 
 
-_COUPLED = (False, )
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -143,6 +141,9 @@ def _pushforward(x, arrays):
     out = np.zeros(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+_COUPLED = (False, )
 
 
 def _pullback_into(x, ybar, grads):
@@ -303,7 +304,7 @@ def diagonal_pullback(x, dbar):
     return PositiveDiagonal._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, logd, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -325,7 +326,7 @@ def _matvec_kernel(n, logd, _rhs, _out):
                 _out[i, _c] += (math.exp(_v4)) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, logd, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -347,7 +348,7 @@ def _rmatvec_kernel(n, logd, _rhs, _out):
                 _out[j, _c] += (math.exp(_v4)) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, logd, _left, _right, _g_logd):
     _lo1 = 0
     _hi2 = n
@@ -374,7 +375,7 @@ def _bilinear_kernel(n, logd, _left, _right, _g_logd):
             _g_logd[_a5] += (math.exp(_v4)) * _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, logd, _out):
     _lo1 = 0
     _hi2 = n
@@ -395,7 +396,7 @@ def _diagonal_kernel(n, logd, _out):
             _out[i] = math.exp(_v4)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, logd, _dbar, _g_logd):
     _lo1 = 0
     _hi2 = n
@@ -418,7 +419,7 @@ def _diagonal_pullback_kernel(n, logd, _dbar, _g_logd):
             _g_logd[_a5] += (math.exp(_v4)) * _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, logd, _out):
     _lo1 = 0
     _hi2 = n
@@ -439,7 +440,7 @@ def _destructure_kernel(n, logd, _out):
             _out[i, j] = math.exp(_v4)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, logd, _d_logd, _out):
     _lo1 = 0
     _hi2 = n
@@ -462,7 +463,7 @@ def _pushforward_kernel(n, logd, _d_logd, _out):
             _out[i, j] = _t_v4*math.exp(_v4)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, logd, _ybar, _g_logd):
     _lo1 = 0
     _hi2 = n
@@ -485,7 +486,7 @@ def _pullback_kernel(n, logd, _ybar, _g_logd):
             _g_logd[_a5] += (math.exp(_v4)) * _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, logd, _w_logd):
     _lo1 = 0
     _hi2 = n

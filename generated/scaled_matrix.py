@@ -20,8 +20,6 @@ identities hold depends on x: see parametrisation.
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -69,7 +67,9 @@ class ScaledMatrix:
     _sizes = ("m", "n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, scale, data, m=None, n=None):
+    def __init__(self, *_args, scale=None, data=None, m=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("ScaledMatrix", _args, _unknown, self._fields, self._sizes)
         scale = _rt.as_array("ScaledMatrix", "scale", scale, 0)
         data = _rt.as_array("ScaledMatrix", "data", data, 2)
         m = _rt.solve_size(
@@ -139,9 +139,6 @@ def _kernel_shapes(_size_values):
     return ((1,), (m, n), )
 
 
-_COUPLED = (True, False, )
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -152,6 +149,9 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+_COUPLED = (True, False, )
 
 
 def _pullback_into(x, ybar, grads):
@@ -312,7 +312,7 @@ def diagonal_pullback(x, dbar):
     return ScaledMatrix._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(m, n, scale, data, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, m):
@@ -343,7 +343,7 @@ def _matvec_kernel(m, n, scale, data, _rhs, _out):
                     _out[i, _c] += (_v7*_v8) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(m, n, scale, data, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, m):
@@ -372,7 +372,7 @@ def _rmatvec_kernel(m, n, scale, data, _rhs, _out):
                     _out[j, _c] += (_v6*_v7) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(m, n, scale, data, _left, _right, _g_scale, _g_data):
     for i in range(0, m):
         _lo1 = 0
@@ -409,7 +409,7 @@ def _bilinear_kernel(m, n, scale, data, _left, _right, _g_scale, _g_data):
                 _g_scale[0] += (_v6) * _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(m, n, scale, data, _out):
     _lo1 = 0
     _hi2 = min(m, n)
@@ -438,7 +438,7 @@ def _diagonal_kernel(m, n, scale, data, _out):
             _out[i] = _v6*_v7
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(m, n, scale, data, _dbar, _g_scale, _g_data):
     _lo1 = 0
     _hi2 = min(m, n)
@@ -472,7 +472,7 @@ def _diagonal_pullback_kernel(m, n, scale, data, _dbar, _g_scale, _g_data):
             _g_scale[0] += (_v6) * _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(m, n, scale, data, _out):
     for i in range(0, m):
         _lo1 = 0
@@ -500,7 +500,7 @@ def _destructure_kernel(m, n, scale, data, _out):
                 _out[i, j] = _v6*_v7
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(m, n, scale, data, _d_scale, _d_data, _out):
     for i in range(0, m):
         _lo1 = 0
@@ -532,7 +532,7 @@ def _pushforward_kernel(m, n, scale, data, _d_scale, _d_data, _out):
                 _out[i, j] = _t_v6*_v7 + _t_v7*_v6
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(m, n, scale, data, _ybar, _g_scale, _g_data):
     for i in range(0, m):
         _lo1 = 0
@@ -565,7 +565,7 @@ def _pullback_kernel(m, n, scale, data, _ybar, _g_scale, _g_data):
                 _g_scale[0] += (_v6) * _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(m, n, scale, data, _w_scale, _w_data):
     for i in range(0, m):
         _lo1 = 0

@@ -22,8 +22,6 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class SymTridiagonal:
     _sizes = ("n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, dv, ev, n=None):
+    def __init__(self, *_args, dv=None, ev=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("SymTridiagonal", _args, _unknown, self._fields, self._sizes)
         dv = _rt.as_array("SymTridiagonal", "dv", dv, 1)
         ev = _rt.as_array("SymTridiagonal", "ev", ev, 1)
         n = _rt.solve_size(
@@ -135,16 +135,6 @@ def _kernel_shapes(_size_values):
     return ((n,), (n - 1,), )
 
 
-@functools.lru_cache(maxsize=16)
-def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
-    (for a gather type w does not depend on the fields' values)."""
-    shapes = _kernel_shapes(size_values)
-    weights = tuple(np.zeros(shape) for shape in shapes)
-    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
-    return _rt.inverse_weights(weights)
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -155,6 +145,16 @@ def _pushforward(x, arrays):
     out = np.zeros(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_weights(size_values):
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
+    (for a gather type w does not depend on the fields' values)."""
+    shapes = _kernel_shapes(size_values)
+    weights = tuple(np.zeros(shape) for shape in shapes)
+    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
+    return _rt.inverse_weights(weights)
 
 
 def _pinv(x, ydot):
@@ -305,7 +305,7 @@ def diagonal_pullback(x, dbar):
     return SymTridiagonal._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, dv, ev, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -363,7 +363,7 @@ def _matvec_kernel(n, dv, ev, _rhs, _out):
                 _out[i, _c] += (_v4) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, dv, ev, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -421,7 +421,7 @@ def _rmatvec_kernel(n, dv, ev, _rhs, _out):
                 _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, dv, ev, _left, _right, _g_dv, _g_ev):
     _lo1 = 0
     _hi2 = n
@@ -488,7 +488,7 @@ def _bilinear_kernel(n, dv, ev, _left, _right, _g_dv, _g_ev):
             _g_ev[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, dv, ev, _out):
     _lo1 = 0
     _hi2 = n
@@ -509,7 +509,7 @@ def _diagonal_kernel(n, dv, ev, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, dv, ev, _dbar, _g_dv, _g_ev):
     _lo1 = 0
     _hi2 = n
@@ -530,7 +530,7 @@ def _diagonal_pullback_kernel(n, dv, ev, _dbar, _g_dv, _g_ev):
             _g_dv[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, dv, ev, _out):
     _lo1 = 0
     _hi2 = n
@@ -585,7 +585,7 @@ def _destructure_kernel(n, dv, ev, _out):
             _out[i, j] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, dv, ev, _d_dv, _d_ev, _out):
     _lo1 = 0
     _hi2 = n
@@ -640,7 +640,7 @@ def _pushforward_kernel(n, dv, ev, _d_dv, _d_ev, _out):
             _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, dv, ev, _ybar, _g_dv, _g_ev):
     _lo1 = 0
     _hi2 = n
@@ -695,7 +695,7 @@ def _pullback_kernel(n, dv, ev, _ybar, _g_dv, _g_ev):
             _g_ev[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, dv, ev, _w_dv, _w_ev):
     _lo1 = 0
     _hi2 = n

@@ -22,8 +22,6 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -72,7 +70,9 @@ class Symmetric:
     _sizes = ("n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, data, n=None):
+    def __init__(self, *_args, data=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("Symmetric", _args, _unknown, self._fields, self._sizes)
         data = _rt.as_array("Symmetric", "data", data, 2)
         n = _rt.solve_size(
             "Symmetric", "n", n, data.shape[0] - (0), 1,
@@ -133,16 +133,6 @@ def _kernel_shapes(_size_values):
     return ((n, n), )
 
 
-@functools.lru_cache(maxsize=16)
-def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
-    (for a gather type w does not depend on the fields' values)."""
-    shapes = _kernel_shapes(size_values)
-    weights = tuple(np.zeros(shape) for shape in shapes)
-    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
-    return _rt.inverse_weights(weights)
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -153,6 +143,16 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_weights(size_values):
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
+    (for a gather type w does not depend on the fields' values)."""
+    shapes = _kernel_shapes(size_values)
+    weights = tuple(np.zeros(shape) for shape in shapes)
+    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
+    return _rt.inverse_weights(weights)
 
 
 def _pinv(x, ydot):
@@ -303,7 +303,7 @@ def diagonal_pullback(x, dbar):
     return Symmetric._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, data, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -355,7 +355,7 @@ def _matvec_kernel(n, data, _rhs, _out):
                     _out[i, _c] += (_v5) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, data, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -403,7 +403,7 @@ def _rmatvec_kernel(n, data, _rhs, _out):
                     _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, data, _left, _right, _g_data):
     for i in range(0, n):
         _lo1 = i
@@ -457,7 +457,7 @@ def _bilinear_kernel(n, data, _left, _right, _g_data):
                 _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, data, _out):
     _lo1 = 0
     _hi2 = n
@@ -483,7 +483,7 @@ def _diagonal_kernel(n, data, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, data, _dbar, _g_data):
     _lo1 = 0
     _hi2 = n
@@ -509,7 +509,7 @@ def _diagonal_pullback_kernel(n, data, _dbar, _g_data):
             _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, data, _out):
     for i in range(0, n):
         _lo1 = i
@@ -606,7 +606,7 @@ def _destructure_kernel(n, data, _out):
                 _out[i, j] = _v22
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, data, _d_data, _out):
     for i in range(0, n):
         _lo1 = i
@@ -703,7 +703,7 @@ def _pushforward_kernel(n, data, _d_data, _out):
                 _out[i, j] = _t_v22
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, data, _ybar, _g_data):
     for i in range(0, n):
         _lo1 = i
@@ -800,7 +800,7 @@ def _pullback_kernel(n, data, _ybar, _g_data):
                 _g_data[_a23, _a24] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, data, _w_data):
     for i in range(0, n):
         _lo1 = i

@@ -22,8 +22,6 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class Toeplitz:
     _sizes = ("n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, col, row, n=None):
+    def __init__(self, *_args, col=None, row=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("Toeplitz", _args, _unknown, self._fields, self._sizes)
         col = _rt.as_array("Toeplitz", "col", col, 1)
         row = _rt.as_array("Toeplitz", "row", row, 1)
         n = _rt.solve_size(
@@ -135,16 +135,6 @@ def _kernel_shapes(_size_values):
     return ((n,), (n,), )
 
 
-@functools.lru_cache(maxsize=16)
-def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
-    (for a gather type w does not depend on the fields' values)."""
-    shapes = _kernel_shapes(size_values)
-    weights = tuple(np.zeros(shape) for shape in shapes)
-    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
-    return _rt.inverse_weights(weights)
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -155,6 +145,16 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_weights(size_values):
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
+    (for a gather type w does not depend on the fields' values)."""
+    shapes = _kernel_shapes(size_values)
+    weights = tuple(np.zeros(shape) for shape in shapes)
+    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
+    return _rt.inverse_weights(weights)
 
 
 def _pinv(x, ydot):
@@ -342,7 +342,7 @@ def diagonal_pullback(x, dbar):
     return Toeplitz._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, col, row, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -384,7 +384,7 @@ def _matvec_kernel(n, col, row, _rhs, _out):
                     _out[i, _c] += (_v5) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, col, row, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -422,7 +422,7 @@ def _rmatvec_kernel(n, col, row, _rhs, _out):
                     _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, col, row, _left, _right, _g_col, _g_row):
     for i in range(0, n):
         _lo1 = 0
@@ -466,7 +466,7 @@ def _bilinear_kernel(n, col, row, _left, _right, _g_col, _g_row):
                 _g_row[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, col, row, _out):
     _lo1 = 0
     _hi2 = n
@@ -488,7 +488,7 @@ def _diagonal_kernel(n, col, row, _out):
             _out[i] = _v5
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, col, row, _dbar, _g_col, _g_row):
     _lo1 = 0
     _hi2 = n
@@ -511,7 +511,7 @@ def _diagonal_pullback_kernel(n, col, row, _dbar, _g_col, _g_row):
             _g_col[_a6] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _column_kernel(n, col, row, _out):
     j = 0
     if (0 < n):
@@ -549,7 +549,7 @@ def _column_kernel(n, col, row, _out):
                 _out[i] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _column_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
     j = 0
     if (0 < n):
@@ -587,7 +587,7 @@ def _column_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
                 _g_row[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _row_kernel(n, col, row, _out):
     i = 0
     if (0 < n):
@@ -625,7 +625,7 @@ def _row_kernel(n, col, row, _out):
                 _out[j] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _row_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
     i = 0
     if (0 < n):
@@ -663,7 +663,7 @@ def _row_pullback_kernel(n, col, row, _bar, _g_col, _g_row):
                 _g_row[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, col, row, _out):
     for i in range(0, n):
         _lo1 = 0
@@ -699,7 +699,7 @@ def _destructure_kernel(n, col, row, _out):
                 _out[i, j] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, col, row, _d_col, _d_row, _out):
     for i in range(0, n):
         _lo1 = 0
@@ -735,7 +735,7 @@ def _pushforward_kernel(n, col, row, _d_col, _d_row, _out):
                 _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, col, row, _ybar, _g_col, _g_row):
     for i in range(0, n):
         _lo1 = 0
@@ -771,7 +771,7 @@ def _pullback_kernel(n, col, row, _ybar, _g_col, _g_row):
                 _g_row[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, col, row, _w_col, _w_row):
     for i in range(0, n):
         _lo1 = 0

@@ -22,8 +22,6 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class Tridiagonal:
     _sizes = ("n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, dl, d, du, n=None):
+    def __init__(self, *_args, dl=None, d=None, du=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("Tridiagonal", _args, _unknown, self._fields, self._sizes)
         dl = _rt.as_array("Tridiagonal", "dl", dl, 1)
         d = _rt.as_array("Tridiagonal", "d", d, 1)
         du = _rt.as_array("Tridiagonal", "du", du, 1)
@@ -138,16 +138,6 @@ def _kernel_shapes(_size_values):
     return ((n - 1,), (n,), (n - 1,), )
 
 
-@functools.lru_cache(maxsize=16)
-def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
-    (for a gather type w does not depend on the fields' values)."""
-    shapes = _kernel_shapes(size_values)
-    weights = tuple(np.zeros(shape) for shape in shapes)
-    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
-    return _rt.inverse_weights(weights)
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -158,6 +148,16 @@ def _pushforward(x, arrays):
     out = np.zeros(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_weights(size_values):
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
+    (for a gather type w does not depend on the fields' values)."""
+    shapes = _kernel_shapes(size_values)
+    weights = tuple(np.zeros(shape) for shape in shapes)
+    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
+    return _rt.inverse_weights(weights)
 
 
 def _pinv(x, ydot):
@@ -308,7 +308,7 @@ def diagonal_pullback(x, dbar):
     return Tridiagonal._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, dl, d, du, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -366,7 +366,7 @@ def _matvec_kernel(n, dl, d, du, _rhs, _out):
                 _out[i, _c] += (_v4) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, dl, d, du, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -424,7 +424,7 @@ def _rmatvec_kernel(n, dl, d, du, _rhs, _out):
                 _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, dl, d, du, _left, _right, _g_dl, _g_d, _g_du):
     _lo1 = 0
     _hi2 = n
@@ -491,7 +491,7 @@ def _bilinear_kernel(n, dl, d, du, _left, _right, _g_dl, _g_d, _g_du):
             _g_dl[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, dl, d, du, _out):
     _lo1 = 0
     _hi2 = n
@@ -512,7 +512,7 @@ def _diagonal_kernel(n, dl, d, du, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, dl, d, du, _dbar, _g_dl, _g_d, _g_du):
     _lo1 = 0
     _hi2 = n
@@ -533,7 +533,7 @@ def _diagonal_pullback_kernel(n, dl, d, du, _dbar, _g_dl, _g_d, _g_du):
             _g_d[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, dl, d, du, _out):
     _lo1 = 0
     _hi2 = n
@@ -588,7 +588,7 @@ def _destructure_kernel(n, dl, d, du, _out):
             _out[i, j] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, dl, d, du, _d_dl, _d_d, _d_du, _out):
     _lo1 = 0
     _hi2 = n
@@ -643,7 +643,7 @@ def _pushforward_kernel(n, dl, d, du, _d_dl, _d_d, _d_du, _out):
             _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, dl, d, du, _ybar, _g_dl, _g_d, _g_du):
     _lo1 = 0
     _hi2 = n
@@ -698,7 +698,7 @@ def _pullback_kernel(n, dl, d, du, _ybar, _g_dl, _g_d, _g_du):
             _g_dl[_a5] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, dl, d, du, _w_dl, _w_d, _w_du):
     _lo1 = 0
     _hi2 = n

@@ -22,8 +22,6 @@ on used elements (unused storage maps to zero).
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class UpperTriangular:
     _sizes = ("n", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, data, n=None):
+    def __init__(self, *_args, data=None, n=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("UpperTriangular", _args, _unknown, self._fields, self._sizes)
         data = _rt.as_array("UpperTriangular", "data", data, 2)
         n = _rt.solve_size(
             "UpperTriangular", "n", n, data.shape[0] - (0), 1,
@@ -132,16 +132,6 @@ def _kernel_shapes(_size_values):
     return ((n, n), )
 
 
-@functools.lru_cache(maxsize=16)
-def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
-    (for a gather type w does not depend on the fields' values)."""
-    shapes = _kernel_shapes(size_values)
-    weights = tuple(np.zeros(shape) for shape in shapes)
-    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
-    return _rt.inverse_weights(weights)
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -152,6 +142,16 @@ def _pushforward(x, arrays):
     out = np.zeros(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_weights(size_values):
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
+    (for a gather type w does not depend on the fields' values)."""
+    shapes = _kernel_shapes(size_values)
+    weights = tuple(np.zeros(shape) for shape in shapes)
+    _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
+    return _rt.inverse_weights(weights)
 
 
 def _pinv(x, ydot):
@@ -302,7 +302,7 @@ def diagonal_pullback(x, dbar):
     return UpperTriangular._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, data, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -330,7 +330,7 @@ def _matvec_kernel(n, data, _rhs, _out):
                     _out[i, _c] += (_v5) * _rhs[j, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, data, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, n):
@@ -356,7 +356,7 @@ def _rmatvec_kernel(n, data, _rhs, _out):
                     _out[j, _c] += (_v4) * _rhs[i, _c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, data, _left, _right, _g_data):
     for i in range(0, n):
         _lo1 = i
@@ -385,7 +385,7 @@ def _bilinear_kernel(n, data, _left, _right, _g_data):
                 _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, data, _out):
     _lo1 = 0
     _hi2 = n
@@ -411,7 +411,7 @@ def _diagonal_kernel(n, data, _out):
             _out[i] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, data, _dbar, _g_data):
     _lo1 = 0
     _hi2 = n
@@ -437,7 +437,7 @@ def _diagonal_pullback_kernel(n, data, _dbar, _g_data):
             _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, data, _out):
     for i in range(0, n):
         _lo1 = i
@@ -462,7 +462,7 @@ def _destructure_kernel(n, data, _out):
                 _out[i, j] = _v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, data, _d_data, _out):
     for i in range(0, n):
         _lo1 = i
@@ -487,7 +487,7 @@ def _pushforward_kernel(n, data, _d_data, _out):
                 _out[i, j] = _t_v4
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, data, _ybar, _g_data):
     for i in range(0, n):
         _lo1 = i
@@ -512,7 +512,7 @@ def _pullback_kernel(n, data, _ybar, _g_data):
                 _g_data[_a5, _a6] += _y
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, data, _w_data):
     for i in range(0, n):
         _lo1 = i

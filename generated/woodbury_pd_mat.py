@@ -22,8 +22,6 @@ Which identities hold depends on x: see parametrisation.
 """
 
 import functools
-import math
-import sys as _sys
 
 import numba
 import numpy as np
@@ -71,7 +69,9 @@ class WoodburyPDMat:
     _sizes = ("n", "r", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
 
-    def __init__(self, *, A, d, s, n=None, r=None):
+    def __init__(self, *_args, A=None, d=None, s=None, n=None, r=None, **_unknown):
+        if _args or _unknown:
+            _rt.bad_arguments("WoodburyPDMat", _args, _unknown, self._fields, self._sizes)
         A = _rt.as_array("WoodburyPDMat", "A", A, 2)
         d = _rt.as_array("WoodburyPDMat", "d", d, 1)
         s = _rt.as_array("WoodburyPDMat", "s", s, 1)
@@ -144,9 +144,6 @@ def _kernel_shapes(_size_values):
     return ((n, r), (r,), (n,), )
 
 
-_COUPLED = (False, False, False, )
-
-
 def _pullback(x, ybar):
     grads = tuple(np.zeros_like(a) for a in x._arrays)
     _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
@@ -157,6 +154,9 @@ def _pushforward(x, arrays):
     out = np.empty(x.shape)
     _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
     return out
+
+
+_COUPLED = (False, False, False, )
 
 
 def _pullback_into(x, ybar, grads):
@@ -319,7 +319,7 @@ def diagonal_pullback(x, dbar):
     return WoodburyPDMat._from_arrays(x._size_values, grads)
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, r, A, d, s, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -379,7 +379,7 @@ def _matvec_kernel(n, r, A, d, s, _rhs, _out):
                 _out[i, _c] += (_v5*_v6) * _acc1[_c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, r, A, d, s, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
@@ -439,7 +439,7 @@ def _rmatvec_kernel(n, r, A, d, s, _rhs, _out):
                 _out[j, _c] += (_v7) * _acc1[_c]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
     _lo1 = 0
     _hi2 = n
@@ -543,7 +543,7 @@ def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
             _g_A[_a17, _a18] += _s
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, r, A, d, s, _out):
     _lo1 = 0
     _hi2 = n
@@ -604,7 +604,7 @@ def _diagonal_kernel(n, r, A, d, s, _out):
             _out[i] = _s10 + _v11
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, r, A, d, s, _dbar, _g_A, _g_d, _g_s):
     _lo1 = 0
     _hi2 = n
@@ -667,7 +667,7 @@ def _diagonal_pullback_kernel(n, r, A, d, s, _dbar, _g_A, _g_d, _g_s):
                 _g_d[_a19] += (_v15**2) * _b14
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, r, A, d, s, _out):
     _lo1 = 0
     _hi2 = n
@@ -763,7 +763,7 @@ def _destructure_kernel(n, r, A, d, s, _out):
                 _out[i, j] = _s1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, r, A, d, s, _d_A, _d_d, _d_s, _out):
     _lo1 = 0
     _hi2 = n
@@ -866,7 +866,7 @@ def _pushforward_kernel(n, r, A, d, s, _d_A, _d_d, _d_s, _out):
                 _out[i, j] = _t_s1
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, r, A, d, s, _ybar, _g_A, _g_d, _g_s):
     _lo1 = 0
     _hi2 = n
@@ -966,7 +966,7 @@ def _pullback_kernel(n, r, A, d, s, _ybar, _g_A, _g_d, _g_s):
                     _g_d[_a10] += (_v3*_v4) * _b2
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, r, A, d, s, _w_A, _w_d, _w_s):
     _lo1 = 0
     _hi2 = n

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .errors import Collector, Pos
-from .expr import I, J, outside_sums, unwhere
+from .expr import I, J, derivative, outside_sums, unwhere
 from .loops import build_nest
 from .spec import Spec
 
@@ -208,7 +208,7 @@ def _is_gather(value, reads) -> bool:
         return True
     v = sp.Symbol("_v", real=True)
     f = value.xreplace({reads[0]: v})
-    c = sp.diff(f, v)
+    c = derivative(f, v)
     return not c.has(v) and not _has_access(c) and not _has_access(f.xreplace({v: sp.S.Zero}))
 
 
@@ -274,10 +274,14 @@ def derive(spec: Spec) -> Derivation:
             errors.error(pos, f"a sum's summand splits into more than {MAX_REGIONS} cases")
             errors.raise_if_any()
     regions = []
+    zero_nests = False      # a non-empty nest whose value is 0 once its pins are substituted
     for cond, value in cases:
         if value == 0:
             continue
-        for atoms, steps, v in _nests(cond, _doit_constant_sums(value), rows, cols):
+        for atoms, steps, v in _nests(cond, _doit_constant_sums(value), rows, cols, keep_zero=True):
+            if v == 0:
+                zero_nests = True
+                continue
             reads = tuple(outside_sums(v, sp.Indexed))
             tests = [s[1] for s in steps if s[0] == "if"]
             summed = _summed_fields(v)
@@ -304,7 +308,10 @@ def derive(spec: Spec) -> Derivation:
     # The cases partition the (i, j) rectangle; with conditions on integers
     # only (a field value may be NaN, true on neither side), the regions of
     # non-zero cases then visit every entry: the dense output needs no zeroing.
-    covers = all(v != 0 for _, v in cases) and not any(c.has(sp.Indexed, sp.Sum) for c, _ in cases)
+    # Decided from the nests that are actually written: a case whose value
+    # becomes 0 once an index is pinned ((i - j) * d[i] where i == j) writes nothing.
+    covers = (all(v != 0 for _, v in cases) and not zero_nests
+              and not any(c.has(sp.Indexed, sp.Sum) for c, _ in cases))
     return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag, toeplitz, column, row, hankel, covers)
 
 
@@ -332,16 +339,17 @@ def _doit_constant_sums(value):
     return value
 
 
-def _nests(cond, value, rows, cols):
+def _nests(cond, value, rows, cols, keep_zero=False):
     """(atoms, steps, value) for each loop nest of the region ``cond``, the
-    value with the pinned indices substituted; empty regions left out."""
+    value with the pinned indices substituted; empty regions left out, and
+    those whose value is then 0 unless ``keep_zero``."""
     for atoms in _conjunctions(cond):
         built = build_nest(atoms, rows, cols)
         if built is None:
             continue
         steps, pins = built
         v = value.xreplace(pins) if pins else value
-        if v != 0:
+        if v != 0 or keep_zero:
             yield atoms, steps, v
 
 

@@ -14,9 +14,9 @@ import sympy as sp
 
 from . import __version__
 from .derive import Derivation, Region
-from .lower import Lowerer
+from .lower import Lowerer, has_tangent
 from .expr import I, J, IntDiv, is_int, outside_sums
-from .printer import code, value_code
+from .printer import code, recording_imports, value_code
 
 
 @dataclass(frozen=True)
@@ -322,16 +322,16 @@ def _kernels(d: Derivation) -> tuple:
     grads = tuple("_g_" + f for f in fields)
     dest, push, pull, wts = ([] for _ in range(4))
     _values(spec, dest, d.regions, ("_out", "i", "j"), tile=True)
-    silent = []         # regions with a zero tangent: the pushforward writes nothing there
+    # regions with a zero tangent (constants): the pushforward writes nothing there
+    silent = [r for r in d.regions if not has_tangent(r.value)]
     for r in d.regions:
+        if r in silent:
+            continue
         low = Lowerer(spec, push)
 
         def tangent(depth, low=low, r=r):
             _, dot = low.tangent(depth, r.value)
-            if dot == "0":
-                silent.append(r)
-            else:
-                low.add(depth, f"{low.ref('_out', 'i', 'j')} = {dot}")
+            low.add(depth, f"{low.ref('_out', 'i', 'j')} = {dot}")
         if not _tiled(low, r, tangent, "tangent"):
             _region(low, r, tangent)
     _adjoints(spec, pull, d.regions, _seed("_ybar", "i", "j"), tile=True)
@@ -467,16 +467,17 @@ def render(d: Derivation, spec_file: str) -> str:
     """The source of the generated module for ``d``."""
     spec = d.spec
     size_names = ", ".join(s.name for s in spec.sizes)
-    kernels, writes = _kernels(d)
+    with recording_imports() as modules:
+        kernels, writes = _kernels(d)
     fields = [
         dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape),
              kernel_shape_code=_shape_code(f.shape) if f.ndim else "(1,)")
         for f in spec.fields
     ]
     sizes_fmt = ", ".join(f"{s.name}={{{s.name}}}" for s in spec.sizes) or "no sizes"
-    names = [f.name for f in spec.fields] + [f"{s.name}=None" for s in spec.sizes]
+    names = [f"{f.name}=None" for f in spec.fields] + [f"{s.name}=None" for s in spec.sizes]
     context = dict(
-        init_params=(", *, " + ", ".join(names)) if names else "",
+        init_params=", *_args, " + "".join(n + ", " for n in names) + "**_unknown",
         version=__version__,
         spec_file=file_label(spec_file),
         canonical_name=f"_rulegen_generated_{spec.module}_{spec.sha256[:16]}",
@@ -493,7 +494,8 @@ def render(d: Derivation, spec_file: str) -> str:
         cols_code=code(spec.size[1]),
         shape_text=f"{spec.size[0]} × {spec.size[1]}",
         kernels=kernels,
-        tiles=any("_tiles." in text for k in kernels for _, text in k.lines),
+        tiles=any(_transposed(spec, r) is not None for r in d.regions),
+        uses_math="math" in modules,
         kind=d.kind,
         fft=(d.toeplitz or d.hankel) and not all(r.separable is not None for r in d.op_regions),
         hankel=d.hankel,

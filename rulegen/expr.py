@@ -88,6 +88,33 @@ class Where(sp.Function):
         return fuzzy_and([self.args[1].is_real, self.args[2].is_real])
 
 
+class _Power(sp.Function):
+    """``base ** exponent`` while differentiating, so that the power rule is
+    written ``e · b ** (e - 1)``: sympy's own rule, ``e · b ** e / b``,
+    divides by a base that may be zero where the entry is finite (``x ** j``
+    at ``x = 0``)."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        b, e = self.args
+        if argindex == 1:
+            rule = e * _Power(b, e - 1)
+            return rule if e.is_zero is False else sp.Piecewise((sp.S.Zero, sp.Eq(e, 0)), (rule, True))
+        # d/de b ** e = b ** e · log b; 0 at b = 0 (b ** e is 0 there for e > 0)
+        return sp.Piecewise((sp.S.Zero, sp.Eq(b, 0)), (self * sp.log(b), True))
+
+
+def derivative(f, v):
+    """``∂f/∂v``, valid wherever ``f`` is: no simplification may introduce a
+    division that ``f`` did not have (the power rule at 0, ``0 ** 0 = 1``)."""
+    powers = {p: _Power(*p.args) for p in f.atoms(sp.Pow) if p.has(v) and not p.exp.is_Number}
+    if not powers:
+        return sp.diff(f, v)
+    d = sp.diff(f.xreplace(powers), v)
+    return d.replace(lambda x: isinstance(x, _Power), lambda x: sp.Pow(*x.args))
+
+
 def to_where(e):
     """Every Piecewise of ``e`` as nested Where (for the body of a sum)."""
     def convert(pw):
@@ -435,39 +462,59 @@ def _describe(node) -> str:
     }.get(type(node).__name__, type(node).__name__)
 
 
-def _node_pos(base: Pos, text: str, node) -> tuple[Pos, int]:
-    """Position of ``node`` inside an expression that starts at ``base``."""
+def _locator(text: str, pos: Pos, locate):
+    """``at(line, col)`` for a 1-based line and 0-based column of ``text``:
+    through ``locate`` (a character offset of text -> Pos in the file, which
+    knows how YAML folded the scalar) when given, else counted from ``pos``."""
+    lines = text.split("\n")
+
+    def at(line: int, col: int) -> Pos:
+        line = max(1, min(line, len(lines)))
+        if locate is not None:
+            return locate(sum(len(t) + 1 for t in lines[:line - 1]) + max(col, 0))
+        if line == 1:
+            return pos.shifted(col)
+        return Pos(pos.path, pos.line + line - 1, col + 1, lines[line - 1])
+    return at
+
+
+def _node_pos(at, text: str, node) -> tuple[Pos, int]:
+    """Position and width of ``node``."""
     lineno = getattr(node, "lineno", 1)
     col = getattr(node, "col_offset", 0)
     end_line = getattr(node, "end_lineno", lineno)
     end_col = getattr(node, "end_col_offset", col + 1)
-    width = (end_col - col) if end_line == lineno else len(text.splitlines()[lineno - 1]) - col
-    if lineno == 1:
-        return base.shifted(col), max(1, width)
-    line_text = text.splitlines()[lineno - 1] if lineno - 1 < len(text.splitlines()) else ""
-    return Pos(base.path, base.line + lineno - 1, col + 1, line_text), max(1, width)
+    lines = text.split("\n")
+    width = (end_col - col) if end_line == lineno else len(lines[min(lineno, len(lines)) - 1]) - col
+    return at(lineno, col), max(1, width)
 
 
-def parse(text: str, pos: Pos, scope: Scope, errors: Collector, what: str):
-    """Translate ``text`` into sympy; on failure record a diagnostic and return None."""
+def parse(text: str, pos: Pos, scope: Scope, errors: Collector, what: str, locate=None):
+    """Translate ``text`` into sympy; on failure record a diagnostic and return None.
+
+    ``locate`` maps a character offset of ``text`` to its place in the file
+    (see spec.py); without it positions are counted from ``pos``."""
     if len(text) > MAX_EXPR_CHARS:
         errors.error(pos, f"{what} is longer than {MAX_EXPR_CHARS} characters")
         return None
+    lead = len(text) - len(text.lstrip("\n"))
+    body = text.strip("\n")
+    at_text = _locator(text, pos, locate)
+
+    def at(line, col):          # positions in the parsed body, which dropped leading newlines
+        return at_text(line + lead, col)
+
     for k, ch in enumerate(text):
         # Python folds identifiers with NFKC ('𝔞' is 'a'): refuse rather than guess
         if not ch.isascii() or (not ch.isprintable() and ch not in "\n\t"):
             line = text.count("\n", 0, k)
             col = k - (text.rfind("\n", 0, k) + 1)
-            p = pos.shifted(col) if line == 0 else Pos(pos.path, pos.line + line, col + 1)
-            errors.error(p, f"character {ch!r} is not allowed in {what} (expressions are ASCII)")
+            errors.error(at_text(line + 1, col), f"character {ch!r} is not allowed in {what} (expressions are ASCII)")
             return None
     try:
-        tree = ast.parse(text.strip("\n"), mode="eval")
+        tree = ast.parse(body, mode="eval")
     except SyntaxError as exc:
-        col = (exc.offset or 1) - 1
-        line = (exc.lineno or 1)
-        p = pos.shifted(col) if line == 1 else Pos(pos.path, pos.line + line - 1, col + 1, exc.text or "")
-        errors.error(p, f"syntax error in {what}: {exc.msg}")
+        errors.error(at(exc.lineno or 1, (exc.offset or 1) - 1), f"syntax error in {what}: {exc.msg}")
         return None
     except (RecursionError, MemoryError, ValueError):
         errors.error(pos, f"{what} cannot be parsed (too deeply nested or invalid characters)")
@@ -480,7 +527,7 @@ def parse(text: str, pos: Pos, scope: Scope, errors: Collector, what: str):
     try:
         value, kind = translator.visit(tree)
     except _Refused as exc:
-        p, width = _node_pos(pos, text, exc.node)
+        p, width = _node_pos(at, body, exc.node)
         errors.error(p, exc.message, width, exc.hint)
         return None
     except RecursionError:

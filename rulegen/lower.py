@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .expr import is_int, outside_sums, unwhere
+from .expr import derivative, is_int, outside_sums, unwhere
 from .printer import code, value_code
 
 
@@ -165,7 +165,7 @@ class Lowerer:
         dot = sp.S.Zero
         coefs = {}
         for sym, _ in _differentiable(sums) + reads:
-            c = sp.diff(f, sym)
+            c = derivative(f, sym)
             if c != 0:
                 coefs[sym] = c
                 dot += c * dsyms[sym]
@@ -214,7 +214,7 @@ class Lowerer:
         f, sums, reads = self._symbolize(e)
         coefs = {}
         for sym, _ in _differentiable(sums) + reads:
-            c = sp.diff(f, sym)
+            c = derivative(f, sym)
             if c != 0:
                 coefs[sym] = c
         if not coefs:
@@ -250,6 +250,16 @@ class Lowerer:
             bar = self.fresh("b")
             self.add(depth, f"{bar} = {_times(coefs[sym], adj)}")
             self._loop(depth, s, lambda d, v: self.adjoint(d, v, bar, prefix, square))
+
+
+def has_tangent(e) -> bool:
+    """Whether ``e`` depends on a field element at all (a read or a real-valued
+    sum with a non-zero derivative): otherwise its tangent and adjoint are 0."""
+    sums = [(sp.Dummy("s", real=True), s) for s in _top_sums(e)]
+    f = e.xreplace({s: sym for sym, s in sums}) if sums else e
+    reads = [(sp.Dummy("v", real=True), acc) for acc in outside_sums(f, sp.Indexed)]
+    f = f.xreplace({acc: sym for sym, acc in reads}) if reads else f
+    return any(derivative(f, sym) != 0 for sym, _ in _differentiable(sums) + reads)
 
 
 def _differentiable(sums) -> list:

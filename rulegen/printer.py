@@ -3,6 +3,8 @@ at build time, not at numba compile time)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
@@ -28,12 +30,32 @@ class NumbaPrinter(PythonCodePrinter):
                              fully_qualified_modules=True, float_pow=False)
 
     def _print_Pow(self, expr, rational=False):
+        if not self._settings["float_pow"]:
+            return super()._print_Pow(expr, rational)
+        b, e = expr.base, expr.exp
         # In a value, an integer base is raised as a float: Python's big
         # integers would not overflow, numba's int64 would (2 ** j * s).
-        if self._settings["float_pow"] and expr.base.is_integer and not expr.base.is_Number:
-            return f"float({self._print(expr.base)}) ** ({self._print(expr.exp)})"
-        if self._settings["float_pow"] and expr.base.is_Integer:
-            return f"{float(expr.base)!r} ** ({self._print(expr.exp)})"
+        if b.is_integer and not b.is_Number:
+            base = f"float({self._print(b)})"
+        elif b.is_Integer:
+            base = repr(float(b))
+        else:
+            base = None
+        # A float raised to an integer power raises ZeroDivisionError at 0 for
+        # a negative exponent, even with numba's numpy error model; a float
+        # exponent follows IEEE (inf), as numpy, JAX and PyTorch do.
+        if e.is_Integer and e < 0:
+            if base is not None:
+                positive = base if e == -1 else f"{base} ** {-int(e)}"
+            else:
+                positive = self._print(b) if b.is_Atom else f"({self._print(b)})"
+                if e != -1:
+                    positive = f"{positive} ** {-int(e)}"
+            return f"(1.0 / {positive})"
+        if e.is_integer and not e.is_Number:
+            return f"{base or self.parenthesize(b, sp.printing.precedence.PRECEDENCE['Pow'])} ** float({self._print(e)})"
+        if base is not None:
+            return f"{base} ** ({self._print(e)})"
         return super()._print_Pow(expr, rational)
 
     def _print_IntDiv(self, expr):
@@ -106,3 +128,18 @@ def code(expr) -> str:
 def value_code(expr) -> str:
     """Source text of a real value: powers of integers are taken in floating point."""
     return _VALUE_PRINTER.doprint(sp.Integer(expr) if isinstance(expr, int) else expr)
+
+
+@contextlib.contextmanager
+def recording_imports():
+    """Collect the modules the printed code uses (``math``) while rendering one
+    module: the template imports only those."""
+    for printer in (_PRINTER, _VALUE_PRINTER):
+        printer.module_imports.clear()
+    used: set = set()
+    try:
+        yield used
+    finally:
+        for printer in (_PRINTER, _VALUE_PRINTER):
+            used.update(printer.module_imports)
+            printer.module_imports.clear()

@@ -49,7 +49,7 @@ def _type(mod):
 def _check(mod, x, func):
     cls = _type(mod)
     if not isinstance(x, cls):
-        raise TypeError(f"rules.{func}: x must be a {cls.__name__} of module {mod.__name__}, "
+        raise TypeError(f"rules.{func}: x must be of type {cls.__name__} from module {mod.__name__}, "
                         f"got {type(x).__name__}")
 
 
@@ -97,7 +97,7 @@ def lift_forward(dense_frule, mod, *, output=None):
         ydot = mod.destructure_pushforward(x, dx) if isinstance(dx, _type(mod)) else \
             np.asarray(dx, dtype=float)
         if ydot.shape != tuple(x.shape):
-            raise ValueError(f"rules.lift_forward: dx must be a {_type(mod).__name__} or have shape "
+            raise ValueError(f"rules.lift_forward: dx must be of type {_type(mod).__name__} or have shape "
                              f"{tuple(x.shape)}, got {ydot.shape}")
         out, out_dot = dense_frule(mod.destructure(x), ydot)
         if output is None:

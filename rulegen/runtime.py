@@ -135,10 +135,23 @@ def adapter_arguments(mod, kwargs):
     return cls, names, sizes
 
 
+def bad_arguments(owner: str, args: tuple, unknown: dict, fields: tuple, sizes: tuple):
+    """Refuse positional or unknown keyword arguments, naming what is accepted."""
+    import difflib
+
+    accepted = (f"fields: {', '.join(fields) or '(none)'}; sizes: {', '.join(sizes) or '(none)'}")
+    if args:
+        raise TypeError(f"{owner}: takes keyword arguments only ({accepted}), got {len(args)} positional")
+    name = sorted(unknown)[0]
+    close = difflib.get_close_matches(name, fields + sizes, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise TypeError(f"{owner}: unknown argument '{name}'{hint}; {accepted}")
+
+
 def check_instance(func: str, name: str, value, cls, like=None):
     """``value`` must be a ``cls``; with ``like``, of the same sizes."""
     if not isinstance(value, cls):
-        raise TypeError(f"{func}: argument '{name}' must be a {cls.__name__}, got {type(value).__name__}")
+        raise TypeError(f"{func}: argument '{name}' must be of type {cls.__name__}, got {type(value).__name__}")
     if like is not None and value._size_values != like._size_values:
         sizes = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, like._size_values))
         got = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, value._size_values))
@@ -349,6 +362,10 @@ class Bordered(_Linearisation):
         return parametrisation_class(self.rank, int(np.count_nonzero(self.used)), self.n_entries)
 
 
+class _NotFinite(Exception):
+    pass
+
+
 class Iterative(_Linearisation):
     """J⁺ by LSQR (scipy), matrix-free: every iteration is one pushforward
     and one pullback. Started from zero, LSQR's iterates stay in the row
@@ -373,9 +390,20 @@ class Iterative(_Linearisation):
             return np.zeros(shape[1])
         if not np.all(np.isfinite(b)):        # J⁺ mixes every entry: NaN in, NaN out
             return np.full(shape[1], np.nan)
-        op = LinearOperator(shape, matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+        def finite(f):
+            def apply(v):
+                out = f(v)
+                if not np.all(np.isfinite(out)):    # J is not finite at x (inf or nan in an entry's derivative)
+                    raise _NotFinite
+                return out
+            return apply
+
+        op = LinearOperator(shape, matvec=finite(matvec), rmatvec=finite(rmatvec), dtype=np.float64)
         cap = self.iteration_cap(shape)
-        out = lsqr(op, b, atol=self.TOL, btol=self.TOL, conlim=self.CONLIM, iter_lim=cap)
+        try:
+            out = lsqr(op, b, atol=self.TOL, btol=self.TOL, conlim=self.CONLIM, iter_lim=cap)
+        except _NotFinite:
+            return np.full(shape[1], np.nan)
         z, istop, itn, r1norm, _, anorm, _, arnorm = out[:8]
         rel = arnorm / (anorm * r1norm) if anorm * r1norm else 0.0
         if istop in (3, 6, 7) and not rel <= self.WARN_RESIDUAL:

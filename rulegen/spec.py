@@ -129,7 +129,43 @@ class _Reader:
             return None
         if node.tag != _STR_TAG:
             text = node.value
-        return ex.parse(text, self.value_pos(node), scope, self.errors, what)
+        return ex.parse(text, self.value_pos(node), scope, self.errors, what, self.locator(node, text))
+
+    def locator(self, node, text: str):
+        """Offset in the scalar's text -> its place in the file. YAML removed
+        quotes, indentation and (folded, plain and quoted scalars) line breaks:
+        each character of the text is matched, in order, with the next equal
+        character of the source, any run of whitespace with any other."""
+        start = self.value_pos(node)
+        places = []                      # (line index, column index) per text character
+        line, col = start.line - 1, start.col - 1
+        end_line = min(node.end_mark.line, len(self.lines) - 1)
+
+        def source_char():
+            return self.lines[line][col] if line < len(self.lines) and col < len(self.lines[line]) else "\n"
+
+        for ch in text:
+            while line <= end_line:
+                here = source_char()
+                if here == ch or (ch.isspace() and here.isspace()):
+                    break
+                col += 1
+                if line >= len(self.lines) or col > len(self.lines[line]):
+                    line, col = line + 1, 0
+            if line > end_line:
+                break
+            places.append((line, col))
+            if ch != "\n":
+                col += 1
+
+        def locate(offset: int) -> Pos:
+            if not places:
+                return start
+            ln, cl = places[min(offset, len(places) - 1)]
+            if offset >= len(places):
+                cl += offset - len(places) + 1
+            return Pos(self.path, ln + 1, cl + 1, self.lines[ln] if ln < len(self.lines) else "")
+        return locate
 
 
 def read_text(path: str) -> tuple[bytes, str]:
@@ -243,6 +279,9 @@ def parse_spec(text: str, path: str = "<spec>", sha256: str | None = None) -> Sp
             if e is not None and not ex.is_int(e):
                 r.err(d, f"a dimension of field '{fname}' must be an integer expression of the sizes")
                 e = None
+            elif e is not None and e.is_negative:
+                r.err(d, f"a dimension of field '{fname}' is negative ({e}) for every value of the sizes")
+                e = None
             shape.append(e)
         if all(e is not None for e in shape):
             fields.append(Field(fname, tuple(shape), r.pos(key_node.start_mark)))
@@ -258,6 +297,9 @@ def parse_spec(text: str, path: str = "<spec>", sha256: str | None = None) -> Sp
                 e = r.expression(d, shape_scope, "a dimension of size")
                 if e is not None and not ex.is_int(e):
                     r.err(d, "a dimension of size must be an integer expression of the sizes")
+                    e = None
+                elif e is not None and e.is_negative:
+                    r.err(d, f"a dimension of size is negative ({e}) for every value of the sizes")
                     e = None
                 size.append(e)
 

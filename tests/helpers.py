@@ -48,7 +48,7 @@ def build(tmp_path, yaml_text: str, filename: str = "spec.yaml"):
     out = tmp_path / "out"
     proc = run_cli("build", str(spec_path), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    (module_file,) = [p for p in out.iterdir() if p.suffix == ".py"]
+    (module_file,) = [p for p in out.iterdir() if p.suffix == ".py" and p.name != "__init__.py"]
     return load_module(str(module_file))
 
 

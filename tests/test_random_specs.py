@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 
 from helpers import assert_norm_close, check_derived_ops, expected_class, jacobian_complex, load_module, run_cli, struct_vec, unflatten
+from poison import poisoned_empty
 
 FIELDS = {"a": "[n]", "b": "[n]", "M": "[n, n]", "s": "[]", "U": "[n, r]"}
 SHAPES = {"a": ("n",), "b": ("n",), "M": ("n", "n"), "s": (), "U": ("n", "r")}
 
 ATOMS = ["a[i]", "a[j]", "b[(i + j) % n]", "b[-1 - j]", "M[i, j]", "M[j, i]", "M[i, 0]", "s",
-         "U[i, 0]", "U[j, r - 1]", "a[i // 2]"]
+         "U[i, 0]", "U[j, r - 1]", "a[i // 2]",
+         # powers with an index exponent (fields are drawn with exact zeros:
+         # the power rule at 0), and values that vanish once an index is pinned
+         "a[i] ** j", "b[j] ** (i + 1)", "(i - j) * a[j]"]
 WRAPS = ["exp({} / 4)", "sqrt({} ** 2 + 1)", "log({} ** 2 + 2)", "({}) ** 3", "1 / (2 + {} ** 2)"]
 SUMS = ["sum(U[i, k] * U[j, k] for k in range(r))",
         "sum(a[k] * M[k, j] for k in range(i + 1))",
@@ -103,6 +107,9 @@ def test_random_spec_against_python(built, k, n, r):
     rng = np.random.default_rng(k)
     fields = {f: (float(rng.uniform(0.5, 1.5)) if f == "s" else
                   rng.standard_normal(tuple({"n": n, "r": r}[d] for d in SHAPES[f]))) for f in used}
+    for f in ("a", "b"):
+        if f in fields and k % 2 == 0:
+            fields[f][0] = 0.0          # a node at zero
     extra = {"r": r} if "U" not in used else {}
     extra.update({"n": n} if not any(f in used for f in ("a", "b", "M", "U")) else {})
     x = cls(**fields, **extra)
@@ -115,6 +122,8 @@ def test_random_spec_against_python(built, k, n, r):
         pytest.skip(f"J is ill-conditioned at this x (σ_min/σ_max = {kept[-1] / big:.1e}): pinv is not well defined")
     P = np.linalg.pinv(J, rcond=1e-10)
     np.testing.assert_allclose(mod.destructure(x), dense(fields), rtol=1e-12, atol=1e-12, err_msg=entry)
+    with poisoned_empty(mod):       # an output allocated with np.empty must be written everywhere
+        np.testing.assert_allclose(mod.destructure(x), dense(fields), rtol=1e-12, atol=1e-12, err_msg=entry)
     t = rng.standard_normal(J.shape[1])
     tx = cls(**unflatten(t, fields, used), **extra)
     Y = rng.standard_normal((n, n))
@@ -123,6 +132,8 @@ def test_random_spec_against_python(built, k, n, r):
         assert_norm_close(got, want, f"{what} of {entry!r}")
 
     close(mod.destructure_pushforward(x, tx), J @ t, "destructure_pushforward")
+    with poisoned_empty(mod):
+        close(mod.destructure_pushforward(x, tx), J @ t, "destructure_pushforward (poisoned np.empty)")
     close(struct_vec(mod.destructure_pullback(x, Y), used), J.T @ Y.ravel(), "destructure_pullback")
     close(struct_vec(mod.restructure_pushforward(x, Y), used), P @ Y.ravel(), "restructure_pushforward")
     close(mod.restructure_pullback(x, tx), P.T @ t, "restructure_pullback")

@@ -158,5 +158,5 @@ def test_dense_fallbacks(key, sizes):
 def test_rules_refuse_other_types():
     sym = generated("symmetric")
     diag = generated("diagonal")
-    with pytest.raises(TypeError, match="rules.sum: x must be a Symmetric"):
+    with pytest.raises(TypeError, match="rules.sum: x must be of type Symmetric"):
         rules.sum(sym, diag.Diagonal(diag=[1.0]))

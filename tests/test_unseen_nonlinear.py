@@ -198,7 +198,7 @@ def modules(tmp_path_factory):
     out = root / "out"
     proc = run_cli("build", *paths, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    return {p.stem: load_module(str(p)) for p in out.iterdir() if p.suffix == ".py"}
+    return {p.stem: load_module(str(p)) for p in out.iterdir() if p.suffix == ".py" and p.name != "__init__.py"}
 
 
 def _snake(name):
