@@ -1,0 +1,346 @@
+"""What generated JAX modules import (``generated/jax/<module>.py``).
+
+Argument conversion and checks (shapes are static under ``jit``, so every
+check runs at trace time and costs nothing per call), the small array helpers
+the emitted code uses, and the pseudo-inverse of J for the types whose J
+depends on x: the bordered Schur complement and a matrix-free LSQR in
+``lax.while_loop``. Everything here is plain ``jnp``/``lax``: it runs under
+``jit`` and ``vmap`` and on any device; no host callback.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .runtime import (ConvergenceWarning, bad_arguments, check_dims, check_shape,  # noqa: F401 (re-exported)
+                      given_size, parametrisation_class, solve_size)
+
+
+def _default_float():
+    return jnp.result_type(float)
+
+
+def as_field(owner: str, name: str, value, ndim: int):
+    """A field as a JAX array of ``ndim`` dimensions, in its own floating
+    dtype (integers and bools become the default float: float32, or float64
+    under ``jax_enable_x64``); complex values are refused."""
+    if value is None:
+        raise TypeError(f"{owner}: missing field '{name}'")
+    try:
+        arr = jnp.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{owner}: field '{name}' is not an array of numbers ({exc})") from None
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating) or not (
+            jnp.issubdtype(arr.dtype, jnp.number) or arr.dtype == jnp.bool_):
+        raise TypeError(f"{owner}: field '{name}' must hold real numbers, got dtype {arr.dtype}")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(_default_float())
+    if arr.ndim != ndim:
+        kind = "a scalar" if ndim == 0 else f"a {ndim}-dimensional array"
+        raise ValueError(f"{owner}: field '{name}' must be {kind}, got shape {arr.shape}")
+    return arr
+
+
+def dtype_of(arrays):
+    return jnp.result_type(*arrays) if arrays else _default_float()
+
+
+def check_instance(func: str, name: str, value, cls, like=None):
+    """``value`` must be a ``cls``; with ``like``, of the same sizes."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{func}: argument '{name}' must be of type {cls.__name__}, got {type(value).__name__}")
+    if like is not None and value._size_values != like._size_values:
+        sizes = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, like._size_values))
+        got = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, value._size_values))
+        raise ValueError(f"{func}: argument '{name}' must have the sizes of x ({sizes}), got ({got})")
+    return value
+
+
+def _real(func: str, name: str, value):
+    try:
+        arr = jnp.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{func}: argument '{name}' is not an array of numbers ({exc})") from None
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(f"{func}: argument '{name}' must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def as_dense(func: str, name: str, value, shape: tuple, dtype):
+    """A dense argument of exactly ``shape``, in the instance's dtype."""
+    arr = _real(func, name, value)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{func}: argument '{name}' must have shape {tuple(shape)}, got {arr.shape}")
+    return arr.astype(dtype)
+
+
+def as_operand(func: str, name: str, value, rows: int, what: str, dtype):
+    """A vector ``(rows,)`` or matrix ``(rows, k)`` as a 2-d array, and whether it was a vector."""
+    arr = _real(func, name, value)
+    if arr.ndim not in (1, 2) or arr.shape[0] != rows:
+        raise ValueError(f"{func}: argument '{name}' must have shape ({rows},) or ({rows}, k) "
+                         f"({what}), got {arr.shape}")
+    vector = arr.ndim == 1
+    return (arr.reshape(rows, 1) if vector else arr).astype(dtype), vector
+
+
+def like(arrays, dtypes):
+    """Structural arrays cast to the primal's dtypes (tangents, cotangents)."""
+    return tuple(jnp.asarray(a).astype(d) for a, d in zip(arrays, dtypes))
+
+
+# -- helpers of the emitted code -------------------------------------------
+
+def extreme(fn, arr) -> int:
+    """min or max of a trace-time numpy array of indices (0 when empty)."""
+    arr = np.asarray(arr)
+    return int(fn(arr)) if arr.size else 0
+
+
+def guarded(mask, r):
+    """``r`` where ``mask`` holds, a detached copy elsewhere: what a masked
+    position computes cannot send NaN into a derivative."""
+    return jnp.where(mask, r, lax.stop_gradient(r))
+
+
+def cells(val, mask, shape, dtype):
+    """The values of a grid: ``val`` where ``mask`` holds, 0 elsewhere."""
+    val = jnp.asarray(val, dtype) if not hasattr(val, "dtype") else val.astype(dtype)
+    if mask is not None:
+        val = jnp.where(mask, val, jnp.zeros((), dtype))
+    return jnp.broadcast_to(val, shape)
+
+
+def pad_to(block, corner, shape):
+    """``block`` placed at ``corner`` of a zero array of ``shape``."""
+    widths = [(c, s - c - b) for c, s, b in zip(corner, shape, block.shape)]
+    if all(w == (0, 0) for w in widths):
+        return block
+    return jnp.pad(block, widths)
+
+
+def scatter(out, index, values, shape):
+    """``out`` with ``values`` added at ``index`` (index arrays that broadcast to ``shape``)."""
+    return out.at[tuple(jnp.broadcast_to(ix, shape) for ix in index)].add(values)
+
+
+def div0(a, w):
+    """``a / w`` with ``1/0 := 0`` (the pseudo-inverse of a diagonal)."""
+    nz = w != 0
+    return jnp.where(nz, a / jnp.where(nz, w, 1), 0)
+
+
+# -- J⁺ for types whose J depends on x --------------------------------------
+
+def tolerance(dtype) -> float:
+    """The solvers' relative tolerance: 1e-12 in float64, scaled to the precision."""
+    return max(1e-12, 10 * float(jnp.finfo(dtype).eps))
+
+
+def _flatten(arrays):
+    flat, unravel = jax.flatten_util.ravel_pytree(tuple(arrays))
+    return flat, unravel
+
+
+class Bordered:
+    """J⁺ for a bordered type, exactly (see ``rulegen.runtime.Bordered``):
+    J_Gᵀ J_G = diag(w) on the elements G, a few coupled elements C, and the
+    c × c Schur complement S = C - Bᵀ diag(1/w) B. Thresholds are masks, so
+    the whole construction is traceable (jit, vmap)."""
+
+    RTOL = 1e-10
+
+    def __init__(self, owner, push, pull, arrays, coupled, weights, shape):
+        self.owner, self.push, self.pull = owner, push, pull
+        self.n_entries = shape[0] * shape[1]
+        flat, self.unravel = _flatten(arrays)
+        self.p = flat.size
+        self.dtype = flat.dtype
+        sizes = [a.size for a in arrays]
+        starts = np.cumsum([0] + sizes)
+        self.c_idx = np.concatenate([np.arange(starts[k], starts[k + 1]) for k, c in enumerate(coupled) if c]
+                                    or [np.zeros(0, dtype=np.int64)])
+        w, _ = _flatten(weights)
+        w = w.at[self.c_idx].set(0) if self.c_idx.size else w
+        self.winv = div0(jnp.ones_like(w), w)
+        self.n_g = jnp.count_nonzero(w)
+        c = self.c_idx.size
+        rows_b, cols_c = [], []
+        for e in self.c_idx:
+            g = self.normal(jnp.zeros(self.p, self.dtype).at[e].set(1))
+            cols_c.append(g[self.c_idx])
+            rows_b.append(g.at[self.c_idx].set(0))
+        if c:
+            C = jnp.stack(cols_c, axis=1)
+            C = (C + C.T) / 2
+            B = jnp.stack(rows_b)
+            S = C - (B * self.winv) @ B.T
+            lam, Q = jnp.linalg.eigh((S + S.T) / 2)
+            keep = lam > self.RTOL * jnp.max(jnp.abs(C))
+            self.B, self.Q, self.keep = B, Q, keep
+            self.lam_inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
+            # null(M) = {[-W⁻¹B t; t] : t ∈ null(S)}: its vectors as rows of U
+            U = -(Q.T @ B) * self.winv
+            U = U.at[:, self.c_idx].set(Q.T)
+            self.U = jnp.where(keep[:, None], 0, U)
+            G = self.U @ self.U.T
+            gl, gq = jnp.linalg.eigh(G)
+            good = gl > 1e-12 * jnp.maximum(jnp.max(jnp.abs(gl)), 1e-300)
+            self.G_inv = (gq * jnp.where(good, 1 / jnp.where(good, gl, 1), 0)) @ gq.T
+            self.rank = self.n_g + jnp.count_nonzero(keep)
+            self.used = (w > 0).at[self.c_idx].set(jnp.diag(C) > 0)
+        else:
+            self.rank = self.n_g
+            self.used = w > 0
+
+    def normal(self, v):
+        """JᵀJ v on the flat vector."""
+        return _flatten(self.pull(self.push(self.unravel(v))))[0]
+
+    def _off_null(self, v):
+        if not self.c_idx.size:
+            return v
+        return v - self.U.T @ (self.G_inv @ (self.U @ v))
+
+    def solve(self, v):
+        """M⁺ v for M = JᵀJ."""
+        v = self._off_null(v)
+        if self.c_idx.size:
+            h = v[self.c_idx] - self.B @ (self.winv * v)
+            zc = self.Q @ (self.lam_inv * (self.Q.T @ h))
+            z = (v - self.B.T @ zc) * self.winv
+            z = z.at[self.c_idx].set(zc)
+        else:
+            z = v * self.winv
+        return self._off_null(z)
+
+    def pinv(self, ydot):
+        return self.unravel(self.solve(_flatten(self.pull(ydot))[0]))
+
+    def pinv_adjoint(self, arrays):
+        return self.push(self.unravel(self.solve(_flatten(arrays)[0])))
+
+    def classify(self) -> str:
+        finite = bool(jnp.all(jnp.isfinite(self.B))) if self.c_idx.size else True
+        if not (finite and bool(jnp.all(jnp.isfinite(self.winv)))):
+            raise ValueError(f"parametrisation: x ({self.owner}) has NaN or infinite field values, "
+                             "so rank J is undefined")
+        return parametrisation_class(int(self.rank), int(jnp.count_nonzero(self.used)), self.n_entries)
+
+
+def _warn(owner, what, itn, rel):
+    warnings.warn(f"{owner}: {what}: LSQR stopped at the iteration cap after {int(itn)} iterations; "
+                  f"relative normal-equation residual {float(rel):.2e}, the result is approximate",
+                  ConvergenceWarning, stacklevel=2)
+
+
+def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what: str = ""):
+    """Minimum-norm least-squares solution of A x = b by LSQR (Paige & Saunders
+    1982) started from zero, in ``lax.while_loop``: every iteration is one
+    ``matvec`` and one ``rmatvec``. Stops when ‖r‖ ≤ tol(‖b‖ + ‖A‖‖x‖) or
+    ‖Aᵀr‖ ≤ tol ‖A‖‖r‖, or at ``cap`` iterations, where it warns (through
+    ``jax.debug.callback``) when the relative normal-equation residual is
+    above ``100 · tol``."""
+    dtype = b.dtype
+    tiny = jnp.finfo(dtype).tiny
+
+    def safe_div(a, c):
+        return jnp.where(c > tiny, a / jnp.where(c > tiny, c, 1), 0)
+
+    beta = jnp.linalg.norm(b)
+    u = safe_div(b, beta)
+    v = rmatvec(u)
+    alfa = jnp.linalg.norm(v)
+    v = safe_div(v, alfa)
+    state = dict(x=jnp.zeros(n, dtype), u=u, v=v, w=v, alfa=alfa, phibar=beta, rhobar=alfa,
+                 anorm=jnp.zeros((), dtype), itn=jnp.zeros((), jnp.int32), done=(beta <= tiny) | (alfa <= tiny),
+                 rel=jnp.zeros((), dtype))
+
+    def step(s):
+        u = matvec(s["v"]) - s["alfa"] * s["u"]
+        beta = jnp.linalg.norm(u)
+        u = safe_div(u, beta)
+        anorm = jnp.sqrt(s["anorm"] ** 2 + s["alfa"] ** 2 + beta ** 2)
+        v = rmatvec(u) - beta * s["v"]
+        alfa = jnp.linalg.norm(v)
+        v = safe_div(v, alfa)
+        rho = jnp.sqrt(s["rhobar"] ** 2 + beta ** 2)
+        cs, sn = safe_div(s["rhobar"], rho), safe_div(beta, rho)
+        theta, rhobar = sn * alfa, -cs * alfa
+        phi, phibar = cs * s["phibar"], sn * s["phibar"]
+        x = s["x"] + safe_div(phi, rho) * s["w"]
+        w = v - safe_div(theta, rho) * s["w"]
+        rnorm = phibar
+        arnorm = alfa * jnp.abs(sn * phi)
+        xnorm = jnp.linalg.norm(x)
+        bnorm = jnp.linalg.norm(b)
+        rel = safe_div(arnorm, anorm * rnorm)
+        done = (rnorm <= tol * (bnorm + anorm * xnorm)) | (rel <= tol) | (alfa <= tiny) | (beta <= tiny)
+        return dict(x=x, u=u, v=v, w=w, alfa=alfa, phibar=phibar, rhobar=rhobar, anorm=anorm,
+                    itn=s["itn"] + 1, done=done, rel=rel)
+
+    out = lax.while_loop(lambda s: (~s["done"]) & (s["itn"] < cap), step, state)
+    bad = (~out["done"]) & (out["rel"] > 100 * tol)
+    jax.lax.cond(bad, lambda: jax.debug.callback(_warn, owner, what, out["itn"], out["rel"]), lambda: None)
+    return out["x"]
+
+
+class Iterative:
+    """J⁺ by LSQR over the generated pushforward and pullback."""
+
+    PROBE_RTOL = 1e-6
+
+    def __init__(self, owner, push, pull, arrays, shape):
+        self.owner, self.push, self.pull = owner, push, pull
+        flat, self.unravel = _flatten(arrays)
+        self.p, self.dtype, self.shape = flat.size, flat.dtype, tuple(shape)
+        self.n_entries = self.shape[0] * self.shape[1]
+        self.tol = tolerance(self.dtype)
+        self.cap = 2 * min(self.p, self.n_entries) + 100
+
+    def jvp(self, vec):
+        return self.push(self.unravel(vec)).ravel()
+
+    def vjp(self, yvec):
+        return _flatten(self.pull(yvec.reshape(self.shape)))[0]
+
+    def pinv_vec(self, yvec):
+        if not self.p or not self.n_entries:
+            return jnp.zeros(self.p, self.dtype)
+        return lsqr(self.jvp, self.vjp, yvec, self.p, self.tol, self.cap, self.owner, "J⁺")
+
+    def pinv(self, ydot):
+        return self.unravel(self.pinv_vec(ydot.ravel()))
+
+    def pinv_adjoint(self, arrays):
+        if not self.p or not self.n_entries:
+            return jnp.zeros(self.shape, self.dtype)
+        flat = _flatten(arrays)[0]
+        return lsqr(self.vjp, self.jvp, flat, self.n_entries, self.tol, self.cap, self.owner,
+                    "(J⁺)ᵀ").reshape(self.shape)
+
+    def classify(self) -> str:
+        """Two random probes (on the host): r = p_a iff (I - J⁺J) z = 0 for a
+        random z on the used elements, r = N iff (I - J J⁺) y = 0."""
+        key = jax.random.PRNGKey(0)
+        k1, k2 = jax.random.split(key)
+        y = jax.random.normal(k1, (self.n_entries,), self.dtype)
+        used = self.vjp(y) != 0          # a column of J is not zero: almost surely seen by a random y
+        z = jax.random.normal(k2, (self.p,), self.dtype) * used
+        jz = self.jvp(z)
+        if not bool(jnp.all(jnp.isfinite(jz))):
+            raise ValueError(f"parametrisation: x ({self.owner}) has NaN or infinite field values, "
+                             "so rank J is undefined")
+        rtol = max(self.PROBE_RTOL, 1e3 * self.tol)
+        zn = float(jnp.linalg.norm(z))
+        full_col = zn == 0 or float(jnp.linalg.norm(z - self.pinv_vec(jz))) <= rtol * zn
+        yn = float(jnp.linalg.norm(y))
+        full_row = yn == 0 or float(jnp.linalg.norm(y - self.jvp(self.pinv_vec(y)))) <= rtol * yn
+        return {(True, True): "exact", (True, False): "under",
+                (False, True): "over", (False, False): "deficient"}[bool(full_col), bool(full_row)]

@@ -1,0 +1,409 @@
+"""Vectorised lowering for the array targets (JAX; the same text serves any
+numpy-like module): a loop nest of the derivation becomes a *grid* of index
+arrays, and the entry a whole-array expression over it.
+
+A nest (``derive``'s steps: ``for``, ``let``, ``if``) becomes one of
+
+* a **box**: the two loops over ``i`` and ``j`` become the axes of a
+  rectangle ``[I0, I1) × [J0, J1)`` (the loop bounds, their extreme values
+  when the inner bounds move with ``i``), with a mask where they move; its
+  values are placed in the output by padding (no scatter);
+* a **band**: the inner loop's bounds are ``i + a`` and ``i + b`` clipped to
+  the matrix; its axes are ``i`` and an offset ``t < b - a``, ``j = i + a + t``:
+  ``O(rows · width)``, not ``O(N)``;
+* **points**: one loop (an index pinned, ``i == j``) or none: a vector of
+  ``i`` and the pinned ``j`` computed from it, placed by a scatter of
+  ``O(length)``.
+
+A sum ``Σ_k E`` adds a trailing axis for ``k`` over the extreme values of
+its bounds, masked where ``k`` is outside them, reduced after. Reads become
+slices where their index is a loop axis plus a constant, gathers otherwise.
+Sizes are static Python integers when the generated code runs (they are part
+of the instance's type), so extents are computed at trace time with numpy.
+
+Masked positions compute values that are thrown away; a read that feeds a
+non-polynomial value there is detached (``where(mask, r, stop_gradient(r))``)
+so that a singularity outside the region cannot turn a derivative into NaN.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from ..derive import _cases
+from ..expr import I, J, IntDiv, Where, is_int, outside_sums, unwhere
+from ..printer import code as py_code
+
+
+class Unsupported(Exception):
+    """A construct this lowering does not handle (reported at build time)."""
+
+
+# ---------------------------------------------------------------------------
+# Printing: sympy -> array expression text, module given (``jnp``, ``np``)
+
+_FUNCS = {sp.exp: "exp", sp.log: "log", sp.Abs: "abs"}
+_REL = {sp.Eq: "==", sp.Ne: "!=", sp.Lt: "<", sp.Le: "<=", sp.Gt: ">", sp.Ge: ">="}
+
+
+def emit(e, names: dict, xp: str, real: bool = True) -> str:
+    """Array code for ``e``; symbols through ``names`` (else their name: sizes).
+    With ``real``, integer-valued powers are taken in floating point."""
+    def p(x):
+        return emit(x, names, xp, real)
+
+    if isinstance(e, bool) or e is sp.true or e is sp.false:
+        return "True" if (e is True or e is sp.true) else "False"
+    if isinstance(e, int):
+        return str(e)
+    if isinstance(e, sp.Symbol) or isinstance(e, sp.Dummy):
+        return names.get(e, e.name)
+    if e.is_Integer:
+        return str(int(e))
+    if e.is_Rational:
+        return f"({e.p} / {e.q})"
+    if e.is_Float:
+        return repr(float(e))
+    if isinstance(e, sp.Add):
+        return "(" + " + ".join(p(a) for a in e.args) + ")"
+    if isinstance(e, sp.Mul):
+        return "(" + " * ".join(p(a) for a in e.args) + ")"
+    if isinstance(e, sp.Pow):
+        b, x = e.args
+        if x == sp.Rational(1, 2):
+            return f"{xp}.sqrt({p(b)})"
+        if x == sp.Rational(-1, 2):
+            return f"(1.0 / {xp}.sqrt({p(b)}))"
+        base = p(b)
+        if real and is_int(b):
+            base = f"(1.0 * {base})"     # 2 ** j in floating point: no integer overflow
+        if x.is_Integer and x < 0:
+            return f"(1.0 / {base} ** {-int(x)})"
+        return f"({base} ** {p(x)})"
+    if isinstance(e, IntDiv):
+        return f"({p(e.args[0])} // {p(e.args[1])})"
+    if isinstance(e, sp.Mod):
+        return f"({p(e.args[0])} % {p(e.args[1])})"
+    if isinstance(e, (sp.Min, sp.Max)):
+        fn = "minimum" if isinstance(e, sp.Min) else "maximum"
+        args = sorted(e.args, key=sp.default_sort_key)
+        out = p(args[0])
+        for a in args[1:]:
+            out = f"{xp}.{fn}({out}, {p(a)})"
+        return out
+    if e.func in _FUNCS:
+        return f"{xp}.{_FUNCS[e.func]}({p(e.args[0])})"
+    if isinstance(e, sp.sign):
+        return f"{xp}.sign({p(e.args[0])})"
+    if type(e) in _REL:
+        return f"({p(e.lhs)} {_REL[type(e)]} {p(e.rhs)})"
+    if isinstance(e, sp.And):
+        return _fold(f"{xp}.logical_and", [p(a) for a in e.args])
+    if isinstance(e, sp.Or):
+        return _fold(f"{xp}.logical_or", [p(a) for a in e.args])
+    if isinstance(e, sp.Not):
+        return f"{xp}.logical_not({p(e.args[0])})"
+    if isinstance(e, sp.Piecewise):
+        out = p(e.args[-1].expr) if e.args[-1].cond is sp.true else "0.0"
+        pairs = e.args[:-1] if e.args[-1].cond is sp.true else e.args
+        for value, cond in reversed(pairs):
+            out = f"{xp}.where({p(cond)}, {p(value)}, {out})"
+        return out
+    if isinstance(e, Where):
+        return p(sp.Piecewise((e.args[1], e.args[0]), (e.args[2], True)))
+    raise Unsupported(f"cannot print {type(e).__name__} for an array target")
+
+
+def _fold(fn, parts):
+    out = parts[0]
+    for q in parts[1:]:
+        out = f"{fn}({out}, {q})"
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Grids
+
+
+@dataclass
+class Ctx:
+    """Where an expression is evaluated: the variables' code (array and its
+    numpy twin for trace-time extents), the number of grid axes, the mask."""
+
+    names: dict
+    np_names: dict
+    ndim: int
+    mask: str | None = None
+    axes: dict = field(default_factory=dict)     # Symbol -> (axis, lo code, hi code) for slice reads
+
+    def expanded(self) -> "Ctx":
+        """The same variables seen from inside one more (trailing) axis."""
+        ext = {k: f"{v}[..., None]" for k, v in self.names.items()}
+        np_ext = {k: f"{v}[..., None]" for k, v in self.np_names.items()}
+        mask = f"{self.mask}[..., None]" if self.mask else None
+        return Ctx(ext, np_ext, self.ndim + 1, mask, {})
+
+
+@dataclass
+class Grid:
+    """A nest as arrays: ``rows``/``cols`` index the output; ``box`` is
+    ``(I0, I1, J0, J1)`` when rows and cols are the axes of a rectangle."""
+
+    ctx: Ctx
+    rows: str
+    cols: str
+    box: tuple | None
+    shape: str            # code of the grid's shape (a tuple of Python ints)
+
+
+class Writer:
+    """Statements of one generated function, as ``(indent, text)`` lines."""
+
+    def __init__(self, xp: str, scalars=(), lines: list | None = None):
+        self.xp = xp
+        self.scalars = frozenset(scalars)     # fields of shape (): read as themselves
+        self.lines = [] if lines is None else lines
+        self.count = 0
+        self.pending = {}       # numpy twins, written only when a trace-time extent needs them
+
+    def fresh(self, prefix: str) -> str:
+        self.count += 1
+        return f"_{prefix}{self.count}"
+
+    def add(self, text: str, depth: int = 1) -> None:
+        self.lines.append((depth, text))
+
+    def let(self, prefix: str, text: str) -> str:
+        self.need(text)
+        name = self.fresh(prefix)
+        self.add(f"{name} = {text}")
+        return name
+
+    def twin(self, prefix: str, text: str) -> str:
+        """A numpy variable, defined when first used (see ``need``)."""
+        name = self.fresh(prefix)
+        self.pending[name] = text
+        return name
+
+    def need(self, text: str) -> None:
+        """Write the pending numpy twins that ``text`` uses, in order."""
+        for name in [n for n in self.pending if re.search(rf"\b{n}\b", text)]:
+            if name in self.pending:
+                definition = self.pending.pop(name)
+                self.need(definition)
+                self.add(f"{name} = {definition}")
+
+    # -- grids --------------------------------------------------------------
+
+    def _axis(self, var, lo: str, hi: str, ndim: int, axis: int, ctx: Ctx) -> None:
+        shape = ", ".join("-1" if a == axis else "1" for a in range(ndim))
+        reshape = "" if ndim == 1 else f".reshape(({shape}))"
+        ctx.names[var] = self.let(var.name, f"{self.xp}.arange({lo}, {hi}){reshape}")
+        ctx.np_names[var] = self.twin("n" + var.name, f"_np.arange({lo}, {hi}){reshape}")
+        ctx.axes[var] = (axis, lo, hi)
+
+    def _and_mask(self, ctx: Ctx, cond) -> None:
+        if cond is sp.true:
+            return
+        text = emit(cond, ctx.names, self.xp)
+        ctx.mask = self.let("m", text if ctx.mask is None else f"{self.xp}.logical_and({ctx.mask}, {text})")
+
+    def static(self, e, ctx: Ctx, how: str) -> str:
+        """A trace-time Python int: ``e`` itself when it involves sizes only,
+        else its min or max (``how``) over the grid, computed with numpy."""
+        if not (e.free_symbols & set(ctx.np_names)):
+            return _int_code(e)
+        text = emit(e, ctx.np_names, "_np", real=False)
+        return self.let("x", f"_rt.extreme(_np.{how}, {text})")
+
+    def grid(self, steps) -> Grid:
+        """The grid of a loop nest (see the module docstring)."""
+        for st in steps:
+            for part in st[1:]:
+                if isinstance(part, sp.Basic) and part.has(sp.Sum):
+                    raise Unsupported("sums in loop bounds or pinned indices")
+        loops = [st for st in steps if st[0] == "for"]
+        ctx = Ctx({}, {}, 0)
+        guards, dims = [], []
+        if len(loops) == 2:
+            (_, vi, lo_i, hi_i), (_, vj, lo_j, hi_j) = loops
+            assert (vi, vj) == (I, J)
+            ctx.ndim = 2
+            I0 = self.let("I0", _int_code(lo_i))
+            I1 = self.let("I1", f"max({I0}, {py_code(hi_i)})")
+            band = _band(lo_j, hi_j)
+            if not (lo_j.has(I) or hi_j.has(I)):
+                J0 = self.let("J0", _int_code(lo_j))
+                J1 = self.let("J1", f"max({J0}, {py_code(hi_j)})")
+                self._axis(I, I0, I1, 2, 0, ctx)
+                self._axis(J, J0, J1, 2, 1, ctx)
+                box = (I0, I1, J0, J1)
+                dims = [(I0, I1), (J0, J1)]
+            elif band is not None:
+                start, width = band
+                self._axis(I, I0, I1, 2, 0, ctx)
+                t = sp.Symbol("t", integer=True)
+                W = self.let("W", f"max(0, {py_code(width)})")
+                self._axis(t, "0", W, 2, 1, ctx)
+                dims = [(I0, I1), ("0", W)]
+                ctx.axes.pop(t)
+                jj = I + start + t
+                ctx.names[J] = self.let("j", emit(jj, ctx.names, self.xp, real=False))
+                ctx.np_names[J] = self.twin("nj", emit(jj, ctx.np_names, "_np", real=False))
+                guards += [sp.Ge(J, lo_j), sp.Lt(J, hi_j)]
+                box = None
+            else:
+                self._axis(I, I0, I1, 2, 0, ctx)
+                # the inner loop's extreme bounds over the rows
+                lo = self.static(lo_j, ctx, "min")
+                hi = self.static(hi_j, ctx, "max")
+                J0 = self.let("J0", lo)
+                J1 = self.let("J1", f"max({J0}, {hi})")
+                self._axis(J, J0, J1, 2, 1, ctx)
+                guards += [g for g, b in ((sp.Ge(J, lo_j), lo_j), (sp.Lt(J, hi_j), hi_j)) if b.has(I)]
+                box = (I0, I1, J0, J1)
+                dims = [(I0, I1), (J0, J1)]
+        elif len(loops) == 1:
+            (_, v, lo, hi) = loops[0]
+            ctx.ndim = 1
+            L0 = self.let("L0", _int_code(lo))
+            L1 = self.let("L1", f"max({L0}, {py_code(hi)})")
+            self._axis(v, L0, L1, 1, 0, ctx)
+            box = None
+            dims = [(L0, L1)]
+        elif not loops:
+            box = None
+        else:
+            raise Unsupported("loop nests deeper than i, j")
+        for st in steps:
+            if st[0] == "let":
+                _, var, e = st
+                ctx.names[var] = self.let(var.name, f"{self.xp}.asarray({emit(e, ctx.names, self.xp, real=False)})")
+                ctx.np_names[var] = self.twin("n" + var.name, f"_np.asarray({emit(e, ctx.np_names, '_np', real=False)})")
+            elif st[0] == "if":
+                guards.append(st[1])
+        for g in guards:
+            self._and_mask(ctx, g)
+        shape = "(" + "".join(f"{hi} - {lo}, " for lo, hi in dims) + ")"
+        return Grid(ctx, ctx.names[I], ctx.names[J], box, shape)
+
+    # -- values -------------------------------------------------------------
+
+    def value(self, e, ctx: Ctx) -> str:
+        """Code (a variable) for the value of ``e`` over ``ctx``'s grid."""
+        sums = [(sp.Dummy("s", real=True), s) for s in outside_sums(e, sp.Sum)]
+        f = e.xreplace({s: d for d, s in sums}) if sums else e
+        reads = [(sp.Dummy("v", real=True), acc) for acc in outside_sums(f, sp.Indexed)]
+        f = f.xreplace({acc: d for d, acc in reads}) if reads else f
+        guard = ctx.mask is not None and not _polynomial(f, [d for d, _ in reads + sums])
+        names = dict(ctx.names)
+        for d, s in sums:
+            names[d] = self._sum(s, ctx)
+        for d, acc in reads:
+            text = self.read(acc, ctx)
+            if guard:
+                text = f"_rt.guarded({ctx.mask}, {text})"
+            names[d] = self.let("r", text)
+        return emit(f, names, self.xp)
+
+    def read(self, acc, ctx: Ctx) -> str:
+        """``F[index]`` over the grid: a slice where each index is one axis
+        plus a constant (in range: checked at trace time), else a gather."""
+        name = acc.base.label.name
+        if name in self.scalars:
+            return name
+        gather = f"{name}[{', '.join(emit(ix, ctx.names, self.xp, real=False) for ix in acc.indices)}]"
+        sl = _slice_read(name, acc.indices, ctx)
+        return gather if sl is None else f"({sl[0]} if {sl[1]} else {gather})"
+
+    def _sum(self, s: sp.Sum, ctx: Ctx) -> str:
+        *inner, (k, lo, hi) = s.limits
+        summand = sp.Sum(s.function, *inner) if inner else unwhere(s.function)
+        K0 = self.let("K0", self.static(lo, ctx, "min"))
+        K1 = self.let("K1", f"max({K0}, {self.static(hi, ctx, 'max')} + 1)")
+        inner_ctx = ctx.expanded()
+        self._axis(k, K0, K1, inner_ctx.ndim, inner_ctx.ndim - 1, inner_ctx)
+        inner_ctx.axes.clear()
+        self._and_mask(inner_ctx, sp.And(sp.Ge(k, lo), sp.Le(k, hi)))
+        zero = "0" if is_int(s.function) else "0.0"
+        terms = []
+        for cond, v in _cases(summand):
+            if v == 0:
+                continue
+            case = Ctx(dict(inner_ctx.names), dict(inner_ctx.np_names), inner_ctx.ndim, inner_ctx.mask)
+            self._and_mask(case, cond)
+            val = self.value(v, case)
+            terms.append(f"{self.xp}.where({case.mask}, {val}, {zero})" if case.mask else
+                         f"{self.xp}.broadcast_to({val}, {_shape_of(case)})")
+        if not terms:
+            return zero
+        return self.let("s", f"({' + '.join(terms)}).sum(axis=-1)")
+
+
+def _shape_of(ctx: Ctx) -> str:
+    return f"_np.broadcast_shapes({', '.join(f'_np.shape({v})' for v in ctx.np_names.values())})"
+
+
+def _int_code(e) -> str:
+    """A trace-time integer (sizes are Python ints there)."""
+    text = py_code(e)
+    return text if text.lstrip("-").isidentifier() or text.lstrip("-").isdigit() else f"({text})"
+
+
+def _offset(base: str, off) -> str:
+    return base if off == 0 else f"{base} + {_int_code(off)}"
+
+
+def _polynomial(f, syms) -> bool:
+    try:
+        return f.is_polynomial(*syms) if syms else True
+    except Exception:
+        return False
+
+
+def _band(lo, hi):
+    """``(a, b - a)`` when ``lo = max(..., i + a)`` and ``hi = min(..., i + b)``
+    (one argument each moves with i, with coefficient 1), else None."""
+    def moving(e, kind):
+        args = e.args if isinstance(e, kind) else (e,)
+        mv = [a for a in args if a.has(I)]
+        if len(mv) != 1:
+            return None
+        off = sp.expand(mv[0] - I)
+        return None if off.has(I) or off.has(J) else off
+    a, b = moving(lo, sp.Max), moving(hi, sp.Min)
+    if a is None or b is None:
+        return None
+    width = sp.expand(b - a)
+    return (a, width) if not width.free_symbols & {I, J} else None
+
+
+def _slice_read(name: str, indices, ctx: Ctx):
+    """``(slice code, in-range condition code)`` for a read whose every index is
+    a distinct box axis plus a size-only offset, else None."""
+    if not ctx.axes or len(indices) > 2:
+        return None
+    parts, used = [], []
+    for d, ix in enumerate(indices):
+        var = next((v for v in ctx.axes if ix.has(v)), None)
+        if var is None or var in used:
+            return None
+        off = sp.expand(ix - var)
+        if off.free_symbols & (set(ctx.names) | {I, J}):
+            return None
+        used.append(var)
+        axis, lo, hi = ctx.axes[var]
+        parts.append((axis, _offset(lo, off), _offset(hi, off), d))
+    ok = " and ".join(f"0 <= {a} and {b} <= {name}.shape[{d}]" for _, a, b, d in parts)
+    sl = f"{name}[{', '.join(f'{a}:{b}' for _, a, b, _ in parts)}]"
+    axes = [ax for ax, *_ in parts]
+    if len(parts) == 2 and axes == [1, 0]:
+        sl = f"{sl}.T"
+    if ctx.ndim == 2 and len(parts) == 1:
+        sl = f"{sl}[:, None]" if axes[0] == 0 else f"{sl}[None, :]"
+    elif ctx.ndim != len(parts) and not (ctx.ndim == 2 and len(parts) == 1):
+        return None
+    return sl, ok

@@ -1,0 +1,173 @@
+"""Derivation -> JAX module source (``<out>/jax/<module>.py``).
+
+The value of every additive term of the entry is written as whole-array
+``jnp`` code over the grids of ``targets/arrays.py``; the pushforward and
+pullback of destructure, and the derivatives of matvec, are JAX's own
+linearisation and transpose of that code (``jax.jvp`` / ``jax.vjp``), so
+every map is plain ``jnp``/``lax``: it runs under ``jit``, ``vmap``, ``grad``
+and ``jvp``, to any order, on any device. The J⁺ strategy is the derivation's
+(gather: diag(JᵀJ); bordered: Schur complement; general: LSQR).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from .. import __version__
+from ..derive import Derivation
+from ..emit import _environment, _shape_code, _shape_text, doc_text, file_label, size_plan
+from ..printer import code as py_code
+from .arrays import Ctx, Unsupported, Writer, _int_code
+
+
+class _Function:
+    """One generated function: its name, parameters and body lines."""
+
+    def __init__(self, name: str, params: str, w: Writer):
+        self.name, self.params, self.lines = name, params, tuple(w.lines)
+
+
+def _prologue(w: Writer, spec, extra: str = "") -> None:
+    sizes = [s.name for s in spec.sizes]
+    fields = [f.name for f in spec.fields]
+    if sizes:
+        w.add(f"{', '.join(sizes)}, = _sv")
+    if fields:
+        w.add(f"{', '.join(fields)}, = _arrays")
+    w.add("_dtype = _rt.dtype_of(_arrays)")
+    w.add(f"_R, _C = {py_code(spec.size[0])}, {py_code(spec.size[1])}")
+
+
+def _factor(w: Writer, expr, var, bounds, limit):
+    """``expr`` (alpha or beta of a separable term) on the axes ``var`` and ``k``."""
+    ctx = Ctx({}, {}, 2 if limit else 1)
+    lo, hi = bounds
+    L0 = w.let("L0", _int_code(lo))
+    L1 = w.let("L1", f"max({L0}, {py_code(hi)})")
+    w._axis(var, L0, L1, ctx.ndim, 0, ctx)
+    shape = f"({L1} - {L0},)"
+    if limit:
+        k, klo, khi = limit
+        K0 = w.let("K0", _int_code(klo))
+        K1 = w.let("K1", f"max({K0}, {py_code(khi)} + 1)")
+        w._axis(k, K0, K1, 2, 1, ctx)
+        shape = f"({L1} - {L0}, {K1} - {K0})"
+    val = w.value(expr, ctx)
+    return w.let("f", f"_rt.cells({val}, None, {shape}, _dtype)"), L0
+
+
+def _terms(d: Derivation):
+    """Additive terms of the entry with their nests (Derivation.op_regions),
+    or the regions when the entry has too many terms to list them."""
+    if d.op_regions:
+        return [(r.steps, r.value, r.separable) for r in d.op_regions]
+    return [(r.steps, r.value, None) for r in d.regions]
+
+
+def _dense(d: Derivation, scalars) -> _Function:
+    w = Writer("jnp", scalars)
+    _prologue(w, d.spec)
+    w.add("_out = jnp.zeros((_R, _C), _dtype)")
+    for steps, value, sep in _terms(d):
+        if sep is not None:
+            from ..expr import I, J
+            A, I0 = _factor(w, sep.alpha, I, sep.i_bounds, sep.limit)
+            B, J0 = _factor(w, sep.beta, J, sep.j_bounds, sep.limit)
+            block = f"{A} @ {B}.T" if sep.limit else f"{A}[:, None] * {B}[None, :]"
+            w.add(f"_out = _out + _rt.pad_to({block}, ({I0}, {J0}), (_R, _C))")
+            continue
+        g = w.grid(steps)
+        cells = w.let("c", f"_rt.cells({w.value(value, g.ctx)}, {g.ctx.mask}, {g.shape}, _dtype)")
+        if g.box:
+            w.add(f"_out = _out + _rt.pad_to({cells}, ({g.box[0]}, {g.box[2]}), (_R, _C))")
+        else:
+            w.add(f"_out = _rt.scatter(_out, ({g.rows}, {g.cols}), {cells}, {g.shape})")
+    w.add("return _out")
+    return _Function("_dense", "_sv, _arrays", w)
+
+
+def _product(d: Derivation, scalars, transpose: bool) -> _Function:
+    """``Y @ rhs`` (``Yᵀ @ rhs`` with transpose) term by term, never forming Y."""
+    w = Writer("jnp", scalars)
+    _prologue(w, d.spec)
+    out_rows = "_C" if transpose else "_R"
+    w.add(f"_out = jnp.zeros(({out_rows}, _rhs.shape[1]), _dtype)")
+    for steps, value, sep in _terms(d):
+        if sep is not None:
+            from ..expr import I, J
+            A, I0 = _factor(w, sep.alpha, I, sep.i_bounds, sep.limit)
+            B, J0 = _factor(w, sep.beta, J, sep.j_bounds, sep.limit)
+            (first, f0), (second, s0) = ((A, I0), (B, J0)) if transpose else ((B, J0), (A, I0))
+            take = f"_rhs[{f0}:{f0} + {first}.shape[0]]"
+            if sep.limit:
+                w.add(f"_out = _out + _rt.pad_to({second} @ ({first}.T @ {take}), ({s0}, 0), _out.shape)")
+            else:
+                w.add(f"_out = _out + _rt.pad_to({second}[:, None] * ({first} @ {take})[None, :], ({s0}, 0), _out.shape)")
+            continue
+        g = w.grid(steps)
+        cells = w.let("c", f"_rt.cells({w.value(value, g.ctx)}, {g.ctx.mask}, {g.shape}, _dtype)")
+        if g.box:
+            I0, I1, J0, J1 = g.box
+            if transpose:
+                w.add(f"_out = _out + _rt.pad_to({cells}.T @ _rhs[{I0}:{I1}], ({J0}, 0), _out.shape)")
+            else:
+                w.add(f"_out = _out + _rt.pad_to({cells} @ _rhs[{J0}:{J1}], ({I0}, 0), _out.shape)")
+        else:
+            src, dst = (g.rows, g.cols) if transpose else (g.cols, g.rows)
+            w.add(f"_out = _rt.scatter(_out, ({dst},), {cells}[..., None] * "
+                  f"_rhs[jnp.broadcast_to({src}, {g.shape})], {g.shape})")
+    w.add("return _out")
+    return _Function("_rmatvec" if transpose else "_matvec", "_sv, _arrays, _rhs", w)
+
+
+def _diagonal(d: Derivation, scalars) -> _Function:
+    w = Writer("jnp", scalars)
+    _prologue(w, d.spec)
+    w.add("_out = jnp.zeros((min(_R, _C),), _dtype)")
+    for steps, value in d.diagonal:
+        g = w.grid(steps)
+        cells = w.let("c", f"_rt.cells({w.value(value, g.ctx)}, {g.ctx.mask}, {g.shape}, _dtype)")
+        w.add(f"_out = _rt.scatter(_out, ({g.rows},), {cells}, {g.shape})")
+    w.add("return _out")
+    return _Function("_diagonal", "_sv, _arrays", w)
+
+
+def render(d: Derivation, spec_file: str) -> str:
+    """The source of the JAX module for ``d`` (raises Unsupported)."""
+    spec = d.spec
+    scalars = {f.name for f in spec.fields if f.ndim == 0}
+    functions = [_dense(d, scalars), _product(d, scalars, False), _product(d, scalars, True),
+                 _diagonal(d, scalars)]
+    fields = [dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape))
+              for f in spec.fields]
+    sizes_fmt = ", ".join(f"{s.name}={{{s.name}}}" for s in spec.sizes) or "no sizes"
+    names = [f"{f.name}=None" for f in spec.fields] + [f"{s.name}=None" for s in spec.sizes]
+    context = dict(
+        init_params=", *_args, " + "".join(n + ", " for n in names) + "**_unknown",
+        version=__version__,
+        spec_file=file_label(spec_file),
+        sha256=spec.sha256,
+        name=spec.name,
+        doc=doc_text(spec.doc or f"Structured matrix type {spec.name}."),
+        entry_text=doc_text(" ".join(spec.entry_text.split())),
+        sizes=[s.name for s in spec.sizes],
+        sizes_fmt=sizes_fmt,
+        fields=fields,
+        plan=size_plan(spec),
+        rows_code=py_code(spec.size[0]),
+        cols_code=py_code(spec.size[1]),
+        shape_text=f"{_paren(spec.size[0])} × {_paren(spec.size[1])}",
+        functions=functions,
+        kind=d.kind,
+        coupled=[f.name in d.coupled for f in spec.fields],
+        coupled_names=", ".join(d.coupled) or "(none)",
+    )
+    return _environment().get_template("jax_module.py.j2").render(**context)
+
+
+def _paren(e) -> str:
+    text = str(e)
+    return f"({text})" if isinstance(e, sp.Add) else text
+
+
+__all__ = ["render", "Unsupported"]
