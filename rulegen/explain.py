@@ -2,24 +2,34 @@
 
 The fields and sizes; how J⁺ is applied and why; each region of getindex
 with its loop nest, its entry and the derivative of the entry with respect
-to each field element it reads; what each map costs; and, at a small random
-instance, the parametrisation class with its numbers (p elements, p_a used,
-N entries, rank J), the unused storage and the identities that hold.
+to each field element it reads (for a sum, of its summand, conditions kept
+as conditions); what each map costs; and, at a small random instance, the
+parametrisation class with its numbers (field elements, those used, entries,
+rank J), the unused storage and the identities that hold.
 ``--latex`` prints the formulas as LaTeX; ``--plot FILE.png`` draws J's
 sparsity and the entry → field map of the small instance.
+
+Nothing here may end in a traceback on a spec that builds: what sympy cannot
+differentiate, or a small instance that cannot be evaluated, is said in the
+text instead.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import sympy as sp
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.pretty.pretty import PrettyPrinter
+from sympy.printing.pretty.stringpict import prettyForm, stringPict
+from sympy.printing.pycode import PythonCodePrinter
 
 from .derive import derive
 from .emit import render, size_plan
-from .lower import _top_sums
+from .expr import Where, outside_sums
 from .spec import load
 
 IDENTITIES = {
@@ -39,52 +49,258 @@ KINDS = {
     "bordered": ("bordered: each entry reads at most one element of the large fields (coefficients may "
                  "depend on x) plus the coupled fields {coupled}; JᵀJ = [[diag(w), B], [Bᵀ, C]] is inverted "
                  "exactly through the small Schur complement S = C - Bᵀ diag(1/w) B."),
+    "bordered-alone": ("bordered, with no coupled field: each entry reads at most one field element, with a "
+                       "coefficient that depends on x, so JᵀJ = diag(w(x)) and J⁺ = diag(1/w) Jᵀ, the "
+                       "weights computed at each x."),
     "general": ("general: J depends on x and couples many elements; J⁺ is applied by LSQR from zero "
                 "(the minimum-norm least-squares solution), calling only the pushforward and pullback kernels."),
 }
 
+#: Largest J (entries × field elements) tabulated at the small instance.
+MAX_J = 2 * 10**6
+#: The distributions tried for the small instance, in order: the first at
+#: which J is finite and not zero is shown (uniform values never meet an
+#: index, as in ``rows[k] == i``; index-like integers do).
+INSTANCE_DRAWS = ("uniform", "indices", "integers", "normal")
 
-def _fmt(e, latex: bool) -> str:
-    return sp.latex(e) if latex else sp.pretty(e, use_unicode=True, wrap_line=False)
+
+# -- printing ----------------------------------------------------------------
+
+class _TextPrinter(PythonCodePrinter):
+    """One line of Python-like text: ``min(i, n)``, ``j != 0``, ``i // 2``."""
+
+    def __init__(self):
+        super().__init__({"fully_qualified_modules": False, "strict": False})
+
+    def _print_IntDiv(self, e):
+        return f"({self._print(e.args[0])}) // ({self._print(e.args[1])})"
+
+    def _print_Where(self, e):
+        c, a, b = e.args
+        return f"({self._print(a)} if {self._print(c)} else {self._print(b)})"
+
+    def _print_Sum(self, e):
+        out = self._print(e.function)
+        for var, lo, hi in e.limits:
+            out = f"sum({out} for {self._print(var)} in range({self._print(lo)}, {self._print(hi + 1)}))"
+        return out
+
+
+def _text(e) -> str:
+    try:
+        out = _TextPrinter().doprint(e)
+    except Exception:       # noqa: BLE001 - a construct the printer does not know: sympy's own text
+        out = sp.sstr(e)
+    while out.startswith("(") and out.endswith(")") and _balanced(out[1:-1]):
+        out = out[1:-1]
+    return out
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _display(e):
+    """``e``, free of sums, with the internal Where as Piecewise (sympy can
+    differentiate that). Never inside a Sum: building a Sum folds a Piecewise
+    out of it, across its bound variable."""
+    if isinstance(e, sp.Basic) and e.has(Where):
+        return e.replace(lambda x: isinstance(x, Where), _where_as_piecewise)
+    return e
+
+
+def _where_as_piecewise(e):
+    return sp.Piecewise((e.args[1], e.args[0]), (e.args[2], True))
+
+
+class _Pretty(PrettyPrinter):
+    """sympy's pretty printer; the internal Where (a condition inside a sum) as a Piecewise."""
+
+    def __init__(self):
+        super().__init__({"use_unicode": True, "wrap_line": False})
+
+    def _print_Where(self, e):
+        return self._print(_where_as_piecewise(e))
+
+
+class _Latex(LatexPrinter):
+    def _print_Where(self, e):
+        return self._print(_where_as_piecewise(e))
+
+
+def _eq(label: str, e, latex: bool, sep: str = " = ") -> list:
+    """``label = e`` as lines; a multi-line pretty print keeps its shape, the
+    label on its baseline."""
+    if latex:
+        try:
+            return [f"{label}{sep}{_Latex().doprint(e)}"]
+        except Exception:   # noqa: BLE001
+            return [f"{label}{sep}{sp.sstr(e)}"]
+    try:
+        form = _Pretty()._print(e)
+        joined = prettyForm(*stringPict.next(prettyForm(label + sep), form))
+        lines = joined.render(wrap_line=False).split("\n")
+    except Exception:       # noqa: BLE001
+        lines = [f"{label}{sep}{sp.sstr(e)}"]
+    return [line.rstrip() for line in lines]
+
+
+def _size_text(d) -> str:
+    text = sp.sstr(d)
+    return text if d.is_Atom else f"({text})"
 
 
 def _nest_text(steps) -> list:
     lines, indent = [], ""
     for st in steps:
         if st[0] == "for":
-            lines.append(f"{indent}for {st[1]} in range({st[2]}, {st[3]})")
+            lines.append(f"{indent}for {st[1]} in range({_text(st[2])}, {_text(st[3])})")
             indent += "  "
         elif st[0] == "let":
-            lines.append(f"{indent}{st[1]} = {st[2]}")
+            lines.append(f"{indent}{st[1]} = {_text(st[2])}")
         else:
-            lines.append(f"{indent}if {st[1]}")
+            lines.append(f"{indent}if {_text(st[1])}")
             indent += "  "
     return lines or ["(a single entry)"]
 
 
-def _derivatives(value, latex: bool, scalars=()) -> list:
-    """∂entry/∂read for the reads outside sums, and the summand's for each sum."""
+# -- derivatives ---------------------------------------------------------------
+
+def _value_reads(e) -> set:
+    """The reads of ``e`` outside every condition (a read only in a condition
+    moves the entry by jumps: its derivative is zero where it exists)."""
+    found, stack = set(), [(e, False)]
+    while stack:
+        node, cond = stack.pop()
+        if isinstance(node, sp.Indexed):
+            if not cond:
+                found.add(node)
+            continue
+        if not isinstance(node, sp.Basic):
+            continue
+        cond = cond or isinstance(node, sp.logic.boolalg.Boolean)
+        stack.extend((a, cond) for a in node.args)
+    return found
+
+
+def _settle_deltas(e, condition):
+    """KroneckerDelta(a, b) is 0 where the region's condition rules out a == b
+    (``i > j``): sympy cannot know that by itself."""
+    if condition is sp.true or not isinstance(e, sp.Basic) or not e.has(sp.KroneckerDelta):
+        return e
+
+    def settle(kd):
+        a, b = kd.args
+        for x, y in ((a, b), (b, a)):
+            if isinstance(x, sp.Symbol):
+                try:
+                    if condition.xreplace({x: y}) is sp.false:
+                        return sp.S.Zero
+                except Exception:   # noqa: BLE001 - undecided: keep the delta
+                    pass
+        return kd
+
+    return e.replace(lambda z: isinstance(z, sp.KroneckerDelta), settle)
+
+
+def _diff(e, wrt, condition):
+    """∂e/∂wrt with conditions kept as conditions, or None where sympy leaves
+    it unevaluated or fails."""
+    try:
+        out = sp.diff(_display(e), wrt)
+    except Exception:       # noqa: BLE001
+        return None
+    if out.has(sp.Derivative, sp.Subs):
+        return None
+    try:                    # j·x^j/x as j·x^(j - 1): defined at x = 0 too
+        out = out.replace(lambda z: isinstance(z, sp.Mul) and any(
+            isinstance(a, sp.Pow) and not a.exp.is_Number for a in z.args), sp.powsimp)
+    except Exception:       # noqa: BLE001 - keep sympy's form
+        pass
+    return _settle_deltas(out, condition)
+
+
+class _Sums:
+    """Names Σ₁, Σ₂, … for the sums of one region (they cannot collide with
+    a size or a field: those are ASCII identifiers)."""
+
+    SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+    def __init__(self):
+        self.count = 0
+
+    def fresh(self) -> sp.Symbol:
+        self.count += 1
+        return sp.Symbol("Σ" + str(self.count).translate(self.SUB), real=True)
+
+
+def _derivatives(value, latex: bool, scalars=(), condition=sp.true, names=None) -> list:
+    """∂entry/∂read for the reads outside sums; each sum named, with ∂entry/∂sum
+    and the derivative of its summand with respect to each read in it."""
+    names = names or _Sums()
     out = []
-    sums = {s: sp.Symbol(f"S{k}") for k, s in enumerate(_top_sums(value))}
+    tops = outside_sums(value, sp.Sum)
+    alone = tops == [value]         # the entry is one sum, shown already: no name needed
+    sums = {s: sp.Symbol("Σ", real=True) if alone else names.fresh() for s in tops}
     f = value.xreplace(sums) if sums else value
-    reads = sorted(f.atoms(sp.Indexed), key=sp.default_sort_key)
-    reads += sorted((a for a in f.free_symbols if a.name in scalars), key=sp.default_sort_key)
-    for acc in reads:
-        out.append(f"∂/∂{acc} = {_fmt(sp.diff(f, acc), latex)}")
+    reads = outside_sums(_display(f), sp.Indexed)
+    reads += sorted((a for a in f.free_symbols if a.name in scalars and a.is_real and not a.is_integer),
+                    key=sp.default_sort_key)
+    in_values = _value_reads(f) | {a for a in reads if isinstance(a, sp.Symbol)}
     for s, sym in sums.items():
-        k = s.limits[-1][0]
-        out.append(f"{sym} = sum over {k} of {_fmt(s.function, latex)}; ∂/∂{sym} = {_fmt(sp.diff(f, sym), latex)}")
-        for acc in sorted(s.function.atoms(sp.Indexed), key=sp.default_sort_key):
-            out.append(f"  ∂(summand)/∂{acc} = {_fmt(sp.diff(s.function, acc), latex)}")
+        if not alone:
+            out += _eq(str(sym), s, latex)
+    for acc in reads:
+        out += _derivative_lines(f, acc, latex, condition, acc not in in_values)
+    for s, sym in sums.items():
+        over = ", ".join(str(lim[0]) for lim in s.limits)
+        inner = _derivatives(s.function, latex, scalars, condition, names)
+        if alone:
+            out.append(f"in the summand (over {over}):" if inner else "(the summand reads no field)")
+            out += ["  " + line for line in inner]
+            continue
+        out += _derivative_lines(f, sym, latex, condition, False)
+        out.append(f"  in the summand of {sym} (over {over}):" if inner
+                   else f"  (the summand of {sym} reads no field)")
+        out += ["    " + line for line in inner]
     return out
+
+
+def _derivative_lines(f, wrt, latex, condition, only_in_conditions) -> list:
+    d = _diff(f, wrt, condition)
+    if d is None:
+        return [f"∂/∂{wrt}: not shown (sympy cannot differentiate this expression symbolically)"]
+    lines = _eq(f"∂/∂{wrt}", d, latex)
+    if only_in_conditions and d == 0:
+        lines[-1] += "   (read only in a condition: the entry jumps, its derivative is 0 where it exists)"
+    return lines
+
+
+# -- the rest of the report ------------------------------------------------------
+
+def _coupled_elements(spec, coupled) -> int:
+    total = 0
+    for name in coupled:
+        try:
+            total += int(sp.prod(spec.field(name).shape))
+        except (TypeError, ValueError, StopIteration):
+            total += 1
+    return total
 
 
 def _costs(d) -> list:
     n_regions = len(d.regions)
-    per = "one pass over the {} region(s) above".format(n_regions)
+    per = f"one pass over the {n_regions} region{'s' if n_regions != 1 else ''} above"
+    c = _coupled_elements(d.spec, d.coupled)
     pinv = {
-        "gather": "one pass plus O(p) (the weights are cached per size)",
-        "bordered": f"{1 + len(d.coupled)} passes (one per coupled field element, plus one) plus O(p)",
+        "gather": "one pass plus O(#θ) (the weights are cached per size)",
+        "bordered": (f"{1 + c} passes (one per coupled field element, plus one) plus O(#θ)" if c
+                     else "one pass plus O(#θ)"),
         "general": "two passes (a pushforward and a pullback) per LSQR iteration",
     }[d.kind]
     sep = sum(1 for r in d.op_regions if r.separable is not None)
@@ -92,43 +308,85 @@ def _costs(d) -> list:
         f"destructure, destructure_pushforward, destructure_pullback: {per}",
         f"restructure_pushforward, restructure_pullback, project: {pinv}",
         "matvec, rmatvec, bilinear_pullback: one pass per column of the operand"
-        + (f"; {sep} term(s) Σ_k alpha(i,k)·beta(j,k) contracted in O((m + n)·k)" if sep else ""),
+        + (f"; {sep} term{'s' if sep != 1 else ''} Σ alpha(i, ·)·beta(j, ·) contracted in "
+           "O((rows + columns) × operand columns)" if sep else ""),
         "diagonal, diagonal_pullback: the entries with i == j only",
+        "(#θ: the number of field elements)",
     ]
     if d.toeplitz:
-        lines.append("the entry depends on i - j only: matvec-like maps use the FFT from n = 384 on")
+        lines.append("the entry depends on i - j only: matvec-like maps use the FFT from 384 rows on")
     if d.hankel:
-        lines.append("the entry depends on i + j only: matvec-like maps use the FFT from n = 384 on")
+        lines.append("the entry depends on i + j only: matvec-like maps use the FFT from 384 rows on")
     return lines
 
 
-def _instance(spec, module_source, seed=0):
-    """A small random instance: (module, x, J by pushforwards of unit vectors, element labels)."""
-    from .verify import _instance_sizes, _struct, load_module
+class _NoInstance(Exception):
+    """Why the small instance could not be shown."""
+
+
+def _instance(spec, module_source, seed=0, module=None):
+    """A small random instance: (module, x, sizes, J by pushforwards of unit
+    vectors, element labels, the distribution drawn from); raises _NoInstance.
+    ``module_source`` is called for the module's text unless ``module`` (the
+    module already imported) is given."""
+    from .verify import _bounds, _instance_sizes, _struct, describe, draw, load_module
 
     rng = np.random.default_rng(seed)
-    sizes, shapes = _instance_sizes(spec, rng)
-    tmp = tempfile.mkdtemp(prefix="rulegen-explain-")
-    path = os.path.join(tmp, spec.module + ".py")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(module_source)
-    mod = load_module(path)
-    cls = getattr(mod, spec.name)
+    try:
+        sizes, shapes = _instance_sizes(spec, rng)
+    except ValueError as exc:
+        raise _NoInstance(str(exc)) from None
     names = [f.name for f in spec.fields]
     p = sum(int(np.prod(s)) for s in shapes.values())
-    theta = rng.uniform(0.5, 1.5, p)
-    x = _struct(cls, names, shapes, theta, sizes)
+    values = {s: sizes[s.name] for s in spec.sizes}
+    N = int(np.prod([int(dim.xreplace(values)) for dim in spec.size]))
+    if p * N > MAX_J:
+        raise _NoInstance(f"J would be {N} × {p} at the smallest sizes found: too large to tabulate")
+    try:
+        if module is None:
+            tmp = tempfile.mkdtemp(prefix="rulegen-explain-")
+            path = os.path.join(tmp, spec.module + ".py")
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(module_source())
+            module = load_module(path)
+        mod = module
+        cls = getattr(mod, spec.name)
+    except Exception as exc:    # noqa: BLE001
+        raise _NoInstance(f"the generated module does not import: {type(exc).__name__}: {exc}") from None
     labels = []
     for name in names:
         shape = shapes[name]
         labels += [name] if shape == () else [f"{name}[{', '.join(map(str, ix))}]" for ix in np.ndindex(*shape)]
-    cols = []
-    for k in range(p):
-        e = np.zeros(p)
-        e[k] = 1.0
-        cols.append(mod.destructure_pushforward(x, _struct(cls, names, shapes, e, sizes)).ravel())
-    J = np.stack(cols, axis=1) if cols else np.zeros((x.shape[0] * x.shape[1], 0))
-    return mod, x, sizes, J, labels
+    bounds = _bounds(spec, sizes, shapes)
+    why, found = "", None
+    for kind in INSTANCE_DRAWS:
+        theta = draw(kind, rng, names, shapes, bounds)
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                x = _struct(cls, names, shapes, theta, sizes)
+                dense = np.asarray(mod.destructure(x), dtype=float)
+                cols = []
+                for k in range(p):
+                    e = np.zeros(p)
+                    e[k] = 1.0
+                    cols.append(np.ravel(mod.destructure_pushforward(x, _struct(cls, names, shapes, e, sizes))))
+        except Exception as exc:    # noqa: BLE001 - a kernel that raises at this draw: try the next
+            why = why or f"{type(exc).__name__}: {exc} (fields {describe(kind, bounds)})"
+            continue
+        J = np.stack(cols, axis=1) if cols else np.zeros((dense.size, 0))
+        if not (np.all(np.isfinite(J)) and np.all(np.isfinite(dense))):
+            why = why or f"non-finite values (fields {describe(kind, bounds)})"
+            continue
+        if found is None:
+            found = (x, J, kind)
+        if np.any(J != 0) or (p == 0 and np.any(dense != 0)):
+            found = (x, J, kind)
+            break
+    if found is None:
+        raise _NoInstance(f"every draw failed; the first: {why}")
+    x, J, kind = found
+    return mod, x, sizes, J, labels, describe(kind, bounds)
 
 
 def _scalars_bare(e, spec):
@@ -138,52 +396,102 @@ def _scalars_bare(e, spec):
                      lambda a: sp.Symbol(a.base.label.name, real=True)) if scalars else e
 
 
-def explain(path: str, latex: bool = False, plot: str | None = None) -> str:
+def _pinned(condition, steps):
+    """The region's condition with the indices its nest pins substituted."""
+    for st in steps:
+        if st[0] == "let":
+            try:
+                condition = condition.xreplace({st[1]: st[2]})
+            except Exception:   # noqa: BLE001
+                return sp.true
+    return condition
+
+
+def explain(path: str, latex: bool = False, plot: str | None = None, instance: bool = True,
+            module=None) -> str:
+    """The report as text (``instance=False``: without the small random
+    instance, which compiles the module's kernels; ``module``: the module
+    built from ``path``, already imported, for the instance)."""
     spec = load(path)
     d = derive(spec)
-    shown = [(r, _scalars_bare(r.value, spec), _scalars_bare(r.condition, spec)) for r in d.regions]
-    source = render(d, path)
+    scalars = {f.name for f in spec.fields if f.ndim == 0}
     out = [f"{spec.name} ({path})", f"  getindex(i, j) = {' '.join(spec.entry_text.split())}",
-           f"  size: {spec.size[0]} × {spec.size[1]}"]
+           f"  size: {_size_text(spec.size[0])} × {_size_text(spec.size[1])}"]
     plan = size_plan(spec)
     if plan:
         out.append("  sizes: " + ", ".join(
             f"{st.size} (from {st.field}.shape[{st.axis}])" if st.kind == "solve" else f"{st.size} (keyword)"
             for st in plan))
-    out.append("  fields: " + (", ".join(f"{f.name} {list(f.shape)}" for f in spec.fields) or "(none)"))
+    out.append("  fields: " + (", ".join(f"{f.name} {list(f.shape)}" if f.shape else f"{f.name} (scalar)"
+                                         for f in spec.fields) or "(none)"))
     out.append("")
-    out.append("How J⁺ is applied: " + KINDS[d.kind].format(coupled=", ".join(d.coupled)))
+    kind = "bordered-alone" if d.kind == "bordered" and not d.coupled else d.kind
+    out.append("How J⁺ is applied: " + KINDS[kind].format(coupled=", ".join(d.coupled)))
     out.append("")
-    out.append(f"Regions ({len(d.regions)}; they partition the matrix):")
-    for k, (r, value, condition) in enumerate(shown, 1):
-        out.append(f"  {k}. where {_fmt(condition, latex)}")
+    n = len(d.regions)
+    if not n:
+        out.append("Regions: none; every entry is zero.")
+    elif d.covers:
+        out.append(f"Regions ({n}; together they cover the matrix):")
+    else:
+        out.append(f"{n} non-zero region{'s' if n != 1 else ''}; entries outside {'them' if n != 1 else 'it'} "
+                   "are zero:")
+    for k, r in enumerate(d.regions, 1):
+        value, condition = _scalars_bare(r.value, spec), _scalars_bare(r.condition, spec)
+        where = [f"{k}. everywhere"] if condition is sp.true else _eq(f"{k}. where", condition, latex, sep=" ")
+        out += ["  " + line for line in where]
         out += ["       " + line for line in _nest_text(r.steps)]
-        out.append(f"       Y[i, j] = {_fmt(value, latex)}")
-        out += ["       " + line for line in _derivatives(value, latex, {f.name for f in spec.fields if f.ndim == 0})]
+        out += ["       " + line for line in _eq("Y[i, j]", value, latex)]
+        out += ["       " + line for line in _derivatives(value, latex, scalars, _pinned(condition, r.steps))]
     out.append("")
     out.append("Cost:")
     out += ["  " + line for line in _costs(d)]
-    mod, x, sizes, J, labels = _instance(spec, source)
-    N, p = J.shape
-    used = np.any(J != 0, axis=0)
-    rank = int(np.linalg.matrix_rank(J)) if J.size else 0
-    cls = mod.parametrisation(x)
+    if not instance and not plot:
+        return "\n".join(out)
     out.append("")
-    size_text = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "no sizes"
-    out.append(f"At a random instance ({size_text}, fields uniform in [0.5, 1.5]):")
-    out.append(f"  p = {p} field elements, p_a = {int(used.sum())} used, N = {N} entries, rank J = {rank}")
-    out.append(f"  parametrisation: {cls}")
-    unused = [lab for lab, u in zip(labels, used) if not u]
-    if unused:
-        shown = ", ".join(unused[:12]) + (f", … ({len(unused)} in all)" if len(unused) > 12 else "")
-        out.append(f"  unused storage (zero structural tangent from restructure_pushforward): {shown}")
-    out.append(f"  identities that hold: {IDENTITIES[cls]}")
-    out.append("  (the class is decided at x: see parametrisation's docstring in the module)")
+    try:
+        mod, x, sizes, J, labels, drawn = _instance(spec, lambda: render(d, path), module=module)
+    except _NoInstance as exc:
+        out.append(f"No small random instance to show: {exc}.")
+        if plot:
+            out.append(f"(--plot needs that instance: {plot} not written)")
+        return "\n".join(out)
+    out += _instance_lines(mod, x, sizes, J, labels, drawn)
     if plot:
         _plot(plot, spec, x, J, labels)
         out.append("")
         out.append(f"wrote {plot}")
     return "\n".join(out)
+
+
+def _instance_lines(mod, x, sizes, J, labels, drawn) -> list:
+    N, p = J.shape
+    used = np.any(J != 0, axis=0)
+    rank = int(np.linalg.matrix_rank(J)) if J.size else 0
+    size_text = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "no sizes"
+    out = [f"At a random instance ({size_text}, fields {drawn}):",
+           f"  {p} field element{'s' if p != 1 else ''}, {int(used.sum())} of them used, "
+           f"{N} entr{'ies' if N != 1 else 'y'}, rank J = {rank}"]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cls = mod.parametrisation(x)
+    except Exception as exc:    # noqa: BLE001
+        out.append(f"  parametrisation raised {type(exc).__name__}: {exc}")
+        cls, caught = None, []
+    if cls is not None:
+        out.append(f"  parametrisation: {cls}")
+    for w in caught[:2]:
+        out.append(f"  ({type(w.message).__name__}: {str(w.message).splitlines()[0] if str(w.message) else ''})")
+    unused = [lab for lab, u in zip(labels, used) if not u]
+    if unused:
+        shown = ", ".join(unused[:12]) + (f", … ({len(unused)} in all)" if len(unused) > 12 else "")
+        out.append(f"  unused storage (zero structural tangent from restructure_pushforward): {shown}")
+    if cls in IDENTITIES:
+        out.append(f"  identities that hold: {IDENTITIES[cls]}")
+    out.append("  (the class is decided at x: see parametrisation's docstring in the module)")
+    return out
+
 
 
 def _plot(path, spec, x, J, labels):
