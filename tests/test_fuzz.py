@@ -33,7 +33,8 @@ def _compile(text: str):
         with open(path, "w", encoding="utf-8", errors="surrogatepass") as fh:
             fh.write(text)
         try:
-            return compile_spec(path).source
+            built = compile_spec(path)          # one module per target, the numba one first
+            return (built[0] if isinstance(built, list) else built).source
         except SpecError as exc:
             assert exc.diagnostics, "a SpecError without a diagnostic"
             for d in exc.diagnostics:
@@ -204,3 +205,74 @@ def pytest_approx(value):
     import pytest
 
     return pytest.approx(value, rel=1e-7, abs=1e-9)
+
+
+# -- rulegen explain and verify on random specs: never a traceback ------------
+
+RISKY_TERMS = st.sampled_from([
+    "sum(b[k] for k in range(n) if a[k] == i and a[k] != j)",     # a field compared with an index
+    "a[i] / (a[j] - b[i])",                                       # a pole at equal values
+    "log(a[i]) * b[j]",                                           # NaN at negative draws
+    "a[i] ** j",                                                  # 0 ** 0, the power rule at 0
+    "sqrt(abs(a[j])) * s",                                        # a kink, an infinite derivative at 0
+    "(a[i] if a[j] > 0 else -b[i])",                              # a condition on a field
+    "exp(M[i, j] / 8)", "M[j, i] * b[(i + j) % n]", "max(a[i], b[j])", "1 / (1 + s ** 2)",
+    "sum(M[i, k] * M[j, k] for k in range(n) if k != i)",
+])
+RISKY = st.tuples(st.lists(RISKY_TERMS, min_size=2, max_size=3), st.sampled_from(["+", "-", "*"]),
+                  st.sampled_from(["", "i <= j", "i == j", "(i + j) % 2 == 0"])).map(
+    lambda t: (f"({t[0][0]}) if {t[2]} else ({f' {t[1]} '.join(t[0][1:])})" if t[2]
+               else f" {t[1]} ".join(f"({x})" for x in t[0])))
+RISKY_SHAPES = {"a": "[n]", "b": "[n]", "M": "[n, n]", "s": "[]"}
+
+
+def _risky_spec(expr: str) -> str:
+    import re
+
+    used = [f for f in RISKY_SHAPES if re.search(rf"\b{f}\b", expr)]
+    fields = "{" + ", ".join(f"{f}: {RISKY_SHAPES[f]}" for f in used) + "}"
+    return f"name: Risky\nsizes: [n]\nfields: {fields}\nsize: [n, n]\ngetindex: {_quote(expr)}\n"
+
+
+def _explain_text(text: str, instance: bool, tmp: str, module=None) -> str:
+    from rulegen.explain import explain
+
+    path = os.path.join(tmp, "spec.yaml")
+    with open(path, "w", encoding="utf-8", errors="surrogatepass") as fh:
+        fh.write(text)
+    out = explain(path, instance=instance, module=module)
+    assert "Derivative(" not in out and "Where(" not in out, out
+    return out
+
+
+@given(st.one_of(EXPRESSIONS.map(lambda e: SPEC_HEAD + f"getindex: {_quote(e)}\n"), RISKY.map(_risky_spec)))
+def test_explain_of_random_specs_that_build(text):
+    """The symbolic part of explain (no kernels compiled) on every spec that builds."""
+    if _compile(text) is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        _explain_text(text, False, tmp)
+
+
+@settings(max_examples=int(os.environ.get("RULEGEN_FUZZ_TOOLS", "2")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(RISKY)
+def test_explain_and_verify_of_random_specs(expr):
+    """explain with its instance, and verify, on specs with poles, NaN, zeros,
+    kinks and fields compared with indices: a report, never a traceback."""
+    from rulegen.spec import load
+    from rulegen.verify import load_module, verify_module
+
+    text = _risky_spec(expr)
+    source = _compile(text)
+    assert source is not None, expr
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "risky.py")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(source)
+        module = load_module(path)          # one import: explain and verify share its compiled kernels
+        out = _explain_text(text, True, tmp, module)
+        assert "parametrisation:" in out or "No small random instance" in out, out
+        report = verify_module(load(os.path.join(tmp, "spec.yaml")), path, trials=1, module=module)
+        assert report.errors or report.problems
+        assert all(isinstance(p, str) and p for p in report.problems)
