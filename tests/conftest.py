@@ -1,8 +1,16 @@
+import hashlib
 import os
+import shutil
 import sys
+import tempfile
 import zlib
+from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from helpers import ROOT, load_module, run_cli  # noqa: E402  (the path above first)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -17,3 +25,102 @@ def pytest_collection_modifyitems(config, items):
         if forced is None and obj is not None and is_hypothesis_test(obj) \
                 and getattr(obj, "_hypothesis_internal_use_seed", None) is None:
             seed(zlib.crc32(f"{item.path.name}::{item.originalname}".encode()))(obj)
+
+
+def _rulegen_digest() -> str:
+    """sha256 of what a build depends on besides the spec: every source file of
+    the compiler (rulegen/, templates/), Python's, sympy's and jinja2's
+    versions. Any change to them, even one that leaves the output alone, gives
+    fresh builds: only their numba kernels are then compiled again."""
+    import jinja2
+    import sympy
+
+    h = hashlib.sha256(f"{sys.version}\0{sympy.__version__}\0{jinja2.__version__}\0".encode())
+    for folder in ("rulegen", "templates"):
+        for base, dirs, files in os.walk(os.path.join(ROOT, folder)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith((".pyc", ".nbi", ".nbc")):
+                    continue
+                path = os.path.join(base, name)
+                h.update(f"{os.path.relpath(path, ROOT)}\0".encode())
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def _build_into(folder: Path, specs: dict) -> Path:
+    """Build the specs (file name -> YAML text) with the CLI into ``folder/out``
+    unless they are there already; return ``folder/out``. A build goes to a
+    scratch folder first and is renamed into place, so a concurrent session
+    sees either nothing or a whole build."""
+    out = folder / "out"
+    if not out.is_dir():
+        scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
+        try:
+            for filename, text in specs.items():
+                (scratch / filename).write_text(text)
+            proc = run_cli("build", *[str(scratch / f) for f in specs], "--out", str(scratch / "out"))
+            assert proc.returncode == 0, proc.stderr
+            try:
+                scratch.rename(folder)
+            except OSError:             # built meanwhile by another session
+                pass
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def build_specs_once(request, tmp_path_factory):
+    """``build_specs_once({file name: YAML text, ...})``: the folder that
+    ``rulegen build`` of those specs writes, built once per set of spec texts
+    and shared by every test that asks.
+
+    Builds are kept across sessions in pytest's cache folder
+    (``.pytest_cache/d/rulegen-built/<digest of rulegen/ and templates/>/<digest
+    of the specs>/out``), so their numba kernels are compiled once (numba
+    caches them beside the modules), not once per run; a change to the
+    compiler or to a spec gives a fresh folder, and the folders of all but the
+    three latest compiler versions are removed. With ``--cache-clear`` they
+    are built afresh, with ``-p no:cacheprovider`` in a temporary folder for
+    this session only."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        root = cache.mkdir("rulegen-built") / _rulegen_digest()
+        root.mkdir(exist_ok=True)
+        os.utime(root)
+        others = sorted((p for p in root.parent.iterdir() if p.is_dir() and p != root),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in others[2:]:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        root = tmp_path_factory.mktemp("built")
+    built = {}
+
+    def build_specs_once(specs: dict) -> Path:
+        key = hashlib.sha256(repr(sorted(specs.items())).encode()).hexdigest()[:16]
+        if key not in built:
+            built[key] = _build_into(root / key, specs)
+        return built[key]
+
+    return build_specs_once
+
+
+@pytest.fixture(scope="session")
+def build_once(build_specs_once):
+    """``build_once(yaml_text)``: the module ``helpers.build`` makes of a spec,
+    built once per spec text and file name (see ``build_specs_once``) and
+    imported once; every test that asks gets the same module, and must leave it
+    as it found it (``monkeypatch`` restores what it sets)."""
+    loaded = {}
+
+    def build_once(yaml_text: str, filename: str = "spec.yaml"):
+        key = (filename, yaml_text)
+        if key not in loaded:
+            out = build_specs_once({filename: yaml_text})
+            (module_file,) = [p for p in out.iterdir() if p.suffix == ".py" and p.name != "__init__.py"]
+            loaded[key] = load_module(str(module_file))
+        return loaded[key]
+
+    return build_once

@@ -197,12 +197,10 @@ def test_non_finite_cotangent_gives_nan_without_iterating():
     assert np.isnan(got.U).all() and np.isnan(got.V).all()
 
 
-def test_nan_in_unused_storage_stays_local(tmp_path):
+def test_nan_in_unused_storage_stays_local(build_once):
     """A bordered type that never reads the lower triangle of data: a NaN there
     changes nothing (its column of J is zero)."""
-    from helpers import build
-
-    mod = build(tmp_path, """
+    mod = build_once("""
 name: ExpScaledUpper
 sizes: [n]
 fields: {t: [], data: [n, n]}

@@ -6,7 +6,7 @@ separable terms. References are dense matrices written by hand in numpy."""
 import numpy as np
 import pytest
 
-from helpers import build, generated
+from helpers import generated
 
 
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 8, 11, 64, 65, 150])
@@ -36,8 +36,8 @@ getindex: "-2.5 * F[j + 1, i + 2]"
 
 
 @pytest.mark.parametrize("m,n", [(1, 1), (4, 4), (5, 7), (9, 13), (64, 3), (3, 64), (37, 41)])
-def test_transposed_tiles_with_offsets_and_a_coefficient(tmp_path, m, n):
-    mod = build(tmp_path, TRANSPOSED)
+def test_transposed_tiles_with_offsets_and_a_coefficient(build_once, m, n):
+    mod = build_once(TRANSPOSED)
     rng = np.random.default_rng(m * 100 + n)
     F = rng.standard_normal((n + 1, m + 2))
     x = mod.Transposed(F=F)
@@ -54,11 +54,11 @@ def test_transposed_tiles_with_offsets_and_a_coefficient(tmp_path, m, n):
     np.testing.assert_array_equal(mod.destructure(mod.Transposed(F=read_only)), want)
 
 
-def test_transposed_reads_that_wrap_or_run_past_the_end(tmp_path):
+def test_transposed_reads_that_wrap_or_run_past_the_end(build_once):
     """F[j, i - 5] wraps to F's last columns for i < 5 (Python semantics): the
     strips whose tiles would wrap take the per-row loops, the others move in
     tiles. F[j + 1, i] runs past the end."""
-    mod = build(tmp_path, """
+    mod = build_once("""
 name: Wrap
 sizes: [n]
 fields: {F: [n, n]}
@@ -75,8 +75,7 @@ getindex: "F[j, i - 5]"
         for j in range(12):
             g[j, (i - 5) % 12] += Y[i, j]
     np.testing.assert_allclose(mod.destructure_pullback(x, Y).F, g, rtol=1e-15)
-    (tmp_path / "b").mkdir()
-    bad = build(tmp_path / "b", """
+    bad = build_once("""
 name: Past
 sizes: [n]
 fields: {F: [n, n]}
@@ -102,10 +101,10 @@ def test_toeplitz_hoisted_checks_at_size():
     np.testing.assert_allclose(got.row[1:], [np.trace(Y, k) for k in range(1, 130)], atol=1e-10)
 
 
-def test_wrapping_and_out_of_range_reads_take_the_checked_loop(tmp_path):
+def test_wrapping_and_out_of_range_reads_take_the_checked_loop(build_once):
     """c[j - 3] wraps for j < 3 (Python semantics), so the hoisted check fails
     and the checked loop runs; c[j + 1] runs past the end and raises."""
-    mod = build(tmp_path, """
+    mod = build_once("""
 name: Shift
 sizes: [n]
 fields: {c: [n]}
@@ -115,8 +114,7 @@ getindex: "c[j - 3] if i <= j else 0"
     c = np.arange(100.0)
     want = np.triu(np.tile(np.roll(c, 3), (100, 1)))
     np.testing.assert_array_equal(mod.destructure(mod.Shift(c=c)), want)
-    (tmp_path / "b").mkdir()
-    bad = build(tmp_path / "b", """
+    bad = build_once("""
 name: Past
 sizes: [n]
 fields: {c: [n]}
@@ -181,13 +179,13 @@ def _anti_diagonal_sums(W):
 
 @pytest.mark.parametrize("name", sorted(FFT_SPECS))
 @pytest.mark.parametrize("m,n", [(400, 450), (500, 500), (20, 30)])
-def test_fft_path_of_shift_invariant_specs(tmp_path, name, m, n):
+def test_fft_path_of_shift_invariant_specs(build_once, name, m, n):
     """Above FFT_MIN, matvec, rmatvec and bilinear_pullback of a spec whose entry
     depends on i - j (or i + j) only go through the FFT; below, through the direct kernels."""
     text, make, dense = FFT_SPECS[name]
     if name == "ExpCirculant":
         m = n
-    mod = build(tmp_path, f"name: {name}\n" + text.lstrip())
+    mod = build_once(f"name: {name}\n" + text.lstrip())     # one build per spec, shared by the sizes
     assert "FFT_MIN" in dir(mod)
     rng = np.random.default_rng(m + n)
     fields = make(rng, m, n)

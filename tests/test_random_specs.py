@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from helpers import assert_norm_close, check_derived_ops, expected_class, jacobian_complex, load_module, run_cli, struct_vec, unflatten
+from helpers import assert_norm_close, check_derived_ops, expected_class, jacobian_complex, load_module, struct_vec, unflatten
 from poison import poisoned_empty
 
 FIELDS = {"a": "[n]", "b": "[n]", "M": "[n, n]", "s": "[]", "U": "[n, r]"}
@@ -65,20 +65,15 @@ COUNT = int(os.environ.get("RULEGEN_RANDOM_SPECS", "12"))
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(build_specs_once):
     rng = random.Random(20261126)
-    root = tmp_path_factory.mktemp("random")
-    cases = {}
+    cases, texts = {}, {}
     for k in range(COUNT):
         name = f"Random{k}"
         entry = _entry(rng)
-        text, used = _spec(name, entry)
-        (root / f"{name}.yaml").write_text(text)
+        texts[f"{name}.yaml"], used = _spec(name, entry)
         cases[name] = (entry, used)
-    out = root / "out"
-    proc = run_cli("build", *[str(root / f"{n}.yaml") for n in cases], "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return cases, out
+    return cases, build_specs_once(texts)
 
 
 def _python_dense(entry, n, r):

@@ -9,7 +9,7 @@ and numpy's pinv."""
 import numpy as np
 import pytest
 
-from helpers import assert_norm_close, check_derived_ops, expected_class, jacobian, jacobian_complex, load_module, run_cli, struct_vec, unflatten
+from helpers import assert_norm_close, check_derived_ops, expected_class, jacobian, jacobian_complex, load_module, struct_vec, unflatten
 
 
 def _loops(shape, entry, dtype=float):
@@ -188,16 +188,8 @@ getindex: "U[i, 0] * U[j, 1] if sum(U[i, k] for k in range(r)) > 0 else U[j, 0]"
 
 
 @pytest.fixture(scope="module")
-def modules(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nonlinear")
-    paths = []
-    for name, (text, *_rest) in CASES.items():
-        path = root / f"{name}.yaml"
-        path.write_text(f"name: {name}\n" + text.lstrip())
-        paths.append(str(path))
-    out = root / "out"
-    proc = run_cli("build", *paths, "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
+def modules(build_specs_once):
+    out = build_specs_once({f"{name}.yaml": f"name: {name}\n" + text.lstrip() for name, (text, *_rest) in CASES.items()})
     return {p.stem: load_module(str(p)) for p in out.iterdir() if p.suffix == ".py" and p.name != "__init__.py"}
 
 

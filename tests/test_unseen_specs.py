@@ -164,28 +164,19 @@ getindex: "d[i] if n > 2 and i == j else (s if i != j else 0)"
 }
 
 
-_BUILT: dict = {}
-
-
-def _module(tmp_path_factory, key):
-    if key not in _BUILT:
-        _BUILT[key] = build(tmp_path_factory.mktemp(key), CASES[key][0])
-    return _BUILT[key]
-
-
 @pytest.mark.parametrize("key", sorted(CASES))
 @pytest.mark.parametrize("n", [1, 2, 5])
-def test_unseen_gather_spec(tmp_path_factory, key, n):
+def test_unseen_gather_spec(build_once, key, n):
     text, make, dense, order = CASES[key]
-    mod = _module(tmp_path_factory, key)
+    mod = build_once(text)
     cls = getattr(mod, text.split("name:")[1].split()[0])
     rng = np.random.default_rng(n)
     fields, extra = make(rng, n)
     check_all_maps(mod, cls, fields, extra, lambda f: dense(f, n), order)
 
 
-def test_out_of_range_index_raises(tmp_path):
-    mod = build(tmp_path, """
+def test_out_of_range_index_raises(build_once):
+    mod = build_once("""
 name: Shifted
 sizes: [n]
 fields: {d: [n]}
