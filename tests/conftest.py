@@ -12,12 +12,41 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from helpers import ROOT, load_module, run_cli  # noqa: E402  (the path above first)
 
+# The fast tier, `python3 -m pytest -q -m "not slow"`, leaves out these tests
+# (listed here, not in the files, so that files under other hands need no
+# edit): node ids, or a prefix of one ending in "::" or "[". Plain
+# `python3 -m pytest -q` runs everything.
+SLOW = (
+    "test_fuzz.py::",                   # hypothesis fuzzing of the compiler
+    "test_random_specs.py::",           # randomly composed specs (compiled afresh after a compiler change)
+    "test_unseen_nonlinear.py::",       # 20-odd nonlinear specs (the same)
+    "test_docs.py::",                   # the tutorial, as a shell script with fresh builds
+    "test_derived_cost.py::",           # n = 40000 under a 6 GiB cap, in a subprocess
+    "test_cli.py::test_build_is_deterministic_across_hash_seeds",      # two builds of every spec
+    "test_tools.py::test_verify_passes_a_fresh_build_and_names_a_corrupted_map",
+    "test_tools.py::test_explain_names_class_fields_and_plots",       # matplotlib
+)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: fuzzing, random specs, fresh builds of many specs, the tutorial, big sizes under a "
+        "memory cap (listed in tests/conftest.py); `-m \"not slow\"` runs the fast tier")
+
+
+def _is_slow(item) -> bool:
+    node = f"{item.path.name}::{item.name}"
+    return any(node == s or (s[-1] in ":[" and node.startswith(s)) for s in SLOW)
+
 
 def pytest_collection_modifyitems(config, items):
     from hypothesis import is_hypothesis_test, seed
 
     forced = config.getoption("--hypothesis-seed", default=None)
     for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)
         # Hypothesis draws a fresh seed per run unless told otherwise: fix one
         # per test (from its name) so that a failure recurs on the next run.
         # `--hypothesis-seed=N` still chooses another.
