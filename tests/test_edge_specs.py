@@ -8,7 +8,7 @@ coordinates. Kernels follow IEEE arithmetic (inf/nan, no Python exception)."""
 import numpy as np
 import pytest
 
-from helpers import assert_norm_close, expected_class, jacobian_complex, load_module, run_cli, struct_vec, unflatten
+from helpers import assert_norm_close, expected_class, jacobian_complex, load_module, struct_vec, unflatten
 from poison import poisoned_empty
 
 SPECS = {
@@ -65,15 +65,9 @@ getindex: "sqrt(x[i]) if j == 0 else (log(x[i]) if j == 1 else (x[i] ** -2 if j 
 
 
 @pytest.fixture(scope="module")
-def mods(tmp_path_factory):
-    root = tmp_path_factory.mktemp("edge")
-    paths = []
-    for name, text in SPECS.items():
-        (root / f"{name}.yaml").write_text(text)
-        paths.append(str(root / f"{name}.yaml"))
-    proc = run_cli("build", *paths, "--out", str(root / "out"))
-    assert proc.returncode == 0, proc.stderr
-    return {name: load_module(str(root / "out" / f"{name}.py")) for name in SPECS}
+def mods(build_specs_once):
+    out = build_specs_once({f"{name}.yaml": text for name, text in SPECS.items()})
+    return {name: load_module(str(out / f"{name}.py")) for name in SPECS}
 
 
 def check_against_oracle(mod, cls, fields, extra, dense, order, J=None, seed=0):
