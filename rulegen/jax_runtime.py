@@ -10,6 +10,7 @@ depends on x: the bordered Schur complement and a matrix-free LSQR in
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import jax
@@ -101,6 +102,12 @@ def extreme(fn, arr) -> int:
     """min or max of a trace-time numpy array of indices (0 when empty)."""
     arr = np.asarray(arr)
     return int(fn(arr)) if arr.size else 0
+
+
+def element(field, index):
+    """``field[index]`` for an index the grid does not move; 0 when the field
+    is empty (then the grid that reads it is empty too)."""
+    return field[index] if field.size else jnp.zeros((), field.dtype)
 
 
 def guarded(mask, r):
@@ -234,10 +241,13 @@ class Bordered:
         return parametrisation_class(int(self.rank), int(jnp.count_nonzero(self.used)), self.n_entries)
 
 
-def _warn(owner, what, itn, rel):
-    warnings.warn(f"{owner}: {what}: LSQR stopped at the iteration cap after {int(itn)} iterations; "
-                  f"relative normal-equation residual {float(rel):.2e}, the result is approximate",
-                  ConvergenceWarning, stacklevel=2)
+def _warn(owner, what, bad, itn, rel):
+    bad, itn, rel = np.asarray(bad), np.asarray(itn), np.asarray(rel)     # batched under vmap
+    if bad.any():
+        worst = np.argmax(np.where(bad, rel, -1).ravel())
+        warnings.warn(f"{owner}: {what}: LSQR stopped at the iteration cap after {int(itn.ravel()[worst])} "
+                      f"iterations; relative normal-equation residual {float(rel.ravel()[worst]):.2e}, "
+                      "the result is approximate", ConvergenceWarning, stacklevel=2)
 
 
 def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what: str = ""):
@@ -287,7 +297,7 @@ def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what
 
     out = lax.while_loop(lambda s: (~s["done"]) & (s["itn"] < cap), step, state)
     bad = (~out["done"]) & (out["rel"] > 100 * tol)
-    jax.lax.cond(bad, lambda: jax.debug.callback(_warn, owner, what, out["itn"], out["rel"]), lambda: None)
+    jax.debug.callback(functools.partial(_warn, owner, what), bad, out["itn"], out["rel"])
     return out["x"]
 
 

@@ -125,11 +125,13 @@ def struct_vec(obj, order) -> np.ndarray:
     return flatten({name: getattr(obj, name) for name in order}, order)
 
 
-def check_all_maps(mod, cls, fields: dict, extra: dict, dense, order, seed=0, atol=1e-10):
-    """Every map of the contract against the oracle (J from ``dense``, numpy's pinv)."""
+def check_all_maps(mod, cls, fields: dict, extra: dict, dense, order, seed=0, atol=1e-10, analytic=False):
+    """Every map of the contract against the oracle (J from ``dense``: central
+    differences, exact for entries affine in θ, or with ``analytic`` the
+    complex step; numpy's pinv)."""
     rng = np.random.default_rng(seed)
     x = cls(**fields, **extra)
-    J = jacobian(dense, fields, order)
+    J = (jacobian_complex if analytic else jacobian)(dense, fields, order)
     P = np.linalg.pinv(J) if J.size else np.zeros(J.shape[::-1])
     Y = np.asarray(dense(fields))
     np.testing.assert_allclose(mod.destructure(x), Y, atol=1e-13, err_msg="destructure")

@@ -377,7 +377,7 @@ def _diagonal(_sv, _arrays):
     _L12 = max(_L01, n)
     _i3 = jnp.arange(_L01, _L12)
     _j5 = jnp.asarray(_i3)
-    _r7 = col[0]
+    _r7 = _rt.element(col, (0,))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype)
     _out = _rt.scatter(_out, (_i3,), _c8, (_L12 - _L01, ))
     return _out

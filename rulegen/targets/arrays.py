@@ -160,7 +160,15 @@ class Grid:
 
 
 class Writer:
-    """Statements of one generated function, as ``(indent, text)`` lines."""
+    """Statements of one generated function, as ``(indent, text)`` lines.
+
+    The defaults print numpy-style code (JAX). A target whose arrays differ
+    subclasses and overrides the printing hooks below (``arange``,
+    ``asarray``, ``scalar``, ``element``, ``gather``, ``broadcast``); with
+    ``batched`` the fields carry leading batch axes, so slices index
+    ``F[..., a:b]`` and count dimensions from the end."""
+
+    batched = False         # fields have leading batch axes (a read is F[..., index])
 
     def __init__(self, xp: str, scalars=(), lines: list | None = None):
         self.xp = xp
@@ -196,12 +204,39 @@ class Writer:
                 self.need(definition)
                 self.add(f"{name} = {definition}")
 
+    # -- printing hooks (see the class docstring) -----------------------------
+
+    def arange(self, lo: str, hi: str) -> str:
+        """The integers ``lo, …, hi - 1`` as an index array."""
+        return f"{self.xp}.arange({lo}, {hi})"
+
+    def asarray(self, text: str) -> str:
+        """An index expression (``let``) as an array."""
+        return f"{self.xp}.asarray({text})"
+
+    def scalar(self, name: str, ctx: Ctx) -> str:
+        """A field of shape () read over the grid."""
+        return name
+
+    def element(self, name: str, index: str, ctx: Ctx) -> str:
+        """``name[index]`` where no index moves with the grid."""
+        return f"_rt.element({name}, ({index},))"
+
+    def gather(self, name: str, index: str, ctx: Ctx) -> str:
+        """``name[index]`` with index arrays that broadcast to the grid; at
+        masked positions they may point outside the field."""
+        return f"{name}[{index}]"
+
+    def broadcast(self, val: str, shape: str) -> str:
+        """``val`` broadcast to the grid's ``shape`` (a term of a sum)."""
+        return f"{self.xp}.broadcast_to({val}, {shape})"
+
     # -- grids --------------------------------------------------------------
 
     def _axis(self, var, lo: str, hi: str, ndim: int, axis: int, ctx: Ctx) -> None:
         shape = ", ".join("-1" if a == axis else "1" for a in range(ndim))
         reshape = "" if ndim == 1 else f".reshape(({shape}))"
-        ctx.names[var] = self.let(var.name, f"{self.xp}.arange({lo}, {hi}){reshape}")
+        ctx.names[var] = self.let(var.name, f"{self.arange(lo, hi)}{reshape}")
         ctx.np_names[var] = self.twin("n" + var.name, f"_np.arange({lo}, {hi}){reshape}")
         ctx.axes[var] = (axis, lo, hi)
 
@@ -281,7 +316,7 @@ class Writer:
         for st in steps:
             if st[0] == "let":
                 _, var, e = st
-                ctx.names[var] = self.let(var.name, f"{self.xp}.asarray({emit(e, ctx.names, self.xp, real=False)})")
+                ctx.names[var] = self.let(var.name, self.asarray(emit(e, ctx.names, self.xp, real=False)))
                 ctx.np_names[var] = self.twin("n" + var.name, f"_np.asarray({emit(e, ctx.np_names, '_np', real=False)})")
             elif st[0] == "if":
                 guards.append(st[1])
@@ -314,9 +349,13 @@ class Writer:
         plus a constant (in range: checked at trace time), else a gather."""
         name = acc.base.label.name
         if name in self.scalars:
-            return name
-        gather = f"{name}[{', '.join(emit(ix, ctx.names, self.xp, real=False) for ix in acc.indices)}]"
-        sl = _slice_read(name, acc.indices, ctx)
+            return self.scalar(name, ctx)
+        index = ", ".join(emit(ix, ctx.names, self.xp, real=False) for ix in acc.indices)
+        if not any(ix.free_symbols & set(ctx.names) for ix in acc.indices):
+            # one element, whatever the grid: an empty field is read only by an empty grid
+            return self.element(name, index, ctx)
+        gather = self.gather(name, index, ctx)
+        sl = _slice_read(name, acc.indices, ctx, self.batched)
         return gather if sl is None else f"({sl[0]} if {sl[1]} else {gather})"
 
     def _sum(self, s: sp.Sum, ctx: Ctx) -> str:
@@ -337,7 +376,7 @@ class Writer:
             self._and_mask(case, cond)
             val = self.value(v, case)
             terms.append(f"{self.xp}.where({case.mask}, {val}, {zero})" if case.mask else
-                         f"{self.xp}.broadcast_to({val}, {_shape_of(case)})")
+                         self.broadcast(val, _shape_of(case)))
         if not terms:
             return zero
         return self.let("s", f"({' + '.join(terms)}).sum(axis=-1)")
@@ -381,9 +420,10 @@ def _band(lo, hi):
     return (a, width) if not width.free_symbols & {I, J} else None
 
 
-def _slice_read(name: str, indices, ctx: Ctx):
+def _slice_read(name: str, indices, ctx: Ctx, batched: bool = False):
     """``(slice code, in-range condition code)`` for a read whose every index is
-    a distinct box axis plus a size-only offset, else None."""
+    a distinct box axis plus a size-only offset, else None. With ``batched``
+    the field has leading batch axes: ``F[..., a:b]``, dimensions from the end."""
     if not ctx.axes or len(indices) > 2:
         return None
     parts, used = [], []
@@ -397,13 +437,15 @@ def _slice_read(name: str, indices, ctx: Ctx):
         used.append(var)
         axis, lo, hi = ctx.axes[var]
         parts.append((axis, _offset(lo, off), _offset(hi, off), d))
-    ok = " and ".join(f"0 <= {a} and {b} <= {name}.shape[{d}]" for _, a, b, d in parts)
-    sl = f"{name}[{', '.join(f'{a}:{b}' for _, a, b, _ in parts)}]"
+    rank = len(parts)
+    lead = "..., " if batched else ""
+    ok = " and ".join(f"0 <= {a} and {b} <= {name}.shape[{d - rank if batched else d}]" for _, a, b, d in parts)
+    sl = f"{name}[{lead}{', '.join(f'{a}:{b}' for _, a, b, _ in parts)}]"
     axes = [ax for ax, *_ in parts]
     if len(parts) == 2 and axes == [1, 0]:
-        sl = f"{sl}.T"
+        sl = f"{sl}.mT" if batched else f"{sl}.T"
     if ctx.ndim == 2 and len(parts) == 1:
-        sl = f"{sl}[:, None]" if axes[0] == 0 else f"{sl}[None, :]"
+        sl = f"{sl}[{lead}:, None]" if axes[0] == 0 else f"{sl}[{lead}None, :]"
     elif ctx.ndim != len(parts) and not (ctx.ndim == 2 and len(parts) == 1):
         return None
     return sl, ok
