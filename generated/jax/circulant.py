@@ -141,10 +141,20 @@ def _pullback(x, ybar):
     return vjp(ybar.astype(_rt.dtype_of(x._arrays)))[0]
 
 
-def _weights(x):
+@functools.lru_cache(maxsize=16)
+def _weights_of(size_values, layout):
     """w = diag(JᵀJ): each entry reads one element k with a constant c, so
-    J·1 holds c at every entry and Jᵀ(J·1) sums c² per element."""
-    return _pullback(x, _pushforward(x, tuple(jnp.ones_like(a) for a in x._arrays)))
+    J·1 holds c at every entry and Jᵀ(J·1) sums c² per element. It depends on
+    the sizes only: computed once per size and dtype, on concrete arrays (a
+    constant of the traced maps)."""
+    with jax.ensure_compile_time_eval():
+        zeros = tuple(jnp.zeros(shape, dtype) for shape, dtype in layout)
+        x0 = Circulant._from_arrays(size_values, zeros)
+        return _pullback(x0, _pushforward(x0, tuple(jnp.ones_like(a) for a in zeros)))
+
+
+def _weights(x):
+    return _weights_of(x._size_values, tuple((a.shape, a.dtype) for a in x._arrays))
 
 
 def _pinv(x, ydot):

@@ -141,10 +141,20 @@ def _pullback(x, ybar):
     return vjp(ybar.astype(_rt.dtype_of(x._arrays)))[0]
 
 
-def _weights(x):
+@functools.lru_cache(maxsize=16)
+def _weights_of(size_values, layout):
     """w = diag(JᵀJ): each entry reads one element k with a constant c, so
-    J·1 holds c at every entry and Jᵀ(J·1) sums c² per element."""
-    return _pullback(x, _pushforward(x, tuple(jnp.ones_like(a) for a in x._arrays)))
+    J·1 holds c at every entry and Jᵀ(J·1) sums c² per element. It depends on
+    the sizes only: computed once per size and dtype, on concrete arrays (a
+    constant of the traced maps)."""
+    with jax.ensure_compile_time_eval():
+        zeros = tuple(jnp.zeros(shape, dtype) for shape, dtype in layout)
+        x0 = UnitUpperTriangular._from_arrays(size_values, zeros)
+        return _pullback(x0, _pushforward(x0, tuple(jnp.ones_like(a) for a in zeros)))
+
+
+def _weights(x):
+    return _weights_of(x._size_values, tuple((a.shape, a.dtype) for a in x._arrays))
 
 
 def _pinv(x, ydot):
@@ -276,7 +286,7 @@ def _dense(_sv, _arrays):
     _i3 = jnp.arange(_L01, _L12)
     _j5 = jnp.asarray(_i3)
     _c7 = _rt.cells(1, None, (_L12 - _L01, ), _dtype)
-    _out = _rt.scatter(_out, (_i3, _j5), _c7, (_L12 - _L01, ))
+    _out = _rt.diagonal_add(_out, _c7, (_L01) * _C + _L01, _L12 - _L01)
     _I08 = 0
     _I19 = max(_I08, n)
     _i10 = jnp.arange(_I08, _I19).reshape((-1, 1))
@@ -303,7 +313,7 @@ def _matvec(_sv, _arrays, _rhs):
     _i3 = jnp.arange(_L01, _L12)
     _j5 = jnp.asarray(_i3)
     _c7 = _rt.cells(1, None, (_L12 - _L01, ), _dtype)
-    _out = _rt.scatter(_out, (_i3,), _c7[..., None] * _rhs[jnp.broadcast_to(_j5, (_L12 - _L01, ))], (_L12 - _L01, ))
+    _out = _out.at[_L01:_L01 + _L12 - _L01].add(_c7[:, None] * _rhs[_L01:_L01 + _L12 - _L01])
     _I08 = 0
     _I19 = max(_I08, n)
     _i10 = jnp.arange(_I08, _I19).reshape((-1, 1))
@@ -330,7 +340,7 @@ def _rmatvec(_sv, _arrays, _rhs):
     _i3 = jnp.arange(_L01, _L12)
     _j5 = jnp.asarray(_i3)
     _c7 = _rt.cells(1, None, (_L12 - _L01, ), _dtype)
-    _out = _rt.scatter(_out, (_j5,), _c7[..., None] * _rhs[jnp.broadcast_to(_i3, (_L12 - _L01, ))], (_L12 - _L01, ))
+    _out = _out.at[_L01:_L01 + _L12 - _L01].add(_c7[:, None] * _rhs[_L01:_L01 + _L12 - _L01])
     _I08 = 0
     _I19 = max(_I08, n)
     _i10 = jnp.arange(_I08, _I19).reshape((-1, 1))

@@ -288,7 +288,7 @@ def _dense(_sv, _arrays):
     _j5 = jnp.asarray(_i3)
     _r7 = (s[_L01:_L12] if 0 <= _L01 and _L12 <= s.shape[0] else s[_i3])
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype)
-    _out = _rt.scatter(_out, (_i3, _j5), _c8, (_L12 - _L01, ))
+    _out = _rt.diagonal_add(_out, _c8, (_L01) * _C + _L01, _L12 - _L01)
     _L09 = 0
     _L110 = max(_L09, n)
     _i11 = jnp.arange(_L09, _L110).reshape((-1, 1))
@@ -322,7 +322,7 @@ def _matvec(_sv, _arrays, _rhs):
     _j5 = jnp.asarray(_i3)
     _r7 = (s[_L01:_L12] if 0 <= _L01 and _L12 <= s.shape[0] else s[_i3])
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype)
-    _out = _rt.scatter(_out, (_i3,), _c8[..., None] * _rhs[jnp.broadcast_to(_j5, (_L12 - _L01, ))], (_L12 - _L01, ))
+    _out = _out.at[_L01:_L01 + _L12 - _L01].add(_c8[:, None] * _rhs[_L01:_L01 + _L12 - _L01])
     _L09 = 0
     _L110 = max(_L09, n)
     _i11 = jnp.arange(_L09, _L110).reshape((-1, 1))
@@ -356,7 +356,7 @@ def _rmatvec(_sv, _arrays, _rhs):
     _j5 = jnp.asarray(_i3)
     _r7 = (s[_L01:_L12] if 0 <= _L01 and _L12 <= s.shape[0] else s[_i3])
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype)
-    _out = _rt.scatter(_out, (_j5,), _c8[..., None] * _rhs[jnp.broadcast_to(_i3, (_L12 - _L01, ))], (_L12 - _L01, ))
+    _out = _out.at[_L01:_L01 + _L12 - _L01].add(_c8[:, None] * _rhs[_L01:_L01 + _L12 - _L01])
     _L09 = 0
     _L110 = max(_L09, n)
     _i11 = jnp.arange(_L09, _L110).reshape((-1, 1))

@@ -157,6 +157,7 @@ class Grid:
     cols: str
     box: tuple | None
     shape: str            # code of the grid's shape (a tuple of Python ints)
+    run: tuple | None = None   # (first row, first column, length) when the points run along one diagonal
 
 
 class Writer:
@@ -323,7 +324,26 @@ class Writer:
         for g in guards:
             self._and_mask(ctx, g)
         shape = "(" + "".join(f"{hi} - {lo}, " for lo, hi in dims) + ")"
-        return Grid(ctx, ctx.names[I], ctx.names[J], box, shape)
+        return Grid(ctx, ctx.names[I], ctx.names[J], box, shape, self._run(steps, loops, dims, ctx))
+
+    def _run(self, steps, loops, dims, ctx):
+        """A single loop whose pinned index is the loop variable plus a
+        constant, unmasked: its points lie on one diagonal, ``C + 1`` apart in
+        the row-major flat matrix (placed by a strided pad, read by a strided
+        slice: no scatter, no gather)."""
+        if len(loops) != 1 or ctx.mask is not None:
+            return None
+        lets = [st for st in steps if st[0] == "let"]
+        (_, v, _, _), = loops
+        if len(lets) != 1:
+            return None
+        _, w, e = lets[0]
+        off = sp.expand(e - v)
+        if off.has(v) or off.free_symbols & {I, J} or not is_int(off):
+            return None
+        L0, L1 = dims[0]
+        r0, c0 = (L0, _offset(L0, off)) if v == I else (_offset(L0, off), L0)
+        return r0, c0, f"{L1} - {L0}"
 
     # -- values -------------------------------------------------------------
 
@@ -393,7 +413,11 @@ def _int_code(e) -> str:
 
 
 def _offset(base: str, off) -> str:
-    return base if off == 0 else f"{base} + {_int_code(off)}"
+    if off == 0:
+        return base
+    if off.is_Integer and off < 0:
+        return f"{base} - {-int(off)}"
+    return f"{base} + {_int_code(off)}"
 
 
 def _polynomial(f, syms) -> bool:

@@ -80,6 +80,9 @@ def _dense(d: Derivation, scalars) -> _Function:
         cells = w.let("c", f"_rt.cells({w.value(value, g.ctx)}, {g.ctx.mask}, {g.shape}, _dtype)")
         if g.box:
             w.add(f"_out = _out + _rt.pad_to({cells}, ({g.box[0]}, {g.box[2]}), (_R, _C))")
+        elif g.run:
+            r0, c0, count = g.run
+            w.add(f"_out = _rt.diagonal_add(_out, {cells}, ({r0}) * _C + {c0}, {count})")
         else:
             w.add(f"_out = _rt.scatter(_out, ({g.rows}, {g.cols}), {cells}, {g.shape})")
     w.add("return _out")
@@ -112,6 +115,10 @@ def _product(d: Derivation, scalars, transpose: bool) -> _Function:
                 w.add(f"_out = _out + _rt.pad_to({cells}.T @ _rhs[{I0}:{I1}], ({J0}, 0), _out.shape)")
             else:
                 w.add(f"_out = _out + _rt.pad_to({cells} @ _rhs[{J0}:{J1}], ({I0}, 0), _out.shape)")
+        elif g.run:     # contiguous rows and columns: slices, no scatter
+            r0, c0, count = g.run
+            src, dst = (r0, c0) if transpose else (c0, r0)
+            w.add(f"_out = _out.at[{dst}:{dst} + {count}].add({cells}[:, None] * _rhs[{src}:{src} + {count}])")
         else:
             src, dst = (g.rows, g.cols) if transpose else (g.cols, g.rows)
             w.add(f"_out = _rt.scatter(_out, ({dst},), {cells}[..., None] * "

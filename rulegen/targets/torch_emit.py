@@ -1,0 +1,437 @@
+"""Derivation -> PyTorch module source (``<out>/torch/<module>.py``).
+
+The value of every additive term of the entry is written as whole-tensor
+torch code over the grids of ``targets/arrays.py`` (the JAX target's
+lowering, printed for torch: index arrays on the fields' device, gathers
+with out-of-range indices clamped, leading batch dimensions on every field).
+The derivatives are autograd's: destructure, matvec, rmatvec and diagonal
+are plain torch code, so backward, ``torch.func.jvp``/``vjp``/``grad``/
+``vmap`` and higher orders apply to them directly; the pushforward and
+pullback maps are ``torch.func.jvp``/``vjp`` of that code. The J⁺ strategy
+is the derivation's (gather: diag(JᵀJ); bordered: Schur complement;
+general: LSQR), from ``rulegen.torch_runtime``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import sympy as sp
+
+from .. import __version__
+from ..derive import Derivation
+from ..emit import _environment, _shape_code, _shape_text, doc_text, file_label, size_plan
+from ..expr import I, J
+from ..printer import code as py_code
+from .arrays import Ctx, Unsupported, Writer, _int_code
+
+
+class TorchWriter(Writer):
+    """The array lowering printed for torch (see ``Writer``'s hooks): fields
+    carry leading batch dimensions; index arrays are made on the fields'
+    device ``_dev``; gathers go through ``_rt.take`` (clamps indices that
+    masked positions push out of range: torch raises where JAX clamps)."""
+
+    batched = True
+
+    def __init__(self, scalars=()):
+        super().__init__("_xp", scalars)
+
+    def arange(self, lo, hi):
+        return f"torch.arange({lo}, {hi}, device=_dev)"
+
+    def asarray(self, text):
+        return f"torch.as_tensor({text}, device=_dev)"
+
+    def scalar(self, name, ctx):
+        return f"{name}[..., {', '.join(['None'] * ctx.ndim)}]" if ctx.ndim else name
+
+    def element(self, name, index, ctx):
+        return f"_rt.element({name}, ({index},), {ctx.ndim})"
+
+    def gather(self, name, index, ctx):
+        return f"_rt.take({name}, ({index},))"
+
+    def broadcast(self, val, shape):
+        return f"_rt.grid_broadcast({val}, {shape}, _dev)"
+
+
+class _Function:
+    """One generated function: its name, parameters and body lines (temporaries
+    that nothing reads dropped: eager torch runs every line)."""
+
+    def __init__(self, name: str, params: str, w: Writer):
+        self.name, self.params, self.lines = name, params, _live(w.lines)
+
+
+_TEMP = re.compile(r"^(_[A-Za-z]+\d+) = ")
+
+
+def _live(lines) -> tuple:
+    """Dead-code elimination over the Writer's temporaries (``_<prefix><n>``,
+    each assigned once): drop an assignment whose name no later line reads."""
+    lines = list(lines)
+    changed = True
+    while changed:
+        changed = False
+        text = [t for _, t in lines]
+        for k in range(len(lines) - 1, -1, -1):
+            m = _TEMP.match(lines[k][1])
+            if m and not any(re.search(rf"\b{m.group(1)}\b", t) for t in text[k + 1:]):
+                del lines[k]
+                del text[k]
+                changed = True
+    return tuple(lines)
+
+
+def _prologue(w: Writer, spec) -> None:
+    sizes = [s.name for s in spec.sizes]
+    fields = [f.name for f in spec.fields]
+    if sizes:
+        w.add(f"{', '.join(sizes)}, = _sv")
+    if fields:
+        w.add(f"{', '.join(fields)}, = _arrays")
+    w.add("_dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)")
+    w.add(f"_R, _C = {py_code(spec.size[0])}, {py_code(spec.size[1])}")
+
+
+def _factor(w: Writer, expr, var, bounds, limit):
+    """``expr`` (alpha or beta of a separable term) on the axes ``var`` and
+    ``k``: a tensor ``(*batch, L, K)``, or ``(*batch, L)`` without ``k``."""
+    ctx = Ctx({}, {}, 2 if limit else 1)
+    lo, hi = bounds
+    L0 = w.let("L0", _int_code(lo))
+    L1 = w.let("L1", f"max({L0}, {py_code(hi)})")
+    w._axis(var, L0, L1, ctx.ndim, 0, ctx)
+    shape = f"({L1} - {L0},)"
+    if limit:
+        k, klo, khi = limit
+        K0 = w.let("K0", _int_code(klo))
+        K1 = w.let("K1", f"max({K0}, {py_code(khi)} + 1)")
+        w._axis(k, K0, K1, 2, 1, ctx)
+        shape = f"({L1} - {L0}, {K1} - {K0})"
+    val = w.value(expr, ctx)
+    return w.let("f", f"_rt.cells({val}, None, {shape}, _dtype, _dev)"), L0
+
+
+def _terms(d: Derivation):
+    """Additive terms of the entry with their nests (Derivation.op_regions),
+    or the regions when the entry has too many terms to list them."""
+    if d.op_regions:
+        return [(r.steps, r.value, r.separable) for r in d.op_regions]
+    return [(r.steps, r.value, None) for r in d.regions]
+
+
+def _cells(w: Writer, g, value) -> str:
+    return w.let("c", f"_rt.cells({w.value(value, g.ctx)}, {g.ctx.mask}, {g.shape}, _dtype, _dev)")
+
+
+def _diagonal_run(g, steps):
+    """``(si, sj)`` code when the nest is one loop with the other index at a
+    constant offset (the points (si + t, sj + t), t < length: a diagonal,
+    placed with slices and diag_embed instead of a scatter), else None."""
+    loops = [st for st in steps if st[0] == "for"]
+    lets = [st for st in steps if st[0] == "let"]
+    if len(loops) != 1 or len(lets) != 1:
+        return None
+    (_, v, _, _), (_, u, e) = loops[0], lets[0]
+    if {v, u} != {I, J}:
+        return None
+    off = sp.expand(e - v)
+    if off.free_symbols & {I, J}:
+        return None
+    start = g.ctx.axes[v][1]
+    other = f"{start} + {_int_code(off)}" if off != 0 else start
+    return (start, other) if v == I else (other, start)
+
+
+def _linear_part(e):
+    """The part of a gather entry that moves with the fields (its constant dropped)."""
+    const = e.xreplace({acc: sp.S.Zero for acc in e.atoms(sp.Indexed)})
+    return sp.expand(e - const) if const != 0 else e
+
+
+def _function(d: Derivation, scalars, name: str, mode: str, linear: bool = False) -> _Function:
+    """``_dense`` (mode "dense": the matrix, each term placed by padding, a
+    diagonal or a scatter) or ``_inner`` (mode "inner": ⟨_W, Y⟩ per instance,
+    the terms contracted with _W where they lie: O(pattern), and its
+    gradient in the fields, Jᵀ _W, too); ``linear`` keeps only the part of
+    each term that moves with the fields (J θ̇ for a gather type)."""
+    w = TorchWriter(scalars)
+    _prologue(w, d.spec)
+    out = "_out"
+    first = mode == "dense"
+    if mode == "inner":
+        w.add("_out = torch.zeros(_B, dtype=_dtype, device=_dev)")
+
+    def add(term):
+        nonlocal first
+        if first:
+            w.add(f"_out = {term}")
+            first = False
+        else:
+            w.add(f"_out = _out + {term}")
+
+    def scatter(text):
+        nonlocal first
+        if first:
+            w.add("_out = torch.zeros(_B + (_R, _C), dtype=_dtype, device=_dev)")
+            first = False
+        w.add(f"_out = {text}")
+
+    for steps, value, sep in _terms(d):
+        if linear:
+            value = _linear_part(value)
+            if value == 0:
+                continue
+            if sep is not None and (sep.alpha * sep.beta).xreplace(
+                    {acc: sp.S.Zero for acc in (sep.alpha * sep.beta).atoms(sp.Indexed)}) != 0:
+                sep = None
+        if sep is not None:
+            A, I0 = _factor(w, sep.alpha, I, sep.i_bounds, sep.limit)
+            B, J0 = _factor(w, sep.beta, J, sep.j_bounds, sep.limit)
+            if mode == "inner":
+                blk = f"_W[..., {I0}:{I0} + {A}.shape[-{2 if sep.limit else 1}], {J0}:{J0} + {B}.shape[-{2 if sep.limit else 1}]]"
+                if sep.limit:
+                    add(f"((({blk}) @ {B}) * {A}).sum(dim=(-2, -1))")
+                else:
+                    add(f"((({blk}) @ {B}[..., :, None])[..., 0] * {A}).sum(dim=-1)")
+                continue
+            block = f"{A} @ {B}.mT" if sep.limit else f"{A}[..., :, None] * {B}[..., None, :]"
+            add(f"_rt.pad_to({block}, ({I0}, {J0}), (_R, _C))")
+            continue
+        g = w.grid(steps)
+        cells = _cells(w, g, value)
+        run = _diagonal_run(g, steps)
+        if mode == "inner":
+            if g.box:
+                I0, I1, J0, J1 = g.box
+                add(f"({cells} * _W[..., {I0}:{I1}, {J0}:{J1}]).sum(dim=(-2, -1))")
+            elif run:
+                add(f"_rt.diagonal_inner(_W, {cells}, {run[0]}, {run[1]})")
+            else:
+                add(f"_rt.grid_sum({cells} * _rt.take(_W, ({g.rows}, {g.cols})), {g.ctx.ndim})")
+        elif g.box:
+            add(f"_rt.pad_to({cells}, ({g.box[0]}, {g.box[2]}), (_R, _C))")
+        elif run:
+            add(f"_rt.diagonal_block({cells}, {run[0]}, {run[1]}, (_R, _C))")
+        else:
+            scatter(f"_rt.scatter(_out, ({g.rows}, {g.cols}), {cells}, {g.shape})")
+    if first:
+        w.add("_out = torch.zeros(_B + (_R, _C), dtype=_dtype, device=_dev)")
+    w.add(f"return {'_rt.batched(_out, _B, 2)' if mode == 'dense' else out}")
+    return _Function(name, "_sv, _arrays, _W, _B" if mode == "inner" else "_sv, _arrays, _B", w)
+
+
+def _gather_read(value):
+    """``(c, F[idx])`` when the part of a gather entry that moves with the
+    fields is ``c · F[idx]`` (one read, c free of fields), else None."""
+    lin = _linear_part(value)
+    reads = list(lin.atoms(sp.Indexed))
+    if len(reads) != 1:
+        return None
+    acc = reads[0]
+    c = sp.diff(lin, acc)
+    if c.atoms(sp.Indexed) or sp.expand(lin - c * acc) != 0:
+        return None
+    return c, acc
+
+
+def _axis_parts(indices, ctx):
+    """For indices that are each a distinct grid axis plus a size-only offset:
+    ``[(axis, offset code)]``, else None."""
+    parts, used = [], []
+    for ix in indices:
+        var = next((v for v in ctx.axes if ix.has(v)), None)
+        if var is None or var in used:
+            return None
+        off = sp.expand(ix - var)
+        if off.free_symbols & (set(ctx.names) | {I, J}):
+            return None
+        used.append(var)
+        axis, lo, _ = ctx.axes[var]
+        parts.append((axis, lo if off == 0 else f"{lo} + {_int_code(off)}"))
+    return parts
+
+
+def _transpose(d: Derivation, scalars):
+    """``_transpose(_sv, _W, _B)``: θ̄ = Jᵀ vec(_W) for a gather type, written
+    out (each entry c·F[idx] sends c·W[i, j] to F[idx]): slices and padding
+    where the read is a box or a diagonal run, a scatter-add elsewhere;
+    O(pattern), no autograd. None when a term is not c·F[idx]."""
+    spec = d.spec
+    w = TorchWriter(scalars)
+    if spec.sizes:
+        w.add(f"{', '.join(s.name for s in spec.sizes)}, = _sv")
+    w.add("_dtype, _dev = _W.dtype, _W.device")
+    w.add(f"_R, _C = {py_code(spec.size[0])}, {py_code(spec.size[1])}")
+    for k in range(len(spec.fields)):
+        w.add(f"_g{k} = None")
+    order = {f.name: k for k, f in enumerate(spec.fields)}
+    shapes = {f.name: _shape_code(f.shape) for f in spec.fields}
+    for steps, value, _ in _terms(d):
+        if _linear_part(value) == 0:
+            continue
+        read = _gather_read(value)
+        if read is None:
+            return None
+        c, acc = read
+        g = w.grid(steps)
+        run = _diagonal_run(g, steps)
+        if g.box:
+            I0, I1, J0, J1 = g.box
+            cot = f"_W[..., {I0}:{I1}, {J0}:{J1}]"
+        elif run:
+            cot = f"_rt.diagonal_take(_W, {run[0]}, {run[1]}, {g.shape}[0])"
+        else:
+            cot = f"_rt.take(_W, ({g.rows}, {g.cols}))"
+        if c != 1:
+            cot = f"{w.value(c, g.ctx)} * {cot}"
+        vals = w.let("v", f"_rt.cells({cot}, {g.ctx.mask}, {g.shape}, _dtype, _dev)")
+        name = acc.base.label.name
+        k = order[name]
+        target = f"_g{k}"
+        ndim = g.ctx.ndim
+        if name in scalars:
+            w.add(f"{target} = _rt.put_sum({target}, {_rt_grid_sum(vals, ndim)})")
+            continue
+        index = [arrays_emit(ix, g.ctx) for ix in acc.indices]
+        if not any(ix.free_symbols & set(g.ctx.names) for ix in acc.indices):
+            w.add(f"{target} = _rt.put_element({target}, ({', '.join(index)},), "
+                  f"{_rt_grid_sum(vals, ndim)}, {shapes[name]}, _B)")
+            continue
+        parts = _axis_parts(acc.indices, g.ctx) if (g.box or run) else None
+        if parts is not None and g.box:
+            axes = [ax for ax, _ in parts]
+            block = vals
+            if len(axes) == 1:
+                block = f"{vals}.sum(dim={-1 if axes[0] == 0 else -2})"
+            elif axes == [1, 0]:
+                block = f"{vals}.mT"
+            corner = ", ".join(off for _, off in parts)
+            w.add(f"{target} = _rt.put_block({target}, {block}, ({corner},), {shapes[name]}, _B)")
+        elif parts is not None and run and len(parts) == 1:
+            w.add(f"{target} = _rt.put_block({target}, {vals}, ({parts[0][1]},), {shapes[name]}, _B)")
+        else:
+            w.add(f"{target} = _rt.put({target}, ({', '.join(index)},), {vals}, {g.shape}, {shapes[name]}, _B)")
+    fields = [f"_g{k}" for k in range(len(spec.fields))]
+    w.add("return (" + "".join(f"_rt.finish({g}, {shapes[f.name]}, _B, _dtype, _dev), "
+                              for g, f in zip(fields, spec.fields)) + ")")
+    return _Function("_transpose", "_sv, _W, _B", w)
+
+
+def _rt_grid_sum(vals: str, ndim: int) -> str:
+    return f"_rt.grid_sum({vals}, {ndim})" if ndim else vals
+
+
+def arrays_emit(ix, ctx) -> str:
+    from .arrays import emit
+    return emit(ix, ctx.names, "_xp", real=False)
+
+
+def _product(d: Derivation, scalars, transpose: bool) -> _Function:
+    """``Y @ rhs`` (``Yᵀ @ rhs`` with transpose) term by term, never forming
+    Y; ``rhs`` is ``(*batch, rows, k)``."""
+    w = TorchWriter(scalars)
+    _prologue(w, d.spec)
+    out_rows = "_C" if transpose else "_R"
+    w.add(f"_out = torch.zeros(_B + ({out_rows}, _rhs.shape[-1]), dtype=_dtype, device=_dev)")
+    w.add(f"_OUT = ({out_rows}, _rhs.shape[-1])")
+    for steps, value, sep in _terms(d):
+        if sep is not None:
+            A, I0 = _factor(w, sep.alpha, I, sep.i_bounds, sep.limit)
+            B, J0 = _factor(w, sep.beta, J, sep.j_bounds, sep.limit)
+            (first, f0), (second, s0) = ((A, I0), (B, J0)) if transpose else ((B, J0), (A, I0))
+            take = f"_rhs[..., {f0}:{f0} + {first}.shape[-{2 if sep.limit else 1}], :]"
+            if sep.limit:
+                w.add(f"_out = _out + _rt.pad_to({second} @ ({first}.mT @ {take}), ({s0}, 0), _OUT)")
+            else:
+                w.add(f"_out = _out + _rt.pad_to({second}[..., :, None] * ({first}[..., None, :] @ {take}), "
+                      f"({s0}, 0), _OUT)")
+            continue
+        g = w.grid(steps)
+        cells = _cells(w, g, value)
+        run = _diagonal_run(g, steps)
+        if g.box:
+            I0, I1, J0, J1 = g.box
+            if transpose:
+                w.add(f"_out = _out + _rt.pad_to({cells}.mT @ _rhs[..., {I0}:{I1}, :], ({J0}, 0), _OUT)")
+            else:
+                w.add(f"_out = _out + _rt.pad_to({cells} @ _rhs[..., {J0}:{J1}, :], ({I0}, 0), _OUT)")
+        elif run:
+            dst, src = (run[1], run[0]) if transpose else run
+            w.add(f"_out = _rt.diagonal_product(_out, {cells}, _rhs, {dst}, {src})")
+        else:
+            src, dst = (g.rows, g.cols) if transpose else (g.cols, g.rows)
+            w.add(f"_out = _rt.scatter_rows(_out, {dst}, {cells}[..., None] * "
+                  f"_rt.take_rows(_rhs, {src}, {g.shape}), {g.shape})")
+    w.add("return _out")
+    return _Function("_rmatvec" if transpose else "_matvec", "_sv, _arrays, _rhs, _B", w)
+
+
+def _diagonal(d: Derivation, scalars) -> _Function:
+    w = TorchWriter(scalars)
+    _prologue(w, d.spec)
+    w.add("_out = torch.zeros(_B + (min(_R, _C),), dtype=_dtype, device=_dev)")
+    for steps, value in d.diagonal:
+        g = w.grid(steps)
+        cells = _cells(w, g, value)
+        run = _diagonal_run(g, steps)
+        if run:
+            w.add(f"_out = _rt.diagonal_product(_out, {cells}, None, {run[0]}, {run[0]})")
+        else:
+            w.add(f"_out = _rt.scatter(_out, ({g.rows},), {cells}, {g.shape})")
+    w.add("return _out")
+    return _Function("_diagonal", "_sv, _arrays, _B", w)
+
+
+def render(d: Derivation, spec_file: str) -> str:
+    """The source of the PyTorch module for ``d`` (raises Unsupported)."""
+    spec = d.spec
+    scalars = {f.name for f in spec.fields if f.ndim == 0}
+    functions = [_function(d, scalars, "_dense", "dense"), _function(d, scalars, "_inner", "inner"),
+                 _product(d, scalars, False), _product(d, scalars, True), _diagonal(d, scalars)]
+    transposed = _transpose(d, scalars) if d.kind == "gather" else None
+    if d.kind == "gather":
+        functions.append(_function(d, scalars, "_tangent", "dense", linear=True))
+    if transposed is not None:
+        functions.append(transposed)
+    fields = [dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape))
+              for f in spec.fields]
+    ranks = {f.name: f.ndim for f in spec.fields}
+    plan = [dict(size=st.size, kind=st.kind, field=st.field, axis=st.axis - ranks[st.field],
+                 offset=st.offset, coef=st.coef) if st.kind == "solve" else dict(size=st.size, kind=st.kind)
+            for st in size_plan(spec)]
+    sizes_fmt = ", ".join(f"{s.name}={{{s.name}}}" for s in spec.sizes) or "no sizes"
+    names = [f"{f.name}=None" for f in spec.fields] + [f"{s.name}=None" for s in spec.sizes]
+    context = dict(
+        init_params=", *_args, " + "".join(n + ", " for n in names) + "**_unknown",
+        version=__version__,
+        spec_file=file_label(spec_file),
+        sha256=spec.sha256,
+        name=spec.name,
+        module=spec.module,
+        doc=doc_text(spec.doc or f"Structured matrix type {spec.name}."),
+        entry_text=doc_text(" ".join(spec.entry_text.split())),
+        sizes=[s.name for s in spec.sizes],
+        sizes_fmt=sizes_fmt,
+        fields=fields,
+        plan=plan,
+        rows_code=py_code(spec.size[0]),
+        cols_code=py_code(spec.size[1]),
+        shape_text=f"{_paren(spec.size[0])} × {_paren(spec.size[1])}",
+        functions=functions,
+        transposed=transposed is not None,
+        kind=d.kind,
+        coupled=[f.name in d.coupled for f in spec.fields],
+        coupled_names=", ".join(d.coupled) or "(none)",
+    )
+    return _environment().get_template("torch_module.py.j2").render(**context)
+
+
+def _paren(e) -> str:
+    text = str(e)
+    return f"({text})" if isinstance(e, sp.Add) else text
+
+
+__all__ = ["render", "Unsupported"]
