@@ -8,15 +8,28 @@ from helpers import GENERATED, ROOT, SPECS, run_cli
 SPEC_FILES = sorted(os.path.join(SPECS, f) for f in os.listdir(SPECS) if f.endswith(".yaml"))
 
 
+TARGETS = ["numba"] + [t for t in ("jax", "torch") if os.path.isdir(os.path.join(GENERATED, t))]
+
+
 def _read_all(folder):
-    return {f: open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder)) if f.endswith(".py")}
+    """Every generated .py below ``folder`` (the target folders too), by relative path."""
+    out = {}
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for f in sorted(files):
+            if f.endswith(".py"):
+                path = os.path.join(top, f)
+                out[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return out
 
 
 def test_build_reproduces_committed_generated_byte_for_byte(tmp_path):
+    """The README's main command rebuilds every target of generated/ exactly."""
     out = tmp_path / "gen"
-    proc = run_cli("build", *SPEC_FILES, "--out", str(out))
+    flags = [a for t in TARGETS for a in ("--target", t)]
+    proc = run_cli("build", *SPEC_FILES, *flags, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert f"built {len(SPEC_FILES)} modules in" in proc.stdout
+    assert f"built {len(SPEC_FILES) * len(TARGETS)} modules in" in proc.stdout
     assert _read_all(out) == _read_all(GENERATED)
 
 
@@ -54,7 +67,12 @@ def test_check_passes_on_committed_and_catches_edits(tmp_path):
     assert "diagonal.py: differs" in proc.stderr
     assert "fill.py: missing" in proc.stderr
     assert "toeplitz.py: stale" in proc.stderr and "changed since it was built" in proc.stderr
-    assert "3 of" in proc.stderr
+    # the edited spec makes its module stale in every target folder present (jax/, torch/)
+    others = [t for t in ("jax", "torch") if (gen / t).is_dir()]
+    n_modules = len(SPEC_FILES) * (1 + len(others))
+    assert f"{3 + len(others)} of {n_modules} modules stale" in proc.stderr
+    for t in others:
+        assert f"{t}/toeplitz.py: stale" in proc.stderr
 
 
 def test_usage_errors_and_version():
