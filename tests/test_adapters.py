@@ -1,6 +1,7 @@
-"""The PyTorch and JAX adapters: their gradients equal the generated pullbacks
-(and, for PyTorch, torch.autograd.gradcheck's finite differences). Skipped
-where the framework is not installed; CI installs both."""
+"""The PyTorch adapter: its gradients equal the generated pullbacks (and
+torch.autograd.gradcheck's finite differences). Skipped where torch is not
+installed; CI installs it. (The JAX adapter gave way to the JAX target,
+generated/jax/: tests/test_jax_target.py.)"""
 
 import numpy as np
 import pytest
@@ -66,40 +67,3 @@ def test_torch_float32_and_unknown_argument():
     assert d.grad.dtype == torch.float32 and torch.allclose(d.grad, torch.ones(3))
     with pytest.raises(TypeError, match="unknown argument"):
         torch_ops.destructure(mod, dia=d)
-
-
-@pytest.mark.parametrize("module,shapes,sizes", CASES)
-def test_jax_destructure_and_matvec(module, shapes, sizes):
-    jax = pytest.importorskip("jax")
-    jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-
-    from rulegen import jax_ops
-
-    mod = generated(module)
-    cls = getattr(mod, mod.__all__[0])
-    fields = _fields(shapes, 4)
-    x = cls(**fields, **sizes)
-    arrays = {k: jnp.asarray(v) for k, v in fields.items()}
-    names = list(arrays)
-    G = np.random.default_rng(5).standard_normal(x.shape)
-
-    def loss(*vals):
-        return jnp.sum(jax_ops.destructure(mod, **dict(zip(names, vals)), **sizes) * G)
-
-    np.testing.assert_allclose(np.asarray(jax_ops.destructure(mod, **arrays, **sizes)), mod.destructure(x),
-                               atol=1e-14)
-    grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(names)))))(*arrays.values())
-    want = mod.destructure_pullback(x, G)
-    for name, g in zip(names, grads):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(getattr(want, name)), atol=1e-12)
-    v = jnp.asarray(np.random.default_rng(6).standard_normal(x.shape[1]))
-    y, vjp = jax.vjp(lambda vv, *vals: jax_ops.matvec(mod, vv, **dict(zip(names, vals)), **sizes),
-                     v, *arrays.values())
-    np.testing.assert_allclose(np.asarray(y), mod.matvec(x, np.asarray(v)), atol=1e-13)
-    ybar = np.random.default_rng(7).standard_normal(y.shape)
-    vbar, *fbar = vjp(jnp.asarray(ybar))
-    np.testing.assert_allclose(np.asarray(vbar), mod.rmatvec(x, ybar), atol=1e-12)
-    want = mod.bilinear_pullback(x, ybar, np.asarray(v))
-    for name, g in zip(names, fbar):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(getattr(want, name)), atol=1e-12)
