@@ -25,6 +25,13 @@ SLOW = (
     "test_cli.py::test_build_is_deterministic_across_hash_seeds",      # two builds of every spec
     "test_tools.py::test_verify_passes_a_fresh_build_and_names_a_corrupted_map",
     "test_tools.py::test_explain_names_class_fields_and_plots",       # matplotlib
+    # the JAX target: every map compiles with XLA per shape (~4 min for the file)
+    "test_jax_target.py::test_every_map_against_the_oracle_float64[",
+    "test_jax_target.py::test_float32_in_float32_out_within_1e5[",
+    "test_jax_target.py::test_hessian_through_destructure_and_matvec_equals_the_dense_one[",
+    "test_jax_target.py::test_a_batch_sharded_over_four_emulated_devices",
+    "test_jax_target.py::test_unseen_specs_against_the_oracle[",
+    "test_explain_verify.py::",         # verify of fresh builds
 )
 
 
