@@ -79,7 +79,7 @@ def main():
     natural = st.restructure_pullback(x, xbar)
     err = np.abs(natural - band).max()
     worst = max(worst, err)
-    print(f"  natural gradient = tridiagonal band of ½(Σ⁻¹yyᵀΣ⁻¹ - Σ⁻¹): max error {err:.1e}")
+    print(f"  natural cotangent = tridiagonal band of ½(Σ⁻¹yyᵀΣ⁻¹ - Σ⁻¹): max error {err:.1e}")
 
     # DiagonalPlusLowRank: Σ = diag(d) + U Vᵀ at a point where V = U (so Σ is SPD)
     U = 0.5 * rng.standard_normal((n, 2))
@@ -102,7 +102,7 @@ def main():
     err = max(np.abs(getattr(back, k) - getattr(xbar, k)).max() for k in fields)
     err = max(err, np.abs(dplr.project(x, natural) - natural).max())
     worst = max(worst, err)
-    print(f"  natural gradient: in the tangent space and D*(natural) = structural, max error {err:.1e}")
+    print(f"  natural cotangent: in the tangent space and D*(natural) = structural, max error {err:.1e}")
 
     print(f"worst error {worst:.1e}")
     if worst > 1e-6:
