@@ -126,23 +126,11 @@ def _cells(w: Writer, g, value) -> str:
     return w.let("c", f"_rt.cells({w.value(value, g.ctx)}, {g.ctx.mask}, {g.shape}, _dtype, _dev)")
 
 
-def _diagonal_run(g, steps):
-    """``(si, sj)`` code when the nest is one loop with the other index at a
-    constant offset (the points (si + t, sj + t), t < length: a diagonal,
-    placed with slices and diag_embed instead of a scatter), else None."""
-    loops = [st for st in steps if st[0] == "for"]
-    lets = [st for st in steps if st[0] == "let"]
-    if len(loops) != 1 or len(lets) != 1:
-        return None
-    (_, v, _, _), (_, u, e) = loops[0], lets[0]
-    if {v, u} != {I, J}:
-        return None
-    off = sp.expand(e - v)
-    if off.free_symbols & {I, J}:
-        return None
-    start = g.ctx.axes[v][1]
-    other = f"{start} + {_int_code(off)}" if off != 0 else start
-    return (start, other) if v == I else (other, start)
+def _diagonal_run(g):
+    """``(si, sj)``: the first point of a grid whose points run along one
+    diagonal (``Grid.run``), placed with slices and diag_embed instead of a
+    scatter; None for other grids."""
+    return g.run[:2] if g.run else None
 
 
 def _linear_part(e):
@@ -202,7 +190,7 @@ def _function(d: Derivation, scalars, name: str, mode: str, linear: bool = False
             continue
         g = w.grid(steps)
         cells = _cells(w, g, value)
-        run = _diagonal_run(g, steps)
+        run = _diagonal_run(g)
         if mode == "inner":
             if g.box:
                 I0, I1, J0, J1 = g.box
@@ -277,7 +265,7 @@ def _transpose(d: Derivation, scalars):
             return None
         c, acc = read
         g = w.grid(steps)
-        run = _diagonal_run(g, steps)
+        run = _diagonal_run(g)
         if g.box:
             I0, I1, J0, J1 = g.box
             cot = f"_W[..., {I0}:{I1}, {J0}:{J1}]"
@@ -351,7 +339,7 @@ def _product(d: Derivation, scalars, transpose: bool) -> _Function:
             continue
         g = w.grid(steps)
         cells = _cells(w, g, value)
-        run = _diagonal_run(g, steps)
+        run = _diagonal_run(g)
         if g.box:
             I0, I1, J0, J1 = g.box
             if transpose:
@@ -376,7 +364,7 @@ def _diagonal(d: Derivation, scalars) -> _Function:
     for steps, value in d.diagonal:
         g = w.grid(steps)
         cells = _cells(w, g, value)
-        run = _diagonal_run(g, steps)
+        run = _diagonal_run(g)
         if run:
             w.add(f"_out = _rt.diagonal_product(_out, {cells}, None, {run[0]}, {run[0]})")
         else:
