@@ -1,5 +1,7 @@
-"""PyTorch adapter: ``destructure`` and ``matvec`` of any generated type as
-differentiable torch operations whose backward is the generated pullback.
+"""PyTorch adapter, on the PyTorch target: ``destructure`` and ``matvec`` of a
+generated type as plain torch operations (differentiable by autograd in both
+modes, to any order; on the fields' device, in their dtype; batches as
+leading dimensions).
 
     import torch
     from generated import sym_tridiagonal as st
@@ -9,89 +11,66 @@ differentiable torch operations whose backward is the generated pullback.
     Y = torch_ops.destructure(st, dv=dv, ev=ev)          # dense, differentiable
     y = torch_ops.matvec(st, v, dv=dv, ev=ev)             # x @ v, never dense
 
-Fields are keyword arguments (tensors or numbers); sizes that the fields do
-not determine are keywords too (``Fill``: ``m=..., n=...``). The generated
-maps run in float64 on the CPU (the tensors are moved there and back); the
-result has the dtype and device of the first floating tensor argument.
-Backward: ``destructure_pullback`` for ``destructure``; ``bilinear_pullback``
-for the fields and ``rmatvec`` for ``v`` in ``matvec``. Install with the
-``torch`` extra (``pip install -e '.[torch]'``).
+``mod`` is a generated module of any target: the PyTorch module of the same
+spec is used, ``torch/<module>.py`` beside it (``rulegen build ... --target
+torch`` writes it; the built-ins have theirs in ``rulegen.builtins.torch``).
+Fields are keyword arguments (tensors, numbers, arrays); sizes that the
+fields do not determine are keywords too (``Fill``: ``m=..., n=...``). The
+torch module itself offers every map: ``torch_module(mod)``. Install with
+the ``torch`` extra (``pip install -e '.[torch]'``).
 """
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+import hashlib
+import importlib.util
+import os
+import sys
 
 from .runtime import adapter_arguments
 
-__all__ = ["destructure", "matvec"]
+__all__ = ["destructure", "matvec", "torch_module"]
+
+_LOADED: dict = {}
 
 
-def _split(mod, kwargs):
-    cls, names, sizes = adapter_arguments(mod, kwargs)
-    tensors = [kwargs[n] if torch.is_tensor(kwargs[n]) else torch.as_tensor(kwargs[n], dtype=torch.float64)
-               for n in names]
-    return cls, names, sizes, tensors
+def torch_module(mod):
+    """The PyTorch-target module of the spec ``mod`` was generated from
+    (``mod`` itself when it is one)."""
+    if getattr(mod, "_TARGET", None) == "torch":
+        return mod
+    path = getattr(mod, "__file__", None)
+    if not path:
+        raise TypeError(f"torch_ops: {mod!r} is not a generated module")
+    folder, name = os.path.split(os.path.abspath(path))
+    target = os.path.join(folder, "torch", name)
+    if not os.path.exists(target):
+        raise FileNotFoundError(f"torch_ops: no PyTorch module for {mod.__name__} ({target} is missing); "
+                                f"build it with: rulegen build SPEC --target torch --out {folder}")
+    if target not in _LOADED:
+        digest = hashlib.sha1(target.encode()).hexdigest()[:10]
+        spec = importlib.util.spec_from_file_location(f"rulegen_torch_{digest}_{name[:-3]}", target)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        _LOADED[target] = module
+    return _LOADED[target]
 
 
-def _numpy(t):
-    return t.detach().to("cpu", torch.float64).numpy()
-
-
-def _like(arr, ref):
-    return torch.as_tensor(np.asarray(arr, dtype=np.float64)).to(dtype=ref.dtype, device=ref.device)
-
-
-def _reference(tensors, default):
-    return next((t for t in tensors if torch.is_tensor(t) and t.is_floating_point()), default)
-
-
-class _Destructure(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mod, cls, names, sizes, *tensors):
-        x = cls(**{n: _numpy(t) for n, t in zip(names, tensors)}, **sizes)
-        ctx.mod, ctx.x, ctx.names = mod, x, names
-        ctx.refs = [(t.shape, t.dtype, t.device) for t in tensors]
-        return _like(mod.destructure(x), _reference(tensors, torch.zeros((), dtype=torch.float64)))
-
-    @staticmethod
-    def backward(ctx, grad):
-        g = ctx.mod.destructure_pullback(ctx.x, _numpy(grad))
-        out = [torch.as_tensor(np.asarray(getattr(g, n), dtype=np.float64)).reshape(shape).to(device=device, dtype=dtype)
-               for n, (shape, dtype, device) in zip(ctx.names, ctx.refs)]
-        return (None, None, None, None, *out)
-
-
-class _Matvec(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mod, cls, names, sizes, v, *tensors):
-        x = cls(**{n: _numpy(t) for n, t in zip(names, tensors)}, **sizes)
-        vn = _numpy(v)
-        ctx.mod, ctx.x, ctx.names, ctx.v = mod, x, names, vn
-        ctx.refs = [(t.shape, t.dtype, t.device) for t in tensors]
-        ctx.vref = (v.shape, v.dtype, v.device)
-        return _like(mod.matvec(x, vn), _reference((v, *tensors), v))
-
-    @staticmethod
-    def backward(ctx, grad):
-        ybar = _numpy(grad)
-        g = ctx.mod.bilinear_pullback(ctx.x, ybar, ctx.v)
-        fields = [torch.as_tensor(np.asarray(getattr(g, n), dtype=np.float64)).reshape(shape).to(device=device, dtype=dtype)
-                  for n, (shape, dtype, device) in zip(ctx.names, ctx.refs)]
-        shape, dtype, device = ctx.vref
-        vbar = torch.as_tensor(ctx.mod.rmatvec(ctx.x, ybar)).reshape(shape).to(device=device, dtype=dtype)
-        return (None, None, None, None, vbar, *fields)
+def _instance(mod, kwargs):
+    tmod = torch_module(mod)
+    cls, names, sizes = adapter_arguments(tmod, kwargs)
+    return tmod, cls(**{n: kwargs[n] for n in names}, **sizes)
 
 
 def destructure(mod, **kwargs):
-    """The dense matrix of the type of ``mod``, differentiable in each field tensor."""
-    cls, names, sizes, tensors = _split(mod, kwargs)
-    return _Destructure.apply(mod, cls, names, sizes, *tensors)
+    """The dense matrix of the type of ``mod`` (``(*batch, m, n)``),
+    differentiable in each field tensor."""
+    tmod, x = _instance(mod, kwargs)
+    return tmod.destructure(x)
 
 
 def matvec(mod, v, **kwargs):
-    """``x @ v`` (v of shape (n,) or (n, k)), differentiable in v and each field."""
-    cls, names, sizes, tensors = _split(mod, kwargs)
-    v = v if torch.is_tensor(v) else torch.as_tensor(v, dtype=torch.float64)
-    return _Matvec.apply(mod, cls, names, sizes, v, *tensors)
+    """``x @ v`` (v of shape (n,) or (..., n, k)), differentiable in v and each field."""
+    tmod, x = _instance(mod, kwargs)
+    return tmod.matvec(x, v)

@@ -1,7 +1,8 @@
-"""The PyTorch adapter: its gradients equal the generated pullbacks (and
-torch.autograd.gradcheck's finite differences). Skipped where torch is not
-installed; CI installs it. (The JAX adapter gave way to the JAX target,
-generated/jax/: tests/test_jax_target.py.)"""
+"""The PyTorch adapter (rulegen.torch_ops, on the PyTorch target's modules):
+its gradients equal the generated pullbacks (and torch.autograd.gradcheck's
+finite differences). Skipped where torch is not installed; CI installs it.
+(The JAX adapter gave way to the JAX target, generated/jax/:
+tests/test_jax_target.py; the PyTorch target itself: tests/test_torch_target.py.)"""
 
 import numpy as np
 import pytest
@@ -67,3 +68,28 @@ def test_torch_float32_and_unknown_argument():
     assert d.grad.dtype == torch.float32 and torch.allclose(d.grad, torch.ones(3))
     with pytest.raises(TypeError, match="unknown argument"):
         torch_ops.destructure(mod, dia=d)
+
+
+def test_torch_ops_uses_the_torch_target_module_beside_any_target(tmp_path):
+    torch = pytest.importorskip("torch")
+    from rulegen import torch_ops
+
+    from helpers import GENERATED, load_module, run_cli
+
+    mod = generated("toeplitz")
+    tmod = torch_ops.torch_module(mod)
+    assert tmod._TARGET == "torch" and torch_ops.torch_module(tmod) is tmod
+    assert tmod.__file__ == load_module(f"{GENERATED}/torch/toeplitz.py").__file__
+    # batches as leading dimensions, no numpy round trip: the graph is torch's own
+    col = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    Y = torch_ops.destructure(mod, col=col, row=torch.zeros(4, dtype=torch.float64))
+    assert Y.shape == (3, 4, 4) and Y.grad_fn is not None and "Backward" in type(Y.grad_fn).__name__
+    y = torch_ops.matvec(tmod, torch.ones(4, dtype=torch.float64), col=col, row=torch.zeros(4, dtype=torch.float64))
+    assert y.shape == (3, 4)
+    # a module built without --target torch: the error says how to build one
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: Diag2\nsizes: [n]\nfields: {d: [n]}\nsize: [n, n]\ngetindex: \"d[i] if i == j else 0\"\n")
+    assert run_cli("build", str(spec), "--out", str(tmp_path / "out")).returncode == 0
+    numba_only = load_module(str(tmp_path / "out" / "diag2.py"))
+    with pytest.raises(FileNotFoundError, match="--target torch"):
+        torch_ops.destructure(numba_only, d=torch.ones(2))
