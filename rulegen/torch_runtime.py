@@ -100,22 +100,40 @@ def settle(owner: str, names: tuple, values: tuple, arrays: tuple, ranks: tuple)
     return arrays
 
 
+def _broadcast(a: tuple, b: tuple):
+    """numpy's broadcast of two shapes, or None (torch.broadcast_shapes costs
+    tens of microseconds a call)."""
+    if a == b or not b:
+        return a
+    if not a:
+        return b
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    out = []
+    for x, y in zip(a, b):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None
+    return tuple(out)
+
+
 def batch_shape(func: str, shapes) -> tuple:
     """The broadcast of ``shapes`` (pairs ``(what, shape)``); a ValueError
     naming the two that do not broadcast."""
     out = ()
     for k, (what, shape) in enumerate(shapes):
-        try:
-            out = tuple(torch.broadcast_shapes(out, tuple(shape)))
-        except RuntimeError:
+        shape = tuple(shape)
+        new = _broadcast(out, shape)
+        if new is None:
             for other, s in shapes[:k]:
-                try:
-                    torch.broadcast_shapes(tuple(s), tuple(shape))
-                except RuntimeError:
+                if _broadcast(tuple(s), shape) is None:
                     raise ValueError(f"{func}: the batch shapes of {other} {tuple(s)} and {what} "
-                                     f"{tuple(shape)} do not broadcast") from None
-            raise ValueError(f"{func}: the batch shape of {what} {tuple(shape)} does not broadcast "
-                             f"with {out}") from None
+                                     f"{shape} do not broadcast")
+            raise ValueError(f"{func}: the batch shape of {what} {shape} does not broadcast with {out}")
+        out = new
     return out
 
 
@@ -125,7 +143,7 @@ def batch_of(arrays, ranks) -> tuple:
     out = ()
     for a, r in zip(arrays, ranks):
         if isinstance(a, torch.Tensor):
-            out = tuple(torch.broadcast_shapes(out, a.shape[:a.ndim - r]))
+            out = _broadcast(out, tuple(a.shape[:a.ndim - r]))
     return out
 
 
@@ -318,6 +336,19 @@ def _clamp(ix, d: int):
     return min(max(int(ix), -d), d - 1)
 
 
+def affine_in(d: int, const: int, terms, wrap: bool) -> bool:
+    """Whether ``const + Σ a·v`` over ``v`` in ``range(lo, hi)`` (``terms``:
+    ``(a, lo, hi)``) stays in [-d, d) (``wrap``) or [0, d): then a gather or
+    scatter at it needs no clamping (a trace-time test on Python ints)."""
+    lo = hi = const
+    for a, first, end in terms:
+        if end <= first:
+            return True                     # an empty grid reads nothing
+        lo += min(a * first, a * (end - 1))
+        hi += max(a * first, a * (end - 1))
+    return (-d if wrap else 0) <= lo and hi < d
+
+
 def take(field, index):
     """``field[..., *index]``: index arrays broadcasting to the grid, which at
     masked positions may point outside the field (JAX clamps there silently,
@@ -395,10 +426,11 @@ def _safe_index(ix, shape, d: int):
     return ix % d
 
 
-def scatter(out, index, values, shape):
+def scatter(out, index, values, shape, in_range: bool = False):
     """``out`` with ``values`` (a grid of ``shape``) added at ``index`` (index
     arrays into the last ``len(index)`` dimensions of ``out``). Masked
-    positions hold 0 and may point anywhere (see ``_safe_index``)."""
+    positions hold 0 and may point anywhere (see ``_safe_index``), unless
+    ``in_range`` says that every index lies in [0, d) already."""
     k = len(index)
     lead = tuple(out.shape[:out.ndim - k])
     dims = out.shape[out.ndim - k:]
@@ -406,11 +438,12 @@ def scatter(out, index, values, shape):
         return out
     lin = None
     for ix, d in zip(index, dims):
-        part = _safe_index(_on(ix, out), shape, d)
+        ix = _on(ix, out)
+        part = torch.broadcast_to(ix, tuple(shape)) if in_range else _safe_index(ix, shape, d)
         lin = part if lin is None else lin * d + part
     vals = values.expand(lead + tuple(shape)).reshape(lead + (-1,))
-    flat = out.reshape(lead + (-1,)).index_add(-1, lin.reshape(-1), vals)
-    return flat.reshape(out.shape)
+    lin = lin.reshape(-1).expand(vals.shape)
+    return out.reshape(lead + (-1,)).scatter_add(-1, lin, vals).reshape(out.shape)
 
 
 def _on(ix, ref):
@@ -528,10 +561,11 @@ def put_block(g, block, corner, shape, batch):
     return put(g, grids, block, tuple(dims), shape, batch)
 
 
-def put(g, index, vals, grid_shape, shape, batch):
+def put(g, index, vals, grid_shape, shape, batch, in_range: bool = False):
     """``g[..., *index] += vals`` (index arrays broadcasting to ``grid_shape``;
-    masked positions hold 0 and have their indices clamped)."""
-    return scatter(_start(g, shape, batch, vals), index, vals, grid_shape)
+    masked positions hold 0 and have their indices wrapped, unless
+    ``in_range``)."""
+    return scatter(_start(g, shape, batch, vals), index, vals, grid_shape, in_range)
 
 
 def put_element(g, index, val, shape, batch):

@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is torch.func.jvp of destructure's code and
+destructure_pullback θ̄ = Jᵀ vec(Ȳ) the gradient of ⟨Ȳ, Y⟩ (_inner, which
+reads Ȳ only where the type stores entries), both differentiable again.
+
 J⁺ is applied by LSQR from zero (minimum-norm; tolerance 1e-12 in float64,
 scaled to the precision; a rulegen.runtime.ConvergenceWarning if it stops at
 its cap), per instance of the batch. Its derivatives in x are the

@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is destructure's code with its constants
+dropped (_tangent) and destructure_pullback θ̄ = Jᵀ vec(Ȳ) its transpose
+written out (_transpose): each reads and writes only the stored pattern.
+
 J⁺ = diag(1/w) Jᵀ with w = diag(JᵀJ) = Σ c² over the entries reading each
 element (gather type; 1/0 := 0); w depends on the sizes only and is kept per
 sizes, dtype and device.
@@ -304,7 +307,7 @@ def _dense(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else _rt.take(diag, (_i3,)))
+    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else (diag[..., _i3] if _rt.affine_in(diag.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(diag, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_block(_c8, _L01, _L01, (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -319,7 +322,7 @@ def _inner(_sv, _arrays, _W, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else _rt.take(diag, (_i3,)))
+    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else (diag[..., _i3] if _rt.affine_in(diag.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(diag, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
     return _out
@@ -335,7 +338,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else _rt.take(diag, (_i3,)))
+    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else (diag[..., _i3] if _rt.affine_in(diag.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(diag, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, _rhs, _L01, _L01)
     return _out
@@ -351,7 +354,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else _rt.take(diag, (_i3,)))
+    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else (diag[..., _i3] if _rt.affine_in(diag.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(diag, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, _rhs, _L01, _L01)
     return _out
@@ -366,7 +369,7 @@ def _diagonal(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else _rt.take(diag, (_i3,)))
+    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else (diag[..., _i3] if _rt.affine_in(diag.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(diag, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, None, _L01, _L01)
     return _out
@@ -380,7 +383,7 @@ def _tangent(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else _rt.take(diag, (_i3,)))
+    _r7 = (diag[..., _L01:_L12] if 0 <= _L01 and _L12 <= diag.shape[-1] else (diag[..., _i3] if _rt.affine_in(diag.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(diag, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_block(_c8, _L01, _L01, (_R, _C))
     return _rt.batched(_out, _B, 2)

@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is torch.func.jvp of destructure's code and
+destructure_pullback θ̄ = Jᵀ vec(Ȳ) the gradient of ⟨Ȳ, Y⟩ (_inner, which
+reads Ȳ only where the type stores entries), both differentiable again.
+
 J⁺ is applied by LSQR from zero (minimum-norm; tolerance 1e-12 in float64,
 scaled to the precision; a rulegen.runtime.ConvergenceWarning if it stops at
 its cap), per instance of the batch. Its derivatives in x are the
@@ -310,7 +313,7 @@ def _dense(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_block(_c8, _L01, _L01, (_R, _C))
     _L09 = 0
@@ -319,7 +322,7 @@ def _dense(_sv, _arrays, _B):
     _K013 = 0
     _K114 = max(_K013, r - 1 + 1)
     _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
-    _r17 = (U[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= U.shape[-2] and 0 <= _K013 and _K114 <= U.shape[-1] else _rt.take(U, (_i11, _k15,)))
+    _r17 = (U[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= U.shape[-2] and 0 <= _K013 and _K114 <= U.shape[-1] else (U[..., _i11, _k15] if _rt.affine_in(U.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(U, (_i11, _k15,))))
     _f18 = _rt.cells(_r17, None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
     _L019 = 0
     _L120 = max(_L019, n)
@@ -327,7 +330,7 @@ def _dense(_sv, _arrays, _B):
     _K023 = 0
     _K124 = max(_K023, r - 1 + 1)
     _k25 = torch.arange(_K023, _K124, device=_dev).reshape((1, -1))
-    _r27 = (V[..., _L019:_L120, _K023:_K124] if 0 <= _L019 and _L120 <= V.shape[-2] and 0 <= _K023 and _K124 <= V.shape[-1] else _rt.take(V, (_j21, _k25,)))
+    _r27 = (V[..., _L019:_L120, _K023:_K124] if 0 <= _L019 and _L120 <= V.shape[-2] and 0 <= _K023 and _K124 <= V.shape[-1] else (V[..., _j21, _k25] if _rt.affine_in(V.shape[-2], 0, ((1, _L019, _L120),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K023, _K124),), True) else _rt.take(V, (_j21, _k25,))))
     _f28 = _rt.cells(_r27, None, (_L120 - _L019, _K124 - _K023), _dtype, _dev)
     _out = _out + _rt.pad_to(_f18 @ _f28.mT, (_L09, _L019), (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -342,7 +345,7 @@ def _inner(_sv, _arrays, _W, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
     _L09 = 0
@@ -351,7 +354,7 @@ def _inner(_sv, _arrays, _W, _B):
     _K013 = 0
     _K114 = max(_K013, r - 1 + 1)
     _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
-    _r17 = (U[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= U.shape[-2] and 0 <= _K013 and _K114 <= U.shape[-1] else _rt.take(U, (_i11, _k15,)))
+    _r17 = (U[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= U.shape[-2] and 0 <= _K013 and _K114 <= U.shape[-1] else (U[..., _i11, _k15] if _rt.affine_in(U.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(U, (_i11, _k15,))))
     _f18 = _rt.cells(_r17, None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
     _L019 = 0
     _L120 = max(_L019, n)
@@ -359,7 +362,7 @@ def _inner(_sv, _arrays, _W, _B):
     _K023 = 0
     _K124 = max(_K023, r - 1 + 1)
     _k25 = torch.arange(_K023, _K124, device=_dev).reshape((1, -1))
-    _r27 = (V[..., _L019:_L120, _K023:_K124] if 0 <= _L019 and _L120 <= V.shape[-2] and 0 <= _K023 and _K124 <= V.shape[-1] else _rt.take(V, (_j21, _k25,)))
+    _r27 = (V[..., _L019:_L120, _K023:_K124] if 0 <= _L019 and _L120 <= V.shape[-2] and 0 <= _K023 and _K124 <= V.shape[-1] else (V[..., _j21, _k25] if _rt.affine_in(V.shape[-2], 0, ((1, _L019, _L120),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K023, _K124),), True) else _rt.take(V, (_j21, _k25,))))
     _f28 = _rt.cells(_r27, None, (_L120 - _L019, _K124 - _K023), _dtype, _dev)
     _out = _out + (((_W[..., _L09:_L09 + _f18.shape[-2], _L019:_L019 + _f28.shape[-2]]) @ _f28) * _f18).sum(dim=(-2, -1))
     return _out
@@ -375,7 +378,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, _rhs, _L01, _L01)
     _L09 = 0
@@ -384,7 +387,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _K013 = 0
     _K114 = max(_K013, r - 1 + 1)
     _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
-    _r17 = (U[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= U.shape[-2] and 0 <= _K013 and _K114 <= U.shape[-1] else _rt.take(U, (_i11, _k15,)))
+    _r17 = (U[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= U.shape[-2] and 0 <= _K013 and _K114 <= U.shape[-1] else (U[..., _i11, _k15] if _rt.affine_in(U.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(U, (_i11, _k15,))))
     _f18 = _rt.cells(_r17, None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
     _L019 = 0
     _L120 = max(_L019, n)
@@ -392,7 +395,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _K023 = 0
     _K124 = max(_K023, r - 1 + 1)
     _k25 = torch.arange(_K023, _K124, device=_dev).reshape((1, -1))
-    _r27 = (V[..., _L019:_L120, _K023:_K124] if 0 <= _L019 and _L120 <= V.shape[-2] and 0 <= _K023 and _K124 <= V.shape[-1] else _rt.take(V, (_j21, _k25,)))
+    _r27 = (V[..., _L019:_L120, _K023:_K124] if 0 <= _L019 and _L120 <= V.shape[-2] and 0 <= _K023 and _K124 <= V.shape[-1] else (V[..., _j21, _k25] if _rt.affine_in(V.shape[-2], 0, ((1, _L019, _L120),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K023, _K124),), True) else _rt.take(V, (_j21, _k25,))))
     _f28 = _rt.cells(_r27, None, (_L120 - _L019, _K124 - _K023), _dtype, _dev)
     _out = _out + _rt.pad_to(_f18 @ (_f28.mT @ _rhs[..., _L019:_L019 + _f28.shape[-2], :]), (_L09, 0), _OUT)
     return _out
@@ -408,7 +411,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, _rhs, _L01, _L01)
     _L09 = 0
@@ -417,7 +420,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _K013 = 0
     _K114 = max(_K013, r - 1 + 1)
     _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
-    _r17 = (U[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= U.shape[-2] and 0 <= _K013 and _K114 <= U.shape[-1] else _rt.take(U, (_i11, _k15,)))
+    _r17 = (U[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= U.shape[-2] and 0 <= _K013 and _K114 <= U.shape[-1] else (U[..., _i11, _k15] if _rt.affine_in(U.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(U, (_i11, _k15,))))
     _f18 = _rt.cells(_r17, None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
     _L019 = 0
     _L120 = max(_L019, n)
@@ -425,7 +428,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _K023 = 0
     _K124 = max(_K023, r - 1 + 1)
     _k25 = torch.arange(_K023, _K124, device=_dev).reshape((1, -1))
-    _r27 = (V[..., _L019:_L120, _K023:_K124] if 0 <= _L019 and _L120 <= V.shape[-2] and 0 <= _K023 and _K124 <= V.shape[-1] else _rt.take(V, (_j21, _k25,)))
+    _r27 = (V[..., _L019:_L120, _K023:_K124] if 0 <= _L019 and _L120 <= V.shape[-2] and 0 <= _K023 and _K124 <= V.shape[-1] else (V[..., _j21, _k25] if _rt.affine_in(V.shape[-2], 0, ((1, _L019, _L120),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K023, _K124),), True) else _rt.take(V, (_j21, _k25,))))
     _f28 = _rt.cells(_r27, None, (_L120 - _L019, _K124 - _K023), _dtype, _dev)
     _out = _out + _rt.pad_to(_f28 @ (_f18.mT @ _rhs[..., _L09:_L09 + _f18.shape[-2], :]), (_L019, 0), _OUT)
     return _out
@@ -447,7 +450,7 @@ def _diagonal(_sv, _arrays, _B):
     _r12 = _rt.take(U, (_i3[..., None], _k9,))
     _r13 = _rt.take(V, (_i3[..., None], _k9,))
     _s14 = (_xp.where(_m11, (_r12 * _r13), 0.0)).sum(axis=-1)
-    _r15 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r15 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c16 = _rt.cells((_s14 + _r15), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c16, None, _L01, _L01)
     return _out

@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is destructure's code with its constants
+dropped (_tangent) and destructure_pullback θ̄ = Jᵀ vec(Ȳ) its transpose
+written out (_transpose): each reads and writes only the stored pattern.
+
 J⁺ = diag(1/w) Jᵀ with w = diag(JᵀJ) = Σ c² over the entries reading each
 element (gather type; 1/0 := 0); w depends on the sizes only and is kept per
 sizes, dtype and device.

@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is destructure's code with its constants
+dropped (_tangent) and destructure_pullback θ̄ = Jᵀ vec(Ȳ) its transpose
+written out (_transpose): each reads and writes only the stored pattern.
+
 J⁺ = diag(1/w) Jᵀ with w = diag(JᵀJ) = Σ c² over the entries reading each
 element (gather type; 1/0 := 0); w depends on the sizes only and is kept per
 sizes, dtype and device.
@@ -307,7 +310,7 @@ def _dense(_sv, _arrays, _B):
     _J14 = max(_J03, n)
     _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
     _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = _rt.take(h, ((_i5 + _j7),))
+    _r9 = (h[..., (_i5 + _j7)] if _rt.affine_in(h.shape[-1], 0, ((1, _I01, _I12), (1, _J03, _J14)), True) else _rt.take(h, ((_i5 + _j7),)))
     _c10 = _rt.cells(_r9, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
     _out = _rt.pad_to(_c10, (_I01, _J03), (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -325,7 +328,7 @@ def _inner(_sv, _arrays, _W, _B):
     _J14 = max(_J03, n)
     _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
     _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = _rt.take(h, ((_i5 + _j7),))
+    _r9 = (h[..., (_i5 + _j7)] if _rt.affine_in(h.shape[-1], 0, ((1, _I01, _I12), (1, _J03, _J14)), True) else _rt.take(h, ((_i5 + _j7),)))
     _c10 = _rt.cells(_r9, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
     _out = _out + (_c10 * _W[..., _I01:_I12, _J03:_J14]).sum(dim=(-2, -1))
     return _out
@@ -344,7 +347,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _J14 = max(_J03, n)
     _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
     _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = _rt.take(h, ((_i5 + _j7),))
+    _r9 = (h[..., (_i5 + _j7)] if _rt.affine_in(h.shape[-1], 0, ((1, _I01, _I12), (1, _J03, _J14)), True) else _rt.take(h, ((_i5 + _j7),)))
     _c10 = _rt.cells(_r9, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c10 @ _rhs[..., _J03:_J14, :], (_I01, 0), _OUT)
     return _out
@@ -363,7 +366,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _J14 = max(_J03, n)
     _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
     _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = _rt.take(h, ((_i5 + _j7),))
+    _r9 = (h[..., (_i5 + _j7)] if _rt.affine_in(h.shape[-1], 0, ((1, _I01, _I12), (1, _J03, _J14)), True) else _rt.take(h, ((_i5 + _j7),)))
     _c10 = _rt.cells(_r9, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c10.mT @ _rhs[..., _I01:_I12, :], (_J03, 0), _OUT)
     return _out
@@ -378,7 +381,7 @@ def _diagonal(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = _rt.take(h, ((2 * _i3),))
+    _r7 = (h[..., (2 * _i3)] if _rt.affine_in(h.shape[-1], 0, ((2, _L01, _L12),), True) else _rt.take(h, ((2 * _i3),)))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, None, _L01, _L01)
     return _out
@@ -395,7 +398,7 @@ def _tangent(_sv, _arrays, _B):
     _J14 = max(_J03, n)
     _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
     _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = _rt.take(h, ((_i5 + _j7),))
+    _r9 = (h[..., (_i5 + _j7)] if _rt.affine_in(h.shape[-1], 0, ((1, _I01, _I12), (1, _J03, _J14)), True) else _rt.take(h, ((_i5 + _j7),)))
     _c10 = _rt.cells(_r9, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
     _out = _rt.pad_to(_c10, (_I01, _J03), (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -413,5 +416,5 @@ def _transpose(_sv, _W, _B):
     _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
     _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
     _v9 = _rt.cells(_W[..., _I01:_I12, _J03:_J14], None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
-    _g0 = _rt.put(_g0, ((_i5 + _j7),), _v9, (_I12 - _I01, _J14 - _J03, ), (2*n - 1,), _B)
+    _g0 = _rt.put(_g0, ((_i5 + _j7),), _v9, (_I12 - _I01, _J14 - _J03, ), (2*n - 1,), _B, _rt.affine_in((2*n - 1), 0, ((1, _I01, _I12), (1, _J03, _J14)), False))
     return (_rt.finish(_g0, (2*n - 1,), _B, _dtype, _dev), )

@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is torch.func.jvp of destructure's code and
+destructure_pullback θ̄ = Jᵀ vec(Ȳ) the gradient of ⟨Ȳ, Y⟩ (_inner, which
+reads Ȳ only where the type stores entries), both differentiable again.
+
 J⁺ is applied by LSQR from zero (minimum-norm; tolerance 1e-12 in float64,
 scaled to the precision; a rulegen.runtime.ConvergenceWarning if it stops at
 its cap), per instance of the batch. Its derivatives in x are the
@@ -315,7 +318,7 @@ def _dense(_sv, _arrays, _B):
     _K05 = 0
     _K16 = max(_K05, r - 1 + 1)
     _k7 = torch.arange(_K05, _K16, device=_dev).reshape((1, -1))
-    _r9 = (U[..., _L01:_L12, _K05:_K16] if 0 <= _L01 and _L12 <= U.shape[-2] and 0 <= _K05 and _K16 <= U.shape[-1] else _rt.take(U, (_i3, _k7,)))
+    _r9 = (U[..., _L01:_L12, _K05:_K16] if 0 <= _L01 and _L12 <= U.shape[-2] and 0 <= _K05 and _K16 <= U.shape[-1] else (U[..., _i3, _k7] if _rt.affine_in(U.shape[-2], 0, ((1, _L01, _L12),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K05, _K16),), True) else _rt.take(U, (_i3, _k7,))))
     _f10 = _rt.cells(_r9, None, (_L12 - _L01, _K16 - _K05), _dtype, _dev)
     _L011 = 0
     _L112 = max(_L011, n)
@@ -323,7 +326,7 @@ def _dense(_sv, _arrays, _B):
     _K015 = 0
     _K116 = max(_K015, r - 1 + 1)
     _k17 = torch.arange(_K015, _K116, device=_dev).reshape((1, -1))
-    _r19 = (V[..., _L011:_L112, _K015:_K116] if 0 <= _L011 and _L112 <= V.shape[-2] and 0 <= _K015 and _K116 <= V.shape[-1] else _rt.take(V, (_j13, _k17,)))
+    _r19 = (V[..., _L011:_L112, _K015:_K116] if 0 <= _L011 and _L112 <= V.shape[-2] and 0 <= _K015 and _K116 <= V.shape[-1] else (V[..., _j13, _k17] if _rt.affine_in(V.shape[-2], 0, ((1, _L011, _L112),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K015, _K116),), True) else _rt.take(V, (_j13, _k17,))))
     _f20 = _rt.cells(_r19, None, (_L112 - _L011, _K116 - _K015), _dtype, _dev)
     _out = _rt.pad_to(_f10 @ _f20.mT, (_L01, _L011), (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -341,7 +344,7 @@ def _inner(_sv, _arrays, _W, _B):
     _K05 = 0
     _K16 = max(_K05, r - 1 + 1)
     _k7 = torch.arange(_K05, _K16, device=_dev).reshape((1, -1))
-    _r9 = (U[..., _L01:_L12, _K05:_K16] if 0 <= _L01 and _L12 <= U.shape[-2] and 0 <= _K05 and _K16 <= U.shape[-1] else _rt.take(U, (_i3, _k7,)))
+    _r9 = (U[..., _L01:_L12, _K05:_K16] if 0 <= _L01 and _L12 <= U.shape[-2] and 0 <= _K05 and _K16 <= U.shape[-1] else (U[..., _i3, _k7] if _rt.affine_in(U.shape[-2], 0, ((1, _L01, _L12),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K05, _K16),), True) else _rt.take(U, (_i3, _k7,))))
     _f10 = _rt.cells(_r9, None, (_L12 - _L01, _K16 - _K05), _dtype, _dev)
     _L011 = 0
     _L112 = max(_L011, n)
@@ -349,7 +352,7 @@ def _inner(_sv, _arrays, _W, _B):
     _K015 = 0
     _K116 = max(_K015, r - 1 + 1)
     _k17 = torch.arange(_K015, _K116, device=_dev).reshape((1, -1))
-    _r19 = (V[..., _L011:_L112, _K015:_K116] if 0 <= _L011 and _L112 <= V.shape[-2] and 0 <= _K015 and _K116 <= V.shape[-1] else _rt.take(V, (_j13, _k17,)))
+    _r19 = (V[..., _L011:_L112, _K015:_K116] if 0 <= _L011 and _L112 <= V.shape[-2] and 0 <= _K015 and _K116 <= V.shape[-1] else (V[..., _j13, _k17] if _rt.affine_in(V.shape[-2], 0, ((1, _L011, _L112),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K015, _K116),), True) else _rt.take(V, (_j13, _k17,))))
     _f20 = _rt.cells(_r19, None, (_L112 - _L011, _K116 - _K015), _dtype, _dev)
     _out = _out + (((_W[..., _L01:_L01 + _f10.shape[-2], _L011:_L011 + _f20.shape[-2]]) @ _f20) * _f10).sum(dim=(-2, -1))
     return _out
@@ -368,7 +371,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _K05 = 0
     _K16 = max(_K05, r - 1 + 1)
     _k7 = torch.arange(_K05, _K16, device=_dev).reshape((1, -1))
-    _r9 = (U[..., _L01:_L12, _K05:_K16] if 0 <= _L01 and _L12 <= U.shape[-2] and 0 <= _K05 and _K16 <= U.shape[-1] else _rt.take(U, (_i3, _k7,)))
+    _r9 = (U[..., _L01:_L12, _K05:_K16] if 0 <= _L01 and _L12 <= U.shape[-2] and 0 <= _K05 and _K16 <= U.shape[-1] else (U[..., _i3, _k7] if _rt.affine_in(U.shape[-2], 0, ((1, _L01, _L12),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K05, _K16),), True) else _rt.take(U, (_i3, _k7,))))
     _f10 = _rt.cells(_r9, None, (_L12 - _L01, _K16 - _K05), _dtype, _dev)
     _L011 = 0
     _L112 = max(_L011, n)
@@ -376,7 +379,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _K015 = 0
     _K116 = max(_K015, r - 1 + 1)
     _k17 = torch.arange(_K015, _K116, device=_dev).reshape((1, -1))
-    _r19 = (V[..., _L011:_L112, _K015:_K116] if 0 <= _L011 and _L112 <= V.shape[-2] and 0 <= _K015 and _K116 <= V.shape[-1] else _rt.take(V, (_j13, _k17,)))
+    _r19 = (V[..., _L011:_L112, _K015:_K116] if 0 <= _L011 and _L112 <= V.shape[-2] and 0 <= _K015 and _K116 <= V.shape[-1] else (V[..., _j13, _k17] if _rt.affine_in(V.shape[-2], 0, ((1, _L011, _L112),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K015, _K116),), True) else _rt.take(V, (_j13, _k17,))))
     _f20 = _rt.cells(_r19, None, (_L112 - _L011, _K116 - _K015), _dtype, _dev)
     _out = _out + _rt.pad_to(_f10 @ (_f20.mT @ _rhs[..., _L011:_L011 + _f20.shape[-2], :]), (_L01, 0), _OUT)
     return _out
@@ -395,7 +398,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _K05 = 0
     _K16 = max(_K05, r - 1 + 1)
     _k7 = torch.arange(_K05, _K16, device=_dev).reshape((1, -1))
-    _r9 = (U[..., _L01:_L12, _K05:_K16] if 0 <= _L01 and _L12 <= U.shape[-2] and 0 <= _K05 and _K16 <= U.shape[-1] else _rt.take(U, (_i3, _k7,)))
+    _r9 = (U[..., _L01:_L12, _K05:_K16] if 0 <= _L01 and _L12 <= U.shape[-2] and 0 <= _K05 and _K16 <= U.shape[-1] else (U[..., _i3, _k7] if _rt.affine_in(U.shape[-2], 0, ((1, _L01, _L12),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K05, _K16),), True) else _rt.take(U, (_i3, _k7,))))
     _f10 = _rt.cells(_r9, None, (_L12 - _L01, _K16 - _K05), _dtype, _dev)
     _L011 = 0
     _L112 = max(_L011, n)
@@ -403,7 +406,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _K015 = 0
     _K116 = max(_K015, r - 1 + 1)
     _k17 = torch.arange(_K015, _K116, device=_dev).reshape((1, -1))
-    _r19 = (V[..., _L011:_L112, _K015:_K116] if 0 <= _L011 and _L112 <= V.shape[-2] and 0 <= _K015 and _K116 <= V.shape[-1] else _rt.take(V, (_j13, _k17,)))
+    _r19 = (V[..., _L011:_L112, _K015:_K116] if 0 <= _L011 and _L112 <= V.shape[-2] and 0 <= _K015 and _K116 <= V.shape[-1] else (V[..., _j13, _k17] if _rt.affine_in(V.shape[-2], 0, ((1, _L011, _L112),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K015, _K116),), True) else _rt.take(V, (_j13, _k17,))))
     _f20 = _rt.cells(_r19, None, (_L112 - _L011, _K116 - _K015), _dtype, _dev)
     _out = _out + _rt.pad_to(_f20 @ (_f10.mT @ _rhs[..., _L01:_L01 + _f10.shape[-2], :]), (_L011, 0), _OUT)
     return _out

@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is torch.func.jvp of destructure's code and
+destructure_pullback θ̄ = Jᵀ vec(Ȳ) the gradient of ⟨Ȳ, Y⟩ (_inner, which
+reads Ȳ only where the type stores entries), both differentiable again.
+
 J⁺ is exact through the c × c Schur complement on the coupled fields
 ((none)) (bordered type), per instance of the batch; its
 derivatives in x are the pseudo-inverse's (rulegen.torch_runtime._Pinv).
@@ -300,7 +303,7 @@ def _dense(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else _rt.take(logd, (_i3,)))
+    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else (logd[..., _i3] if _rt.affine_in(logd.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(logd, (_i3,))))
     _c8 = _rt.cells(_xp.exp(_r7), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_block(_c8, _L01, _L01, (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -315,7 +318,7 @@ def _inner(_sv, _arrays, _W, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else _rt.take(logd, (_i3,)))
+    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else (logd[..., _i3] if _rt.affine_in(logd.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(logd, (_i3,))))
     _c8 = _rt.cells(_xp.exp(_r7), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
     return _out
@@ -331,7 +334,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else _rt.take(logd, (_i3,)))
+    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else (logd[..., _i3] if _rt.affine_in(logd.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(logd, (_i3,))))
     _c8 = _rt.cells(_xp.exp(_r7), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, _rhs, _L01, _L01)
     return _out
@@ -347,7 +350,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else _rt.take(logd, (_i3,)))
+    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else (logd[..., _i3] if _rt.affine_in(logd.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(logd, (_i3,))))
     _c8 = _rt.cells(_xp.exp(_r7), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, _rhs, _L01, _L01)
     return _out
@@ -362,7 +365,7 @@ def _diagonal(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else _rt.take(logd, (_i3,)))
+    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else (logd[..., _i3] if _rt.affine_in(logd.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(logd, (_i3,))))
     _c8 = _rt.cells(_xp.exp(_r7), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, None, _L01, _L01)
     return _out

@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is destructure's code with its constants
+dropped (_tangent) and destructure_pullback θ̄ = Jᵀ vec(Ȳ) its transpose
+written out (_transpose): each reads and writes only the stored pattern.
+
 J⁺ = diag(1/w) Jᵀ with w = diag(JᵀJ) = Σ c² over the entries reading each
 element (gather type; 1/0 := 0); w depends on the sizes only and is kept per
 sizes, dtype and device.
@@ -310,7 +313,7 @@ def _dense(_sv, _arrays, _B):
     _J17 = max(_J06, n)
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 >= _i3)
-    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else _rt.take(data, (_i3, _j8,)))
+    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else (data[..., _i3, _j8] if _rt.affine_in(data.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _J06, _J17),), True) else _rt.take(data, (_i3, _j8,))))
     _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
     _out = _rt.pad_to(_c12, (_I01, _J06), (_R, _C))
     _I013 = 0
@@ -322,7 +325,7 @@ def _dense(_sv, _arrays, _B):
     _J119 = max(_J018, _x17)
     _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
     _m22 = (_j20 < _xp.minimum(_i15, n))
-    _r23 = (data[..., _J018:_J119, _I013:_I114].mT if 0 <= _J018 and _J119 <= data.shape[-2] and 0 <= _I013 and _I114 <= data.shape[-1] else _rt.take(data, (_j20, _i15,)))
+    _r23 = (data[..., _J018:_J119, _I013:_I114].mT if 0 <= _J018 and _J119 <= data.shape[-2] and 0 <= _I013 and _I114 <= data.shape[-1] else (data[..., _j20, _i15] if _rt.affine_in(data.shape[-2], 0, ((1, _J018, _J119),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _I013, _I114),), True) else _rt.take(data, (_j20, _i15,))))
     _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c24, (_I013, _J018), (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -343,7 +346,7 @@ def _inner(_sv, _arrays, _W, _B):
     _J17 = max(_J06, n)
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 >= _i3)
-    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else _rt.take(data, (_i3, _j8,)))
+    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else (data[..., _i3, _j8] if _rt.affine_in(data.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _J06, _J17),), True) else _rt.take(data, (_i3, _j8,))))
     _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
     _out = _out + (_c12 * _W[..., _I01:_I12, _J06:_J17]).sum(dim=(-2, -1))
     _I013 = 0
@@ -355,7 +358,7 @@ def _inner(_sv, _arrays, _W, _B):
     _J119 = max(_J018, _x17)
     _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
     _m22 = (_j20 < _xp.minimum(_i15, n))
-    _r23 = (data[..., _J018:_J119, _I013:_I114].mT if 0 <= _J018 and _J119 <= data.shape[-2] and 0 <= _I013 and _I114 <= data.shape[-1] else _rt.take(data, (_j20, _i15,)))
+    _r23 = (data[..., _J018:_J119, _I013:_I114].mT if 0 <= _J018 and _J119 <= data.shape[-2] and 0 <= _I013 and _I114 <= data.shape[-1] else (data[..., _j20, _i15] if _rt.affine_in(data.shape[-2], 0, ((1, _J018, _J119),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _I013, _I114),), True) else _rt.take(data, (_j20, _i15,))))
     _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
     _out = _out + (_c24 * _W[..., _I013:_I114, _J018:_J119]).sum(dim=(-2, -1))
     return _out
@@ -377,7 +380,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _J17 = max(_J06, n)
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 >= _i3)
-    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else _rt.take(data, (_i3, _j8,)))
+    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else (data[..., _i3, _j8] if _rt.affine_in(data.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _J06, _J17),), True) else _rt.take(data, (_i3, _j8,))))
     _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c12 @ _rhs[..., _J06:_J17, :], (_I01, 0), _OUT)
     _I013 = 0
@@ -389,7 +392,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _J119 = max(_J018, _x17)
     _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
     _m22 = (_j20 < _xp.minimum(_i15, n))
-    _r23 = (data[..., _J018:_J119, _I013:_I114].mT if 0 <= _J018 and _J119 <= data.shape[-2] and 0 <= _I013 and _I114 <= data.shape[-1] else _rt.take(data, (_j20, _i15,)))
+    _r23 = (data[..., _J018:_J119, _I013:_I114].mT if 0 <= _J018 and _J119 <= data.shape[-2] and 0 <= _I013 and _I114 <= data.shape[-1] else (data[..., _j20, _i15] if _rt.affine_in(data.shape[-2], 0, ((1, _J018, _J119),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _I013, _I114),), True) else _rt.take(data, (_j20, _i15,))))
     _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c24 @ _rhs[..., _J018:_J119, :], (_I013, 0), _OUT)
     return _out
@@ -411,7 +414,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _J17 = max(_J06, n)
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 >= _i3)
-    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else _rt.take(data, (_i3, _j8,)))
+    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else (data[..., _i3, _j8] if _rt.affine_in(data.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _J06, _J17),), True) else _rt.take(data, (_i3, _j8,))))
     _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c12.mT @ _rhs[..., _I01:_I12, :], (_J06, 0), _OUT)
     _I013 = 0
@@ -423,7 +426,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _J119 = max(_J018, _x17)
     _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
     _m22 = (_j20 < _xp.minimum(_i15, n))
-    _r23 = (data[..., _J018:_J119, _I013:_I114].mT if 0 <= _J018 and _J119 <= data.shape[-2] and 0 <= _I013 and _I114 <= data.shape[-1] else _rt.take(data, (_j20, _i15,)))
+    _r23 = (data[..., _J018:_J119, _I013:_I114].mT if 0 <= _J018 and _J119 <= data.shape[-2] and 0 <= _I013 and _I114 <= data.shape[-1] else (data[..., _j20, _i15] if _rt.affine_in(data.shape[-2], 0, ((1, _J018, _J119),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _I013, _I114),), True) else _rt.take(data, (_j20, _i15,))))
     _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c24.mT @ _rhs[..., _I013:_I114, :], (_J018, 0), _OUT)
     return _out
@@ -438,7 +441,7 @@ def _diagonal(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = _rt.take(data, (_i3, _i3,))
+    _r7 = (data[..., _i3, _i3] if _rt.affine_in(data.shape[-2], 0, ((1, _L01, _L12),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(data, (_i3, _i3,)))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, None, _L01, _L01)
     return _out
@@ -458,7 +461,7 @@ def _tangent(_sv, _arrays, _B):
     _J17 = max(_J06, n)
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 >= _i3)
-    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else _rt.take(data, (_i3, _j8,)))
+    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else (data[..., _i3, _j8] if _rt.affine_in(data.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _J06, _J17),), True) else _rt.take(data, (_i3, _j8,))))
     _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
     _out = _rt.pad_to(_c12, (_I01, _J06), (_R, _C))
     _I013 = 0
@@ -470,7 +473,7 @@ def _tangent(_sv, _arrays, _B):
     _J119 = max(_J018, _x17)
     _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
     _m22 = (_j20 < _xp.minimum(_i15, n))
-    _r23 = (data[..., _J018:_J119, _I013:_I114].mT if 0 <= _J018 and _J119 <= data.shape[-2] and 0 <= _I013 and _I114 <= data.shape[-1] else _rt.take(data, (_j20, _i15,)))
+    _r23 = (data[..., _J018:_J119, _I013:_I114].mT if 0 <= _J018 and _J119 <= data.shape[-2] and 0 <= _I013 and _I114 <= data.shape[-1] else (data[..., _j20, _i15] if _rt.affine_in(data.shape[-2], 0, ((1, _J018, _J119),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _I013, _I114),), True) else _rt.take(data, (_j20, _i15,))))
     _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c24, (_I013, _J018), (_R, _C))
     return _rt.batched(_out, _B, 2)

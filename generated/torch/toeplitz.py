@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is destructure's code with its constants
+dropped (_tangent) and destructure_pullback θ̄ = Jᵀ vec(Ȳ) its transpose
+written out (_transpose): each reads and writes only the stored pattern.
+
 J⁺ = diag(1/w) Jᵀ with w = diag(JᵀJ) = Σ c² over the entries reading each
 element (gather type; 1/0 := 0); w depends on the sizes only and is kept per
 sizes, dtype and device.
@@ -313,7 +316,7 @@ def _dense(_sv, _arrays, _B):
     _J17 = max(_J06, _x5)
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 < _xp.minimum(n, (1 + _i3)))
-    _r11 = _rt.take(col, ((_i3 + (-1 * _j8)),))
+    _r11 = (col[..., (_i3 + (-1 * _j8))] if _rt.affine_in(col.shape[-1], 0, ((1, _I01, _I12), (-1, _J06, _J17)), True) else _rt.take(col, ((_i3 + (-1 * _j8)),)))
     _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
     _out = _rt.pad_to(_c12, (_I01, _J06), (_R, _C))
     _I013 = 0
@@ -325,7 +328,7 @@ def _dense(_sv, _arrays, _B):
     _J119 = max(_J018, n)
     _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
     _m22 = (_j20 >= (1 + _i15))
-    _r23 = _rt.take(row, ((_j20 + (-1 * _i15)),))
+    _r23 = (row[..., (_j20 + (-1 * _i15))] if _rt.affine_in(row.shape[-1], 0, ((-1, _I013, _I114), (1, _J018, _J119)), True) else _rt.take(row, ((_j20 + (-1 * _i15)),)))
     _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c24, (_I013, _J018), (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -346,7 +349,7 @@ def _inner(_sv, _arrays, _W, _B):
     _J17 = max(_J06, _x5)
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 < _xp.minimum(n, (1 + _i3)))
-    _r11 = _rt.take(col, ((_i3 + (-1 * _j8)),))
+    _r11 = (col[..., (_i3 + (-1 * _j8))] if _rt.affine_in(col.shape[-1], 0, ((1, _I01, _I12), (-1, _J06, _J17)), True) else _rt.take(col, ((_i3 + (-1 * _j8)),)))
     _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
     _out = _out + (_c12 * _W[..., _I01:_I12, _J06:_J17]).sum(dim=(-2, -1))
     _I013 = 0
@@ -358,7 +361,7 @@ def _inner(_sv, _arrays, _W, _B):
     _J119 = max(_J018, n)
     _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
     _m22 = (_j20 >= (1 + _i15))
-    _r23 = _rt.take(row, ((_j20 + (-1 * _i15)),))
+    _r23 = (row[..., (_j20 + (-1 * _i15))] if _rt.affine_in(row.shape[-1], 0, ((-1, _I013, _I114), (1, _J018, _J119)), True) else _rt.take(row, ((_j20 + (-1 * _i15)),)))
     _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
     _out = _out + (_c24 * _W[..., _I013:_I114, _J018:_J119]).sum(dim=(-2, -1))
     return _out
@@ -380,7 +383,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _J17 = max(_J06, _x5)
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 < _xp.minimum(n, (1 + _i3)))
-    _r11 = _rt.take(col, ((_i3 + (-1 * _j8)),))
+    _r11 = (col[..., (_i3 + (-1 * _j8))] if _rt.affine_in(col.shape[-1], 0, ((1, _I01, _I12), (-1, _J06, _J17)), True) else _rt.take(col, ((_i3 + (-1 * _j8)),)))
     _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c12 @ _rhs[..., _J06:_J17, :], (_I01, 0), _OUT)
     _I013 = 0
@@ -392,7 +395,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _J119 = max(_J018, n)
     _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
     _m22 = (_j20 >= (1 + _i15))
-    _r23 = _rt.take(row, ((_j20 + (-1 * _i15)),))
+    _r23 = (row[..., (_j20 + (-1 * _i15))] if _rt.affine_in(row.shape[-1], 0, ((-1, _I013, _I114), (1, _J018, _J119)), True) else _rt.take(row, ((_j20 + (-1 * _i15)),)))
     _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c24 @ _rhs[..., _J018:_J119, :], (_I013, 0), _OUT)
     return _out
@@ -414,7 +417,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _J17 = max(_J06, _x5)
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 < _xp.minimum(n, (1 + _i3)))
-    _r11 = _rt.take(col, ((_i3 + (-1 * _j8)),))
+    _r11 = (col[..., (_i3 + (-1 * _j8))] if _rt.affine_in(col.shape[-1], 0, ((1, _I01, _I12), (-1, _J06, _J17)), True) else _rt.take(col, ((_i3 + (-1 * _j8)),)))
     _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c12.mT @ _rhs[..., _I01:_I12, :], (_J06, 0), _OUT)
     _I013 = 0
@@ -426,7 +429,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _J119 = max(_J018, n)
     _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
     _m22 = (_j20 >= (1 + _i15))
-    _r23 = _rt.take(row, ((_j20 + (-1 * _i15)),))
+    _r23 = (row[..., (_j20 + (-1 * _i15))] if _rt.affine_in(row.shape[-1], 0, ((-1, _I013, _I114), (1, _J018, _J119)), True) else _rt.take(row, ((_j20 + (-1 * _i15)),)))
     _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c24.mT @ _rhs[..., _I013:_I114, :], (_J018, 0), _OUT)
     return _out
@@ -460,7 +463,7 @@ def _tangent(_sv, _arrays, _B):
     _J17 = max(_J06, _x5)
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 < _xp.minimum(n, (1 + _i3)))
-    _r11 = _rt.take(col, ((_i3 + (-1 * _j8)),))
+    _r11 = (col[..., (_i3 + (-1 * _j8))] if _rt.affine_in(col.shape[-1], 0, ((1, _I01, _I12), (-1, _J06, _J17)), True) else _rt.take(col, ((_i3 + (-1 * _j8)),)))
     _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
     _out = _rt.pad_to(_c12, (_I01, _J06), (_R, _C))
     _I013 = 0
@@ -472,7 +475,7 @@ def _tangent(_sv, _arrays, _B):
     _J119 = max(_J018, n)
     _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
     _m22 = (_j20 >= (1 + _i15))
-    _r23 = _rt.take(row, ((_j20 + (-1 * _i15)),))
+    _r23 = (row[..., (_j20 + (-1 * _i15))] if _rt.affine_in(row.shape[-1], 0, ((-1, _I013, _I114), (1, _J018, _J119)), True) else _rt.take(row, ((_j20 + (-1 * _i15)),)))
     _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
     _out = _out + _rt.pad_to(_c24, (_I013, _J018), (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -494,7 +497,7 @@ def _transpose(_sv, _W, _B):
     _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
     _m10 = (_j8 < _xp.minimum(n, (1 + _i3)))
     _v11 = _rt.cells(_W[..., _I01:_I12, _J06:_J17], _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
-    _g0 = _rt.put(_g0, ((_i3 + (-1 * _j8)),), _v11, (_I12 - _I01, _J17 - _J06, ), (n,), _B)
+    _g0 = _rt.put(_g0, ((_i3 + (-1 * _j8)),), _v11, (_I12 - _I01, _J17 - _J06, ), (n,), _B, _rt.affine_in(n, 0, ((1, _I01, _I12), (-1, _J06, _J17)), False))
     _I012 = 0
     _I113 = max(_I012, n)
     _i14 = torch.arange(_I012, _I113, device=_dev).reshape((-1, 1))
@@ -505,5 +508,5 @@ def _transpose(_sv, _W, _B):
     _j19 = torch.arange(_J017, _J118, device=_dev).reshape((1, -1))
     _m21 = (_j19 >= (1 + _i14))
     _v22 = _rt.cells(_W[..., _I012:_I113, _J017:_J118], _m21, (_I113 - _I012, _J118 - _J017, ), _dtype, _dev)
-    _g1 = _rt.put(_g1, ((_j19 + (-1 * _i14)),), _v22, (_I113 - _I012, _J118 - _J017, ), (n,), _B)
+    _g1 = _rt.put(_g1, ((_j19 + (-1 * _i14)),), _v22, (_I113 - _I012, _J118 - _J017, ), (n,), _B, _rt.affine_in(n, 0, ((-1, _I012, _I113), (1, _J017, _J118)), False))
     return (_rt.finish(_g0, (n,), _B, _dtype, _dev), _rt.finish(_g1, (n,), _B, _dtype, _dev), )

@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is destructure's code with its constants
+dropped (_tangent) and destructure_pullback θ̄ = Jᵀ vec(Ȳ) its transpose
+written out (_transpose): each reads and writes only the stored pattern.
+
 J⁺ = diag(1/w) Jᵀ with w = diag(JᵀJ) = Σ c² over the entries reading each
 element (gather type; 1/0 := 0); w depends on the sizes only and is kept per
 sizes, dtype and device.
@@ -310,19 +313,19 @@ def _dense(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_block(_c8, _L01, _L01, (_R, _C))
     _L09 = 0
     _L110 = max(_L09, n - 1)
     _i11 = torch.arange(_L09, _L110, device=_dev)
-    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else _rt.take(du, (_i11,)))
+    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else (du[..., _i11] if _rt.affine_in(du.shape[-1], 0, ((1, _L09, _L110),), True) else _rt.take(du, (_i11,))))
     _c16 = _rt.cells(_r15, None, (_L110 - _L09, ), _dtype, _dev)
     _out = _out + _rt.diagonal_block(_c16, _L09, _L09 + 1, (_R, _C))
     _L017 = 1
     _L118 = max(_L017, n)
     _i19 = torch.arange(_L017, _L118, device=_dev)
-    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else _rt.take(dl, ((-1 + _i19),)))
+    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else (dl[..., (-1 + _i19)] if _rt.affine_in(dl.shape[-1], -1, ((1, _L017, _L118),), True) else _rt.take(dl, ((-1 + _i19),))))
     _c24 = _rt.cells(_r23, None, (_L118 - _L017, ), _dtype, _dev)
     _out = _out + _rt.diagonal_block(_c24, _L017, _L017 - 1, (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -337,19 +340,19 @@ def _inner(_sv, _arrays, _W, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
     _L09 = 0
     _L110 = max(_L09, n - 1)
     _i11 = torch.arange(_L09, _L110, device=_dev)
-    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else _rt.take(du, (_i11,)))
+    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else (du[..., _i11] if _rt.affine_in(du.shape[-1], 0, ((1, _L09, _L110),), True) else _rt.take(du, (_i11,))))
     _c16 = _rt.cells(_r15, None, (_L110 - _L09, ), _dtype, _dev)
     _out = _out + _rt.diagonal_inner(_W, _c16, _L09, _L09 + 1)
     _L017 = 1
     _L118 = max(_L017, n)
     _i19 = torch.arange(_L017, _L118, device=_dev)
-    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else _rt.take(dl, ((-1 + _i19),)))
+    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else (dl[..., (-1 + _i19)] if _rt.affine_in(dl.shape[-1], -1, ((1, _L017, _L118),), True) else _rt.take(dl, ((-1 + _i19),))))
     _c24 = _rt.cells(_r23, None, (_L118 - _L017, ), _dtype, _dev)
     _out = _out + _rt.diagonal_inner(_W, _c24, _L017, _L017 - 1)
     return _out
@@ -365,19 +368,19 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, _rhs, _L01, _L01)
     _L09 = 0
     _L110 = max(_L09, n - 1)
     _i11 = torch.arange(_L09, _L110, device=_dev)
-    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else _rt.take(du, (_i11,)))
+    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else (du[..., _i11] if _rt.affine_in(du.shape[-1], 0, ((1, _L09, _L110),), True) else _rt.take(du, (_i11,))))
     _c16 = _rt.cells(_r15, None, (_L110 - _L09, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c16, _rhs, _L09, _L09 + 1)
     _L017 = 1
     _L118 = max(_L017, n)
     _i19 = torch.arange(_L017, _L118, device=_dev)
-    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else _rt.take(dl, ((-1 + _i19),)))
+    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else (dl[..., (-1 + _i19)] if _rt.affine_in(dl.shape[-1], -1, ((1, _L017, _L118),), True) else _rt.take(dl, ((-1 + _i19),))))
     _c24 = _rt.cells(_r23, None, (_L118 - _L017, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c24, _rhs, _L017, _L017 - 1)
     return _out
@@ -393,19 +396,19 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, _rhs, _L01, _L01)
     _L09 = 0
     _L110 = max(_L09, n - 1)
     _i11 = torch.arange(_L09, _L110, device=_dev)
-    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else _rt.take(du, (_i11,)))
+    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else (du[..., _i11] if _rt.affine_in(du.shape[-1], 0, ((1, _L09, _L110),), True) else _rt.take(du, (_i11,))))
     _c16 = _rt.cells(_r15, None, (_L110 - _L09, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c16, _rhs, _L09 + 1, _L09)
     _L017 = 1
     _L118 = max(_L017, n)
     _i19 = torch.arange(_L017, _L118, device=_dev)
-    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else _rt.take(dl, ((-1 + _i19),)))
+    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else (dl[..., (-1 + _i19)] if _rt.affine_in(dl.shape[-1], -1, ((1, _L017, _L118),), True) else _rt.take(dl, ((-1 + _i19),))))
     _c24 = _rt.cells(_r23, None, (_L118 - _L017, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c24, _rhs, _L017 - 1, _L017)
     return _out
@@ -420,7 +423,7 @@ def _diagonal(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, None, _L01, _L01)
     return _out
@@ -434,19 +437,19 @@ def _tangent(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else _rt.take(d, (_i3,)))
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_block(_c8, _L01, _L01, (_R, _C))
     _L09 = 0
     _L110 = max(_L09, n - 1)
     _i11 = torch.arange(_L09, _L110, device=_dev)
-    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else _rt.take(du, (_i11,)))
+    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else (du[..., _i11] if _rt.affine_in(du.shape[-1], 0, ((1, _L09, _L110),), True) else _rt.take(du, (_i11,))))
     _c16 = _rt.cells(_r15, None, (_L110 - _L09, ), _dtype, _dev)
     _out = _out + _rt.diagonal_block(_c16, _L09, _L09 + 1, (_R, _C))
     _L017 = 1
     _L118 = max(_L017, n)
     _i19 = torch.arange(_L017, _L118, device=_dev)
-    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else _rt.take(dl, ((-1 + _i19),)))
+    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else (dl[..., (-1 + _i19)] if _rt.affine_in(dl.shape[-1], -1, ((1, _L017, _L118),), True) else _rt.take(dl, ((-1 + _i19),))))
     _c24 = _rt.cells(_r23, None, (_L118 - _L017, ), _dtype, _dev)
     _out = _out + _rt.diagonal_block(_c24, _L017, _L017 - 1, (_R, _C))
     return _rt.batched(_out, _B, 2)

@@ -17,9 +17,12 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
 rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
-order, under torch.func.vmap / grad / jvp. destructure_pushforward Ẏ = J θ̇
-and destructure_pullback θ̄ = Jᵀ vec(Ȳ) are torch.func.jvp and
-torch.func.vjp of that code, differentiable again.
+order, under torch.func.vmap / grad / jvp; so is every other map.
+
+destructure_pushforward Ẏ = J θ̇ is torch.func.jvp of destructure's code and
+destructure_pullback θ̄ = Jᵀ vec(Ȳ) the gradient of ⟨Ȳ, Y⟩ (_inner, which
+reads Ȳ only where the type stores entries), both differentiable again.
+
 J⁺ is applied by LSQR from zero (minimum-norm; tolerance 1e-12 in float64,
 scaled to the precision; a rulegen.runtime.ConvergenceWarning if it stops at
 its cap), per instance of the batch. Its derivatives in x are the
@@ -310,7 +313,7 @@ def _dense(_sv, _arrays, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else _rt.take(s, (_i3,)))
+    _r7 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else (s[..., _i3] if _rt.affine_in(s.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(s, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_block(_c8, _L01, _L01, (_R, _C))
     _L09 = 0
@@ -319,8 +322,8 @@ def _dense(_sv, _arrays, _B):
     _K013 = 0
     _K114 = max(_K013, r - 1 + 1)
     _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
-    _r17 = (A[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= A.shape[-2] and 0 <= _K013 and _K114 <= A.shape[-1] else _rt.take(A, (_i11, _k15,)))
-    _r18 = (d[..., _K013:_K114][..., None, :] if 0 <= _K013 and _K114 <= d.shape[-1] else _rt.take(d, (_k15,)))
+    _r17 = (A[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= A.shape[-2] and 0 <= _K013 and _K114 <= A.shape[-1] else (A[..., _i11, _k15] if _rt.affine_in(A.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(A, (_i11, _k15,))))
+    _r18 = (d[..., _K013:_K114][..., None, :] if 0 <= _K013 and _K114 <= d.shape[-1] else (d[..., _k15] if _rt.affine_in(d.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(d, (_k15,))))
     _f19 = _rt.cells((_r17 * _r18), None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
     _L020 = 0
     _L121 = max(_L020, n)
@@ -328,7 +331,7 @@ def _dense(_sv, _arrays, _B):
     _K024 = 0
     _K125 = max(_K024, r - 1 + 1)
     _k26 = torch.arange(_K024, _K125, device=_dev).reshape((1, -1))
-    _r28 = (A[..., _L020:_L121, _K024:_K125] if 0 <= _L020 and _L121 <= A.shape[-2] and 0 <= _K024 and _K125 <= A.shape[-1] else _rt.take(A, (_j22, _k26,)))
+    _r28 = (A[..., _L020:_L121, _K024:_K125] if 0 <= _L020 and _L121 <= A.shape[-2] and 0 <= _K024 and _K125 <= A.shape[-1] else (A[..., _j22, _k26] if _rt.affine_in(A.shape[-2], 0, ((1, _L020, _L121),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K024, _K125),), True) else _rt.take(A, (_j22, _k26,))))
     _f29 = _rt.cells(_r28, None, (_L121 - _L020, _K125 - _K024), _dtype, _dev)
     _out = _out + _rt.pad_to(_f19 @ _f29.mT, (_L09, _L020), (_R, _C))
     return _rt.batched(_out, _B, 2)
@@ -343,7 +346,7 @@ def _inner(_sv, _arrays, _W, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else _rt.take(s, (_i3,)))
+    _r7 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else (s[..., _i3] if _rt.affine_in(s.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(s, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
     _L09 = 0
@@ -352,8 +355,8 @@ def _inner(_sv, _arrays, _W, _B):
     _K013 = 0
     _K114 = max(_K013, r - 1 + 1)
     _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
-    _r17 = (A[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= A.shape[-2] and 0 <= _K013 and _K114 <= A.shape[-1] else _rt.take(A, (_i11, _k15,)))
-    _r18 = (d[..., _K013:_K114][..., None, :] if 0 <= _K013 and _K114 <= d.shape[-1] else _rt.take(d, (_k15,)))
+    _r17 = (A[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= A.shape[-2] and 0 <= _K013 and _K114 <= A.shape[-1] else (A[..., _i11, _k15] if _rt.affine_in(A.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(A, (_i11, _k15,))))
+    _r18 = (d[..., _K013:_K114][..., None, :] if 0 <= _K013 and _K114 <= d.shape[-1] else (d[..., _k15] if _rt.affine_in(d.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(d, (_k15,))))
     _f19 = _rt.cells((_r17 * _r18), None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
     _L020 = 0
     _L121 = max(_L020, n)
@@ -361,7 +364,7 @@ def _inner(_sv, _arrays, _W, _B):
     _K024 = 0
     _K125 = max(_K024, r - 1 + 1)
     _k26 = torch.arange(_K024, _K125, device=_dev).reshape((1, -1))
-    _r28 = (A[..., _L020:_L121, _K024:_K125] if 0 <= _L020 and _L121 <= A.shape[-2] and 0 <= _K024 and _K125 <= A.shape[-1] else _rt.take(A, (_j22, _k26,)))
+    _r28 = (A[..., _L020:_L121, _K024:_K125] if 0 <= _L020 and _L121 <= A.shape[-2] and 0 <= _K024 and _K125 <= A.shape[-1] else (A[..., _j22, _k26] if _rt.affine_in(A.shape[-2], 0, ((1, _L020, _L121),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K024, _K125),), True) else _rt.take(A, (_j22, _k26,))))
     _f29 = _rt.cells(_r28, None, (_L121 - _L020, _K125 - _K024), _dtype, _dev)
     _out = _out + (((_W[..., _L09:_L09 + _f19.shape[-2], _L020:_L020 + _f29.shape[-2]]) @ _f29) * _f19).sum(dim=(-2, -1))
     return _out
@@ -377,7 +380,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else _rt.take(s, (_i3,)))
+    _r7 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else (s[..., _i3] if _rt.affine_in(s.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(s, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, _rhs, _L01, _L01)
     _L09 = 0
@@ -386,8 +389,8 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _K013 = 0
     _K114 = max(_K013, r - 1 + 1)
     _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
-    _r17 = (A[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= A.shape[-2] and 0 <= _K013 and _K114 <= A.shape[-1] else _rt.take(A, (_i11, _k15,)))
-    _r18 = (d[..., _K013:_K114][..., None, :] if 0 <= _K013 and _K114 <= d.shape[-1] else _rt.take(d, (_k15,)))
+    _r17 = (A[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= A.shape[-2] and 0 <= _K013 and _K114 <= A.shape[-1] else (A[..., _i11, _k15] if _rt.affine_in(A.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(A, (_i11, _k15,))))
+    _r18 = (d[..., _K013:_K114][..., None, :] if 0 <= _K013 and _K114 <= d.shape[-1] else (d[..., _k15] if _rt.affine_in(d.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(d, (_k15,))))
     _f19 = _rt.cells((_r17 * _r18), None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
     _L020 = 0
     _L121 = max(_L020, n)
@@ -395,7 +398,7 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _K024 = 0
     _K125 = max(_K024, r - 1 + 1)
     _k26 = torch.arange(_K024, _K125, device=_dev).reshape((1, -1))
-    _r28 = (A[..., _L020:_L121, _K024:_K125] if 0 <= _L020 and _L121 <= A.shape[-2] and 0 <= _K024 and _K125 <= A.shape[-1] else _rt.take(A, (_j22, _k26,)))
+    _r28 = (A[..., _L020:_L121, _K024:_K125] if 0 <= _L020 and _L121 <= A.shape[-2] and 0 <= _K024 and _K125 <= A.shape[-1] else (A[..., _j22, _k26] if _rt.affine_in(A.shape[-2], 0, ((1, _L020, _L121),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K024, _K125),), True) else _rt.take(A, (_j22, _k26,))))
     _f29 = _rt.cells(_r28, None, (_L121 - _L020, _K125 - _K024), _dtype, _dev)
     _out = _out + _rt.pad_to(_f19 @ (_f29.mT @ _rhs[..., _L020:_L020 + _f29.shape[-2], :]), (_L09, 0), _OUT)
     return _out
@@ -411,7 +414,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else _rt.take(s, (_i3,)))
+    _r7 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else (s[..., _i3] if _rt.affine_in(s.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(s, (_i3,))))
     _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, _rhs, _L01, _L01)
     _L09 = 0
@@ -420,8 +423,8 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _K013 = 0
     _K114 = max(_K013, r - 1 + 1)
     _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
-    _r17 = (A[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= A.shape[-2] and 0 <= _K013 and _K114 <= A.shape[-1] else _rt.take(A, (_i11, _k15,)))
-    _r18 = (d[..., _K013:_K114][..., None, :] if 0 <= _K013 and _K114 <= d.shape[-1] else _rt.take(d, (_k15,)))
+    _r17 = (A[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= A.shape[-2] and 0 <= _K013 and _K114 <= A.shape[-1] else (A[..., _i11, _k15] if _rt.affine_in(A.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(A, (_i11, _k15,))))
+    _r18 = (d[..., _K013:_K114][..., None, :] if 0 <= _K013 and _K114 <= d.shape[-1] else (d[..., _k15] if _rt.affine_in(d.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(d, (_k15,))))
     _f19 = _rt.cells((_r17 * _r18), None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
     _L020 = 0
     _L121 = max(_L020, n)
@@ -429,7 +432,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _K024 = 0
     _K125 = max(_K024, r - 1 + 1)
     _k26 = torch.arange(_K024, _K125, device=_dev).reshape((1, -1))
-    _r28 = (A[..., _L020:_L121, _K024:_K125] if 0 <= _L020 and _L121 <= A.shape[-2] and 0 <= _K024 and _K125 <= A.shape[-1] else _rt.take(A, (_j22, _k26,)))
+    _r28 = (A[..., _L020:_L121, _K024:_K125] if 0 <= _L020 and _L121 <= A.shape[-2] and 0 <= _K024 and _K125 <= A.shape[-1] else (A[..., _j22, _k26] if _rt.affine_in(A.shape[-2], 0, ((1, _L020, _L121),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K024, _K125),), True) else _rt.take(A, (_j22, _k26,))))
     _f29 = _rt.cells(_r28, None, (_L121 - _L020, _K125 - _K024), _dtype, _dev)
     _out = _out + _rt.pad_to(_f29 @ (_f19.mT @ _rhs[..., _L09:_L09 + _f19.shape[-2], :]), (_L020, 0), _OUT)
     return _out
@@ -451,7 +454,7 @@ def _diagonal(_sv, _arrays, _B):
     _r12 = _rt.take(A, (_i3[..., None], _k9,))
     _r13 = _rt.take(d, (_k9,))
     _s14 = (_xp.where(_m11, ((_r12 ** 2) * _r13), 0.0)).sum(axis=-1)
-    _r15 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else _rt.take(s, (_i3,)))
+    _r15 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else (s[..., _i3] if _rt.affine_in(s.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(s, (_i3,))))
     _c16 = _rt.cells((_s14 + _r15), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c16, None, _L01, _L01)
     return _out

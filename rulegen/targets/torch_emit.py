@@ -49,11 +49,42 @@ class TorchWriter(Writer):
     def element(self, name, index, ctx):
         return f"_rt.element({name}, ({index},), {ctx.ndim})"
 
+    def read(self, acc, ctx):
+        self._indices = acc.indices          # for gather's range check (the hook gets text)
+        return super().read(acc, ctx)
+
     def gather(self, name, index, ctx):
-        return f"_rt.take({name}, ({index},))"
+        rank = len(self._indices)
+        ok = _in_range([f"{name}.shape[{d - rank}]" for d in range(rank)], self._indices, ctx)
+        take = f"_rt.take({name}, ({index},))"
+        return take if ok is None else f"({name}[..., {index}] if {ok} else {take})"
 
     def broadcast(self, val, shape):
         return f"_rt.grid_broadcast({val}, {shape}, _dev)"
+
+
+def _in_range(dims, indices, ctx, wrap: bool = True):
+    """Code of a trace-time test (Python ints) that every index lies in
+    [-d, d) (``wrap``: a negative one wraps, as torch's indexing does) or
+    [0, d) over the whole grid, masked positions included, so that a gather
+    or scatter needs no clamping: each index affine in the grid's axes, whose
+    extreme values are the ends of their ranges; None when one is not.
+    ``dims``: the code of each indexed dimension's size."""
+    tests = []
+    for d, ix in enumerate(indices):
+        ix = sp.expand(ix)
+        axes = [v for v in ctx.axes if ix.has(v)]
+        if ix.free_symbols & (set(ctx.names) - set(axes)) or ix.has(sp.Sum, sp.Indexed):
+            return None
+        try:
+            if axes and sp.Poly(ix, *axes).total_degree() > 1:
+                return None
+        except sp.PolynomialError:
+            return None
+        terms = ", ".join(f"({_int_code(ix.coeff(v))}, {ctx.axes[v][1]}, {ctx.axes[v][2]})" for v in axes)
+        const = _int_code(ix.subs({v: 0 for v in axes}))
+        tests.append(f"_rt.affine_in({dims[d]}, {const}, ({terms}{',' if len(axes) == 1 else ''}), {wrap})")
+    return " and ".join(tests) if tests else None
 
 
 class _Function:
@@ -257,6 +288,7 @@ def _transpose(d: Derivation, scalars):
         w.add(f"_g{k} = None")
     order = {f.name: k for k, f in enumerate(spec.fields)}
     shapes = {f.name: _shape_code(f.shape) for f in spec.fields}
+    field_shapes = {f.name: f.shape for f in spec.fields}
     for steps, value, _ in _terms(d):
         if _linear_part(value) == 0:
             continue
@@ -301,7 +333,9 @@ def _transpose(d: Derivation, scalars):
         elif parts is not None and run and len(parts) == 1:
             w.add(f"{target} = _rt.put_block({target}, {vals}, ({parts[0][1]},), {shapes[name]}, _B)")
         else:
-            w.add(f"{target} = _rt.put({target}, ({', '.join(index)},), {vals}, {g.shape}, {shapes[name]}, _B)")
+            ok = _in_range([_int_code(e) for e in field_shapes[name]], acc.indices, g.ctx, wrap=False)
+            w.add(f"{target} = _rt.put({target}, ({', '.join(index)},), {vals}, {g.shape}, {shapes[name]}, _B"
+                  f"{'' if ok is None else ', ' + ok})")
     fields = [f"_g{k}" for k in range(len(spec.fields))]
     w.add("return (" + "".join(f"_rt.finish({g}, {shapes[f.name]}, _B, _dtype, _dev), "
                               for g, f in zip(fields, spec.fields)) + ")")
