@@ -192,29 +192,32 @@ def _stacked(ref, fields, extra, cls, count, rng):
     return [cls(**s, **extra) for s in singles], cls(**batch, **extra), singles
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("key", sorted(REFERENCES))
-def test_a_batch_of_three_equals_three_single_calls_and_batches_broadcast(key):
+def test_a_batch_of_three_equals_three_single_calls_and_batches_broadcast(key, dtype):
     ref, rng, fields, extra, _ = _case(key, _largest(key), "batch")
     mod = tmod(ref.module)
     cls = getattr(mod, ref.cls)
+    dt = getattr(torch, dtype)
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
+    exact = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=1e-6, atol=1e-6)
     singles, xb, raw = _stacked(ref, fields, extra, cls, 3, rng)
+    singles, xb = [s.to(dt) for s in singles], xb.to(dt)
     m, n = xb.shape
     assert xb.batch_shape == (3,)
     ts = [cls(**unflatten(rng.standard_normal(sum(np.size(fields[k]) for k in ref.order)), fields, ref.order),
-              **extra) for _ in range(3)]
+              **extra).to(dt) for _ in range(3)]
     tb = cls(**{k: torch.stack([getattr(t, k) for t in ts]) for k in ref.order}, **extra)
-    W = torch.as_tensor(rng.standard_normal((3, m, n)))
-    v = torch.as_tensor(rng.standard_normal((3, n, 2)))
-    u = torch.as_tensor(rng.standard_normal((3, m, 2)))
-    d = torch.as_tensor(rng.standard_normal((3, min(m, n))))
+    W, v, u, d = (torch.as_tensor(rng.standard_normal(s), dtype=dt) for s in ((3, m, n), (3, n, 2), (3, m, 2),
+                                                                            (3, min(m, n))))
     batched = _all_maps(mod, xb, tb, W, v, u, d)
     for b in range(3):
         single = _all_maps(mod, singles[b], ts[b], W[b], v[b], u[b], d[b])
-        _compare(batched, single, ref.order, f"batch element {b}", rtol=1e-9, atol=1e-11, b=b)
+        _compare(batched, single, ref.order, f"batch element {b}", b=b, **tol)
     # a broadcast: fields of batch (2, 1), the cotangent of batch (3,) -> (2, 3, m, n)
-    x2 = cls(**{k: torch.as_tensor(np.stack([r[k] for r in raw[:2]]))[:, None] for k in ref.order}, **extra)
+    x2 = cls(**{k: torch.as_tensor(np.stack([r[k] for r in raw[:2]]))[:, None] for k in ref.order}, **extra).to(dt)
     P = mod.project(x2, W)
-    assert P.shape == (2, 3, m, n)
+    assert P.shape == (2, 3, m, n) and P.dtype == dt
     G = mod.destructure_pullback(x2, W)
     for a, f in zip(G._arrays, ref.order):
         assert a.shape == (2, 3) + np.shape(fields[f])
@@ -222,11 +225,11 @@ def test_a_batch_of_three_equals_three_single_calls_and_batches_broadcast(key):
     assert mv.shape == (2, 3, m, 2)
     for i in range(2):
         for j in range(3):
-            assert_norm_close(_np(P[i, j]), _np(mod.project(singles[i], W[j])), "project", rtol=1e-9, atol=1e-11)
-            assert_norm_close(_np(mv[i, j]), _np(mod.matvec(singles[i], v[j])), "matvec", rtol=1e-12, atol=1e-12)
+            assert_norm_close(_np(P[i, j]), _np(mod.project(singles[i], W[j])), "project", **tol)
+            assert_norm_close(_np(mv[i, j]), _np(mod.matvec(singles[i], v[j])), "matvec", **exact)
             want = mod.destructure_pullback(singles[i], W[j])
             for a, w in zip(G._arrays, want._arrays):
-                assert_norm_close(_np(a[i, j]), _np(w), "destructure_pullback", rtol=1e-12, atol=1e-12)
+                assert_norm_close(_np(a[i, j]), _np(w), "destructure_pullback", **exact)
 
 
 def test_batch_shapes_that_do_not_broadcast_name_both():
