@@ -325,26 +325,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    m, n, kl, ku, = _sv
-    data, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = m, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _I01 = 0
-    _I12 = max(_I01, m)
-    _i3 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
-    _W5 = max(0, kl + ku + 1)
-    _t6 = torch.arange(0, _W5, device=_dev).reshape((1, -1))
-    _j8 = (_i3 + _t6 + (-1 * kl))
-    _m10 = (_j8 >= _xp.maximum(0, (_i3 + (-1 * kl))))
-    _m11 = _xp.logical_and(_m10, (_j8 < _xp.minimum(n, (1 + _i3 + ku))))
-    _r12 = _rt.take(data, ((_i3 + ku + (-1 * _j8)), _j8,))
-    _c13 = _rt.cells(_r12, _m11, (_I12 - _I01, _W5 - 0, ), _dtype, _dev)
-    _out = _out + _rt.grid_sum(_c13 * _rt.take(_W, (_i3, _j8)), 2)
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     m, n, kl, ku, = _sv
     data, = _arrays

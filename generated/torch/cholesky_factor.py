@@ -320,33 +320,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    n, = _sv
-    L, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = n, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _I01 = 0
-    _I12 = max(_I01, n)
-    _J03 = 0
-    _J14 = max(_J03, n)
-    _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
-    _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _K09 = 0
-    _ni6 = _np.arange(_I01, _I12).reshape((-1, 1))
-    _nj8 = _np.arange(_J03, _J14).reshape((1, -1))
-    _x10 = _rt.extreme(_np.max, _np.minimum(_ni6, _nj8))
-    _K111 = max(_K09, _x10 + 1)
-    _k12 = torch.arange(_K09, _K111, device=_dev).reshape((1, 1, -1))
-    _m14 = _xp.logical_and((_k12 >= 0), (_k12 <= _xp.minimum(_i5[..., None], _j7[..., None])))
-    _r15 = _rt.take(L, (_i5[..., None], _k12,))
-    _r16 = _rt.take(L, (_j7[..., None], _k12,))
-    _s17 = (_xp.where(_m14, (_r15 * _r16), 0.0)).sum(axis=-1)
-    _c18 = _rt.cells(_s17, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
-    _out = _out + (_c18 * _W[..., _I01:_I12, _J03:_J14]).sum(dim=(-2, -1))
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     n, = _sv
     L, = _arrays
@@ -422,4 +395,31 @@ def _diagonal(_sv, _arrays, _B):
     _s14 = (_xp.where(_m12, (_r13 ** 2), 0.0)).sum(axis=-1)
     _c15 = _rt.cells(_s14, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c15, None, _L01, _L01)
+    return _out
+
+
+def _inner(_sv, _arrays, _W, _B):
+    n, = _sv
+    L, = _arrays
+    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _R, _C = n, n
+    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
+    _I01 = 0
+    _I12 = max(_I01, n)
+    _J03 = 0
+    _J14 = max(_J03, n)
+    _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
+    _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
+    _K09 = 0
+    _ni6 = _np.arange(_I01, _I12).reshape((-1, 1))
+    _nj8 = _np.arange(_J03, _J14).reshape((1, -1))
+    _x10 = _rt.extreme(_np.max, _np.minimum(_ni6, _nj8))
+    _K111 = max(_K09, _x10 + 1)
+    _k12 = torch.arange(_K09, _K111, device=_dev).reshape((1, 1, -1))
+    _m14 = _xp.logical_and((_k12 >= 0), (_k12 <= _xp.minimum(_i5[..., None], _j7[..., None])))
+    _r15 = _rt.take(L, (_i5[..., None], _k12,))
+    _r16 = _rt.take(L, (_j7[..., None], _k12,))
+    _s17 = (_xp.where(_m14, (_r15 * _r16), 0.0)).sum(axis=-1)
+    _c18 = _rt.cells(_s17, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
+    _out = _out + (_c18 * _W[..., _I01:_I12, _J03:_J14]).sum(dim=(-2, -1))
     return _out

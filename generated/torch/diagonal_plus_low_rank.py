@@ -336,38 +336,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    n, r, = _sv
-    d, U, V, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = n, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _L01 = 0
-    _L12 = max(_L01, n)
-    _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
-    _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
-    _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
-    _L09 = 0
-    _L110 = max(_L09, n)
-    _i11 = torch.arange(_L09, _L110, device=_dev).reshape((-1, 1))
-    _K013 = 0
-    _K114 = max(_K013, r - 1 + 1)
-    _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
-    _r17 = (U[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= U.shape[-2] and 0 <= _K013 and _K114 <= U.shape[-1] else (U[..., _i11, _k15] if _rt.affine_in(U.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(U, (_i11, _k15,))))
-    _f18 = _rt.cells(_r17, None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
-    _L019 = 0
-    _L120 = max(_L019, n)
-    _j21 = torch.arange(_L019, _L120, device=_dev).reshape((-1, 1))
-    _K023 = 0
-    _K124 = max(_K023, r - 1 + 1)
-    _k25 = torch.arange(_K023, _K124, device=_dev).reshape((1, -1))
-    _r27 = (V[..., _L019:_L120, _K023:_K124] if 0 <= _L019 and _L120 <= V.shape[-2] and 0 <= _K023 and _K124 <= V.shape[-1] else (V[..., _j21, _k25] if _rt.affine_in(V.shape[-2], 0, ((1, _L019, _L120),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K023, _K124),), True) else _rt.take(V, (_j21, _k25,))))
-    _f28 = _rt.cells(_r27, None, (_L120 - _L019, _K124 - _K023), _dtype, _dev)
-    _out = _out + (((_W[..., _L09:_L09 + _f18.shape[-2], _L019:_L019 + _f28.shape[-2]]) @ _f28) * _f18).sum(dim=(-2, -1))
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     n, r, = _sv
     d, U, V, = _arrays
@@ -453,4 +421,36 @@ def _diagonal(_sv, _arrays, _B):
     _r15 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
     _c16 = _rt.cells((_s14 + _r15), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c16, None, _L01, _L01)
+    return _out
+
+
+def _inner(_sv, _arrays, _W, _B):
+    n, r, = _sv
+    d, U, V, = _arrays
+    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _R, _C = n, n
+    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
+    _L01 = 0
+    _L12 = max(_L01, n)
+    _i3 = torch.arange(_L01, _L12, device=_dev)
+    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
+    _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
+    _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
+    _L09 = 0
+    _L110 = max(_L09, n)
+    _i11 = torch.arange(_L09, _L110, device=_dev).reshape((-1, 1))
+    _K013 = 0
+    _K114 = max(_K013, r - 1 + 1)
+    _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
+    _r17 = (U[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= U.shape[-2] and 0 <= _K013 and _K114 <= U.shape[-1] else (U[..., _i11, _k15] if _rt.affine_in(U.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(U, (_i11, _k15,))))
+    _f18 = _rt.cells(_r17, None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
+    _L019 = 0
+    _L120 = max(_L019, n)
+    _j21 = torch.arange(_L019, _L120, device=_dev).reshape((-1, 1))
+    _K023 = 0
+    _K124 = max(_K023, r - 1 + 1)
+    _k25 = torch.arange(_K023, _K124, device=_dev).reshape((1, -1))
+    _r27 = (V[..., _L019:_L120, _K023:_K124] if 0 <= _L019 and _L120 <= V.shape[-2] and 0 <= _K023 and _K124 <= V.shape[-1] else (V[..., _j21, _k25] if _rt.affine_in(V.shape[-2], 0, ((1, _L019, _L120),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K023, _K124),), True) else _rt.take(V, (_j21, _k25,))))
+    _f28 = _rt.cells(_r27, None, (_L120 - _L019, _K124 - _K023), _dtype, _dev)
+    _out = _out + (((_W[..., _L09:_L09 + _f18.shape[-2], _L019:_L019 + _f28.shape[-2]]) @ _f28) * _f18).sum(dim=(-2, -1))
     return _out

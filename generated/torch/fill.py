@@ -314,23 +314,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    m, n, = _sv
-    value, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = m, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _L01 = 0
-    _L12 = max(_L01, m)
-    _r5 = value[..., None]
-    _f6 = _rt.cells(_r5, None, (_L12 - _L01,), _dtype, _dev)
-    _L07 = 0
-    _L18 = max(_L07, n)
-    _f11 = _rt.cells(1, None, (_L18 - _L07,), _dtype, _dev)
-    _out = _out + (((_W[..., _L01:_L01 + _f6.shape[-1], _L07:_L07 + _f11.shape[-1]]) @ _f11[..., :, None])[..., 0] * _f6).sum(dim=-1)
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     m, n, = _sv
     value, = _arrays

@@ -316,24 +316,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    n, = _sv
-    h, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = n, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _I01 = 0
-    _I12 = max(_I01, n)
-    _J03 = 0
-    _J14 = max(_J03, n)
-    _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
-    _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = (h[..., (_i5 + _j7)] if _rt.affine_in(h.shape[-1], 0, ((1, _I01, _I12), (1, _J03, _J14)), True) else _rt.take(h, ((_i5 + _j7),)))
-    _c10 = _rt.cells(_r9, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
-    _out = _out + (_c10 * _W[..., _I01:_I12, _J03:_J14]).sum(dim=(-2, -1))
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     n, = _sv
     h, = _arrays

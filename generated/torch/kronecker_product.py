@@ -330,25 +330,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    ma, na, mb, nb, = _sv
-    A, B, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = ma*mb, na*nb
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _I01 = 0
-    _I12 = max(_I01, ma*mb)
-    _J03 = 0
-    _J14 = max(_J03, na*nb)
-    _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
-    _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = _rt.take(A, ((_i5 // mb), (_j7 // nb),))
-    _r10 = _rt.take(B, ((_i5 % mb), (_j7 % nb),))
-    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
-    _out = _out + (_c11 * _W[..., _I01:_I12, _J03:_J14]).sum(dim=(-2, -1))
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     ma, na, mb, nb, = _sv
     A, B, = _arrays
@@ -402,4 +383,23 @@ def _diagonal(_sv, _arrays, _B):
     _r8 = _rt.take(B, ((_i3 % mb), (_i3 % nb),))
     _c9 = _rt.cells((_r7 * _r8), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c9, None, _L01, _L01)
+    return _out
+
+
+def _inner(_sv, _arrays, _W, _B):
+    ma, na, mb, nb, = _sv
+    A, B, = _arrays
+    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _R, _C = ma*mb, na*nb
+    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
+    _I01 = 0
+    _I12 = max(_I01, ma*mb)
+    _J03 = 0
+    _J14 = max(_J03, na*nb)
+    _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
+    _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
+    _r9 = _rt.take(A, ((_i5 // mb), (_j7 // nb),))
+    _r10 = _rt.take(B, ((_i5 % mb), (_j7 % nb),))
+    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
+    _out = _out + (_c11 * _W[..., _I01:_I12, _J03:_J14]).sum(dim=(-2, -1))
     return _out

@@ -332,32 +332,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    m, n, r, = _sv
-    U, V, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = m, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _L01 = 0
-    _L12 = max(_L01, m)
-    _i3 = torch.arange(_L01, _L12, device=_dev).reshape((-1, 1))
-    _K05 = 0
-    _K16 = max(_K05, r - 1 + 1)
-    _k7 = torch.arange(_K05, _K16, device=_dev).reshape((1, -1))
-    _r9 = (U[..., _L01:_L12, _K05:_K16] if 0 <= _L01 and _L12 <= U.shape[-2] and 0 <= _K05 and _K16 <= U.shape[-1] else (U[..., _i3, _k7] if _rt.affine_in(U.shape[-2], 0, ((1, _L01, _L12),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K05, _K16),), True) else _rt.take(U, (_i3, _k7,))))
-    _f10 = _rt.cells(_r9, None, (_L12 - _L01, _K16 - _K05), _dtype, _dev)
-    _L011 = 0
-    _L112 = max(_L011, n)
-    _j13 = torch.arange(_L011, _L112, device=_dev).reshape((-1, 1))
-    _K015 = 0
-    _K116 = max(_K015, r - 1 + 1)
-    _k17 = torch.arange(_K015, _K116, device=_dev).reshape((1, -1))
-    _r19 = (V[..., _L011:_L112, _K015:_K116] if 0 <= _L011 and _L112 <= V.shape[-2] and 0 <= _K015 and _K116 <= V.shape[-1] else (V[..., _j13, _k17] if _rt.affine_in(V.shape[-2], 0, ((1, _L011, _L112),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K015, _K116),), True) else _rt.take(V, (_j13, _k17,))))
-    _f20 = _rt.cells(_r19, None, (_L112 - _L011, _K116 - _K015), _dtype, _dev)
-    _out = _out + (((_W[..., _L01:_L01 + _f10.shape[-2], _L011:_L011 + _f20.shape[-2]]) @ _f20) * _f10).sum(dim=(-2, -1))
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     m, n, r, = _sv
     U, V, = _arrays
@@ -430,4 +404,30 @@ def _diagonal(_sv, _arrays, _B):
     _s14 = (_xp.where(_m11, (_r12 * _r13), 0.0)).sum(axis=-1)
     _c15 = _rt.cells(_s14, None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c15, None, _L01, _L01)
+    return _out
+
+
+def _inner(_sv, _arrays, _W, _B):
+    m, n, r, = _sv
+    U, V, = _arrays
+    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _R, _C = m, n
+    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
+    _L01 = 0
+    _L12 = max(_L01, m)
+    _i3 = torch.arange(_L01, _L12, device=_dev).reshape((-1, 1))
+    _K05 = 0
+    _K16 = max(_K05, r - 1 + 1)
+    _k7 = torch.arange(_K05, _K16, device=_dev).reshape((1, -1))
+    _r9 = (U[..., _L01:_L12, _K05:_K16] if 0 <= _L01 and _L12 <= U.shape[-2] and 0 <= _K05 and _K16 <= U.shape[-1] else (U[..., _i3, _k7] if _rt.affine_in(U.shape[-2], 0, ((1, _L01, _L12),), True) and _rt.affine_in(U.shape[-1], 0, ((1, _K05, _K16),), True) else _rt.take(U, (_i3, _k7,))))
+    _f10 = _rt.cells(_r9, None, (_L12 - _L01, _K16 - _K05), _dtype, _dev)
+    _L011 = 0
+    _L112 = max(_L011, n)
+    _j13 = torch.arange(_L011, _L112, device=_dev).reshape((-1, 1))
+    _K015 = 0
+    _K116 = max(_K015, r - 1 + 1)
+    _k17 = torch.arange(_K015, _K116, device=_dev).reshape((1, -1))
+    _r19 = (V[..., _L011:_L112, _K015:_K116] if 0 <= _L011 and _L112 <= V.shape[-2] and 0 <= _K015 and _K116 <= V.shape[-1] else (V[..., _j13, _k17] if _rt.affine_in(V.shape[-2], 0, ((1, _L011, _L112),), True) and _rt.affine_in(V.shape[-1], 0, ((1, _K015, _K116),), True) else _rt.take(V, (_j13, _k17,))))
+    _f20 = _rt.cells(_r19, None, (_L112 - _L011, _K116 - _K015), _dtype, _dev)
+    _out = _out + (((_W[..., _L01:_L01 + _f10.shape[-2], _L011:_L011 + _f20.shape[-2]]) @ _f20) * _f10).sum(dim=(-2, -1))
     return _out

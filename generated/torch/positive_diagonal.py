@@ -309,21 +309,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    n, = _sv
-    logd, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = n, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _L01 = 0
-    _L12 = max(_L01, n)
-    _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else (logd[..., _i3] if _rt.affine_in(logd.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(logd, (_i3,))))
-    _c8 = _rt.cells(_xp.exp(_r7), None, (_L12 - _L01, ), _dtype, _dev)
-    _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     n, = _sv
     logd, = _arrays
@@ -368,4 +353,19 @@ def _diagonal(_sv, _arrays, _B):
     _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else (logd[..., _i3] if _rt.affine_in(logd.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(logd, (_i3,))))
     _c8 = _rt.cells(_xp.exp(_r7), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c8, None, _L01, _L01)
+    return _out
+
+
+def _inner(_sv, _arrays, _W, _B):
+    n, = _sv
+    logd, = _arrays
+    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _R, _C = n, n
+    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
+    _L01 = 0
+    _L12 = max(_L01, n)
+    _i3 = torch.arange(_L01, _L12, device=_dev)
+    _r7 = (logd[..., _L01:_L12] if 0 <= _L01 and _L12 <= logd.shape[-1] else (logd[..., _i3] if _rt.affine_in(logd.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(logd, (_i3,))))
+    _c8 = _rt.cells(_xp.exp(_r7), None, (_L12 - _L01, ), _dtype, _dev)
+    _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
     return _out

@@ -321,25 +321,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    m, n, = _sv
-    scale, data, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = m, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _I01 = 0
-    _I12 = max(_I01, m)
-    _J03 = 0
-    _J14 = max(_J03, n)
-    _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
-    _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = (data[..., _I01:_I12, _J03:_J14] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J03 and _J14 <= data.shape[-1] else (data[..., _i5, _j7] if _rt.affine_in(data.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _J03, _J14),), True) else _rt.take(data, (_i5, _j7,))))
-    _r10 = scale[..., None, None]
-    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
-    _out = _out + (_c11 * _W[..., _I01:_I12, _J03:_J14]).sum(dim=(-2, -1))
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     m, n, = _sv
     scale, data, = _arrays
@@ -393,4 +374,23 @@ def _diagonal(_sv, _arrays, _B):
     _r8 = scale[..., None]
     _c9 = _rt.cells((_r7 * _r8), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c9, None, _L01, _L01)
+    return _out
+
+
+def _inner(_sv, _arrays, _W, _B):
+    m, n, = _sv
+    scale, data, = _arrays
+    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _R, _C = m, n
+    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
+    _I01 = 0
+    _I12 = max(_I01, m)
+    _J03 = 0
+    _J14 = max(_J03, n)
+    _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
+    _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
+    _r9 = (data[..., _I01:_I12, _J03:_J14] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J03 and _J14 <= data.shape[-1] else (data[..., _i5, _j7] if _rt.affine_in(data.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _J03, _J14),), True) else _rt.take(data, (_i5, _j7,))))
+    _r10 = scale[..., None, None]
+    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
+    _out = _out + (_c11 * _W[..., _I01:_I12, _J03:_J14]).sum(dim=(-2, -1))
     return _out

@@ -334,39 +334,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    n, = _sv
-    col, row, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = n, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _I01 = 0
-    _I12 = max(_I01, n)
-    _i3 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
-    _ni4 = _np.arange(_I01, _I12).reshape((-1, 1))
-    _x5 = _rt.extreme(_np.max, _np.minimum(n, (1 + _ni4)))
-    _J06 = 0
-    _J17 = max(_J06, _x5)
-    _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
-    _m10 = (_j8 < _xp.minimum(n, (1 + _i3)))
-    _r11 = (col[..., (_i3 + (-1 * _j8))] if _rt.affine_in(col.shape[-1], 0, ((1, _I01, _I12), (-1, _J06, _J17)), True) else _rt.take(col, ((_i3 + (-1 * _j8)),)))
-    _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
-    _out = _out + (_c12 * _W[..., _I01:_I12, _J06:_J17]).sum(dim=(-2, -1))
-    _I013 = 0
-    _I114 = max(_I013, n)
-    _i15 = torch.arange(_I013, _I114, device=_dev).reshape((-1, 1))
-    _ni16 = _np.arange(_I013, _I114).reshape((-1, 1))
-    _x17 = _rt.extreme(_np.min, (1 + _ni16))
-    _J018 = _x17
-    _J119 = max(_J018, n)
-    _j20 = torch.arange(_J018, _J119, device=_dev).reshape((1, -1))
-    _m22 = (_j20 >= (1 + _i15))
-    _r23 = (row[..., (_j20 + (-1 * _i15))] if _rt.affine_in(row.shape[-1], 0, ((-1, _I013, _I114), (1, _J018, _J119)), True) else _rt.take(row, ((_j20 + (-1 * _i15)),)))
-    _c24 = _rt.cells(_r23, _m22, (_I114 - _I013, _J119 - _J018, ), _dtype, _dev)
-    _out = _out + (_c24 * _W[..., _I013:_I114, _J018:_J119]).sum(dim=(-2, -1))
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     n, = _sv
     col, row, = _arrays

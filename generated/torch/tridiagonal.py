@@ -331,33 +331,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    n, = _sv
-    dl, d, du, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = n, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _L01 = 0
-    _L12 = max(_L01, n)
-    _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (d[..., _L01:_L12] if 0 <= _L01 and _L12 <= d.shape[-1] else (d[..., _i3] if _rt.affine_in(d.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(d, (_i3,))))
-    _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
-    _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
-    _L09 = 0
-    _L110 = max(_L09, n - 1)
-    _i11 = torch.arange(_L09, _L110, device=_dev)
-    _r15 = (du[..., _L09:_L110] if 0 <= _L09 and _L110 <= du.shape[-1] else (du[..., _i11] if _rt.affine_in(du.shape[-1], 0, ((1, _L09, _L110),), True) else _rt.take(du, (_i11,))))
-    _c16 = _rt.cells(_r15, None, (_L110 - _L09, ), _dtype, _dev)
-    _out = _out + _rt.diagonal_inner(_W, _c16, _L09, _L09 + 1)
-    _L017 = 1
-    _L118 = max(_L017, n)
-    _i19 = torch.arange(_L017, _L118, device=_dev)
-    _r23 = (dl[..., _L017 - 1:_L118 - 1] if 0 <= _L017 - 1 and _L118 - 1 <= dl.shape[-1] else (dl[..., (-1 + _i19)] if _rt.affine_in(dl.shape[-1], -1, ((1, _L017, _L118),), True) else _rt.take(dl, ((-1 + _i19),))))
-    _c24 = _rt.cells(_r23, None, (_L118 - _L017, ), _dtype, _dev)
-    _out = _out + _rt.diagonal_inner(_W, _c24, _L017, _L017 - 1)
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     n, = _sv
     dl, d, du, = _arrays

@@ -323,31 +323,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    n, = _sv
-    data, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = n, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _L01 = 0
-    _L12 = max(_L01, n)
-    _c7 = _rt.cells(1, None, (_L12 - _L01, ), _dtype, _dev)
-    _out = _out + _rt.diagonal_inner(_W, _c7, _L01, _L01)
-    _I08 = 0
-    _I19 = max(_I08, n)
-    _i10 = torch.arange(_I08, _I19, device=_dev).reshape((-1, 1))
-    _ni11 = _np.arange(_I08, _I19).reshape((-1, 1))
-    _x12 = _rt.extreme(_np.min, (1 + _ni11))
-    _J013 = _x12
-    _J114 = max(_J013, n)
-    _j15 = torch.arange(_J013, _J114, device=_dev).reshape((1, -1))
-    _m17 = (_j15 >= (1 + _i10))
-    _r18 = (data[..., _I08:_I19, _J013:_J114] if 0 <= _I08 and _I19 <= data.shape[-2] and 0 <= _J013 and _J114 <= data.shape[-1] else (data[..., _i10, _j15] if _rt.affine_in(data.shape[-2], 0, ((1, _I08, _I19),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _J013, _J114),), True) else _rt.take(data, (_i10, _j15,))))
-    _c19 = _rt.cells(_r18, _m17, (_I19 - _I08, _J114 - _J013, ), _dtype, _dev)
-    _out = _out + (_c19 * _W[..., _I08:_I19, _J013:_J114]).sum(dim=(-2, -1))
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     n, = _sv
     data, = _arrays

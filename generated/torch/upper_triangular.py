@@ -319,27 +319,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    n, = _sv
-    data, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = n, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _I01 = 0
-    _I12 = max(_I01, n)
-    _i3 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
-    _ni4 = _np.arange(_I01, _I12).reshape((-1, 1))
-    _x5 = _rt.extreme(_np.min, _ni4)
-    _J06 = _x5
-    _J17 = max(_J06, n)
-    _j8 = torch.arange(_J06, _J17, device=_dev).reshape((1, -1))
-    _m10 = (_j8 >= _i3)
-    _r11 = (data[..., _I01:_I12, _J06:_J17] if 0 <= _I01 and _I12 <= data.shape[-2] and 0 <= _J06 and _J17 <= data.shape[-1] else (data[..., _i3, _j8] if _rt.affine_in(data.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(data.shape[-1], 0, ((1, _J06, _J17),), True) else _rt.take(data, (_i3, _j8,))))
-    _c12 = _rt.cells(_r11, _m10, (_I12 - _I01, _J17 - _J06, ), _dtype, _dev)
-    _out = _out + (_c12 * _W[..., _I01:_I12, _J06:_J17]).sum(dim=(-2, -1))
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     n, = _sv
     data, = _arrays

@@ -337,39 +337,6 @@ def _dense(_sv, _arrays, _B):
     return _rt.batched(_out, _B, 2)
 
 
-def _inner(_sv, _arrays, _W, _B):
-    n, r, = _sv
-    A, d, s, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
-    _R, _C = n, n
-    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
-    _L01 = 0
-    _L12 = max(_L01, n)
-    _i3 = torch.arange(_L01, _L12, device=_dev)
-    _r7 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else (s[..., _i3] if _rt.affine_in(s.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(s, (_i3,))))
-    _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
-    _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
-    _L09 = 0
-    _L110 = max(_L09, n)
-    _i11 = torch.arange(_L09, _L110, device=_dev).reshape((-1, 1))
-    _K013 = 0
-    _K114 = max(_K013, r - 1 + 1)
-    _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
-    _r17 = (A[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= A.shape[-2] and 0 <= _K013 and _K114 <= A.shape[-1] else (A[..., _i11, _k15] if _rt.affine_in(A.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(A, (_i11, _k15,))))
-    _r18 = (d[..., _K013:_K114][..., None, :] if 0 <= _K013 and _K114 <= d.shape[-1] else (d[..., _k15] if _rt.affine_in(d.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(d, (_k15,))))
-    _f19 = _rt.cells((_r17 * _r18), None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
-    _L020 = 0
-    _L121 = max(_L020, n)
-    _j22 = torch.arange(_L020, _L121, device=_dev).reshape((-1, 1))
-    _K024 = 0
-    _K125 = max(_K024, r - 1 + 1)
-    _k26 = torch.arange(_K024, _K125, device=_dev).reshape((1, -1))
-    _r28 = (A[..., _L020:_L121, _K024:_K125] if 0 <= _L020 and _L121 <= A.shape[-2] and 0 <= _K024 and _K125 <= A.shape[-1] else (A[..., _j22, _k26] if _rt.affine_in(A.shape[-2], 0, ((1, _L020, _L121),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K024, _K125),), True) else _rt.take(A, (_j22, _k26,))))
-    _f29 = _rt.cells(_r28, None, (_L121 - _L020, _K125 - _K024), _dtype, _dev)
-    _out = _out + (((_W[..., _L09:_L09 + _f19.shape[-2], _L020:_L020 + _f29.shape[-2]]) @ _f29) * _f19).sum(dim=(-2, -1))
-    return _out
-
-
 def _matvec(_sv, _arrays, _rhs, _B):
     n, r, = _sv
     A, d, s, = _arrays
@@ -457,4 +424,37 @@ def _diagonal(_sv, _arrays, _B):
     _r15 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else (s[..., _i3] if _rt.affine_in(s.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(s, (_i3,))))
     _c16 = _rt.cells((_s14 + _r15), None, (_L12 - _L01, ), _dtype, _dev)
     _out = _rt.diagonal_product(_out, _c16, None, _L01, _L01)
+    return _out
+
+
+def _inner(_sv, _arrays, _W, _B):
+    n, r, = _sv
+    A, d, s, = _arrays
+    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _R, _C = n, n
+    _out = torch.zeros(_B, dtype=_dtype, device=_dev)
+    _L01 = 0
+    _L12 = max(_L01, n)
+    _i3 = torch.arange(_L01, _L12, device=_dev)
+    _r7 = (s[..., _L01:_L12] if 0 <= _L01 and _L12 <= s.shape[-1] else (s[..., _i3] if _rt.affine_in(s.shape[-1], 0, ((1, _L01, _L12),), True) else _rt.take(s, (_i3,))))
+    _c8 = _rt.cells(_r7, None, (_L12 - _L01, ), _dtype, _dev)
+    _out = _out + _rt.diagonal_inner(_W, _c8, _L01, _L01)
+    _L09 = 0
+    _L110 = max(_L09, n)
+    _i11 = torch.arange(_L09, _L110, device=_dev).reshape((-1, 1))
+    _K013 = 0
+    _K114 = max(_K013, r - 1 + 1)
+    _k15 = torch.arange(_K013, _K114, device=_dev).reshape((1, -1))
+    _r17 = (A[..., _L09:_L110, _K013:_K114] if 0 <= _L09 and _L110 <= A.shape[-2] and 0 <= _K013 and _K114 <= A.shape[-1] else (A[..., _i11, _k15] if _rt.affine_in(A.shape[-2], 0, ((1, _L09, _L110),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(A, (_i11, _k15,))))
+    _r18 = (d[..., _K013:_K114][..., None, :] if 0 <= _K013 and _K114 <= d.shape[-1] else (d[..., _k15] if _rt.affine_in(d.shape[-1], 0, ((1, _K013, _K114),), True) else _rt.take(d, (_k15,))))
+    _f19 = _rt.cells((_r17 * _r18), None, (_L110 - _L09, _K114 - _K013), _dtype, _dev)
+    _L020 = 0
+    _L121 = max(_L020, n)
+    _j22 = torch.arange(_L020, _L121, device=_dev).reshape((-1, 1))
+    _K024 = 0
+    _K125 = max(_K024, r - 1 + 1)
+    _k26 = torch.arange(_K024, _K125, device=_dev).reshape((1, -1))
+    _r28 = (A[..., _L020:_L121, _K024:_K125] if 0 <= _L020 and _L121 <= A.shape[-2] and 0 <= _K024 and _K125 <= A.shape[-1] else (A[..., _j22, _k26] if _rt.affine_in(A.shape[-2], 0, ((1, _L020, _L121),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _K024, _K125),), True) else _rt.take(A, (_j22, _k26,))))
+    _f29 = _rt.cells(_r28, None, (_L121 - _L020, _K125 - _K024), _dtype, _dev)
+    _out = _out + (((_W[..., _L09:_L09 + _f19.shape[-2], _L020:_L020 + _f29.shape[-2]]) @ _f29) * _f19).sum(dim=(-2, -1))
     return _out

@@ -2,14 +2,23 @@
 
 The value of every additive term of the entry is written as whole-tensor
 torch code over the grids of ``targets/arrays.py`` (the JAX target's
-lowering, printed for torch: index arrays on the fields' device, gathers
-with out-of-range indices clamped, leading batch dimensions on every field).
-The derivatives are autograd's: destructure, matvec, rmatvec and diagonal
-are plain torch code, so backward, ``torch.func.jvp``/``vjp``/``grad``/
-``vmap`` and higher orders apply to them directly; the pushforward and
-pullback maps are ``torch.func.jvp``/``vjp`` of that code. The J⁺ strategy
-is the derivation's (gather: diag(JᵀJ); bordered: Schur complement;
-general: LSQR), from ``rulegen.torch_runtime``.
+lowering, printed for torch through its hooks: leading batch dimensions on
+every field, index tensors on the fields' device, gathers clamped unless a
+trace-time range test shows them in bounds). Batching is written into the
+grids (every read is ``F[..., index]``), not a ``torch.func.vmap`` over
+per-instance code: one kernel launch per term whatever the batch, fields
+with different batch shapes broadcast without being copied, and a user's own
+``vmap`` simply sees an unbatched instance.
+
+Generated functions: ``_dense`` (destructure), ``_matvec``/``_rmatvec``,
+``_diagonal``, and for the derivative maps either (gather types) ``_tangent``
+(destructure's code with its constants dropped: J θ̇) and ``_transpose``
+(Jᵀ Ȳ written out, O(pattern), no autograd), or (the others) ``_inner``
+(⟨Ȳ, Y⟩ read only where the type stores entries: its gradient is Jᵀ Ȳ, by
+``torch.func.vjp``) with J θ̇ by ``torch.func.jvp`` of ``_dense``. Everything
+is plain torch, so autograd differentiates every map (both modes, any
+order). The J⁺ strategy is the derivation's (gather: diag(JᵀJ); bordered:
+Schur complement; general: LSQR), from ``rulegen.torch_runtime``.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from ..derive import Derivation
 from ..emit import _environment, _shape_code, _shape_text, doc_text, file_label, size_plan
 from ..expr import I, J
 from ..printer import code as py_code
-from .arrays import Ctx, Unsupported, Writer, _int_code
+from .arrays import Ctx, Unsupported, Writer, _int_code, emit
 
 
 class TorchWriter(Writer):
@@ -49,9 +58,9 @@ class TorchWriter(Writer):
     def element(self, name, index, ctx):
         return f"_rt.element({name}, ({index},), {ctx.ndim})"
 
-    def read(self, acc, ctx):
+    def read(self, acc, ctx, *rest):
         self._indices = acc.indices          # for gather's range check (the hook gets text)
-        return super().read(acc, ctx)
+        return super().read(acc, ctx, *rest)
 
     def gather(self, name, index, ctx):
         rank = len(self._indices)
@@ -74,8 +83,9 @@ def _in_range(dims, indices, ctx, wrap: bool = True):
     for d, ix in enumerate(indices):
         ix = sp.expand(ix)
         axes = [v for v in ctx.axes if ix.has(v)]
-        if ix.free_symbols & (set(ctx.names) - set(axes)) or ix.has(sp.Sum, sp.Indexed):
-            return None
+        others = ix.free_symbols - set(axes)
+        if others & set(ctx.names) or any(isinstance(v, sp.Dummy) for v in others) or ix.has(sp.Sum, sp.Indexed):
+            return None                      # moves with something other than an axis (a let, a sum)
         try:
             if axes and sp.Poly(ix, *axes).total_degree() > 1:
                 return None
@@ -315,7 +325,7 @@ def _transpose(d: Derivation, scalars):
         if name in scalars:
             w.add(f"{target} = _rt.put_sum({target}, {_rt_grid_sum(vals, ndim)})")
             continue
-        index = [arrays_emit(ix, g.ctx) for ix in acc.indices]
+        index = [_index_code(ix, g.ctx) for ix in acc.indices]
         if not any(ix.free_symbols & set(g.ctx.names) for ix in acc.indices):
             w.add(f"{target} = _rt.put_element({target}, ({', '.join(index)},), "
                   f"{_rt_grid_sum(vals, ndim)}, {shapes[name]}, _B)")
@@ -346,8 +356,7 @@ def _rt_grid_sum(vals: str, ndim: int) -> str:
     return f"_rt.grid_sum({vals}, {ndim})" if ndim else vals
 
 
-def arrays_emit(ix, ctx) -> str:
-    from .arrays import emit
+def _index_code(ix, ctx) -> str:
     return emit(ix, ctx.names, "_xp", real=False)
 
 
@@ -411,13 +420,12 @@ def render(d: Derivation, spec_file: str) -> str:
     """The source of the PyTorch module for ``d`` (raises Unsupported)."""
     spec = d.spec
     scalars = {f.name for f in spec.fields if f.ndim == 0}
-    functions = [_function(d, scalars, "_dense", "dense"), _function(d, scalars, "_inner", "inner"),
-                 _product(d, scalars, False), _product(d, scalars, True), _diagonal(d, scalars)]
     transposed = _transpose(d, scalars) if d.kind == "gather" else None
+    functions = [_function(d, scalars, "_dense", "dense"), _product(d, scalars, False),
+                 _product(d, scalars, True), _diagonal(d, scalars)]
     if d.kind == "gather":
         functions.append(_function(d, scalars, "_tangent", "dense", linear=True))
-    if transposed is not None:
-        functions.append(transposed)
+    functions.append(transposed if transposed is not None else _function(d, scalars, "_inner", "inner"))
     fields = [dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape))
               for f in spec.fields]
     ranks = {f.name: f.ndim for f in spec.fields}
