@@ -201,10 +201,6 @@ def as_operand(func: str, name: str, value, rows: int, what: str, dtype, device)
     return (arr[:, None] if vector else arr), vector
 
 
-def batch_of_operand(arr, ndim: int) -> tuple:
-    return tuple(arr.shape[:arr.ndim - ndim])
-
-
 def like(arrays, dtype):
     """Structural arrays (of a tangent or cotangent) in the primal's dtype."""
     return tuple(a if a.dtype == dtype else a.to(dtype) for a in arrays)
@@ -422,8 +418,7 @@ def _safe_index(ix, shape, d: int):
     ``ix % d`` keeps every valid index (a negative one wraps as in Python)
     and sends the out-of-range ones of masked positions, which carry 0,
     somewhere harmless, in one pass."""
-    ix = torch.broadcast_to(ix, tuple(shape)) if _is_t(ix) else torch.full(tuple(shape), ix)
-    return ix % d
+    return torch.broadcast_to(ix, tuple(shape)) % d
 
 
 def scatter(out, index, values, shape, in_range: bool = False):
