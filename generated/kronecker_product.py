@@ -65,6 +65,9 @@ class KroneckerProduct:
     cotangent. Arrays are stored as C-contiguous float64; scalars as float.
     """
 
+    # numpy defers to this class (an array times an instance is a TypeError,
+    # not an object array of instances)
+    __array_ufunc__ = None
     _fields = ("A", "B", )
     _sizes = ("ma", "na", "mb", "nb", )
     __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")

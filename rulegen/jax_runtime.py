@@ -201,7 +201,9 @@ class Bordered:
             B = jnp.stack(rows_b)
             S = C - (B * self.winv) @ B.T
             lam, Q = jnp.linalg.eigh((S + S.T) / 2)
-            keep = lam > self.RTOL * jnp.max(jnp.abs(C))
+            # eigenvalues below rtol · max|C| count as zero; rtol scaled to the precision
+            rtol = max(self.RTOL, 1000 * float(jnp.finfo(self.dtype).eps))
+            keep = lam > rtol * jnp.max(jnp.abs(C))
             self.B, self.Q, self.keep = B, Q, keep
             self.lam_inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
             # null(M) = {[-W⁻¹B t; t] : t ∈ null(S)}: its vectors as rows of U

@@ -31,6 +31,8 @@ SLOW = (
     "test_jax_target.py::test_hessian_through_destructure_and_matvec_equals_the_dense_one[",
     "test_jax_target.py::test_a_batch_sharded_over_four_emulated_devices",
     "test_jax_target.py::test_unseen_specs_against_the_oracle[",
+    "test_jax_target.py::test_unseen_nonlinear_specs_on_the_jax_target[",
+    "test_jax_target.py::test_edge_specs_on_the_jax_target",
     "test_explain_verify.py::",         # verify of fresh builds
 )
 

@@ -341,3 +341,65 @@ def test_unseen_specs_against_the_oracle(unseen, key):
         J = jacobian_complex(dense, fields, order)
         np.testing.assert_allclose(struct_vec(g, order), J.T @ W.ravel(), rtol=1e-9, atol=1e-10)
         assert mod.parametrisation(x) == expected_class(J)
+
+
+# -- the unseen specs of the numba tests, built for JAX: the same oracles ----
+
+@pytest.fixture(scope="module")
+def nonlinear_jax(tmp_path_factory):
+    from test_unseen_nonlinear import CASES
+    root = tmp_path_factory.mktemp("jax_nonlinear")
+    paths = []
+    for name, (text, *_r) in CASES.items():
+        (root / f"{name}.yaml").write_text(f"name: {name}\n" + text.lstrip())
+        paths.append(str(root / f"{name}.yaml"))
+    proc = run_cli("build", *paths, "--target", "jax", "--out", str(root / "out"))
+    assert proc.returncode == 0, proc.stderr
+    out = root / "out" / "jax"
+    return {p.stem: load_module(str(p)) for p in out.iterdir() if p.suffix == ".py" and p.name != "__init__.py"}
+
+
+def _nonlinear_names():
+    from test_unseen_nonlinear import CASES
+    return sorted(CASES)
+
+
+@pytest.mark.parametrize("name", _nonlinear_names())
+def test_unseen_nonlinear_specs_on_the_jax_target(nonlinear_jax, name):
+    """test_unseen_nonlinear's oracle test, run on the JAX modules (float64)."""
+    from test_unseen_nonlinear import test_every_map_against_the_oracle
+    with jax.enable_x64(True):
+        test_every_map_against_the_oracle(nonlinear_jax, name)
+
+
+@pytest.fixture(scope="module")
+def edge_jax(tmp_path_factory):
+    from test_edge_specs import SPECS
+    root = tmp_path_factory.mktemp("jax_edge")
+    paths = []
+    for name, text in SPECS.items():
+        (root / f"{name}.yaml").write_text(text)
+        paths.append(str(root / f"{name}.yaml"))
+    proc = run_cli("build", *paths, "--target", "jax", "--out", str(root / "out"))
+    assert proc.returncode == 0, proc.stderr
+    return {name: load_module(str(root / "out" / "jax" / f"{name}.py")) for name in SPECS}
+
+
+def test_edge_specs_on_the_jax_target(edge_jax):
+    """test_edge_specs' oracle tests (powers at 0, coincident Cauchy nodes,
+    values that vanish once pinned, COO sums with repeats, IEEE arithmetic)
+    on the JAX modules, float64."""
+    import test_edge_specs as t
+    with jax.enable_x64(True):
+        for nodes in ([0.0, 1.5, -0.7, 2.0], [0.0]):
+            for m in (1, 3):
+                t.test_vandermonde_with_a_node_at_zero(edge_jax, nodes, m)
+        t.test_vandermonde_derivative_at_zero_is_the_power_rule(edge_jax)
+        t.test_shifted_vandermonde_sibling(edge_jax)
+        t.test_cauchy_away_from_coincident_nodes(edge_jax)
+        t.test_cauchy_at_coincident_nodes_follows_ieee(edge_jax)
+        for n in (1, 5):
+            t.test_value_that_vanishes_on_its_pinned_diagonal(edge_jax, n)
+            t.test_band_value_that_vanishes_once_pinned(edge_jax, n)
+        t.test_coo_sum_with_repeated_coordinates(edge_jax, [0, 2, 1, 2], [1, 0, 1, 0])
+        t.test_kernels_follow_ieee_arithmetic(edge_jax)

@@ -244,23 +244,30 @@ class Writer:
     def _and_mask(self, ctx: Ctx, cond) -> None:
         if cond is sp.true:
             return
-        text = emit(cond, ctx.names, self.xp)
+        text = self.expr(cond, ctx, real=False)
+        if not (cond.free_symbols & set(ctx.names)) and not cond.has(sp.Sum, sp.Indexed):
+            text = self.asarray(text)          # a condition on the sizes alone is a Python bool
         ctx.mask = self.let("m", text if ctx.mask is None else f"{self.xp}.logical_and({ctx.mask}, {text})")
 
     def static(self, e, ctx: Ctx, how: str) -> str:
         """A trace-time Python int: ``e`` itself when it involves sizes only,
         else its min or max (``how``) over the grid, computed with numpy."""
-        if not (e.free_symbols & set(ctx.np_names)):
+        if not (e.free_symbols & set(ctx.names)) and not e.has(sp.Sum):
             return _int_code(e)
-        text = emit(e, ctx.np_names, "_np", real=False)
+        if e.has(sp.Indexed) or e.free_symbols & (set(ctx.names) - set(ctx.np_names)):
+            raise Unsupported("a bound that depends on a field or on an index pinned through a sum")
+        if e.has(sp.Sum):
+            # an integer sum in a bound: evaluated with numpy too, over the whole grid
+            sub = Writer("_np", self.scalars, self.lines)
+            sub.count, sub.pending = self.count, self.pending
+            text = sub.expr(e, Ctx(dict(ctx.np_names), dict(ctx.np_names), ctx.ndim), real=False)
+            self.count = sub.count
+        else:
+            text = emit(e, ctx.np_names, "_np", real=False)
         return self.let("x", f"_rt.extreme(_np.{how}, {text})")
 
     def grid(self, steps) -> Grid:
         """The grid of a loop nest (see the module docstring)."""
-        for st in steps:
-            for part in st[1:]:
-                if isinstance(part, sp.Basic) and part.has(sp.Sum):
-                    raise Unsupported("sums in loop bounds or pinned indices")
         loops = [st for st in steps if st[0] == "for"]
         ctx = Ctx({}, {}, 0)
         guards, dims = [], []
@@ -268,10 +275,17 @@ class Writer:
             (_, vi, lo_i, hi_i), (_, vj, lo_j, hi_j) = loops
             assert (vi, vj) == (I, J)
             ctx.ndim = 2
-            I0 = self.let("I0", _int_code(lo_i))
-            I1 = self.let("I1", f"max({I0}, {py_code(hi_i)})")
-            band = _band(lo_j, hi_j)
-            if not (lo_j.has(I) or hi_j.has(I)):
+            I0, I1 = self._range(lo_i, hi_i, "I", "_R", guards, I)
+            band = None if lo_j.has(sp.Sum) or hi_j.has(sp.Sum) else _band(lo_j, hi_j)
+            if lo_j.has(sp.Sum) or hi_j.has(sp.Sum):
+                # bounds through a sum: the whole width, the bounds as a mask
+                self._axis(I, I0, I1, 2, 0, ctx)
+                J0, J1 = self.let("J0", "0"), self.let("J1", "_C")
+                self._axis(J, J0, J1, 2, 1, ctx)
+                guards += [sp.Ge(J, lo_j), sp.Lt(J, hi_j)]
+                box = (I0, I1, J0, J1)
+                dims = [(I0, I1), (J0, J1)]
+            elif not (lo_j.has(I) or hi_j.has(I)):
                 J0 = self.let("J0", _int_code(lo_j))
                 J1 = self.let("J1", f"max({J0}, {py_code(hi_j)})")
                 self._axis(I, I0, I1, 2, 0, ctx)
@@ -305,8 +319,7 @@ class Writer:
         elif len(loops) == 1:
             (_, v, lo, hi) = loops[0]
             ctx.ndim = 1
-            L0 = self.let("L0", _int_code(lo))
-            L1 = self.let("L1", f"max({L0}, {py_code(hi)})")
+            L0, L1 = self._range(lo, hi, "L", "_R" if v == I else "_C", guards, v)
             self._axis(v, L0, L1, 1, 0, ctx)
             box = None
             dims = [(L0, L1)]
@@ -317,14 +330,24 @@ class Writer:
         for st in steps:
             if st[0] == "let":
                 _, var, e = st
-                ctx.names[var] = self.let(var.name, self.asarray(emit(e, ctx.names, self.xp, real=False)))
-                ctx.np_names[var] = self.twin("n" + var.name, f"_np.asarray({emit(e, ctx.np_names, '_np', real=False)})")
+                ctx.names[var] = self.let(var.name, self.asarray(self.expr(e, ctx, real=False)))
+                if not e.has(sp.Sum, sp.Indexed):
+                    ctx.np_names[var] = self.twin("n" + var.name, f"_np.asarray({emit(e, ctx.np_names, '_np', real=False)})")
             elif st[0] == "if":
                 guards.append(st[1])
         for g in guards:
             self._and_mask(ctx, g)
         shape = "(" + "".join(f"{hi} - {lo}, " for lo, hi in dims) + ")"
         return Grid(ctx, ctx.names[I], ctx.names[J], box, shape, self._run(steps, loops, dims, ctx))
+
+    def _range(self, lo, hi, prefix: str, full: str, guards: list, var):
+        """Trace-time bounds of an outermost loop; through a sum, the whole
+        dimension ``full`` with the bounds as guards."""
+        if lo.has(sp.Sum) or hi.has(sp.Sum):
+            guards += [sp.Ge(var, lo), sp.Lt(var, hi)]
+            return self.let(prefix + "0", "0"), self.let(prefix + "1", full)
+        a = self.let(prefix + "0", _int_code(lo))
+        return a, self.let(prefix + "1", f"max({a}, {py_code(hi)})")
 
     def _run(self, steps, loops, dims, ctx):
         """A single loop whose pinned index is the loop variable plus a
@@ -348,30 +371,38 @@ class Writer:
     # -- values -------------------------------------------------------------
 
     def value(self, e, ctx: Ctx) -> str:
-        """Code (a variable) for the value of ``e`` over ``ctx``'s grid."""
-        sums = [(sp.Dummy("s", real=True), s) for s in outside_sums(e, sp.Sum)]
+        """Code for the (real) value of ``e`` over ``ctx``'s grid."""
+        return self.expr(e, ctx, real=True, guard=True)
+
+    def expr(self, e, ctx: Ctx, real: bool = True, guard: bool = False) -> str:
+        """Code for ``e`` over ``ctx``'s grid: its sums lowered, its reads
+        gathered (anywhere: values, conditions, indices, pinned indices). With
+        ``guard``, reads that feed a non-polynomial value are detached where the
+        mask fails (see the module docstring)."""
+        sums = [(sp.Dummy("s", integer=is_int(s.function)), s) for s in outside_sums(e, sp.Sum)]
         f = e.xreplace({s: d for d, s in sums}) if sums else e
         reads = [(sp.Dummy("v", real=True), acc) for acc in outside_sums(f, sp.Indexed)]
         f = f.xreplace({acc: d for d, acc in reads}) if reads else f
-        guard = ctx.mask is not None and not _polynomial(f, [d for d, _ in reads + sums])
+        guard = guard and ctx.mask is not None and not _polynomial(f, [d for d, _ in reads + sums])
         names = dict(ctx.names)
         for d, s in sums:
             names[d] = self._sum(s, ctx)
         for d, acc in reads:
-            text = self.read(acc, ctx)
+            text = self.read(acc, ctx, names)
             if guard:
                 text = f"_rt.guarded({ctx.mask}, {text})"
             names[d] = self.let("r", text)
-        return emit(f, names, self.xp)
+        return emit(f, names, self.xp, real)
 
-    def read(self, acc, ctx: Ctx) -> str:
+    def read(self, acc, ctx: Ctx, names: dict | None = None) -> str:
         """``F[index]`` over the grid: a slice where each index is one axis
         plus a constant (in range: checked at trace time), else a gather."""
         name = acc.base.label.name
         if name in self.scalars:
             return self.scalar(name, ctx)
-        index = ", ".join(emit(ix, ctx.names, self.xp, real=False) for ix in acc.indices)
-        if not any(ix.free_symbols & set(ctx.names) for ix in acc.indices):
+        names = ctx.names if names is None else names     # with the sums of the enclosing expression
+        index = ", ".join(emit(ix, names, self.xp, real=False) for ix in acc.indices)
+        if not any(ix.free_symbols & set(names) for ix in acc.indices):
             # one element, whatever the grid: an empty field is read only by an empty grid
             return self.element(name, index, ctx)
         gather = self.gather(name, index, ctx)
