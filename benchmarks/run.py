@@ -352,6 +352,25 @@ def plot(sizes, series, path):
     return True
 
 
+def target_sections(quick: bool) -> list:
+    """The JAX and PyTorch targets against hand-written jnp / torch on the same
+    data (benchmarks/jax_target.py, benchmarks/torch_target.py), each in its
+    own process (JAX in its default float32, no x64 switch from this one)."""
+    out = []
+    for title, script, extra, module in (
+            ("JAX target vs hand-written jnp (under jit)", "jax_target.py", ["--quick"] if quick else [], jax),
+            ("PyTorch target vs hand-written torch", "torch_target.py", ["--min-time", "0.05"] if quick else [], torch)):
+        if module is None:
+            continue
+        print(f"{title}:")
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *extra],
+                              capture_output=True, text=True, timeout=1800)
+        text = proc.stdout.strip() if proc.returncode == 0 else f"failed: {proc.stderr.strip()[-2000:]}"
+        print(text)
+        out += ["", f"## {title}", "", text if text.lstrip().startswith(("|", "JAX")) else f"```text\n{text}\n```", ""]
+    return out
+
+
 def main():
     global REPEATS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -407,6 +426,7 @@ def main():
         f"- the same with a cold cache (JIT of the kernels used): {cold:.2f} s",
         "",
     ]
+    lines += target_sections(args.quick)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write("\n".join(lines))
