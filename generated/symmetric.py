@@ -28,7 +28,7 @@ import numpy as np
 from numba import uint64 as _u
 
 from rulegen import runtime as _rt
-from rulegen import tiles as _tiles
+from rulegen.targets.numba import tiles as _tiles
 
 # numba's on-disk cache records each kernel's module name and imports it when
 # the kernel is loaded again. Give this module one stable name, whatever name

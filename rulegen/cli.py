@@ -36,7 +36,7 @@ class Built:
 
 def compile_spec(path: str, targets=("numba",)) -> list[Built]:
     """One spec file -> one generated module per target (raises SpecError)."""
-    from .emit import render
+    from .targets.numba.emit import render
     from .targets import jax_emit, torch_emit
 
     renderers = {"numba": render, "jax": jax_emit.render, "torch": torch_emit.render}

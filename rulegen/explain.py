@@ -28,7 +28,8 @@ from sympy.printing.pretty.stringpict import prettyForm, stringPict
 from sympy.printing.pycode import PythonCodePrinter
 
 from .derive import derive
-from .emit import render, size_plan
+from .targets.common import size_plan
+from .targets.numba.emit import render
 from .expr import Where, outside_sums
 from .spec import load
 

@@ -29,7 +29,7 @@ import sympy as sp
 
 from .. import __version__
 from ..derive import Derivation
-from ..emit import _environment, _shape_code, _shape_text, doc_text, file_label, size_plan
+from .common import environment as _environment, shape_code as _shape_code, shape_text as _shape_text, doc_text, file_label, size_plan
 from ..expr import I, J
 from ..printer import code as py_code
 from .arrays import Ctx, Unsupported, Writer, _int_code, emit

@@ -1,22 +1,24 @@
-"""Derivation -> module source, through the jinja2 templates.
+"""The numba target: Derivation -> module source (``<out>/<module>.py``).
 
-This module decides *what* code to write (kernel statements, size inference,
-argument lists) as plain data; ``templates/module.py.j2`` lays it out.
+This module decides *what* code to write (kernel statements as loops over
+the derivation's nests, with this target's tricks: index checks hoisted out
+of inner loops, unsigned indices, local accumulators, 4 × 4 transposing
+tiles through ``tiles.py``) as plain data; ``templates/numba_module.py.j2``
+lays it out. What the targets share is in ``rulegen/targets/common.py``.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 from dataclasses import dataclass
 
-import jinja2
 import sympy as sp
 
-from . import __version__
-from .derive import Derivation, Region
+from ... import __version__
+from ...derive import Derivation, Region
+from ...expr import I, J, IntDiv, is_int, outside_sums
+from ...printer import code, recording_imports, value_code
+from ..common import environment, shape_code, shape_text, doc_text, file_label, size_plan
 from .lower import Lowerer, has_tangent
-from .expr import I, J, IntDiv, is_int, outside_sums
-from .printer import code, recording_imports, value_code
 
 
 @dataclass(frozen=True)
@@ -24,72 +26,6 @@ class Kernel:
     name: str
     params: tuple
     lines: tuple          # (indent, text)
-
-
-@dataclass(frozen=True)
-class SizeStep:
-    size: str
-    kind: str             # "solve" or "given"
-    field: str = ""
-    axis: int = 0
-    coef: int = 1
-    offset: str = "0"     # code for the part of the dimension that is not coef*size
-
-
-def size_plan(spec) -> tuple:
-    """How the class finds each size: solved from one field dimension
-    ``coef*size + offset`` (offset in sizes known before), or given."""
-    known: set = set()
-    plan: list = []
-    progress = True
-    while progress:
-        progress = False
-        for simple in (True, False):
-            for f in spec.fields:
-                for axis, e in enumerate(f.shape):
-                    unknown = [s for s in spec.sizes if e.has(s) and s.name not in known]
-                    if len(unknown) != 1:
-                        continue
-                    s = unknown[0]
-                    if simple and e != s:
-                        continue
-                    ex = sp.expand(e)
-                    a = ex.coeff(s, 1)
-                    rest = sp.expand(ex - a * s)
-                    if not a.is_Integer or a == 0 or rest.has(s):
-                        continue
-                    plan.append(SizeStep(s.name, "solve", f.name, axis, int(a), code(rest)))
-                    known.add(s.name)
-                    progress = True
-            if progress:
-                break
-    for s in spec.sizes:
-        if s.name not in known:
-            plan.append(SizeStep(s.name, "given"))
-    return tuple(plan)
-
-
-def doc_text(text: str) -> str:
-    """User text made safe inside a triple-quoted docstring: no escapes, no
-    closing quotes, no control characters."""
-    text = "".join(ch if ch == "\n" or (ch.isprintable()) else " " for ch in text)
-    return text.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def file_label(path: str) -> str:
-    """The spec's file name as it may appear in a comment: a plain base name."""
-    base = path.replace("\\", "/").rsplit("/", 1)[-1]
-    return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in base)
-
-
-def _shape_code(shape) -> str:
-    items = [code(d) for d in shape]
-    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-
-
-def _shape_text(shape) -> str:
-    items = [str(d) for d in shape]
-    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
 def _open_nest(low: Lowerer, steps, depth: int = 1) -> int:
@@ -451,18 +387,6 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
         yield _kernel(f"{name}_pullback_kernel", pulls, sizes + fields + (bar,) + grads)
 
 
-def _environment() -> jinja2.Environment:
-    root = importlib.resources.files("rulegen.templates")
-    return jinja2.Environment(
-        loader=jinja2.FunctionLoader(lambda name: (root / name).read_text(encoding="utf-8")),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-
-
 def render(d: Derivation, spec_file: str) -> str:
     """The source of the generated module for ``d``."""
     spec = d.spec
@@ -470,8 +394,8 @@ def render(d: Derivation, spec_file: str) -> str:
     with recording_imports() as modules:
         kernels, writes = _kernels(d)
     fields = [
-        dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape),
-             kernel_shape_code=_shape_code(f.shape) if f.ndim else "(1,)")
+        dict(name=f.name, ndim=f.ndim, shape_code=shape_code(f.shape), shape_text=shape_text(f.shape),
+             kernel_shape_code=shape_code(f.shape) if f.ndim else "(1,)")
         for f in spec.fields
     ]
     sizes_fmt = ", ".join(f"{s.name}={{{s.name}}}" for s in spec.sizes) or "no sizes"
@@ -504,4 +428,4 @@ def render(d: Derivation, spec_file: str) -> str:
         coupled=[f.name in d.coupled for f in spec.fields],
         coupled_names=", ".join(d.coupled) or "(none)",
     )
-    return _environment().get_template("module.py.j2").render(**context)
+    return environment().get_template("numba_module.py.j2").render(**context)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .expr import derivative, is_int, outside_sums, unwhere
-from .printer import code, value_code
+from ...expr import derivative, is_int, outside_sums, unwhere
+from ...printer import code, value_code
 
 
 def _top_sums(e) -> list:
@@ -107,7 +107,7 @@ class Lowerer:
         """Emit ``for k in range(lo, hi + 1)`` over the summand's cases, each
         case's statements from ``body(depth, value)``; a case (or the whole
         loop) that emits nothing is left out."""
-        from .derive import _cases  # the same case split as the entry itself
+        from ...derive import _cases  # the same case split as the entry itself
 
         # Sum(f, (l, ...), (k, ...)) is Σ_k Σ_l f: peel the outermost limit
         *inner, (k, lo, hi) = s.limits

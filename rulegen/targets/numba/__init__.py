@@ -1,0 +1,1 @@
+"""The numba target: loops over the derivation's nests, compiled by numba."""
