@@ -133,7 +133,8 @@ def _tiled(low: Lowerer, r: Region, body, tile: str, base: int = 1) -> bool:
 
 
 def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
-    """The loop nest of ``r`` around ``body(depth)``; nothing if the body is empty.
+    """The loop nest of ``r`` around ``body(depth)`` (callers leave out the
+    nests whose body would write nothing, deciding from the expression).
 
     Reads whose indices are affine in the innermost loop variable are checked
     once, at both ends of that loop (an affine index is monotone): if every
@@ -144,14 +145,9 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     not move (``outputs``: key -> the loop variables its target uses, see
     ``Lowerer.accumulate``) go through a local accumulator, added once after the loop.
     """
-    start = len(low.lines)
     plan = _hoistable(r.steps, r.value)
     if plan is None:
-        depth = _open_nest(low, r.steps, base)
-        mark = len(low.lines)
-        body(depth)
-        if len(low.lines) == mark:
-            del low.lines[start:]
+        body(_open_nest(low, r.steps, base))
         return
     k, reads = plan
     _, v, lo, hi = r.steps[k]
@@ -180,14 +176,9 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     low.trusted = frozenset(acc for acc, _ in reads)
     low.fast = True
     low.sinks, low.sink_used = sinks, {}
-    inner_depth = _open_nest(low, inner, depth + 1)
-    mark = len(low.lines)
-    body(inner_depth)
+    body(_open_nest(low, inner, depth + 1))
     used = low.sink_used
     low.trusted, low.sinks, low.sink_used, low.fast = frozenset(), {}, {}, False
-    if len(low.lines) == mark:
-        del low.lines[start:]
-        return
     for key, prefix in used.items():
         if key in fixed:
             name = key.base.label.name
@@ -224,18 +215,16 @@ def _adjoints(spec, lines: list, nests, seed, square: bool = False, tile: bool =
     """Scatter ∂entry/∂θ · seed over each nest; ``seed(low, depth)`` emits the
     statements that set ``_y`` (a nest whose entry reads no field emits nothing)."""
     for r in nests:
+        if not has_tangent(r.value):        # constant: no derivative to scatter
+            continue
         low = Lowerer(spec, lines)
 
         def body(depth, low=low, r=r):
-            mark = len(lines)
             if square:      # the Gram weights: (∂entry/∂θ)²
-                low.adjoint(depth, r.value, "1", "_w_", square=True)
+                low.adjoint(depth, r.value, None, "_w_", square=True)
                 return
             seed(low, depth)
-            inner = len(lines)
             low.adjoint(depth, r.value, "_y", "_g_")
-            if len(lines) == inner:
-                del lines[mark:]
         if not (tile and _tiled(low, r, body, "adjoint")):
             _region(low, r, body)
 
@@ -334,14 +323,12 @@ def _separable_bilinear(low: Lowerer, sep) -> None:
         _cols(low, depth + 1, f"{acc}[_c] += ({e}) * {side}[{var.name}, _c]", side)
     for var, bounds, factor, side, other in ((I, sep.i_bounds, sep.alpha, "_left", tb),
                                              (J, sep.j_bounds, sep.beta, "_right", ta)):
-        start = len(low.lines)
+        if not has_tangent(factor):
+            continue
         _range(low, depth, var, bounds)
         low.add(depth + 1, "_s = 0.0")
         _cols(low, depth + 1, f"_s += {side}[{var.name}, _c] * {other}[_c]", side)
-        mark = len(low.lines)
         low.adjoint(depth + 1, factor, "_s", "_g_")
-        if len(low.lines) == mark:
-            del low.lines[start:]
 
 
 def _op_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
@@ -360,11 +347,8 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
             def body(depth, low=low, src=src, dst=dst):
                 e = low.value(depth, r.value)
                 low.accumulate(depth, "row", low.ref("_out", dst, "_c"), f"({e}) * {low.ref('_rhs', src, '_c')}")
-            start = len(lines)
             low.add(1, "for _c in range(_rhs.shape[1]):")
             _region(low, r, body, base=2, outputs={"row": {I if dst == "i" else J}})
-            if len(lines) == start + 1:
-                del lines[start:]
         if r.separable is not None:
             _separable_bilinear(Lowerer(d.spec, bil), r.separable)
         else:

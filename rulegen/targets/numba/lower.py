@@ -103,33 +103,27 @@ class Lowerer:
         f = f.xreplace({acc: sym for sym, acc in reads}) if reads else f
         return f, sums, reads
 
-    def _loop(self, depth: int, s: sp.Sum, body) -> None:
+    def _loop(self, depth: int, s: sp.Sum, body, emits=lambda v: True) -> None:
         """Emit ``for k in range(lo, hi + 1)`` over the summand's cases, each
-        case's statements from ``body(depth, value)``; a case (or the whole
-        loop) that emits nothing is left out."""
+        case's statements from ``body(depth, value)``. ``emits(value)`` says,
+        from the expression, whether a case's body writes anything: the cases
+        that do not, and a loop with no such case, are left out."""
         from ...derive import _cases  # the same case split as the entry itself
 
         # Sum(f, (l, ...), (k, ...)) is Σ_k Σ_l f: peel the outermost limit
         *inner, (k, lo, hi) = s.limits
         summand = sp.Sum(s.function, *inner) if inner else unwhere(s.function)
-        start = len(self.lines)
+        cases = [(cond, v) for cond, v in _cases(summand) if v != 0 and emits(v)]
+        if not cases:
+            return
         lo_c, hi_c = self.condition(depth, lo), self.condition(depth, hi + 1)
         self.add(depth, f"for {k.name} in range({lo_c}, {hi_c}):")
-        header = len(self.lines)
-        for cond, v in _cases(summand):
-            if v == 0:
-                continue
-            case_start = len(self.lines)
+        for cond, v in cases:
             d = depth + 1
             if cond is not sp.true:
                 self.add(d, f"if {self.condition(d, cond)}:")
                 d += 1
-            body_start = len(self.lines)
             body(d, v)
-            if len(self.lines) == body_start:
-                del self.lines[case_start:]
-        if len(self.lines) == header:
-            del self.lines[start:]
 
     # -- value ------------------------------------------------------------
 
@@ -197,20 +191,20 @@ class Lowerer:
         def body(d, v):
             if dtarget:
                 val, dot = self.tangent(d, v, want_value)
-                if dot != "0":
+                if has_tangent(v):
                     self.add(d, f"{dtarget} += {dot}")
             else:
                 val = self.value(d, v)
             if want_value:
                 self.add(d, f"{target} += {val}")
 
-        self._loop(depth, s, body)
+        self._loop(depth, s, body, lambda v: want_value or (dtarget and has_tangent(v)))
 
     # -- adjoint (reverse mode) -------------------------------------------
 
-    def adjoint(self, depth: int, e, adj: str, prefix: str, square: bool = False) -> None:
-        """Scatter ``∂e/∂θ · adj`` into the arrays ``<prefix><field>``
-        (with ``square``: ``(∂e/∂θ · adj)²``, the Gram weights)."""
+    def adjoint(self, depth: int, e, adj: str | None, prefix: str, square: bool = False) -> None:
+        """Scatter ``∂e/∂θ · adj`` into the arrays ``<prefix><field>`` (``adj``
+        None: the unit seed; with ``square``: ``(∂e/∂θ · adj)²``, the Gram weights)."""
         f, sums, reads = self._symbolize(e)
         coefs = {}
         for sym, _ in _differentiable(sums) + reads:
@@ -236,7 +230,7 @@ class Lowerer:
             if sym in coefs:
                 sink = self.sinks.get(acc)
                 if square:
-                    amount = value_code(coefs[sym] ** 2) if adj == "1" else f"({_times(coefs[sym], adj)}) ** 2"
+                    amount = value_code(coefs[sym] ** 2) if adj is None else f"({_times(coefs[sym], adj)}) ** 2"
                 else:
                     amount = _times(coefs[sym], adj)
                 if sink is not None:        # an element fixed across the inner loop
@@ -249,7 +243,7 @@ class Lowerer:
                 continue
             bar = self.fresh("b")
             self.add(depth, f"{bar} = {_times(coefs[sym], adj)}")
-            self._loop(depth, s, lambda d, v: self.adjoint(d, v, bar, prefix, square))
+            self._loop(depth, s, lambda d, v: self.adjoint(d, v, bar, prefix, square), has_tangent)
 
 
 def has_tangent(e) -> bool:
@@ -278,8 +272,9 @@ def _index_symbols(reads, loaded) -> set:
     return out
 
 
-def _times(coef, operand: str) -> str:
-    if operand == "1":
+def _times(coef, operand: str | None) -> str:
+    """``coef · operand`` as code; ``operand`` None is the unit seed."""
+    if operand is None:
         return value_code(coef)
     if coef == 1:
         return operand
