@@ -504,3 +504,30 @@ def _slice_read(name: str, indices, ctx: Ctx, batched: bool = False):
     elif ctx.ndim != len(parts) and not (ctx.ndim == 2 and len(parts) == 1):
         return None
     return sl, ok
+
+
+def factor_grid(w: Writer, expr, var, bounds, limit):
+    """``expr`` (alpha or beta of a separable term ``Σ_k α(i, k) β(j, k)``) on
+    the axes ``var`` and ``k``: ``(value code, shape code, first index)``, the
+    shape ``(L, K)``, or ``(L,)`` without ``k``."""
+    ctx = Ctx({}, {}, 2 if limit else 1)
+    lo, hi = bounds
+    L0 = w.let("L0", _int_code(lo))
+    L1 = w.let("L1", f"max({L0}, {py_code(hi)})")
+    w._axis(var, L0, L1, ctx.ndim, 0, ctx)
+    shape = f"({L1} - {L0},)"
+    if limit:
+        k, klo, khi = limit
+        K0 = w.let("K0", _int_code(klo))
+        K1 = w.let("K1", f"max({K0}, {py_code(khi)} + 1)")
+        w._axis(k, K0, K1, 2, 1, ctx)
+        shape = f"({L1} - {L0}, {K1} - {K0})"
+    return w.value(expr, ctx), shape, L0
+
+
+def terms(d):
+    """Additive terms of the entry with their nests (Derivation.op_regions),
+    or the regions when the entry has too many terms to list them."""
+    if d.op_regions:
+        return [(r.steps, r.value, r.separable) for r in d.op_regions]
+    return [(r.steps, r.value, None) for r in d.regions]

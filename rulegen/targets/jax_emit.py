@@ -17,7 +17,7 @@ from .. import __version__
 from ..derive import Derivation
 from .common import environment as _environment, shape_code as _shape_code, shape_text as _shape_text, doc_text, file_label, size_plan
 from ..printer import code as py_code
-from .arrays import Ctx, Unsupported, Writer, _int_code
+from .arrays import Unsupported, Writer, factor_grid, terms
 
 
 class _Function:
@@ -40,35 +40,15 @@ def _prologue(w: Writer, spec, extra: str = "") -> None:
 
 def _factor(w: Writer, expr, var, bounds, limit):
     """``expr`` (alpha or beta of a separable term) on the axes ``var`` and ``k``."""
-    ctx = Ctx({}, {}, 2 if limit else 1)
-    lo, hi = bounds
-    L0 = w.let("L0", _int_code(lo))
-    L1 = w.let("L1", f"max({L0}, {py_code(hi)})")
-    w._axis(var, L0, L1, ctx.ndim, 0, ctx)
-    shape = f"({L1} - {L0},)"
-    if limit:
-        k, klo, khi = limit
-        K0 = w.let("K0", _int_code(klo))
-        K1 = w.let("K1", f"max({K0}, {py_code(khi)} + 1)")
-        w._axis(k, K0, K1, 2, 1, ctx)
-        shape = f"({L1} - {L0}, {K1} - {K0})"
-    val = w.value(expr, ctx)
+    val, shape, L0 = factor_grid(w, expr, var, bounds, limit)
     return w.let("f", f"_rt.cells({val}, None, {shape}, _dtype)"), L0
-
-
-def _terms(d: Derivation):
-    """Additive terms of the entry with their nests (Derivation.op_regions),
-    or the regions when the entry has too many terms to list them."""
-    if d.op_regions:
-        return [(r.steps, r.value, r.separable) for r in d.op_regions]
-    return [(r.steps, r.value, None) for r in d.regions]
 
 
 def _dense(d: Derivation, scalars) -> _Function:
     w = Writer("jnp", scalars)
     _prologue(w, d.spec)
     w.add("_out = jnp.zeros((_R, _C), _dtype)")
-    for steps, value, sep in _terms(d):
+    for steps, value, sep in terms(d):
         if sep is not None:
             from ..expr import I, J
             A, I0 = _factor(w, sep.alpha, I, sep.i_bounds, sep.limit)
@@ -95,7 +75,7 @@ def _product(d: Derivation, scalars, transpose: bool) -> _Function:
     _prologue(w, d.spec)
     out_rows = "_C" if transpose else "_R"
     w.add(f"_out = jnp.zeros(({out_rows}, _rhs.shape[1]), _dtype)")
-    for steps, value, sep in _terms(d):
+    for steps, value, sep in terms(d):
         if sep is not None:
             from ..expr import I, J
             A, I0 = _factor(w, sep.alpha, I, sep.i_bounds, sep.limit)

@@ -32,7 +32,7 @@ from ..derive import Derivation
 from .common import environment as _environment, shape_code as _shape_code, shape_text as _shape_text, doc_text, file_label, size_plan
 from ..expr import I, J
 from ..printer import code as py_code
-from .arrays import Ctx, Unsupported, Writer, _int_code, emit
+from .arrays import Unsupported, Writer, _int_code, emit, factor_grid, terms
 
 
 class TorchWriter(Writer):
@@ -137,30 +137,9 @@ def _prologue(w: Writer, spec) -> None:
 
 
 def _factor(w: Writer, expr, var, bounds, limit):
-    """``expr`` (alpha or beta of a separable term) on the axes ``var`` and
-    ``k``: a tensor ``(*batch, L, K)``, or ``(*batch, L)`` without ``k``."""
-    ctx = Ctx({}, {}, 2 if limit else 1)
-    lo, hi = bounds
-    L0 = w.let("L0", _int_code(lo))
-    L1 = w.let("L1", f"max({L0}, {py_code(hi)})")
-    w._axis(var, L0, L1, ctx.ndim, 0, ctx)
-    shape = f"({L1} - {L0},)"
-    if limit:
-        k, klo, khi = limit
-        K0 = w.let("K0", _int_code(klo))
-        K1 = w.let("K1", f"max({K0}, {py_code(khi)} + 1)")
-        w._axis(k, K0, K1, 2, 1, ctx)
-        shape = f"({L1} - {L0}, {K1} - {K0})"
-    val = w.value(expr, ctx)
+    """``expr`` (alpha or beta of a separable term) on the axes ``var`` and ``k``."""
+    val, shape, L0 = factor_grid(w, expr, var, bounds, limit)
     return w.let("f", f"_rt.cells({val}, None, {shape}, _dtype, _dev)"), L0
-
-
-def _terms(d: Derivation):
-    """Additive terms of the entry with their nests (Derivation.op_regions),
-    or the regions when the entry has too many terms to list them."""
-    if d.op_regions:
-        return [(r.steps, r.value, r.separable) for r in d.op_regions]
-    return [(r.steps, r.value, None) for r in d.regions]
 
 
 def _cells(w: Writer, g, value) -> str:
@@ -208,7 +187,7 @@ def _function(d: Derivation, scalars, name: str, mode: str, linear: bool = False
             first = False
         w.add(f"_out = {text}")
 
-    for steps, value, sep in _terms(d):
+    for steps, value, sep in terms(d):
         if linear:
             value = _linear_part(value)
             if value == 0:
@@ -299,7 +278,7 @@ def _transpose(d: Derivation, scalars):
     order = {f.name: k for k, f in enumerate(spec.fields)}
     shapes = {f.name: _shape_code(f.shape) for f in spec.fields}
     field_shapes = {f.name: f.shape for f in spec.fields}
-    for steps, value, _ in _terms(d):
+    for steps, value, _ in terms(d):
         if _linear_part(value) == 0:
             continue
         read = _gather_read(value)
@@ -368,7 +347,7 @@ def _product(d: Derivation, scalars, transpose: bool) -> _Function:
     out_rows = "_C" if transpose else "_R"
     w.add(f"_out = torch.zeros(_B + ({out_rows}, _rhs.shape[-1]), dtype=_dtype, device=_dev)")
     w.add(f"_OUT = ({out_rows}, _rhs.shape[-1])")
-    for steps, value, sep in _terms(d):
+    for steps, value, sep in terms(d):
         if sep is not None:
             A, I0 = _factor(w, sep.alpha, I, sep.i_bounds, sep.limit)
             B, J0 = _factor(w, sep.beta, J, sep.j_bounds, sep.limit)
