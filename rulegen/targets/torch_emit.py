@@ -91,9 +91,9 @@ def _in_range(dims, indices, ctx, wrap: bool = True):
                 return None
         except sp.PolynomialError:
             return None
-        terms = ", ".join(f"({_int_code(ix.coeff(v))}, {ctx.axes[v][1]}, {ctx.axes[v][2]})" for v in axes)
+        coeffs = ", ".join(f"({_int_code(ix.coeff(v))}, {ctx.axes[v][1]}, {ctx.axes[v][2]})" for v in axes)
         const = _int_code(ix.subs({v: 0 for v in axes}))
-        tests.append(f"_rt.affine_in({dims[d]}, {const}, ({terms}{',' if len(axes) == 1 else ''}), {wrap})")
+        tests.append(f"_rt.affine_in({dims[d]}, {const}, ({coeffs}{',' if len(axes) == 1 else ''}), {wrap})")
     return " and ".join(tests) if tests else None
 
 
