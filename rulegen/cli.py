@@ -254,6 +254,8 @@ def verify(specs, out, trials):
         failures = report.failures()
         status = "FAIL" if failures or report.problems else "ok"
         click.echo(f"{spec.name} ({target}): {status}")
+        for note in report.notes:          # what was skipped or set aside, and why
+            click.echo(f"  note: {note}")
         for name, err in report.errors.items():
             mark = "  <- fails" if name in failures else ""
             click.echo(f"  {name:26s} worst relative error {err:.1e} "
