@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_norm_close, check_derived_ops, expected_class, generated, jacobian, jacobian_complex, struct_vec, unflatten
+from poison import PoisonedNumpy
 from references import REFERENCES, instance
 
 CASES = [(key, sizes) for key, ref in REFERENCES.items() for sizes in ref.sizes]
@@ -101,20 +102,9 @@ def test_derived_operations(case):
     check_derived_ops(case["mod"], case["x"], Y, case["J"], case["ref"].order, case["rng"])
 
 
-class _PoisonedEmpty:
-    """numpy, except that ``empty`` returns NaN-filled memory: an output that
-    a kernel allocates with ``np.empty`` must have every entry written."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def empty(shape, *args, **kwargs):
-        return np.full(shape, np.nan)
-
-
 def test_outputs_allocated_empty_are_written_everywhere(case, monkeypatch):
-    monkeypatch.setattr(case["mod"], "np", _PoisonedEmpty())
+    """An output a kernel allocates with ``np.empty`` has every entry written."""
+    monkeypatch.setattr(case["mod"], "np", PoisonedNumpy())
     x, mod = case["x"], case["mod"]
     np.testing.assert_allclose(mod.destructure(x), case["dense"](case["fields"]), rtol=0, atol=1e-14)
     dx, vec = _random_struct(case)
