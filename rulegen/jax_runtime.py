@@ -277,7 +277,7 @@ def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what
     def safe_div(a, c):
         return jnp.where(c > tiny, a / jnp.where(c > tiny, c, 1), 0)
 
-    beta = jnp.linalg.norm(b)
+    beta = beta0 = jnp.linalg.norm(b)      # ‖b‖, once
     u = safe_div(b, beta)
     v = rmatvec(u)
     alfa = jnp.linalg.norm(v)
@@ -303,9 +303,8 @@ def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what
         rnorm = phibar
         arnorm = alfa * jnp.abs(sn * phi)
         xnorm = jnp.linalg.norm(x)
-        bnorm = jnp.linalg.norm(b)
         rel = safe_div(arnorm, anorm * rnorm)
-        done = (rnorm <= tol * (bnorm + anorm * xnorm)) | (rel <= tol) | (alfa <= tiny) | (beta <= tiny)
+        done = (rnorm <= tol * (beta0 + anorm * xnorm)) | (rel <= tol) | (alfa <= tiny) | (beta <= tiny)
         return dict(x=x, u=u, v=v, w=w, alfa=alfa, phibar=phibar, rhobar=rhobar, anorm=anorm,
                     itn=s["itn"] + 1, done=done, rel=rel)
 
