@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .runtime import (ConvergenceWarning, bad_arguments, check_dims, check_shape,  # noqa: F401 (re-exported)
-                      given_size, parametrisation_class, solve_size)
+from .runtime import (ConvergenceWarning, bad_arguments, check_dims, check_instance,  # noqa: F401 (re-exported)
+                      check_shape, given_size, parametrisation_class, solve_size)
 
 
 def _default_float():
@@ -50,17 +50,6 @@ def as_field(owner: str, name: str, value, ndim: int):
 
 def dtype_of(arrays):
     return jnp.result_type(*arrays) if arrays else _default_float()
-
-
-def check_instance(func: str, name: str, value, cls, like=None):
-    """``value`` must be a ``cls``; with ``like``, of the same sizes."""
-    if not isinstance(value, cls):
-        raise TypeError(f"{func}: argument '{name}' must be of type {cls.__name__}, got {type(value).__name__}")
-    if like is not None and value._size_values != like._size_values:
-        sizes = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, like._size_values))
-        got = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, value._size_values))
-        raise ValueError(f"{func}: argument '{name}' must have the sizes of x ({sizes}), got ({got})")
-    return value
 
 
 def _real(func: str, name: str, value):
