@@ -15,6 +15,16 @@ Grammar (see docs/spec-language.md)::
     A if C else B
     sum(E for k in range(a, b) [if C]),  range(b)
     min, max, abs, exp, log, sqrt
+    conj, real, imag, and imaginary literals (2j)
+
+Complex numbers: a field holds real or complex numbers, decided at run time
+by the arrays given. Field reads are sympy symbols assumed real (the
+derivation's region and index reasoning needs that); what a complex value
+needs is kept out of sympy's reach: ``conj``/``real``/``imag`` and the
+modulus ``abs`` of a value are opaque functions (:class:`Conj`, :class:`Re`,
+:class:`Im`, :class:`Modulus`) that sympy cannot fold with a real-only
+identity (``abs(x) ** 2`` stays ``|x|²``, not ``x²``). Their derivative with
+respect to a real variable is the real-instance one (``d conj(u) = conj(du)``).
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ MAX_INT_DIGITS = 60
 MAX_POW_BITS = 4096
 MAX_SYMBOLIC_EXPONENT = 64
 
-FUNCTIONS = ("min", "max", "abs", "exp", "log", "sqrt", "sum", "range")
+FUNCTIONS = ("min", "max", "abs", "exp", "log", "sqrt", "conj", "real", "imag", "sum", "range")
 
 #: The two index variables of getindex.
 #: (No sign assumption: after substituting ``j = i - 1`` the atom ``j >= 0``
@@ -103,6 +113,129 @@ class _Power(sp.Function):
             return rule if e.is_zero is False else sp.Piecewise((sp.S.Zero, sp.Eq(e, 0)), (rule, True))
         # d/de b ** e = b ** e · log b; 0 at b = 0 (b ** e is 0 there for e > 0)
         return sp.Piecewise((sp.S.Zero, sp.Eq(b, 0)), (self * sp.log(b), True))
+
+
+class _ValueFunction(sp.Function):
+    """A function of one value that sympy must not simplify under its real
+    assumption on field reads (they may hold complex numbers at run time)."""
+
+    nargs = 1
+
+    @classmethod
+    def _on_number(cls, a):
+        raise NotImplementedError
+
+    @classmethod
+    def eval(cls, a):
+        if a.is_Number or (a.is_number and a.has(sp.I) and not a.has(sp.Sum)):
+            return cls._on_number(a)
+        if a.is_integer:            # indices and sizes (field reads are real symbols, never integers)
+            return cls._on_real(a)
+        return None
+
+
+class Conj(_ValueFunction):
+    """``conj(u)``: the complex conjugate (the identity on real numbers)."""
+
+    @classmethod
+    def _on_number(cls, a):
+        return sp.conjugate(a)
+
+    @classmethod
+    def _on_real(cls, a):
+        return a
+
+    @classmethod
+    def eval(cls, a):
+        if isinstance(a, Conj):
+            return a.args[0]
+        if isinstance(a, (Re, Im, Modulus)):
+            return a
+        return super().eval(a)
+
+    def _eval_derivative(self, s):
+        return Conj(self.args[0].diff(s))
+
+
+class Re(_ValueFunction):
+    """``real(u)``: the real part."""
+
+    @classmethod
+    def _on_number(cls, a):
+        return sp.re(a)
+
+    @classmethod
+    def _on_real(cls, a):
+        return a
+
+    @classmethod
+    def eval(cls, a):
+        if isinstance(a, (Re, Im, Modulus)):
+            return a
+        return super().eval(a)
+
+    def _eval_derivative(self, s):
+        return Re(self.args[0].diff(s))
+
+
+class Im(_ValueFunction):
+    """``imag(u)``: the imaginary part (0 for a real value)."""
+
+    @classmethod
+    def _on_number(cls, a):
+        return sp.im(a)
+
+    @classmethod
+    def _on_real(cls, a):
+        return sp.S.Zero
+
+    @classmethod
+    def eval(cls, a):
+        if isinstance(a, (Re, Im, Modulus)):
+            return sp.S.Zero
+        return super().eval(a)
+
+    def _eval_derivative(self, s):
+        return Im(self.args[0].diff(s))
+
+
+class Modulus(_ValueFunction):
+    """``abs(u)`` of a value that reads fields: its modulus when complex.
+    (``abs`` of indices and sizes stays sympy's Abs, lifted into conditions.)"""
+
+    @classmethod
+    def _on_number(cls, a):
+        return sp.Abs(a)
+
+    @classmethod
+    def _on_real(cls, a):
+        return sp.Abs(a)
+
+    @classmethod
+    def eval(cls, a):
+        if isinstance(a, Modulus):
+            return a
+        return super().eval(a)
+
+    def _eval_derivative(self, s):
+        u = self.args[0]
+        du = u.diff(s)
+        if du == 0:
+            return sp.S.Zero
+        if not u.has(sp.I, Conj, Im):
+            return sp.sign(u) * du          # u is real for real fields: the real rule
+        # d|u| = Re(conj(u) du) / |u|, 0 where u = 0
+        return sp.Piecewise((sp.S.Zero, sp.Eq(self, 0)), (Re(Conj(u) * du) / self, True))
+
+
+def has_complex(e) -> bool:
+    """Whether ``e`` may be complex for real fields (an imaginary constant)."""
+    return bool(e.has(sp.I))
+
+
+def uses_complex_functions(e) -> bool:
+    """Whether ``e`` uses conj, real, imag or the modulus of a value."""
+    return bool(e.has(Conj, Re, Im, Modulus))
 
 
 def derivative(f, v):
@@ -250,6 +383,10 @@ class _Translator:
 
     def v_Constant(self, node):
         v = node.value
+        if isinstance(v, complex):      # an imaginary literal: 2j (Python parses 1 + 2j as a sum)
+            if not math.isfinite(v.imag):
+                raise _Refused(node, "constant is not finite")
+            return sp.Rational(repr(v.imag)) * sp.I, "num"
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise _Refused(node, f"unsupported constant {v!r}")
         if isinstance(v, int):
@@ -328,7 +465,7 @@ class _Translator:
         elif a.is_Number and abs(a) > 1 and not b.is_Number:
             pass  # symbolic exponent: evaluated at run time
         result = sp.Pow(a, b)
-        if result.has(sp.zoo, sp.oo, -sp.oo, sp.nan, sp.I):
+        if result.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or (result.has(sp.I) and not (a.has(sp.I) or b.has(sp.I))):
             raise _Refused(node, "expression is not a finite real number")
         return result
 
@@ -347,6 +484,8 @@ class _Translator:
             if rel is None:
                 raise _Refused(node, f"unsupported comparison {_describe(op)}")
             right = self.num(right_node)
+            if rel not in (sp.Eq, sp.Ne) and (left.has(sp.I) or right.has(sp.I)):
+                raise _Refused(node, "complex numbers are not ordered (compare real(...) or abs(...))")
             parts.append(rel(left, right))
             left = right
         return sp.And(*parts), "bool"
@@ -386,7 +525,8 @@ class _Translator:
 
     def v_Call(self, node):
         if not isinstance(node.func, ast.Name):
-            raise _Refused(node, "only the functions min, max, abs, exp, log, sqrt and sum can be called")
+            raise _Refused(node, "only the functions min, max, abs, exp, log, sqrt, conj, real, imag and sum "
+                                 "can be called")
         fname = node.func.id
         if node.keywords:
             raise _Refused(node, f"{fname}() takes no keyword arguments")
@@ -398,7 +538,13 @@ class _Translator:
             if len(node.args) < 2:
                 raise _Refused(node, f"{fname}() needs at least two arguments")
             args = [self.num(a) for a in node.args]
+            if any(a.has(sp.I) for a in args):
+                raise _Refused(node, f"complex numbers are not ordered: {fname}() of a complex value")
             return (sp.Min(*args) if fname == "min" else sp.Max(*args)), "num"
+        if fname in ("conj", "real", "imag"):
+            if len(node.args) != 1:
+                raise _Refused(node, f"{fname}() takes exactly one argument")
+            return {"conj": Conj, "real": Re, "imag": Im}[fname](self.num(node.args[0])), "num"
         if fname in ("abs", "exp", "log", "sqrt"):
             if len(node.args) != 1:
                 raise _Refused(node, f"{fname}() takes exactly one argument")
@@ -407,6 +553,8 @@ class _Translator:
                 raise _Refused(node, "log of a non-positive constant")
             if fname == "sqrt" and arg.is_Number and arg < 0:
                 raise _Refused(node, "sqrt of a negative constant")
+            if fname == "abs" and arg.has(sp.Indexed, sp.I):
+                return Modulus(arg), "num"          # of a value: the modulus (see Modulus)
             fn = {"abs": sp.Abs, "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt}[fname]
             return fn(arg), "num"
         if fname == "range":

@@ -28,19 +28,18 @@ def _default_float():
 
 
 def as_field(owner: str, name: str, value, ndim: int):
-    """A field as a JAX array of ``ndim`` dimensions, in its own floating
-    dtype (integers and bools become the default float: float32, or float64
-    under ``jax_enable_x64``); complex values are refused."""
+    """A field as a JAX array of ``ndim`` dimensions, in its own floating or
+    complex dtype (integers and bools become the default float: float32, or
+    float64 under ``jax_enable_x64``)."""
     if value is None:
         raise TypeError(f"{owner}: missing field '{name}'")
     try:
         arr = jnp.asarray(value)
     except Exception as exc:
         raise TypeError(f"{owner}: field '{name}' is not an array of numbers ({exc})") from None
-    if jnp.issubdtype(arr.dtype, jnp.complexfloating) or not (
-            jnp.issubdtype(arr.dtype, jnp.number) or arr.dtype == jnp.bool_):
-        raise TypeError(f"{owner}: field '{name}' must hold real numbers, got dtype {arr.dtype}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
+    if not (jnp.issubdtype(arr.dtype, jnp.number) or arr.dtype == jnp.bool_):
+        raise TypeError(f"{owner}: field '{name}' must hold real or complex numbers, got dtype {arr.dtype}")
+    if not jnp.issubdtype(arr.dtype, jnp.inexact):
         arr = arr.astype(_default_float())
     if arr.ndim != ndim:
         kind = "a scalar" if ndim == 0 else f"a {ndim}-dimensional array"
@@ -48,44 +47,112 @@ def as_field(owner: str, name: str, value, ndim: int):
     return arr
 
 
-def dtype_of(arrays):
-    return jnp.result_type(*arrays) if arrays else _default_float()
+def complex_dtype(dtype):
+    """The complex dtype of the same precision (complex64 for float32)."""
+    return jnp.result_type(dtype, jnp.complex64)
 
 
-def _real(func: str, name: str, value):
+def real_dtype(dtype):
+    """The real dtype of the same precision (float32 for complex64)."""
+    return jnp.finfo(dtype).dtype
+
+
+def dtype_of(arrays, complex_output: bool = False):
+    """The dtype of the dense matrix: the fields' common dtype, complex when
+    the entry has an imaginary constant (``complex_output``)."""
+    dtype = jnp.result_type(*arrays) if arrays else _default_float()
+    return complex_dtype(dtype) if complex_output else dtype
+
+
+def is_complex(dtype) -> bool:
+    return bool(jnp.issubdtype(dtype, jnp.complexfloating))
+
+
+def conj(a):
+    """The complex conjugate; a real array is returned as it is (no op traced)."""
+    return jnp.conj(a) if is_complex(a.dtype) else a
+
+
+def _numbers(func: str, name: str, value):
     try:
         arr = jnp.asarray(value)
     except Exception as exc:
         raise TypeError(f"{func}: argument '{name}' is not an array of numbers ({exc})") from None
-    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
-        raise TypeError(f"{func}: argument '{name}' must hold real numbers, got dtype {arr.dtype}")
+    if not (jnp.issubdtype(arr.dtype, jnp.number) or arr.dtype == jnp.bool_):
+        raise TypeError(f"{func}: argument '{name}' must hold numbers, got dtype {arr.dtype}")
     return arr
 
 
-def as_dense(func: str, name: str, value, shape: tuple, dtype):
-    """A dense argument of exactly ``shape``, in the instance's dtype."""
-    arr = _real(func, name, value)
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{func}: argument '{name}' must have shape {tuple(shape)}, got {arr.shape}")
+def cast(arr, dtype):
+    """``arr`` in ``dtype``; a complex array cast to a real dtype keeps its real
+    part (ChainRulesCore's ProjectTo: a real primal's cotangent is real)."""
+    if is_complex(arr.dtype) and not is_complex(dtype):
+        arr = jnp.real(arr)
     return arr.astype(dtype)
 
 
+def as_dense(func: str, name: str, value, shape: tuple, dtype):
+    """A dense argument of exactly ``shape``, in the dense matrix's dtype (a
+    complex one given to a real instance: its real part)."""
+    arr = _numbers(func, name, value)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{func}: argument '{name}' must have shape {tuple(shape)}, got {arr.shape}")
+    return cast(arr, dtype)
+
+
 def as_operand(func: str, name: str, value, rows: int, what: str, dtype):
-    """A vector ``(rows,)`` or matrix ``(rows, k)`` as a 2-d array, and whether it was a vector."""
-    arr = _real(func, name, value)
+    """A vector ``(rows,)`` or matrix ``(rows, k)`` as a 2-d array, and whether
+    it was a vector; in the matrix's dtype, made complex for a complex operand."""
+    arr = _numbers(func, name, value)
     if arr.ndim not in (1, 2) or arr.shape[0] != rows:
         raise ValueError(f"{func}: argument '{name}' must have shape ({rows},) or ({rows}, k) "
                          f"({what}), got {arr.shape}")
     vector = arr.ndim == 1
+    if is_complex(arr.dtype):
+        dtype = complex_dtype(dtype)
     return (arr.reshape(rows, 1) if vector else arr).astype(dtype), vector
 
 
 def like(arrays, dtypes):
-    """Structural arrays cast to the primal's dtypes (tangents, cotangents)."""
-    return tuple(jnp.asarray(a).astype(d) for a, d in zip(arrays, dtypes))
+    """Structural arrays cast to the primal's dtypes (tangents, cotangents;
+    a complex one for a real field: its real part)."""
+    return tuple(cast(jnp.asarray(a), d) for a, d in zip(arrays, dtypes))
+
+
+def pinv2(blocks, g):
+    """G⁺ g per element for the 2 × 2 real Gram blocks ``(a, b, c)`` =
+    [[a, b], [b, c]] of a complex field element (its real and imaginary part)
+    and ``g`` = the adjoint's value there (real part, imaginary part); the
+    pseudo-inverse of each block: its inverse, G/tr² at rank one, 0 at rank
+    zero (ranks to a relative 1e-10: the entries are sums of squares of the
+    entry's constants)."""
+    a, b, c = blocks
+    gr, gi = jnp.real(g), jnp.imag(g)
+    tr = a + c
+    det = a * c - b * b
+    full = det > 1e-10 * tr * tr
+    one = (~full) & (tr > 0)
+    inv_det = jnp.where(full, 1 / jnp.where(full, det, 1), 0)
+    inv_tr2 = jnp.where(one, 1 / jnp.where(one, tr * tr, 1), 0)
+    h11 = c * inv_det + a * inv_tr2
+    h22 = a * inv_det + c * inv_tr2
+    h12 = -b * inv_det + b * inv_tr2
+    return lax.complex(h11 * gr + h12 * gi, h12 * gr + h22 * gi).astype(g.dtype)
+
+
+def block_counts(blocks):
+    """(rank, used real parameters) of the Gram blocks of a complex field."""
+    a, b, c = blocks
+    tr = a + c
+    det = a * c - b * b
+    rank = jnp.where(det > 1e-10 * tr * tr, 2, jnp.where(tr > 0, 1, 0))
+    return int(jnp.sum(rank)), int(jnp.count_nonzero(a > 0) + jnp.count_nonzero(c > 0))
 
 
 # -- helpers of the emitted code -------------------------------------------
+
+imag = jnp.imag
+
 
 def extreme(fn, arr) -> int:
     """min or max of a trace-time numpy array of indices (0 when empty)."""
@@ -164,9 +231,9 @@ class Bordered:
 
     RTOL = 1e-10
 
-    def __init__(self, owner, push, pull, arrays, coupled, weights, shape):
+    def __init__(self, owner, push, pull, arrays, coupled, weights, shape, n_entries=None):
         self.owner, self.push, self.pull = owner, push, pull
-        self.n_entries = shape[0] * shape[1]
+        self.n_entries = shape[0] * shape[1] if n_entries is None else n_entries
         flat, self.unravel = _flatten(arrays)
         self.p = flat.size
         self.dtype = flat.dtype
@@ -253,14 +320,20 @@ def _warn(owner, what, bad, itn, rel):
                       "the result is approximate", ConvergenceWarning, stacklevel=2)
 
 
-def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what: str = ""):
+def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what: str = "", x_dtype=None):
     """Minimum-norm least-squares solution of A x = b by LSQR (Paige & Saunders
     1982) started from zero, in ``lax.while_loop``: every iteration is one
     ``matvec`` and one ``rmatvec``. Stops when ‖r‖ ≤ tol(‖b‖ + ‖A‖‖x‖) or
     ‖Aᵀr‖ ≤ tol ‖A‖‖r‖, or at ``cap`` iterations, where it warns (through
     ``jax.debug.callback``) when the relative normal-equation residual is
-    above ``100 · tol``."""
-    dtype = b.dtype
+    above ``100 · tol``.
+
+    Complex vectors are pairs of reals: ``rmatvec`` is the adjoint in the
+    real inner product Re⟨a, b⟩, norms are Euclidean over both parts and
+    every scalar of the recurrence is real. ``x_dtype``: the solution's
+    dtype (real unknowns may meet a complex right-hand side)."""
+    dtype = real_dtype(b.dtype)
+    x_dtype = b.dtype if x_dtype is None else x_dtype
     tiny = jnp.finfo(dtype).tiny
 
     def safe_div(a, c):
@@ -271,7 +344,7 @@ def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what
     v = rmatvec(u)
     alfa = jnp.linalg.norm(v)
     v = safe_div(v, alfa)
-    state = dict(x=jnp.zeros(n, dtype), u=u, v=v, w=v, alfa=alfa, phibar=beta, rhobar=alfa,
+    state = dict(x=jnp.zeros(n, x_dtype), u=u, v=v, w=v, alfa=alfa, phibar=beta, rhobar=alfa,
                  anorm=jnp.zeros((), dtype), itn=jnp.zeros((), jnp.int32), done=(beta <= tiny) | (alfa <= tiny),
                  rel=jnp.zeros((), dtype))
 
@@ -308,12 +381,13 @@ class Iterative:
 
     PROBE_RTOL = 1e-6
 
-    def __init__(self, owner, push, pull, arrays, shape):
+    def __init__(self, owner, push, pull, arrays, shape, out_dtype=None):
         self.owner, self.push, self.pull = owner, push, pull
         flat, self.unravel = _flatten(arrays)
         self.p, self.dtype, self.shape = flat.size, flat.dtype, tuple(shape)
+        self.out_dtype = self.dtype if out_dtype is None else out_dtype
         self.n_entries = self.shape[0] * self.shape[1]
-        self.tol = tolerance(self.dtype)
+        self.tol = tolerance(real_dtype(self.dtype))
         self.cap = 2 * min(self.p, self.n_entries) + 100
 
     def jvp(self, vec):
@@ -325,24 +399,25 @@ class Iterative:
     def pinv_vec(self, yvec):
         if not self.p or not self.n_entries:
             return jnp.zeros(self.p, self.dtype)
-        return lsqr(self.jvp, self.vjp, yvec, self.p, self.tol, self.cap, self.owner, "J⁺")
+        return lsqr(self.jvp, self.vjp, yvec.astype(self.out_dtype), self.p, self.tol, self.cap, self.owner, "J⁺",
+                    x_dtype=self.dtype)
 
     def pinv(self, ydot):
         return self.unravel(self.pinv_vec(ydot.ravel()))
 
     def pinv_adjoint(self, arrays):
         if not self.p or not self.n_entries:
-            return jnp.zeros(self.shape, self.dtype)
+            return jnp.zeros(self.shape, self.out_dtype)
         flat = _flatten(arrays)[0]
         return lsqr(self.vjp, self.jvp, flat, self.n_entries, self.tol, self.cap, self.owner,
-                    "(J⁺)ᵀ").reshape(self.shape)
+                    "(J⁺)ᵀ", x_dtype=self.out_dtype).reshape(self.shape)
 
     def classify(self) -> str:
         """Two random probes (on the host): r = p_a iff (I - J⁺J) z = 0 for a
         random z on the used elements, r = N iff (I - J J⁺) y = 0."""
         key = jax.random.PRNGKey(0)
         k1, k2 = jax.random.split(key)
-        y = jax.random.normal(k1, (self.n_entries,), self.dtype)
+        y = jax.random.normal(k1, (self.n_entries,), self.out_dtype)     # complex: both parts random
         used = self.vjp(y) != 0          # a column of J is not zero: almost surely seen by a random y
         z = jax.random.normal(k2, (self.p,), self.dtype) * used
         jz = self.jvp(z)

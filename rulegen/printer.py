@@ -106,6 +106,22 @@ class NumbaPrinter(PythonCodePrinter):
             out = f"{fn}({out}, {self._print(a)})"
         return out
 
+    # complex numbers (numba types .real, .imag and .conjugate() on every number)
+    def _print_ImaginaryUnit(self, expr):
+        return "1j"
+
+    def _print_Conj(self, expr):
+        return f"({self._print(expr.args[0])}).conjugate()"
+
+    def _print_Re(self, expr):
+        return f"({self._print(expr.args[0])}).real"
+
+    def _print_Im(self, expr):
+        return f"({self._print(expr.args[0])}).imag"
+
+    def _print_Modulus(self, expr):
+        return f"abs({self._print(expr.args[0])})"
+
     def _print_BooleanTrue(self, expr):
         return "True"
 

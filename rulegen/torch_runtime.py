@@ -314,6 +314,25 @@ class xp:
     def sign(a):
         return torch.sign(a) if _is_t(a) else float((a > 0) - (a < 0))
 
+    @staticmethod
+    def conj(a):
+        if _is_t(a):
+            return torch.conj(a) if a.is_complex() else a
+        return a.conjugate()
+
+    @staticmethod
+    def real(a):
+        if _is_t(a):
+            return torch.real(a) if a.is_complex() else a
+        return a.real
+
+
+def imag(a):
+    """The imaginary part; 0 for a real tensor (torch.imag refuses one)."""
+    if _is_t(a):
+        return torch.imag(a) if a.is_complex() else torch.zeros_like(a)
+    return a.imag
+
 
 # -- helpers of the emitted code ---------------------------------------------------
 

@@ -31,6 +31,9 @@ import numpy as _np
 from rulegen import jax_runtime as _rt
 
 _KIND = "general"
+# the entry has an imaginary constant: the dense matrix is complex even for real fields
+_COMPLEX_OUTPUT = False
+_STRUCTURE = {'band': None, 'symmetric': True, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
     "WoodburyPDMat",
@@ -143,20 +146,34 @@ def _dtypes(x):
     return tuple(a.dtype for a in x._arrays)
 
 
+def _out_dtype(x):
+    """The dense matrix's dtype: the fields', complex when the entry has an imaginary constant."""
+    return _rt.dtype_of(x._arrays, _COMPLEX_OUTPUT)
+
+
 def _pushforward(x, arrays):
     """J θ̇: the linearisation of destructure at x."""
     return jax.jvp(lambda a: _dense(x._size_values, a), (x._arrays,), (arrays,))[1]
 
 
 def _pullback(x, ybar):
-    """Jᵀ vec(Ȳ): its transpose."""
+    """Jᵀ vec(Ȳ) in JAX's convention: its transpose (jax.vjp)."""
     _, vjp = jax.vjp(lambda a: _dense(x._size_values, a), x._arrays)
-    return vjp(ybar.astype(_rt.dtype_of(x._arrays)))[0]
+    return vjp(ybar.astype(_out_dtype(x)))[0]
+
+
+def _adjoint(x, ybar):
+    """J* Ȳ: the adjoint of J in the real inner product Re⟨a, b⟩ (ChainRules'
+    and PyTorch's cotangent); JAX's transpose is its conjugate, conj(J* conj(Ȳ)).
+    For real arrays both are jax.vjp, and no conj is traced."""
+    if not _rt.is_complex(ybar.dtype):
+        return _pullback(x, ybar)
+    return tuple(_rt.conj(g) for g in _pullback(x, _rt.conj(ybar)))
 
 
 def _linearisation(x):
-    return _rt.Iterative("WoodburyPDMat", functools.partial(_pushforward, x), functools.partial(_pullback, x),
-                         x._arrays, x.shape)
+    return _rt.Iterative("WoodburyPDMat", functools.partial(_pushforward, x), functools.partial(_adjoint, x),
+                         x._arrays, x.shape, _out_dtype(x))
 
 
 def _pinv(x, ydot):
@@ -169,6 +186,11 @@ def _pinv_adjoint(x, arrays):
 
 def _classify(x):
     return _linearisation(x).classify()
+
+
+def _entries(x):
+    """N: the real dimension of the dense matrices (2mn when complex)."""
+    return x.shape[0] * x.shape[1] * (2 if _rt.is_complex(_out_dtype(x)) else 1)
 
 
 @jax.jit
@@ -190,7 +212,7 @@ def destructure_pushforward(x, dx):
 def destructure_pullback(x, ybar):
     """θ̄ = Jᵀ vec(Ȳ): natural cotangent ybar -> structural cotangent."""
     _rt.check_instance("destructure_pullback", "x", x, WoodburyPDMat)
-    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, _rt.dtype_of(x._arrays))
+    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, _out_dtype(x))
     return WoodburyPDMat._from_arrays(x._size_values, _pullback(x, ybar))
 
 
@@ -198,24 +220,28 @@ def destructure_pullback(x, ybar):
 def restructure_pushforward(x, ydot):
     """θ̇ = J⁺ vec(Ẏ): natural tangent -> the minimum-norm structural tangent."""
     _rt.check_instance("restructure_pushforward", "x", x, WoodburyPDMat)
-    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, _rt.dtype_of(x._arrays))
+    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, _out_dtype(x))
     return WoodburyPDMat._from_arrays(x._size_values, _rt.like(_pinv(x, ydot), _dtypes(x)))
 
 
 @jax.jit
 def restructure_pullback(x, xbar):
-    """Ȳ = (J⁺)ᵀ θ̄: structural cotangent -> natural cotangent."""
+    """Ȳ = (J⁺)ᵀ θ̄: structural cotangent -> natural cotangent (JAX's
+    convention: conj((J⁺)* conj(θ̄)) for complex numbers, as jax.vjp of
+    restructure_pushforward gives)."""
     _rt.check_instance("restructure_pullback", "x", x, WoodburyPDMat)
     _rt.check_instance("restructure_pullback", "xbar", xbar, WoodburyPDMat, like=x)
-    return _pinv_adjoint(x, _rt.like(xbar._arrays, _dtypes(x)))
+    return _rt.conj(_pinv_adjoint(x, tuple(_rt.conj(a) for a in _rt.like(xbar._arrays, _dtypes(x)))))
 
 
 @jax.jit
 def project(x, ybar):
-    """J J⁺ vec(Ȳ): orthogonal projection onto the tangent space at x."""
+    """J J⁺ vec(Ȳ): orthogonal projection onto the tangent space at x (of a
+    cotangent in JAX's convention: conj(J J⁺ conj(Ȳ)); the projection is the
+    same map whenever J commutes with conj, as for real coefficients)."""
     _rt.check_instance("project", "x", x, WoodburyPDMat)
-    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, _rt.dtype_of(x._arrays))
-    return _pushforward(x, _rt.like(_pinv(x, ybar), _dtypes(x)))
+    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, _out_dtype(x))
+    return _rt.conj(_pushforward(x, _rt.like(_pinv(x, _rt.conj(ybar)), _dtypes(x))))
 
 
 def parametrisation(x):
@@ -230,7 +256,7 @@ def matvec(x, v):
     """x @ v for v of shape (n,) or (n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, WoodburyPDMat)
     rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1],
-                                 _rt.dtype_of(x._arrays))
+                                 _out_dtype(x))
     out = _matvec(x._size_values, x._arrays, rhs)
     return out[:, 0] if vector else out
 
@@ -240,7 +266,7 @@ def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,) or (m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, WoodburyPDMat)
     rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0],
-                                 _rt.dtype_of(x._arrays))
+                                 _out_dtype(x))
     out = _rmatvec(x._size_values, x._arrays, rhs)
     return out[:, 0] if vector else out
 
@@ -250,12 +276,14 @@ def bilinear_pullback(x, U, V):
     """destructure_pullback(x, U @ V.T) without forming U Vᵀ: the transpose
     of matvec's linearisation in the fields."""
     _rt.check_instance("bilinear_pullback", "x", x, WoodburyPDMat)
-    dtype = _rt.dtype_of(x._arrays)
+    dtype = _out_dtype(x)
     left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], dtype)
     right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], dtype)
     if left.shape[1] != right.shape[1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[1]} and {right.shape[1]}")
+    if _rt.is_complex(left.dtype) or _rt.is_complex(right.dtype):
+        left, right = left.astype(_rt.complex_dtype(dtype)), right.astype(_rt.complex_dtype(dtype))
     _, vjp = jax.vjp(lambda a: _matvec(x._size_values, a, right), x._arrays)
     return WoodburyPDMat._from_arrays(x._size_values, vjp(left)[0])
 
@@ -271,7 +299,7 @@ def diagonal(x):
 def diagonal_pullback(x, dbar):
     """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
     _rt.check_instance("diagonal_pullback", "x", x, WoodburyPDMat)
-    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), _rt.dtype_of(x._arrays))
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), _out_dtype(x))
     _, vjp = jax.vjp(lambda a: _diagonal(x._size_values, a), x._arrays)
     return WoodburyPDMat._from_arrays(x._size_values, vjp(dbar)[0])
 
@@ -279,7 +307,7 @@ def diagonal_pullback(x, dbar):
 def _dense(_sv, _arrays):
     n, r, = _sv
     A, d, s, = _arrays
-    _dtype = _rt.dtype_of(_arrays)
+    _dtype = _rt.dtype_of(_arrays, _COMPLEX_OUTPUT)
     _R, _C = n, n
     _out = jnp.zeros((_R, _C), _dtype)
     _L01 = 0
@@ -313,9 +341,9 @@ def _dense(_sv, _arrays):
 def _matvec(_sv, _arrays, _rhs):
     n, r, = _sv
     A, d, s, = _arrays
-    _dtype = _rt.dtype_of(_arrays)
+    _dtype = _rt.dtype_of(_arrays, _COMPLEX_OUTPUT)
     _R, _C = n, n
-    _out = jnp.zeros((_R, _rhs.shape[1]), _dtype)
+    _out = jnp.zeros((_R, _rhs.shape[1]), jnp.result_type(_dtype, _rhs.dtype))
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = jnp.arange(_L01, _L12)
@@ -347,9 +375,9 @@ def _matvec(_sv, _arrays, _rhs):
 def _rmatvec(_sv, _arrays, _rhs):
     n, r, = _sv
     A, d, s, = _arrays
-    _dtype = _rt.dtype_of(_arrays)
+    _dtype = _rt.dtype_of(_arrays, _COMPLEX_OUTPUT)
     _R, _C = n, n
-    _out = jnp.zeros((_C, _rhs.shape[1]), _dtype)
+    _out = jnp.zeros((_C, _rhs.shape[1]), jnp.result_type(_dtype, _rhs.dtype))
     _L01 = 0
     _L12 = max(_L01, n)
     _i3 = jnp.arange(_L01, _L12)
@@ -381,7 +409,7 @@ def _rmatvec(_sv, _arrays, _rhs):
 def _diagonal(_sv, _arrays):
     n, r, = _sv
     A, d, s, = _arrays
-    _dtype = _rt.dtype_of(_arrays)
+    _dtype = _rt.dtype_of(_arrays, _COMPLEX_OUTPUT)
     _R, _C = n, n
     _out = jnp.zeros((min(_R, _C),), _dtype)
     _L01 = 0

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from ..derive import _cases
-from ..expr import I, J, IntDiv, Where, is_int, outside_sums, unwhere
+from ..expr import I, J, Conj, Im, IntDiv, Modulus, Re, Where, is_int, outside_sums, unwhere
 from ..printer import code as py_code
 
 
@@ -45,7 +45,7 @@ class Unsupported(Exception):
 # ---------------------------------------------------------------------------
 # Printing: sympy -> array expression text, module given (``jnp``, ``np``)
 
-_FUNCS = {sp.exp: "exp", sp.log: "log", sp.Abs: "abs"}
+_FUNCS = {sp.exp: "exp", sp.log: "log", sp.Abs: "abs", Modulus: "abs", Conj: "conj", Re: "real"}
 _REL = {sp.Eq: "==", sp.Ne: "!=", sp.Lt: "<", sp.Le: "<=", sp.Gt: ">", sp.Ge: ">="}
 
 
@@ -94,8 +94,12 @@ def emit(e, names: dict, xp: str, real: bool = True) -> str:
         for a in args[1:]:
             out = f"{xp}.{fn}({out}, {p(a)})"
         return out
+    if e is sp.I:
+        return "1j"
     if e.func in _FUNCS:
         return f"{xp}.{_FUNCS[e.func]}({p(e.args[0])})"
+    if isinstance(e, Im):       # the runtime's: torch.imag refuses a real tensor
+        return f"_rt.imag({p(e.args[0])})"
     if isinstance(e, sp.sign):
         return f"{xp}.sign({p(e.args[0])})"
     if type(e) in _REL:

@@ -16,7 +16,9 @@ import sympy as sp
 from .. import __version__
 from ..derive import Derivation
 from .common import environment as _environment, shape_code as _shape_code, shape_text as _shape_text, doc_text, file_label, size_plan
+from ..structure import structure_literal
 from ..printer import code as py_code
+from ..expr import has_complex
 from .arrays import Unsupported, Writer, factor_grid, terms
 
 
@@ -34,7 +36,7 @@ def _prologue(w: Writer, spec, extra: str = "") -> None:
         w.add(f"{', '.join(sizes)}, = _sv")
     if fields:
         w.add(f"{', '.join(fields)}, = _arrays")
-    w.add("_dtype = _rt.dtype_of(_arrays)")
+    w.add("_dtype = _rt.dtype_of(_arrays, _COMPLEX_OUTPUT)")
     w.add(f"_R, _C = {py_code(spec.size[0])}, {py_code(spec.size[1])}")
 
 
@@ -74,7 +76,7 @@ def _product(d: Derivation, scalars, transpose: bool) -> _Function:
     w = Writer("jnp", scalars)
     _prologue(w, d.spec)
     out_rows = "_C" if transpose else "_R"
-    w.add(f"_out = jnp.zeros(({out_rows}, _rhs.shape[1]), _dtype)")
+    w.add(f"_out = jnp.zeros(({out_rows}, _rhs.shape[1]), jnp.result_type(_dtype, _rhs.dtype))")
     for steps, value, sep in terms(d):
         if sep is not None:
             from ..expr import I, J
@@ -146,8 +148,10 @@ def render(d: Derivation, spec_file: str) -> str:
         shape_text=f"{_paren(spec.size[0])} × {_paren(spec.size[1])}",
         functions=functions,
         kind=d.kind,
+        structure=structure_literal(d),
         coupled=[f.name in d.coupled for f in spec.fields],
         coupled_names=", ".join(d.coupled) or "(none)",
+        complex_output=has_complex(spec.entry),
     )
     return _environment().get_template("jax_module.py.j2").render(**context)
 

@@ -1,0 +1,373 @@
+"""Complex numbers in every target, against the real-pair oracle
+(tests/complex_oracle.py: a dense matrix written by hand in numpy, the real
+Jacobian of (Re, Im) column by column, numpy's pinv), in each target's own
+cotangent convention: ChainRules' and PyTorch's (numba, torch), JAX's
+conjugate (jax). Also ChainRulesCore's ProjectTo rules: a real instance given
+a complex cotangent projects its real part; a complex instance given a real
+cotangent treats it as complex; Hermitian project is (Ȳ + Ȳᴴ)/2."""
+
+import os
+import zlib
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from complex_oracle import Oracle, conj_fields
+from helpers import GENERATED, assert_norm_close, build, load_module
+from references import REFERENCES, _banded_dense, instance
+
+# -- targets -------------------------------------------------------------------
+
+
+class _Target:
+    name = ""
+    convention = "chainrules"
+    _modules: dict
+
+    def module(self, stem):
+        if stem not in self._modules:
+            sub = "" if self.name == "numba" else self.name
+            self._modules[stem] = load_module(os.path.join(GENERATED, sub, stem + ".py"))
+        return self._modules[stem]
+
+    def native(self, a):
+        return a
+
+    def numpy(self, a):
+        return np.asarray(a)
+
+    def context(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+
+class _Jax(_Target):
+    name, convention = "jax", "jax"
+
+    def __init__(self):
+        self._modules = {}
+
+    def native(self, a):
+        import jax.numpy as jnp
+        return jnp.asarray(a)
+
+    def context(self):
+        import jax
+        return jax.enable_x64(True)
+
+
+class _Torch(_Target):
+    name = "torch"
+
+    def __init__(self):
+        self._modules = {}
+
+    def native(self, a):
+        import torch
+        return torch.as_tensor(np.asarray(a))
+
+    def numpy(self, a):
+        import torch
+        return a.detach().cpu().resolve_conj().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+class _Numba(_Target):
+    name = "numba"
+
+    def __init__(self):
+        self._modules = {}
+
+
+def _targets():
+    out = []
+    for mod, cls in (("jax", _Jax), ("torch", _Torch)):
+        try:
+            __import__(mod)
+        except ImportError:
+            continue
+        out.append(cls())
+    return out
+
+
+TARGETS = _targets()
+TARGET_IDS = [t.name for t in TARGETS]
+
+
+# -- cases ---------------------------------------------------------------------
+
+def _complex_safe(key, sizes, dense):
+    """The oracle's dense functions that fix a real dtype, in complex."""
+    if key == "banded":
+        def banded(f, s=sizes):
+            A = np.zeros((s["m"], s["n"]), dtype=complex)
+            real = _banded_dense({"data": f["data"].real}, s["m"], s["n"], s["kl"], s["ku"])
+            imag = _banded_dense({"data": f["data"].imag}, s["m"], s["n"], s["kl"], s["ku"])
+            A += real + 1j * imag
+            return A
+        return banded
+    if key == "dense":
+        return lambda f: np.array(f["data"])
+    if key == "fill":
+        return lambda f, s=sizes: np.full((s["m"], s["n"]), f["value"])
+    return dense
+
+
+def _hermitian(f):
+    d = f["data"]
+    return np.triu(d, 1) + np.triu(d, 1).conj().T + np.diag(np.diagonal(d).real)
+
+
+def _complex_symmetric(f):
+    d = f["data"]
+    return np.triu(d) + np.triu(d, 1).T
+
+
+EXTRA = {
+    "hermitian": ("Hermitian", ("data",), _hermitian),
+    "complex_symmetric": ("ComplexSymmetric", ("data",), _complex_symmetric),
+}
+
+
+def _largest(sizes):
+    return max(sizes, key=lambda s: sum(s.values()))
+
+
+def _complexify(rng, fields):
+    out = {}
+    for k, v in fields.items():
+        v = np.asarray(v, dtype=float)
+        out[k] = v + 1j * rng.standard_normal(v.shape)
+    return out
+
+
+def _case(key, salt, complex_fields=True):
+    """(module stem, class name, order, fields, extra, dense, step)."""
+    rng = np.random.default_rng(zlib.crc32(f"{salt} {key}".encode()))
+    if key in EXTRA:
+        cls, order, dense = EXTRA[key]
+        n = 4
+        fields = {"data": rng.standard_normal((n, n))}
+        extra, step = {}, 1.0
+    else:
+        ref = REFERENCES[key]
+        sizes = _largest(ref.sizes)
+        fields, extra, dense = instance(ref, rng, sizes)
+        dense = _complex_safe(key, sizes, dense)
+        cls, order = ref.cls, ref.order
+        step = 1e-5 if ref.analytic else 1.0      # central differences: exact to degree 2
+    if complex_fields:
+        fields = _complexify(rng, fields)
+    else:
+        fields = {k: np.asarray(v, dtype=float) for k, v in fields.items()}
+    return key, cls, order, fields, extra, dense, step
+
+
+KEYS = sorted(REFERENCES) + sorted(EXTRA)
+
+
+def _rtol(step):
+    return 1e-9 if step == 1.0 else 1e-6
+
+
+def _svec(target, obj, order):
+    return {name: target.numpy(getattr(obj, name)) for name in order}
+
+
+def _check_maps(target, stem, cls_name, order, fields, extra, dense, step, seed=1):
+    mod = target.module(stem)
+    cls = getattr(mod, cls_name)
+    oracle = Oracle(dense, fields, order, step)
+    rng = np.random.default_rng(seed)
+    rtol = _rtol(step)
+    jax_conv = target.convention == "jax"
+
+    def close(got, want, what):
+        assert_norm_close(np.concatenate([np.ravel(got[k]) for k in order]) if isinstance(got, dict) else got,
+                          np.concatenate([np.ravel(want[k]) for k in order]) if isinstance(want, dict) else want,
+                          f"{target.name} {stem} {what}", rtol=rtol, atol=rtol)
+
+    def cplx(shape):
+        return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+    def like_fields():
+        return {k: (cplx(np.shape(v)) if np.iscomplexobj(v) else rng.standard_normal(np.shape(v)))
+                for k, v in fields.items()}
+
+    x = cls(**{k: target.native(v) for k, v in fields.items()}, **extra)
+    close(target.numpy(mod.destructure(x)), oracle.Y, "destructure")
+    t = like_fields()
+    tx = cls(**{k: target.native(v) for k, v in t.items()}, **extra)
+    close(target.numpy(mod.destructure_pushforward(x, tx)), oracle.pushforward(t), "destructure_pushforward")
+    W = cplx(oracle.shape)
+    cot = (lambda f, a: conj_fields(f(np.conj(a)))) if jax_conv else (lambda f, a: f(a))
+    cot_dense = (lambda f, a: np.conj(f(conj_fields(a) if isinstance(a, dict) else np.conj(a)))) if jax_conv \
+        else (lambda f, a: f(a))
+    close(_svec(target, mod.destructure_pullback(x, target.native(W)), order), cot(oracle.pullback, W),
+          "destructure_pullback")
+    close(_svec(target, mod.restructure_pushforward(x, target.native(W)), order), oracle.pinv(W),
+          "restructure_pushforward")
+    close(target.numpy(mod.restructure_pullback(x, tx)), cot_dense(oracle.pinv_adjoint, t), "restructure_pullback")
+    close(target.numpy(mod.project(x, target.native(W))), cot_dense(oracle.project, W), "project")
+    assert mod.parametrisation(x) == oracle.parametrisation(), f"{target.name} {stem} parametrisation"
+    # derived operations with complex operands
+    Y = oracle.Y
+    m, n = Y.shape
+    v, u = cplx((n, 2)), cplx((m, 2))
+    close(target.numpy(mod.matvec(x, target.native(v))), Y @ v, "matvec")
+    close(target.numpy(mod.rmatvec(x, target.native(u))), Y.T @ u, "rmatvec")
+    close(_svec(target, mod.bilinear_pullback(x, target.native(u), target.native(v)), order),
+          cot(oracle.pullback, u @ v.T), "bilinear_pullback")
+    close(target.numpy(mod.diagonal(x)), np.diagonal(Y), "diagonal")
+    dbar = cplx(min(m, n))
+    D = np.zeros((m, n), dtype=complex)
+    D[np.arange(len(dbar)), np.arange(len(dbar))] = dbar
+    close(_svec(target, mod.diagonal_pullback(x, target.native(dbar)), order), cot(oracle.pullback, D),
+          "diagonal_pullback")
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("key", KEYS)
+def test_complex_fields_every_map_against_the_real_pair_oracle(target, key):
+    with target.context():
+        _check_maps(target, *_case(key, f"complex {target.name}"))
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("key", ["symmetric", "toeplitz", "scaled_matrix", "low_rank", "hermitian"])
+def test_real_instance_given_complex_cotangents_projects_their_real_part(target, key):
+    """ProjectTo(1.0)(2.0 + 3im) == 2.0: the cotangent maps of a real instance
+    take the real part of a complex argument, and their results are real."""
+    stem, cls_name, order, fields, extra, dense, step = _case(key, f"real {target.name}", complex_fields=False)
+    with target.context():
+        mod = target.module(stem)
+        x = getattr(mod, cls_name)(**{k: target.native(v) for k, v in fields.items()}, **extra)
+        oracle = Oracle(dense, fields, order, step)
+        rng = np.random.default_rng(3)
+        W = rng.standard_normal(oracle.shape) + 1j * rng.standard_normal(oracle.shape)
+        for name, want in (("destructure_pullback", oracle.pullback(W.real)),
+                           ("restructure_pushforward", oracle.pinv(W.real))):
+            got = _svec(target, getattr(mod, name)(x, target.native(W)), order)
+            for k in order:
+                assert not np.iscomplexobj(got[k]), f"{name}: {k} is complex"
+                assert_norm_close(got[k], want[k], name, rtol=_rtol(step), atol=_rtol(step))
+        got = target.numpy(mod.project(x, target.native(W)))
+        assert not np.iscomplexobj(got)
+        assert_norm_close(got, oracle.project(W.real), "project", rtol=_rtol(step), atol=_rtol(step))
+        assert mod.parametrisation(x) == oracle.parametrisation()
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+def test_complex_instance_given_real_cotangent_treats_it_as_complex(target):
+    stem, cls_name, order, fields, extra, dense, step = _case("hermitian", f"cr {target.name}")
+    with target.context():
+        mod = target.module(stem)
+        x = getattr(mod, cls_name)(**{k: target.native(v) for k, v in fields.items()})
+        W = np.random.default_rng(5).standard_normal((4, 4))
+        P = target.numpy(mod.project(x, target.native(W)))
+        assert np.iscomplexobj(P)
+        np.testing.assert_allclose(P, (W + W.T) / 2, atol=1e-12)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+def test_hermitian_project_is_the_hermitian_part_even_with_a_nonsymmetric_imaginary_part(target):
+    """ChainRulesCore's ProjectTo(Hermitian) test uses a cotangent whose
+    imaginary part is symmetric; this one is not."""
+    rng = np.random.default_rng(11)
+    n = 5
+    data = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
+    W = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
+    assert not np.allclose(W.imag, W.imag.T)
+    with target.context():
+        mod = target.module("hermitian")
+        x = mod.Hermitian(data=target.native(data))
+        np.testing.assert_allclose(target.numpy(mod.project(x, target.native(W))), (W + W.conj().T) / 2,
+                                   atol=1e-12)
+        assert mod.parametrisation(x) == "under"         # n² real parameters used of 2n²
+
+
+# -- specs of the user's own: imaginary constants, conj, real, imag, abs ----------
+
+UNSEEN = {
+    # real fields, complex matrix (an imaginary constant): a general type
+    "fourier": ("""
+name: Fourier
+sizes: [n]
+fields:
+  w: [n]
+size: [n, n]
+getindex: "exp(1j * w[i] * j)"
+""", "Fourier", ("w",), lambda f: np.exp(1j * np.outer(f["w"], np.arange(len(f["w"])))), 1e-6, False),
+    "vandermonde": ("""
+name: CVandermonde
+sizes: [m, n]
+fields:
+  x: [m]
+size: [m, n]
+getindex: "x[i] ** j"
+""", "CVandermonde", ("x",), lambda f: np.vander(f["x"], 3, increasing=True), 1e-6, True),
+    "skew_hermitian": ("""
+name: SkewHermitian
+sizes: [n]
+fields:
+  a: [n, n]
+size: [n, n]
+getindex: "1j * imag(a[i, i]) if i == j else (a[i, j] if i < j else -conj(a[j, i]))"
+""", "SkewHermitian", ("a",),
+        lambda f: np.triu(f["a"], 1) - np.triu(f["a"], 1).conj().T + 1j * np.diag(np.diagonal(f["a"]).imag),
+        1.0, True),
+    "modulus": ("""
+name: ModulusDiag
+sizes: [n]
+fields:
+  z: [n]
+  c: []
+size: [n, n]
+getindex: "abs(z[i]) ** 2 + real(c * z[i]) if i == j else 0"
+""", "ModulusDiag", ("z", "c"), lambda f: np.diag(np.abs(f["z"]) ** 2 + (f["c"] * f["z"]).real), 1e-6, True),
+}
+
+
+@pytest.fixture(scope="module")
+def unseen_modules(tmp_path_factory):
+    base = tmp_path_factory.mktemp("complex_specs")
+    out = {}
+    for key, (text, *_rest) in UNSEEN.items():
+        folder = base / key
+        folder.mkdir()
+        (folder / f"{key}.yaml").write_text(text.lstrip())
+        from helpers import run_cli
+        targets = [a for t in TARGETS for a in ("--target", t.name)]
+        res = run_cli("build", str(folder / f"{key}.yaml"), *targets, "--out", str(folder / "out"))
+        assert res.returncode == 0, res.stderr
+        out[key] = folder / "out"
+    return out
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("key", sorted(UNSEEN))
+def test_unseen_complex_specs_against_the_real_pair_oracle(target, key, unseen_modules):
+    text, cls_name, order, dense, step, complex_fields = UNSEEN[key]
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    shapes = {"fourier": {"w": (4,)}, "vandermonde": {"x": (4,)}, "skew_hermitian": {"a": (4, 4)},
+              "modulus": {"z": (4,), "c": ()}}[key]
+    fields = {k: rng.standard_normal(s) + (1j * rng.standard_normal(s) if complex_fields else 0)
+              for k, s in shapes.items()}
+    extra = {"n": 3} if key == "vandermonde" else {}
+    from rulegen.spec import snake_case
+    stem_path = unseen_modules[key] / ("" if target.name == "numba" else target.name) / f"{snake_case(cls_name)}.py"
+    with target.context():
+        target._modules[key] = load_module(str(stem_path))
+        _check_maps(target, key, cls_name, order, fields, extra, dense, step)
+
+
+def test_complex_scipy_oracle_sanity():
+    """The oracle itself: the real Jacobian of a complex Toeplitz matrix has
+    the structure of complex multiplication (J commutes with i)."""
+    rng = np.random.default_rng(0)
+    col, row = rng.standard_normal(3) + 1j * rng.standard_normal(3), rng.standard_normal(3) + 1j * rng.standard_normal(3)
+    o = Oracle(lambda f: scipy.linalg.toeplitz(f["col"], np.r_[f["col"][:1], f["row"][1:]]),
+               {"col": col, "row": row}, ("col", "row"), 1.0)
+    t = {"col": rng.standard_normal(3) + 1j * rng.standard_normal(3), "row": np.zeros(3, complex)}
+    ti = {k: 1j * v for k, v in t.items()}
+    np.testing.assert_allclose(o.pushforward(ti), 1j * o.pushforward(t), atol=1e-12)
