@@ -29,8 +29,8 @@ from .runtime import (ConvergenceWarning, bad_arguments, check_dims,  # noqa: F4
 # -- arguments ----------------------------------------------------------------
 
 def _tensor(owner: str, what: str, value):
-    """``value`` as a tensor (tensors as they are); complex or non-numeric
-    values refused with ``what`` named."""
+    """``value`` as a tensor (tensors as they are); non-numeric values
+    refused with ``what`` named."""
     if isinstance(value, torch.Tensor):
         t = value
     else:
@@ -38,8 +38,8 @@ def _tensor(owner: str, what: str, value):
             t = torch.as_tensor(value.detach().numpy() if hasattr(value, "detach") else value)
         except Exception as exc:
             raise TypeError(f"{owner}: {what} is not an array of numbers ({exc})") from None
-    if t.is_complex() or not (t.is_floating_point() or t.dtype in _INTEGRAL):
-        raise TypeError(f"{owner}: {what} must hold real numbers, got dtype {t.dtype}")
+    if not (t.is_complex() or t.is_floating_point() or t.dtype in _INTEGRAL):
+        raise TypeError(f"{owner}: {what} must hold real or complex numbers, got dtype {t.dtype}")
     return t
 
 
@@ -82,7 +82,8 @@ def settle(owner: str, names: tuple, values: tuple, arrays: tuple, ranks: tuple)
     with float64 promotes to float64, as torch's arithmetic does; tensors on
     two devices are refused); fields given as numbers, lists or numpy arrays
     follow them (alone, they keep a numpy array's float dtype, else torch's
-    default dtype, on the CPU). Integer and bool fields become that dtype."""
+    default dtype, on the CPU). Integer and bool fields become that dtype.
+    One complex field makes them all complex (of the same precision)."""
     given = [(n, a) for n, v, a in zip(names, values, arrays) if isinstance(v, torch.Tensor)]
     ref = given or list(zip(names, arrays))
     device = ref[0][1].device if ref else torch.device("cpu")
@@ -90,7 +91,7 @@ def settle(owner: str, names: tuple, values: tuple, arrays: tuple, ranks: tuple)
         if a.device != device:
             raise ValueError(f"{owner}: fields '{given[0][0]}' and '{n}' are on different devices "
                              f"({device} and {a.device})")
-    floats = [a.dtype for _, a in ref if a.is_floating_point()]
+    floats = [a.dtype for _, a in ref if a.is_floating_point() or a.is_complex()]
     dtype = floats[0] if floats else torch.get_default_dtype()
     for d in floats[1:]:
         dtype = torch.promote_types(dtype, d)
@@ -151,6 +152,31 @@ def dtype_of(arrays):
     return arrays[0].dtype if arrays else torch.get_default_dtype()
 
 
+_COMPLEX = {torch.float16: torch.complex32, torch.float32: torch.complex64, torch.float64: torch.complex128}
+_REAL = {c: r for r, c in _COMPLEX.items()}
+
+
+def complex_dtype(dtype):
+    """The complex dtype of the same precision."""
+    return dtype if dtype.is_complex else _COMPLEX.get(dtype, torch.complex128)
+
+
+def real_dtype(dtype):
+    """The real dtype of the same precision."""
+    return _REAL.get(dtype, dtype)
+
+
+def out_dtype(dtype, complex_output: bool):
+    """The dense matrix's dtype: the fields', complex when the entry has an
+    imaginary constant."""
+    return complex_dtype(dtype) if complex_output else dtype
+
+
+def conj(t):
+    """The conjugate (a real tensor as it is)."""
+    return torch.conj(t) if t.is_complex() else t
+
+
 def device_of(arrays):
     return arrays[0].device if arrays else torch.device("cpu")
 
@@ -169,15 +195,26 @@ def check_instance(func: str, name: str, value, cls, like=None):
     return value
 
 
-def _argument(func: str, name: str, value, dtype, device):
+def cast(t, dtype):
+    """``t`` in ``dtype``; a complex tensor cast to a real dtype keeps its real
+    part (ChainRulesCore's ProjectTo: a real primal's cotangent is real)."""
+    if t.dtype == dtype:
+        return t
+    if t.is_complex() and not dtype.is_complex:
+        t = torch.real(t)
+    return t.to(dtype)
+
+
+def _argument(func: str, name: str, value, dtype, device, promote: bool = False):
     if isinstance(value, torch.Tensor):
-        if value.is_complex():
-            raise TypeError(f"{func}: argument '{name}' must hold real numbers, got dtype {value.dtype}")
         if value.device != device:
             raise ValueError(f"{func}: argument '{name}' is on {value.device}, x on {device}")
-        return value if value.dtype == dtype else value.to(dtype)
-    t = _tensor(func, f"argument '{name}'", value)
-    return t.to(device=device, dtype=dtype)
+        t = value
+    else:
+        t = _tensor(func, f"argument '{name}'", value).to(device=device)
+    if promote and t.is_complex():
+        dtype = complex_dtype(dtype)
+    return cast(t, dtype)
 
 
 def as_dense(func: str, name: str, value, shape: tuple, dtype, device):
@@ -192,8 +229,9 @@ def as_dense(func: str, name: str, value, shape: tuple, dtype, device):
 
 def as_operand(func: str, name: str, value, rows: int, what: str, dtype, device):
     """A vector ``(rows,)`` or a (batch of) matrices ``(..., rows, k)`` as a
-    tensor with at least 2 dimensions, and whether it was a vector."""
-    arr = _argument(func, name, value, dtype, device)
+    tensor with at least 2 dimensions, and whether it was a vector (complex
+    when the operand is)."""
+    arr = _argument(func, name, value, dtype, device, promote=True)
     if arr.ndim == 0 or arr.shape[-1 if arr.ndim == 1 else -2] != rows:
         raise ValueError(f"{func}: argument '{name}' must have shape ({rows},) or (..., {rows}, k) "
                          f"({what}), got {tuple(arr.shape)}")
@@ -202,8 +240,9 @@ def as_operand(func: str, name: str, value, rows: int, what: str, dtype, device)
 
 
 def like(arrays, dtype):
-    """Structural arrays (of a tangent or cotangent) in the primal's dtype."""
-    return tuple(a if a.dtype == dtype else a.to(dtype) for a in arrays)
+    """Structural arrays (of a tangent or cotangent) in the primal's dtype
+    (a complex one for a real primal: its real part)."""
+    return tuple(cast(a, dtype) for a in arrays)
 
 
 def expand(arrays, ranks, batch) -> tuple:
@@ -597,6 +636,31 @@ def diagonal_take(W, si, sj, length):
     return take(W, (si + t, sj + t))
 
 
+def pinv2(blocks, g):
+    """G⁺ g per element for the 2 × 2 real Gram blocks ``(a, b, c)`` =
+    [[a, b], [b, c]] of complex field elements (real and imaginary part) and
+    the adjoint's value ``g`` there: each block's inverse, G/tr² at rank one,
+    0 at rank zero (ranks to a relative 1e-10; the entries are sums of
+    squares of the entry's constants)."""
+    a, b, c = blocks
+    gr, gi = torch.real(g), torch.imag(g)
+    tr, det = a + c, a * c - b * b
+    full = det > 1e-10 * tr * tr
+    one = (~full) & (tr > 0)
+    inv_det = torch.where(full, 1 / torch.where(full, det, torch.ones_like(det)), torch.zeros_like(det))
+    inv_tr2 = torch.where(one, 1 / torch.where(one, tr * tr, torch.ones_like(tr)), torch.zeros_like(tr))
+    h11, h22, h12 = c * inv_det + a * inv_tr2, a * inv_det + c * inv_tr2, b * (inv_tr2 - inv_det)
+    return torch.complex(h11 * gr + h12 * gi, h12 * gr + h22 * gi)
+
+
+def block_counts(blocks):
+    """(rank, used real parameters) of the Gram blocks of a complex field."""
+    a, b, c = blocks
+    tr, det = a + c, a * c - b * b
+    rank = torch.where(det > 1e-10 * tr * tr, 2, torch.where(tr > 0, 1, 0))
+    return int(rank.sum()), int(torch.count_nonzero(a > 0) + torch.count_nonzero(c > 0))
+
+
 def div0(a, w):
     """``a / w`` with ``1/0 := 0`` (the pseudo-inverse of a diagonal)."""
     nz = w != 0
@@ -776,7 +840,7 @@ def _safe_sqrt(x):
     return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
-def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what: str = ""):
+def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what: str = "", x_dtype=None):
     """Minimum-norm least-squares solution of A x = b by LSQR (Paige & Saunders
     1982) started from zero, for every instance of a batch at once (b:
     ``(*batch, m)``): every iteration is one ``matvec`` and one ``rmatvec``.
@@ -785,9 +849,14 @@ def lsqr(matvec, rmatvec, b, n: int, tol: float, cap: int, owner: str = "", what
     ``cap`` iterations, where it warns (ConvergenceWarning) when the
     relative normal-equation residual of one is above ``100 · tol``. Under
     ``torch.func.vmap`` the stopping test cannot be read: all ``cap``
-    iterations run (stopped instances frozen) and no warning is given."""
-    dtype = b.dtype
-    tiny = torch.finfo(dtype).tiny
+    iterations run (stopped instances frozen) and no warning is given.
+
+    Complex vectors are pairs of reals: ``rmatvec`` is the adjoint in the
+    real inner product Re⟨a, b⟩, norms run over both parts and every scalar
+    of the recurrence is real; ``x_dtype`` is the solution's dtype (real
+    unknowns may meet a complex right-hand side)."""
+    dtype = b.dtype if x_dtype is None else x_dtype
+    tiny = torch.finfo(real_dtype(b.dtype)).tiny
 
     def norm(v):
         return torch.linalg.vector_norm(v, dim=-1)
@@ -855,7 +924,7 @@ class Operator:
 
     PROBE_RTOL = 1e-6
 
-    def __init__(self, owner, f, inner, arrays, ranks, shape, batch, coupled=None):
+    def __init__(self, owner, f, inner, arrays, ranks, shape, batch, coupled=None, out_dtype=None):
         self.owner, self.f, self.inner, self.coupled = owner, f, inner, coupled
         self.batch = tuple(batch)
         self.theta = tuple(a.contiguous() for a in expand(arrays, ranks, batch))
@@ -864,7 +933,8 @@ class Operator:
         self.shape = tuple(shape)
         self.n_entries = self.shape[0] * self.shape[1]
         self.dtype, self.device = dtype_of(arrays), device_of(arrays)
-        self.tol = tolerance(self.dtype)
+        self.out_dtype = self.dtype if out_dtype is None else out_dtype
+        self.tol = tolerance(real_dtype(self.dtype))
         self.cap = 2 * min(self.p, self.n_entries) + 100
 
     # J(θ) v, J(θ)ᵀ u on flat vectors, at fields θ (differentiable in both)
@@ -873,7 +943,7 @@ class Operator:
         return pushforward(self.f, theta, tangents).reshape(self.batch + (self.n_entries,))
 
     def pull(self, theta, yvec):
-        W = yvec.reshape(self.batch + self.shape)
+        W = conj(yvec.reshape(self.batch + self.shape))      # ∇ Re⟨W, D(θ)⟩ = ∇ Re Σ conj(W)·D(θ)
         ones = torch.ones(self.batch, dtype=W.dtype, device=W.device)
         return self.flat.flatten(pullback(lambda a: self.inner(a, W), theta, ones))
 
@@ -904,12 +974,13 @@ class Operator:
             return solver.pinv_adjoint_vec(b) if transpose else solver.pinv_vec(b)
         jvp, vjp = self._linear(theta)
         if transpose:
-            return lsqr(vjp, jvp, b, self.n_entries, self.tol, self.cap, self.owner, "(J⁺)ᵀ")
-        return lsqr(jvp, vjp, b, self.p, self.tol, self.cap, self.owner, "J⁺")
+            return lsqr(vjp, jvp, b, self.n_entries, self.tol, self.cap, self.owner, "(J⁺)ᵀ",
+                        x_dtype=self.out_dtype)
+        return lsqr(jvp, vjp, b, self.p, self.tol, self.cap, self.owner, "J⁺", x_dtype=self.dtype)
 
     def pinv(self, ydot):
         """J⁺ vec(Ẏ), as field arrays."""
-        b = ydot.expand(self.batch + self.shape).reshape(self.batch + (self.n_entries,))
+        b = cast(ydot, self.out_dtype).expand(self.batch + self.shape).reshape(self.batch + (self.n_entries,))
         return self.flat.unflatten(_Pinv.apply(self, False, b, *self.theta))
 
     def pinv_adjoint(self, arrays):
@@ -929,7 +1000,7 @@ class Operator:
         jvp, vjp = self._linear(theta)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(0)
-        y = torch.randn(self.batch + (self.n_entries,), generator=gen, dtype=self.dtype, device=self.device)
+        y = torch.randn(self.batch + (self.n_entries,), generator=gen, dtype=self.out_dtype, device=self.device)
         z = torch.randn(self.batch + (self.p,), generator=gen, dtype=self.dtype, device=self.device)
         if not self.p or not self.n_entries:
             return repeat(self.batch, parametrisation_class(0, 0, self.n_entries))
@@ -942,7 +1013,7 @@ class Operator:
         norm = torch.linalg.vector_norm
 
         def pinv(vec):
-            return lsqr(jvp, vjp, vec, self.p, self.tol, self.cap, self.owner, "J⁺")
+            return lsqr(jvp, vjp, vec, self.p, self.tol, self.cap, self.owner, "J⁺", x_dtype=self.dtype)
         zn, yn = norm(z, dim=-1), norm(y, dim=-1)
         full_col = (zn == 0) | (norm(z - pinv(jz), dim=-1) <= rtol * zn)
         full_row = (yn == 0) | (norm(y - jvp(pinv(y)), dim=-1) <= rtol * yn)

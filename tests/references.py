@@ -106,6 +106,18 @@ REFERENCES = {
         lambda rng, n: {"h": rng.standard_normal(2 * n - 1)},
         lambda f: scipy.linalg.hankel(f["h"][: (len(f["h"]) + 1) // 2], f["h"][(len(f["h"]) - 1) // 2:]),
         _square([1, 2, 5])),
+    # complex types (tests/test_complex.py gives them complex fields; real ones here)
+    "hermitian": Reference(
+        "hermitian", "Hermitian", ("data",),
+        lambda rng, n: {"data": rng.standard_normal((n, n))},
+        lambda f: (np.triu(f["data"], 1) + np.triu(f["data"], 1).conj().T
+                   + np.diag(np.diagonal(f["data"]).real)),
+        _square([0, 1, 2, 5])),
+    "complex_symmetric": Reference(
+        "complex_symmetric", "ComplexSymmetric", ("data",),
+        lambda rng, n: {"data": rng.standard_normal((n, n))},
+        lambda f: np.triu(f["data"]) + np.triu(f["data"], 1).T,
+        _square([1, 2, 5])),
     "circulant": Reference(
         "circulant", "Circulant", ("c",),
         lambda rng, n: {"c": rng.standard_normal(n)},

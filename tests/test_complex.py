@@ -113,22 +113,6 @@ def _complex_safe(key, sizes, dense):
     return dense
 
 
-def _hermitian(f):
-    d = f["data"]
-    return np.triu(d, 1) + np.triu(d, 1).conj().T + np.diag(np.diagonal(d).real)
-
-
-def _complex_symmetric(f):
-    d = f["data"]
-    return np.triu(d) + np.triu(d, 1).T
-
-
-EXTRA = {
-    "hermitian": ("Hermitian", ("data",), _hermitian),
-    "complex_symmetric": ("ComplexSymmetric", ("data",), _complex_symmetric),
-}
-
-
 def _largest(sizes):
     return max(sizes, key=lambda s: sum(s.values()))
 
@@ -144,18 +128,12 @@ def _complexify(rng, fields):
 def _case(key, salt, complex_fields=True):
     """(module stem, class name, order, fields, extra, dense, step)."""
     rng = np.random.default_rng(zlib.crc32(f"{salt} {key}".encode()))
-    if key in EXTRA:
-        cls, order, dense = EXTRA[key]
-        n = 4
-        fields = {"data": rng.standard_normal((n, n))}
-        extra, step = {}, 1.0
-    else:
-        ref = REFERENCES[key]
-        sizes = _largest(ref.sizes)
-        fields, extra, dense = instance(ref, rng, sizes)
-        dense = _complex_safe(key, sizes, dense)
-        cls, order = ref.cls, ref.order
-        step = 1e-5 if ref.analytic else 1.0      # central differences: exact to degree 2
+    ref = REFERENCES[key]
+    sizes = _largest(ref.sizes)
+    fields, extra, dense = instance(ref, rng, sizes)
+    dense = _complex_safe(key, sizes, dense)
+    cls, order = ref.cls, ref.order
+    step = 1e-5 if ref.analytic else 1.0      # central differences: exact to degree 2
     if complex_fields:
         fields = _complexify(rng, fields)
     else:
@@ -163,7 +141,7 @@ def _case(key, salt, complex_fields=True):
     return key, cls, order, fields, extra, dense, step
 
 
-KEYS = sorted(REFERENCES) + sorted(EXTRA)
+KEYS = sorted(REFERENCES)
 
 
 def _rtol(step):
@@ -263,7 +241,8 @@ def test_complex_instance_given_real_cotangent_treats_it_as_complex(target):
     with target.context():
         mod = target.module(stem)
         x = getattr(mod, cls_name)(**{k: target.native(v) for k, v in fields.items()})
-        W = np.random.default_rng(5).standard_normal((4, 4))
+        n = fields["data"].shape[0]
+        W = np.random.default_rng(5).standard_normal((n, n))
         P = target.numpy(mod.project(x, target.native(W)))
         assert np.iscomplexobj(P)
         np.testing.assert_allclose(P, (W + W.T) / 2, atol=1e-12)

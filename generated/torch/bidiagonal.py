@@ -35,8 +35,11 @@ from rulegen import torch_runtime as _rt
 from rulegen.torch_runtime import xp as _xp
 
 _KIND = "gather"
+_STRUCTURE = {'band': (0, 1), 'symmetric': False, 'triangular': 'upper', 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 _TARGET = "torch"
 _RANKS = (1, 1, )
+# the entry has an imaginary constant: the dense matrix is complex even for real fields
+_COMPLEX_OUTPUT = False
 
 __all__ = [
     "Bidiagonal",
@@ -162,37 +165,77 @@ def _pushforward(x, arrays, batch):
     return _tangent(x._size_values, arrays, batch)
 
 
+def _out_dtype(x):
+    """The dense matrix's dtype: the fields', complex when the entry has an imaginary constant."""
+    return _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT)
+
+
 def _pullback(x, ybar, batch):
     """Jᵀ vec(Ȳ): the transposed code (_transpose: each entry c·F[idx] sends
-    c·Ȳ[i, j] to F[idx]; J does not depend on x)."""
-    return _transpose(x._size_values, ybar, batch)
+    conj(c)·Ȳ[i, j] to F[idx]; J does not depend on x). For complex numbers
+    the adjoint in Re⟨a, b⟩, PyTorch's and ChainRules' cotangent; a real
+    field keeps the real part."""
+    return _rt.like(_transpose(x._size_values, ybar, batch), x.dtype)
+
+
+def _gram(x, value):
+    """J*(J·value): for a gather type, each element's part of JᵀJ applied to value."""
+    fill = tuple(torch.full(_rt.trailing(a, r), value, dtype=x.dtype, device=x.device)
+                 for a, r in zip(x._arrays, _RANKS))
+    t = x._from_arrays(x._size_values, fill)
+    return _pullback(t, _rt.cast(_pushforward(t, fill, ()), _out_dtype(t)), ())
 
 
 def _weights(x):
     """w = diag(JᵀJ): each entry reads one element k with a constant c, so
-    J·1 holds c at every entry and Jᵀ(J·1) sums c² per element."""
-    ones = tuple(torch.ones(_rt.trailing(a, r), dtype=x.dtype, device=x.device) for a, r in zip(x._arrays, _RANKS))
-    return _pullback(x._from_arrays(x._size_values, ones), _pushforward(x._from_arrays(x._size_values, ones), ones, ()), ())
+    J·1 holds c at every entry and J*(J·1) sums |c|² per element. Complex
+    fields: the 2 × 2 real block (a, b, c) of each element from J*(J·1)
+    (a, b) and J*(J·i) (b, c)."""
+    first = _gram(x, 1.0)
+    if not x.dtype.is_complex:
+        return first
+    second = _gram(x, 1j)
+    return tuple((torch.real(f), torch.imag(f), torch.imag(g)) for f, g in zip(first, second))
 
 
 def _inverse_weights(x):
-    """1/w (1/0 := 0), kept per sizes, dtype and device (w depends on nothing else)."""
+    """1/w (1/0 := 0), or the complex fields' 2 × 2 blocks, kept per sizes,
+    dtype and device (they depend on nothing else)."""
+    if x.dtype.is_complex:
+        return _rt.cached(("a0662c1d212e125164836c2736ba5068fa55262654e21d2c0b29e142cb2f02b4", x._size_values, x.dtype, x.device),
+                          lambda: tuple(t for w in _weights(x) for t in w))
     return _rt.cached(("a0662c1d212e125164836c2736ba5068fa55262654e21d2c0b29e142cb2f02b4", x._size_values, x.dtype, x.device),
                       lambda: tuple(_rt.div0(torch.ones_like(w), w) for w in _weights(x)))
 
 
+def _scaled(x, arrays):
+    """G⁺ per element: 1/w, or each complex element's 2 × 2 block's pseudo-inverse."""
+    inv = _inverse_weights(x)
+    if x.dtype.is_complex:
+        return tuple(_rt.pinv2(inv[3 * k:3 * k + 3], a) for k, a in enumerate(arrays))
+    return tuple(a * v for a, v in zip(arrays, inv))
+
+
 def _pinv(x, ydot, batch):
-    return tuple(g * v for g, v in zip(_pullback(x, ydot, batch), _inverse_weights(x)))
+    return _scaled(x, _pullback(x, ydot, batch))
 
 
 def _pinv_adjoint(x, arrays, batch):
-    return _pushforward(x, tuple(a * v for a, v in zip(arrays, _inverse_weights(x))), batch)
+    return _pushforward(x, _scaled(x, arrays), batch)
 
 
 def _classify(x):
-    used = sum(int(torch.count_nonzero(w)) for w in _weights(x))
-    kind = _rt.parametrisation_class(used, used, x.shape[0] * x.shape[1])
+    rank = used = 0
+    for w in _weights(x):
+        r, u = _rt.block_counts(w) if isinstance(w, tuple) else (int(torch.count_nonzero(w)),) * 2
+        rank, used = rank + r, used + u
+    kind = _rt.parametrisation_class(rank, used, _entries(x))
     return _rt.repeat(x.batch_shape, kind)
+
+
+def _entries(x):
+    """N: the real dimension of the dense matrices (2mn when complex)."""
+    return x.shape[0] * x.shape[1] * (2 if _out_dtype(x).is_complex else 1)
 
 
 def destructure(x):
@@ -212,7 +255,7 @@ def destructure_pushforward(x, dx):
 def destructure_pullback(x, ybar):
     """θ̄ = Jᵀ vec(Ȳ): natural cotangent ybar -> structural cotangent."""
     _rt.check_instance("destructure_pullback", "x", x, Bidiagonal)
-    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x.dtype, x.device)
+    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, _out_dtype(x), x.device)
     batch = _batch("destructure_pullback", x, ("ybar", ybar.shape[:-2]))
     return Bidiagonal._from_arrays(x._size_values, _pullback(x, ybar, batch))
 
@@ -220,7 +263,7 @@ def destructure_pullback(x, ybar):
 def restructure_pushforward(x, ydot):
     """θ̇ = J⁺ vec(Ẏ): natural tangent -> the minimum-norm structural tangent."""
     _rt.check_instance("restructure_pushforward", "x", x, Bidiagonal)
-    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x.dtype, x.device)
+    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, _out_dtype(x), x.device)
     batch = _batch("restructure_pushforward", x, ("ydot", ydot.shape[:-2]))
     return Bidiagonal._from_arrays(x._size_values, _pinv(x, ydot, batch))
 
@@ -236,7 +279,7 @@ def restructure_pullback(x, xbar):
 def project(x, ybar):
     """J J⁺ vec(Ȳ): orthogonal projection onto the tangent space at x."""
     _rt.check_instance("project", "x", x, Bidiagonal)
-    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x.dtype, x.device)
+    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, _out_dtype(x), x.device)
     batch = _batch("project", x, ("ybar", ybar.shape[:-2]))
     return _pushforward(x, _pinv(x, ybar, batch), batch)
 
@@ -253,7 +296,7 @@ def matvec(x, v):
     """x @ v for v of shape (n,) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, Bidiagonal)
     rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1],
-                                 x.dtype, x.device)
+                                 _out_dtype(x), x.device)
     batch = _batch("matvec", x, ("v", rhs.shape[:-2]))
     out = _matvec(x._size_values, x._arrays, rhs, batch)
     return out[..., 0] if vector else out
@@ -263,7 +306,7 @@ def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, Bidiagonal)
     rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0],
-                                 x.dtype, x.device)
+                                 _out_dtype(x), x.device)
     batch = _batch("rmatvec", x, ("u", rhs.shape[:-2]))
     out = _rmatvec(x._size_values, x._arrays, rhs, batch)
     return out[..., 0] if vector else out
@@ -274,15 +317,18 @@ def bilinear_pullback(x, U, V):
     derivative of matvec in the fields."""
     _rt.check_instance("bilinear_pullback", "x", x, Bidiagonal)
     left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0],
-                             x.dtype, x.device)
+                             _out_dtype(x), x.device)
     right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1],
-                              x.dtype, x.device)
+                              _out_dtype(x), x.device)
     if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[-1]} and {right.shape[-1]}")
+    if left.is_complex() or right.is_complex():
+        left, right = left.to(_rt.complex_dtype(left.dtype)), right.to(_rt.complex_dtype(right.dtype))
     batch = _batch("bilinear_pullback", x, ("U", left.shape[:-2]), ("V", right.shape[:-2]))
+    # ∇ Re Σ conj(U)·(Y conj(V)) = ∇ Re⟨U Vᵀ, Y⟩ (conj is a no-op on real tensors)
     return Bidiagonal._from_arrays(x._size_values, _rt.pullback(
-        lambda a: _matvec(x._size_values, a, right, batch), _rt.expand(x._arrays, _RANKS, batch),
+        lambda a: _matvec(x._size_values, a, _rt.conj(right), batch), _rt.expand(x._arrays, _RANKS, batch),
         left.expand(batch + left.shape[-2:])))
 
 
@@ -295,7 +341,7 @@ def diagonal(x):
 def diagonal_pullback(x, dbar):
     """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
     _rt.check_instance("diagonal_pullback", "x", x, Bidiagonal)
-    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x.dtype, x.device)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), _out_dtype(x), x.device)
     batch = _batch("diagonal_pullback", x, ("dbar", dbar.shape[:-1]))
     return Bidiagonal._from_arrays(x._size_values, _rt.pullback(
         lambda a: _diagonal(x._size_values, a, batch), _rt.expand(x._arrays, _RANKS, batch),
@@ -305,7 +351,7 @@ def diagonal_pullback(x, dbar):
 def _dense(_sv, _arrays, _B):
     n, = _sv
     dv, ev, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = n, n
     _L01 = 0
     _L12 = max(_L01, n)
@@ -325,9 +371,9 @@ def _dense(_sv, _arrays, _B):
 def _matvec(_sv, _arrays, _rhs, _B):
     n, = _sv
     dv, ev, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = n, n
-    _out = torch.zeros(_B + (_R, _rhs.shape[-1]), dtype=_dtype, device=_dev)
+    _out = torch.zeros(_B + (_R, _rhs.shape[-1]), dtype=torch.promote_types(_dtype, _rhs.dtype), device=_dev)
     _OUT = (_R, _rhs.shape[-1])
     _L01 = 0
     _L12 = max(_L01, n)
@@ -347,9 +393,9 @@ def _matvec(_sv, _arrays, _rhs, _B):
 def _rmatvec(_sv, _arrays, _rhs, _B):
     n, = _sv
     dv, ev, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = n, n
-    _out = torch.zeros(_B + (_C, _rhs.shape[-1]), dtype=_dtype, device=_dev)
+    _out = torch.zeros(_B + (_C, _rhs.shape[-1]), dtype=torch.promote_types(_dtype, _rhs.dtype), device=_dev)
     _OUT = (_C, _rhs.shape[-1])
     _L01 = 0
     _L12 = max(_L01, n)
@@ -369,7 +415,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
 def _diagonal(_sv, _arrays, _B):
     n, = _sv
     dv, ev, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = n, n
     _out = torch.zeros(_B + (min(_R, _C),), dtype=_dtype, device=_dev)
     _L01 = 0
@@ -384,7 +430,7 @@ def _diagonal(_sv, _arrays, _B):
 def _tangent(_sv, _arrays, _B):
     n, = _sv
     dv, ev, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = n, n
     _L01 = 0
     _L12 = max(_L01, n)

@@ -35,8 +35,11 @@ from rulegen import torch_runtime as _rt
 from rulegen.torch_runtime import xp as _xp
 
 _KIND = "bordered"
+_STRUCTURE = {'band': None, 'symmetric': False, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 _TARGET = "torch"
 _RANKS = (0, 2, )
+# the entry has an imaginary constant: the dense matrix is complex even for real fields
+_COMPLEX_OUTPUT = False
 
 __all__ = [
     "ScaledMatrix",
@@ -167,21 +170,29 @@ def _pushforward(x, arrays, batch):
                            _rt.expand(arrays, _RANKS, batch))
 
 
+def _out_dtype(x):
+    """The dense matrix's dtype: the fields', complex when the entry has an imaginary constant."""
+    return _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT)
+
+
 def _pullback(x, ybar, batch):
-    """Jᵀ vec(Ȳ) = ∇_θ ⟨Ȳ, D(θ)⟩: the reverse-mode derivative of _inner, which
-    reads Ȳ only where the type stores entries (O(pattern), never dense)."""
-    return _rt.pullback(lambda a: _inner(x._size_values, a, ybar, batch), _rt.expand(x._arrays, _RANKS, batch),
-                        torch.ones(batch, dtype=x.dtype, device=x.device))
+    """Jᵀ vec(Ȳ) = ∇_θ Re⟨Ȳ, D(θ)⟩: the reverse-mode derivative of _inner
+    (given conj(Ȳ): ⟨a, b⟩ = Σ conj(a)·b), which reads Ȳ only where the type
+    stores entries (O(pattern), never dense)."""
+    return _rt.pullback(lambda a: _inner(x._size_values, a, _rt.conj(ybar), batch),
+                        _rt.expand(x._arrays, _RANKS, batch), torch.ones(batch, dtype=ybar.dtype, device=x.device))
 
 
 _COUPLED = (True, False, )
 
 
 def _operator(x, batch):
-    """J at x with J⁺ by the Schur complement on the coupled fields."""
+    """J at x with J⁺ by the Schur complement on the coupled fields; for
+    complex fields (two real parameters each, which the entry may mix: the
+    diagonal-plus-border structure of JᵀJ is not kept), by LSQR."""
     return _rt.Operator("ScaledMatrix", lambda a: _dense(x._size_values, a, batch),
                         lambda a, W: _inner(x._size_values, a, W, batch), x._arrays, _RANKS, x.shape, batch,
-                        coupled=_COUPLED)
+                        coupled=None if x.dtype.is_complex else _COUPLED, out_dtype=_out_dtype(x))
 
 
 def _pinv(x, ydot, batch):
@@ -194,6 +205,11 @@ def _pinv_adjoint(x, arrays, batch):
 
 def _classify(x):
     return _operator(x, x.batch_shape).classify()
+
+
+def _entries(x):
+    """N: the real dimension of the dense matrices (2mn when complex)."""
+    return x.shape[0] * x.shape[1] * (2 if _out_dtype(x).is_complex else 1)
 
 
 def destructure(x):
@@ -213,7 +229,7 @@ def destructure_pushforward(x, dx):
 def destructure_pullback(x, ybar):
     """θ̄ = Jᵀ vec(Ȳ): natural cotangent ybar -> structural cotangent."""
     _rt.check_instance("destructure_pullback", "x", x, ScaledMatrix)
-    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x.dtype, x.device)
+    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, _out_dtype(x), x.device)
     batch = _batch("destructure_pullback", x, ("ybar", ybar.shape[:-2]))
     return ScaledMatrix._from_arrays(x._size_values, _pullback(x, ybar, batch))
 
@@ -221,7 +237,7 @@ def destructure_pullback(x, ybar):
 def restructure_pushforward(x, ydot):
     """θ̇ = J⁺ vec(Ẏ): natural tangent -> the minimum-norm structural tangent."""
     _rt.check_instance("restructure_pushforward", "x", x, ScaledMatrix)
-    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x.dtype, x.device)
+    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, _out_dtype(x), x.device)
     batch = _batch("restructure_pushforward", x, ("ydot", ydot.shape[:-2]))
     return ScaledMatrix._from_arrays(x._size_values, _pinv(x, ydot, batch))
 
@@ -237,7 +253,7 @@ def restructure_pullback(x, xbar):
 def project(x, ybar):
     """J J⁺ vec(Ȳ): orthogonal projection onto the tangent space at x."""
     _rt.check_instance("project", "x", x, ScaledMatrix)
-    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x.dtype, x.device)
+    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, _out_dtype(x), x.device)
     batch = _batch("project", x, ("ybar", ybar.shape[:-2]))
     return _pushforward(x, _pinv(x, ybar, batch), batch)
 
@@ -254,7 +270,7 @@ def matvec(x, v):
     """x @ v for v of shape (n,) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, ScaledMatrix)
     rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1],
-                                 x.dtype, x.device)
+                                 _out_dtype(x), x.device)
     batch = _batch("matvec", x, ("v", rhs.shape[:-2]))
     out = _matvec(x._size_values, x._arrays, rhs, batch)
     return out[..., 0] if vector else out
@@ -264,7 +280,7 @@ def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, ScaledMatrix)
     rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0],
-                                 x.dtype, x.device)
+                                 _out_dtype(x), x.device)
     batch = _batch("rmatvec", x, ("u", rhs.shape[:-2]))
     out = _rmatvec(x._size_values, x._arrays, rhs, batch)
     return out[..., 0] if vector else out
@@ -275,15 +291,18 @@ def bilinear_pullback(x, U, V):
     derivative of matvec in the fields."""
     _rt.check_instance("bilinear_pullback", "x", x, ScaledMatrix)
     left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0],
-                             x.dtype, x.device)
+                             _out_dtype(x), x.device)
     right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1],
-                              x.dtype, x.device)
+                              _out_dtype(x), x.device)
     if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[-1]} and {right.shape[-1]}")
+    if left.is_complex() or right.is_complex():
+        left, right = left.to(_rt.complex_dtype(left.dtype)), right.to(_rt.complex_dtype(right.dtype))
     batch = _batch("bilinear_pullback", x, ("U", left.shape[:-2]), ("V", right.shape[:-2]))
+    # ∇ Re Σ conj(U)·(Y conj(V)) = ∇ Re⟨U Vᵀ, Y⟩ (conj is a no-op on real tensors)
     return ScaledMatrix._from_arrays(x._size_values, _rt.pullback(
-        lambda a: _matvec(x._size_values, a, right, batch), _rt.expand(x._arrays, _RANKS, batch),
+        lambda a: _matvec(x._size_values, a, _rt.conj(right), batch), _rt.expand(x._arrays, _RANKS, batch),
         left.expand(batch + left.shape[-2:])))
 
 
@@ -296,7 +315,7 @@ def diagonal(x):
 def diagonal_pullback(x, dbar):
     """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
     _rt.check_instance("diagonal_pullback", "x", x, ScaledMatrix)
-    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x.dtype, x.device)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), _out_dtype(x), x.device)
     batch = _batch("diagonal_pullback", x, ("dbar", dbar.shape[:-1]))
     return ScaledMatrix._from_arrays(x._size_values, _rt.pullback(
         lambda a: _diagonal(x._size_values, a, batch), _rt.expand(x._arrays, _RANKS, batch),
@@ -306,7 +325,7 @@ def diagonal_pullback(x, dbar):
 def _dense(_sv, _arrays, _B):
     m, n, = _sv
     scale, data, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = m, n
     _I01 = 0
     _I12 = max(_I01, m)
@@ -324,9 +343,9 @@ def _dense(_sv, _arrays, _B):
 def _matvec(_sv, _arrays, _rhs, _B):
     m, n, = _sv
     scale, data, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = m, n
-    _out = torch.zeros(_B + (_R, _rhs.shape[-1]), dtype=_dtype, device=_dev)
+    _out = torch.zeros(_B + (_R, _rhs.shape[-1]), dtype=torch.promote_types(_dtype, _rhs.dtype), device=_dev)
     _OUT = (_R, _rhs.shape[-1])
     _I01 = 0
     _I12 = max(_I01, m)
@@ -344,9 +363,9 @@ def _matvec(_sv, _arrays, _rhs, _B):
 def _rmatvec(_sv, _arrays, _rhs, _B):
     m, n, = _sv
     scale, data, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = m, n
-    _out = torch.zeros(_B + (_C, _rhs.shape[-1]), dtype=_dtype, device=_dev)
+    _out = torch.zeros(_B + (_C, _rhs.shape[-1]), dtype=torch.promote_types(_dtype, _rhs.dtype), device=_dev)
     _OUT = (_C, _rhs.shape[-1])
     _I01 = 0
     _I12 = max(_I01, m)
@@ -364,7 +383,7 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
 def _diagonal(_sv, _arrays, _B):
     m, n, = _sv
     scale, data, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = m, n
     _out = torch.zeros(_B + (min(_R, _C),), dtype=_dtype, device=_dev)
     _L01 = 0
@@ -380,7 +399,7 @@ def _diagonal(_sv, _arrays, _B):
 def _inner(_sv, _arrays, _W, _B):
     m, n, = _sv
     scale, data, = _arrays
-    _dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)
+    _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = m, n
     _out = torch.zeros(_B, dtype=_dtype, device=_dev)
     _I01 = 0

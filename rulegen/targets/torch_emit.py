@@ -30,7 +30,8 @@ import sympy as sp
 from .. import __version__
 from ..derive import Derivation
 from .common import environment as _environment, shape_code as _shape_code, shape_text as _shape_text, doc_text, file_label, size_plan
-from ..expr import I, J
+from ..structure import structure_literal
+from ..expr import I, J, Conj, has_complex
 from ..printer import code as py_code
 from .arrays import Unsupported, Writer, _int_code, emit, factor_grid, terms
 
@@ -132,7 +133,7 @@ def _prologue(w: Writer, spec) -> None:
         w.add(f"{', '.join(sizes)}, = _sv")
     if fields:
         w.add(f"{', '.join(fields)}, = _arrays")
-    w.add("_dtype, _dev = _rt.dtype_of(_arrays), _rt.device_of(_arrays)")
+    w.add("_dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)")
     w.add(f"_R, _C = {py_code(spec.size[0])}, {py_code(spec.size[1])}")
 
 
@@ -294,8 +295,8 @@ def _transpose(d: Derivation, scalars):
             cot = f"_rt.diagonal_take(_W, {run[0]}, {run[1]}, {g.shape}[0])"
         else:
             cot = f"_rt.take(_W, ({g.rows}, {g.cols}))"
-        if c != 1:
-            cot = f"{w.value(c, g.ctx)} * {cot}"
+        if c != 1:      # the adjoint in Re⟨a, b⟩: conj(c) (a real c as it is)
+            cot = f"{w.value(Conj(c) if has_complex(c) else c, g.ctx)} * {cot}"
         vals = w.let("v", f"_rt.cells({cot}, {g.ctx.mask}, {g.shape}, _dtype, _dev)")
         name = acc.base.label.name
         k = order[name]
@@ -345,7 +346,8 @@ def _product(d: Derivation, scalars, transpose: bool) -> _Function:
     w = TorchWriter(scalars)
     _prologue(w, d.spec)
     out_rows = "_C" if transpose else "_R"
-    w.add(f"_out = torch.zeros(_B + ({out_rows}, _rhs.shape[-1]), dtype=_dtype, device=_dev)")
+    w.add(f"_out = torch.zeros(_B + ({out_rows}, _rhs.shape[-1]), dtype=torch.promote_types(_dtype, _rhs.dtype), "
+          "device=_dev)")
     w.add(f"_OUT = ({out_rows}, _rhs.shape[-1])")
     for steps, value, sep in terms(d):
         if sep is not None:
@@ -432,8 +434,10 @@ def render(d: Derivation, spec_file: str) -> str:
         functions=functions,
         transposed=transposed is not None,
         kind=d.kind,
+        structure=structure_literal(d),
         coupled=[f.name in d.coupled for f in spec.fields],
         coupled_names=", ".join(d.coupled) or "(none)",
+        complex_output=has_complex(spec.entry),
     )
     return _environment().get_template("torch_module.py.j2").render(**context)
 
