@@ -120,6 +120,14 @@ class _ValueFunction(sp.Function):
     assumption on field reads (they may hold complex numbers at run time)."""
 
     nargs = 1
+    _text = ""          # the spec language's name (str, explain)
+    _tex = ""           # LaTeX, with {} for the argument
+
+    def _sympystr(self, printer):
+        return f"{self._text}({printer._print(self.args[0])})"
+
+    def _latex(self, printer):
+        return self._tex.format(printer._print(self.args[0]))
 
     @classmethod
     def _on_number(cls, a):
@@ -136,6 +144,8 @@ class _ValueFunction(sp.Function):
 
 class Conj(_ValueFunction):
     """``conj(u)``: the complex conjugate (the identity on real numbers)."""
+
+    _text, _tex = "conj", r"\overline{{{}}}"
 
     @classmethod
     def _on_number(cls, a):
@@ -160,6 +170,8 @@ class Conj(_ValueFunction):
 class Re(_ValueFunction):
     """``real(u)``: the real part."""
 
+    _text, _tex = "real", r"\operatorname{{Re}}\left({}\right)"
+
     @classmethod
     def _on_number(cls, a):
         return sp.re(a)
@@ -180,6 +192,8 @@ class Re(_ValueFunction):
 
 class Im(_ValueFunction):
     """``imag(u)``: the imaginary part (0 for a real value)."""
+
+    _text, _tex = "imag", r"\operatorname{{Im}}\left({}\right)"
 
     @classmethod
     def _on_number(cls, a):
@@ -202,6 +216,8 @@ class Im(_ValueFunction):
 class Modulus(_ValueFunction):
     """``abs(u)`` of a value that reads fields: its modulus when complex.
     (``abs`` of indices and sizes stays sympy's Abs, lifted into conditions.)"""
+
+    _text, _tex = "abs", r"\left|{}\right|"
 
     @classmethod
     def _on_number(cls, a):
