@@ -34,6 +34,9 @@ SLOW = (
     "test_jax_target.py::test_unseen_nonlinear_specs_on_the_jax_target[",
     "test_jax_target.py::test_edge_specs_on_the_jax_target",
     "test_explain_verify.py::",         # verify of fresh builds
+    # complex fields on every built-in, every target (the fast tier keeps one type of each J⁺ kind)
+    "test_complex.py::test_complex_fields_every_builtin_against_the_real_pair_oracle[",
+    "test_complex.py::test_unseen_complex_specs_against_the_real_pair_oracle[",
 )
 
 
