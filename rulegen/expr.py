@@ -244,6 +244,79 @@ class Modulus(_ValueFunction):
         return sp.Piecewise((sp.S.Zero, sp.Eq(self, 0)), (Re(Conj(u) * du) / self, True))
 
 
+class _Mod2(sp.Function):
+    """``|u|`` written as a function of ``u`` and ``conj(u)`` (both held
+    independent: Wirtinger calculus); 0 derivative where u = 0."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        other = self.args[1] if argindex == 1 else self.args[0]
+        return sp.Piecewise((sp.S.Zero, sp.Eq(self, 0)), (other / (2 * self), True))
+
+
+def conj_inward(e):
+    """``conj(e)`` with the conjugation pushed to the leaves: every function
+    of the language has real coefficients (conj f(u) = f(conj u)), numbers
+    are conjugated, indices and sizes are real; what stays is ``Conj`` of
+    field reads (or of the symbols standing for them)."""
+    if e.is_Number or e is sp.I or (e.is_number and not e.has(sp.Sum)):
+        return sp.conjugate(e)
+    if e.is_integer or isinstance(e, (Re, Im, Modulus, _Mod2)):
+        return e
+    if isinstance(e, Conj):
+        return e.args[0]
+    if isinstance(e, (sp.Symbol, sp.Indexed, sp.Dummy)):
+        return Conj(e)
+    if isinstance(e, sp.Piecewise):
+        return sp.Piecewise(*[(conj_inward(v), c) for v, c in e.args])
+    if isinstance(e, Where):
+        return Where(e.args[0], conj_inward(e.args[1]), conj_inward(e.args[2]))
+    if isinstance(e, sp.Sum):
+        return sp.Sum(conj_inward(e.function), *e.limits)
+    if isinstance(e, (sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, sp.Min, sp.Max, IntDiv, sp.Mod)):
+        return e.func(*[conj_inward(a) for a in e.args])
+    return Conj(e)
+
+
+def wirtinger(f, v):
+    """``(A, B)`` with ``df = A dv + B conj(dv)`` for a complex ``v``: the
+    Wirtinger derivatives ∂f/∂v and ∂f/∂conj(v). ``f`` may use Conj, Re, Im
+    and Modulus; A and B use them too (and are valid for real ``v`` as well:
+    there ``df/dv = A + B`` with conj the identity). For an ``f`` that uses
+    none of them, B = 0 and A = derivative(f, v)."""
+    if not uses_complex_functions(f):
+        return derivative(f, v), sp.S.Zero
+    vb = sp.Dummy(f"{v}_conj")
+    mods = {}
+
+    def lower(e):
+        if isinstance(e, Re):
+            u = lower(e.args[0])
+            return (u + conj_inward(u)) / 2
+        if isinstance(e, Im):
+            u = lower(e.args[0])
+            return (u - conj_inward(u)) / (2 * sp.I)
+        if isinstance(e, Modulus):
+            u = lower(e.args[0])
+            m = _Mod2(u, conj_inward(u))
+            mods[m] = e
+            return m
+        if isinstance(e, Conj):
+            return conj_inward(lower(e.args[0]))
+        if not e.args or e.is_Atom or isinstance(e, sp.Indexed):
+            return e
+        return e.func(*[lower(a) for a in e.args])
+
+    g = lower(f).xreplace({Conj(v): vb})
+    A, B = derivative(g, v), derivative(g, vb)
+
+    def back(e):
+        e = e.replace(lambda x: isinstance(x, _Mod2), lambda x: Modulus(x.args[0]))
+        return e.xreplace({vb: Conj(v)})
+    return back(A), back(B)
+
+
 def has_complex(e) -> bool:
     """Whether ``e`` may be complex for real fields (an imaginary constant)."""
     return bool(e.has(sp.I))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ...expr import derivative, is_int, outside_sums, unwhere
+from ...expr import Conj, Modulus, derivative, has_complex, is_int, outside_sums, unwhere, uses_complex_functions, wirtinger
 from ...printer import code, value_code
 
 
@@ -159,10 +159,11 @@ class Lowerer:
         dot = sp.S.Zero
         coefs = {}
         for sym, _ in _differentiable(sums) + reads:
-            c = derivative(f, sym)
-            if c != 0:
-                coefs[sym] = c
-                dot += c * dsyms[sym]
+            # Wirtinger: df = A dv + B conj(dv) (B = 0 unless f uses conj, real, imag or a modulus)
+            a, b = wirtinger(f, sym)
+            if a != 0 or b != 0:
+                coefs[sym] = a + b
+                dot += a * dsyms[sym] + b * Conj(dsyms[sym])
         needed = set().union(*[c.free_symbols for c in coefs.values()]) if coefs else set()
         if want_value:
             needed |= f.free_symbols
@@ -207,10 +208,12 @@ class Lowerer:
         None: the unit seed; with ``square``: ``(∂e/∂θ · adj)²``, the Gram weights)."""
         f, sums, reads = self._symbolize(e)
         coefs = {}
+        pairs = {}
         for sym, _ in _differentiable(sums) + reads:
-            c = derivative(f, sym)
-            if c != 0:
-                coefs[sym] = c
+            a, b = wirtinger(f, sym)
+            if a != 0 or b != 0:
+                coefs[sym] = a + b
+                pairs[sym] = (a, b)
         if not coefs:
             return
         needed = set().union(*[c.free_symbols for c in coefs.values()])
@@ -229,10 +232,14 @@ class Lowerer:
         for sym, acc in reads:
             if sym in coefs:
                 sink = self.sinks.get(acc)
-                if square:
-                    amount = value_code(coefs[sym] ** 2) if adj is None else f"({_times(coefs[sym], adj)}) ** 2"
+                if square:      # |∂e/∂θ|²: the real Jacobian's column norm (a real field)
+                    c = coefs[sym]
+                    if has_complex(c) or uses_complex_functions(c):
+                        amount = value_code(Modulus(c) ** 2) if adj is None else f"abs({_times(c, adj)}) ** 2"
+                    else:
+                        amount = value_code(c ** 2) if adj is None else f"({_times(c, adj)}) ** 2"
                 else:
-                    amount = _times(coefs[sym], adj)
+                    amount = _adjoint_amount(*pairs[sym], adj)
                 if sink is not None:        # an element fixed across the inner loop
                     self.sink_used[acc] = prefix
                     self.add(depth, f"{sink} += {amount}")
@@ -242,7 +249,7 @@ class Lowerer:
             if sym not in coefs:
                 continue
             bar = self.fresh("b")
-            self.add(depth, f"{bar} = {_times(coefs[sym], adj)}")
+            self.add(depth, f"{bar} = {_adjoint_amount(*pairs[sym], adj)}")
             self._loop(depth, s, lambda d, v: self.adjoint(d, v, bar, prefix, square), has_tangent)
 
 
@@ -270,6 +277,19 @@ def _index_symbols(reads, loaded) -> set:
             for e in acc.indices:
                 out |= e.free_symbols
     return out
+
+
+def _adjoint_amount(a, b, adj: str | None) -> str:
+    """What an entry with ``d entry = a dv + b conj(dv)`` sends to ``v`` for
+    the cotangent ``adj``: conj(a)·adj + b·conj(adj), the adjoint in the real
+    inner product Re⟨x, y⟩ (ChainRules' and PyTorch's cotangent; for real
+    numbers (a + b)·adj). A real-valued coefficient is printed as it is."""
+    if b == 0:
+        a = Conj(a) if (has_complex(a) or uses_complex_functions(a)) else a
+        return _times(a, adj)
+    first = _times(Conj(a), adj) if a != 0 else None
+    second = _times(b, None if adj is None else f"({adj}).conjugate()")
+    return second if first is None else f"{first} + {second}"
 
 
 def _times(coef, operand: str | None) -> str:
