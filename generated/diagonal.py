@@ -36,6 +36,7 @@ __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_diagonal
 
 # how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
 _KIND = "gather"
+_STRUCTURE = {'band': (0, 0), 'symmetric': True, 'triangular': 'upper', 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
     "Diagonal",

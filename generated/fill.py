@@ -36,6 +36,7 @@ __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_fill_667
 
 # how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
 _KIND = "gather"
+_STRUCTURE = {'band': None, 'symmetric': False, 'triangular': None, 'shift_invariant': True}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
     "Fill",

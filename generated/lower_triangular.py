@@ -36,6 +36,7 @@ __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_lower_tr
 
 # how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
 _KIND = "gather"
+_STRUCTURE = {'band': (None, 0), 'symmetric': False, 'triangular': 'lower', 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
     "LowerTriangular",

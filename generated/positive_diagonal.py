@@ -35,6 +35,7 @@ __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_positive
 
 # how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
 _KIND = "bordered"
+_STRUCTURE = {'band': (0, 0), 'symmetric': True, 'triangular': 'upper', 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
     "PositiveDiagonal",

@@ -36,6 +36,7 @@ __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_sym_trid
 
 # how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
 _KIND = "gather"
+_STRUCTURE = {'band': (1, 1), 'symmetric': True, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
     "SymTridiagonal",

@@ -36,6 +36,7 @@ __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_woodbury
 
 # how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
 _KIND = "general"
+_STRUCTURE = {'band': None, 'symmetric': True, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
     "WoodburyPDMat",
