@@ -74,3 +74,13 @@ class Collector:
 def did_you_mean(name: str, candidates) -> str | None:
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+def refuse_complex(owner: str, ordering: str, fields: dict, is_complex) -> None:
+    """Run-time check of a generated constructor: a type whose getindex orders
+    field values (``ordering``: the first such comparison, as text) takes real
+    fields only; a complex one is a TypeError naming it."""
+    for name, value in fields.items():
+        if is_complex(value):
+            raise TypeError(f"{owner}: field '{name}' is complex, but getindex orders field values "
+                            f"({ordering}) and complex numbers are not ordered; give real fields")

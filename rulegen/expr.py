@@ -317,6 +317,18 @@ def wirtinger(f, v):
     return back(A), back(B)
 
 
+def ordering_of_values(e) -> str | None:
+    """The first comparison (``<``, ``<=``, ``>``, ``>=``), ``min`` or ``max``
+    in ``e`` that involves a field value, as text; None if there is none.
+    Complex numbers are not ordered: a type whose entry orders its field
+    values takes real fields only."""
+    kinds = (sp.StrictLessThan, sp.LessThan, sp.StrictGreaterThan, sp.GreaterThan, sp.Min, sp.Max)
+    found = sorted((a for a in e.atoms(*kinds) if a.has(sp.Indexed)), key=sp.default_sort_key)
+    if not found:
+        return None
+    return str(found[0])
+
+
 def has_complex(e) -> bool:
     """Whether ``e`` may be complex for real fields (an imaginary constant)."""
     return bool(e.has(sp.I))

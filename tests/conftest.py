@@ -37,6 +37,7 @@ SLOW = (
     # complex fields on every built-in, every target (the fast tier keeps one type of each J⁺ kind)
     "test_complex.py::test_complex_fields_every_builtin_against_the_real_pair_oracle[",
     "test_complex.py::test_unseen_complex_specs_against_the_real_pair_oracle[",
+    "test_complex.py::test_unseen_nonlinear_specs_with_complex_fields[",
 )
 
 

@@ -416,3 +416,45 @@ def test_complex_scipy_oracle_sanity():
     t = {"col": rng.standard_normal(3) + 1j * rng.standard_normal(3), "row": np.zeros(3, complex)}
     ti = {k: 1j * v for k, v in t.items()}
     np.testing.assert_allclose(o.pushforward(ti), 1j * o.pushforward(t), atol=1e-12)
+
+
+# -- the unseen nonlinear specs of tests/test_unseen_nonlinear.py, with complex fields --------
+
+from test_unseen_nonlinear import CASES as NONLINEAR  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def nonlinear_modules(tmp_path_factory):
+    from helpers import run_cli
+    base = tmp_path_factory.mktemp("nonlinear_complex")
+    paths = []
+    for name, (text, *_rest) in NONLINEAR.items():
+        path = base / f"{name}.yaml"
+        path.write_text(f"name: {name}\n" + text.lstrip())
+        paths.append(str(path))
+    targets = [a for t in TARGETS for a in ("--target", t.name)]
+    res = run_cli("build", *paths, *targets, "--out", str(base / "out"))
+    assert res.returncode == 0, res.stderr
+    return base / "out"
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("name", sorted(NONLINEAR))
+def test_unseen_nonlinear_specs_with_complex_fields(target, name, nonlinear_modules):
+    """Every map against the real-pair oracle; a spec that orders its field
+    values (x[i] > 0, min, max) refuses complex fields with a TypeError."""
+    from rulegen.spec import snake_case
+    text, make, dense, order, analytic = NONLINEAR[name]
+    rng = np.random.default_rng(zlib.crc32(f"nonlinear {name}".encode()))
+    fields, extra = make(rng)
+    fields = _complexify(rng, fields)
+    with target.context():
+        mod = load_module(str(nonlinear_modules / target.name / f"{snake_case(name)}.py"))
+        target._modules[f"nl_{name}"] = mod
+        if mod._ORDERING is not None:
+            with pytest.raises(TypeError, match="complex numbers are not ordered"):
+                getattr(mod, name)(**{k: target.native(v) for k, v in fields.items()}, **extra)
+            return
+        if not analytic:
+            pytest.skip("the hand-written dense function is not complex-safe")
+        _check_maps(target, f"nl_{name}", name, order, fields, extra, dense, 1e-5)

@@ -67,7 +67,12 @@ REFUSED = [
     ("[1, 2]", "unsupported syntax"),
     ("'a'", "unsupported constant"),
     ("True", "unsupported constant"),
-    ("1j", "unsupported constant"),
+    ("b'a'", "unsupported constant"),
+    ("d[1j]", "integer-valued"),
+    ("1j < d[i]", "not ordered"),
+    ("max(d[i], 2j)", "not ordered"),
+    ("conj(d[i], d[j])", "exactly one"),
+    ("(-1) ** 0.5", "not a finite real"),
     ("i @ j", "'@'"),
     ("i & j", "'&'"),
     ("i is j", "'is'"),
@@ -102,3 +107,18 @@ def test_refusal(text, message):
     assert parse(text, Pos("t", 1, 1, text), SCOPE, errors, "getindex") is None
     assert len(errors.diagnostics) == 1
     assert message in errors.diagnostics[0].format()
+
+
+def test_complex_constructs_stay_opaque():
+    """conj, real, imag and the modulus of a value are kept out of sympy's real
+    algebra (field reads are real symbols to the derivation): abs(d)² is not d²."""
+    from rulegen.expr import Conj, Im, Modulus, Re
+    d = sp.IndexedBase("d", real=True)[I]
+    assert tr("conj(d[i])") == Conj(d)
+    assert tr("real(d[i]) + imag(d[i])") == Re(d) + Im(d)
+    assert tr("abs(d[i]) ** 2") == Modulus(d) ** 2
+    assert tr("abs(i - j)") == sp.Abs(I - J)           # of indices: sympy's Abs, lifted into conditions
+    assert tr("2j * d[i]") == 2 * sp.I * d
+    assert tr("conj(conj(d[i]))") == d
+    assert tr("conj(2 + 3j)") == 2 - 3 * sp.I
+    assert tr("imag(d[i] + i)") == Im(d + I)

@@ -29,6 +29,8 @@ import numpy as _np
 from rulegen import jax_runtime as _rt
 
 _KIND = "gather"
+# the first comparison of field values in getindex (complex fields are refused), or None
+_ORDERING = None
 # the entry has an imaginary constant: the dense matrix is complex even for real fields
 _COMPLEX_OUTPUT = False
 _STRUCTURE = {'band': (None, 0), 'symmetric': False, 'triangular': 'lower', 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py

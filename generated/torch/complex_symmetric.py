@@ -38,6 +38,8 @@ _KIND = "gather"
 _STRUCTURE = {'band': None, 'symmetric': True, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 _TARGET = "torch"
 _RANKS = (2, )
+# the first comparison of field values in getindex (complex fields are refused), or None
+_ORDERING = None
 # the entry has an imaginary constant: the dense matrix is complex even for real fields
 _COMPLEX_OUTPUT = False
 

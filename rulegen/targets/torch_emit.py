@@ -31,7 +31,7 @@ from .. import __version__
 from ..derive import Derivation
 from .common import environment as _environment, shape_code as _shape_code, shape_text as _shape_text, doc_text, file_label, size_plan
 from ..structure import structure_literal
-from ..expr import I, J, Conj, has_complex
+from ..expr import I, J, Conj, has_complex, ordering_of_values
 from ..printer import code as py_code
 from .arrays import Unsupported, Writer, _int_code, emit, factor_grid, terms
 
@@ -438,6 +438,8 @@ def render(d: Derivation, spec_file: str) -> str:
         coupled=[f.name in d.coupled for f in spec.fields],
         coupled_names=", ".join(d.coupled) or "(none)",
         complex_output=has_complex(spec.entry),
+        ordering=ordering_of_values(spec.entry),
+        ordering_repr=repr(ordering_of_values(spec.entry)),
     )
     return _environment().get_template("torch_module.py.j2").render(**context)
 
