@@ -458,3 +458,32 @@ def test_unseen_nonlinear_specs_with_complex_fields(target, name, nonlinear_modu
         if not analytic:
             pytest.skip("the hand-written dense function is not complex-safe")
         _check_maps(target, f"nl_{name}", name, order, fields, extra, dense, 1e-5)
+
+
+def test_complex_on_cuda_equals_the_cpu_and_stays_there():
+    """PyTorch on a GPU: complex Hermitian and Toeplitz instances give the CPU's
+    results, on the device (run where CUDA is present; skipped elsewhere)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    rng = np.random.default_rng(3)
+    target = next(t for t in TARGETS if t.name == "torch")
+    for stem, cls_name, fields in (
+            ("hermitian", "Hermitian", {"data": rng.standard_normal((5, 5)) + 1j * rng.standard_normal((5, 5))}),
+            ("toeplitz", "Toeplitz", {"col": rng.standard_normal(5) + 1j * rng.standard_normal(5),
+                                      "row": rng.standard_normal(5) + 1j * rng.standard_normal(5)})):
+        mod = target.module(stem)
+        cls = getattr(mod, cls_name)
+        W = torch.as_tensor(rng.standard_normal((5, 5)) + 1j * rng.standard_normal((5, 5)))
+        cpu = cls(**{k: torch.as_tensor(v) for k, v in fields.items()})
+        gpu = cpu.to("cuda")
+        def arrays(r):
+            return [r] if isinstance(r, torch.Tensor) else [getattr(r, k) for k in r._fields]
+        for name in ("destructure", "project", "restructure_pushforward", "destructure_pullback"):
+            f = getattr(mod, name)
+            a = arrays(f(cpu) if name == "destructure" else f(cpu, W))
+            b = arrays(f(gpu) if name == "destructure" else f(gpu, W.cuda()))
+            for u, v in zip(a, b):
+                assert v.device.type == "cuda", name
+                np.testing.assert_allclose(v.cpu().resolve_conj().numpy(), u.resolve_conj().numpy(), atol=1e-10,
+                                           err_msg=f"{stem} {name}")
