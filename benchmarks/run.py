@@ -354,12 +354,15 @@ def plot(sizes, series, path):
 
 def target_sections(quick: bool) -> list:
     """The JAX and PyTorch targets against hand-written jnp / torch on the same
-    data (benchmarks/jax_target.py, benchmarks/torch_target.py), each in its
-    own process (JAX in its default float32, no x64 switch from this one)."""
+    data (benchmarks/jax_target.py, benchmarks/torch_target.py), and the numba
+    target's batches and float32 (benchmarks/batch.py), each in its own
+    process (JAX in its default float32, no x64 switch from this one)."""
     out = []
     for title, script, extra, module in (
             ("JAX target vs hand-written jnp (under jit)", "jax_target.py", ["--quick"] if quick else [], jax),
-            ("PyTorch target vs hand-written torch", "torch_target.py", ["--min-time", "0.05"] if quick else [], torch)):
+            ("PyTorch target vs hand-written torch", "torch_target.py", ["--min-time", "0.05"] if quick else [], torch),
+            ("numba target: batches and float32 (vs numpy, JAX, PyTorch)", "batch.py",
+             ["--quick"] if quick else [], np)):
         if module is None:
             continue
         print(f"{title}:")

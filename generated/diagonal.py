@@ -19,6 +19,16 @@ J⁺J = I on the used field elements, so
     restructure_pushforward(x, destructure_pushforward(x, dθ)) = dθ  and
     destructure_pullback(x, restructure_pullback(x, θ̄)) = θ̄
 on used elements (unused storage maps to zero).
+
+Batches are leading dimensions, as in the PyTorch target: every field may
+carry batch dimensions before its declared shape; they broadcast together
+and with those of the operands (x.batch_shape; x.shape is the matrix's), and
+every map returns the broadcast batch shape, walking it in one kernel call
+(threads over the batch when it is large enough; each instance is computed
+by the same code whatever the number of threads). Precision is the fields':
+float32 fields give float32 kernels and results (local sums accumulate in
+float64); mixed inputs promote as numpy does
+(rulegen.runtime.result_dtype); integers and bools become float64.
 """
 
 import functools
@@ -36,7 +46,9 @@ __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_diagonal
 
 # how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
 _KIND = "gather"
-_STRUCTURE = {'band': (0, 0), 'symmetric': True, 'triangular': 'upper', 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
+# the fields' declared ranks, and their kernel arrays' (a scalar is shape (1,))
+_RANKS = (1, )
+_KRANKS = (1, )
 
 __all__ = [
     "Diagonal",
@@ -58,12 +70,14 @@ __all__ = [
 class Diagonal:
     """A square matrix with the vector `diag` on its diagonal and zeros elsewhere.
 
-    Fields: diag (n,).
-    Sizes: n (from diag.shape[0]).
-    Shape: n × n.
+    Fields: diag (n,), each with optional leading batch dimensions.
+    Sizes: n (from diag.shape[-1]).
+    Shape: n × n (x.shape), batch x.batch_shape.
 
     The same class carries a primal, a structural tangent or a structural
-    cotangent. Arrays are stored as C-contiguous float64; scalars as float.
+    cotangent. Arrays are stored C-contiguous, all in one dtype (x.dtype:
+    float32 or float64, see rulegen.runtime.result_dtype); a scalar field as
+    a float (an array of its batch shape in a batch).
     """
 
     # numpy defers to this class (an array times an instance is a TypeError,
@@ -71,19 +85,21 @@ class Diagonal:
     __array_ufunc__ = None
     _fields = ("diag", )
     _sizes = ("n", )
-    __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
+    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, diag=None, n=None, **_unknown):
         if _args or _unknown:
             _rt.bad_arguments("Diagonal", _args, _unknown, self._fields, self._sizes)
-        diag = _rt.as_array("Diagonal", "diag", diag, 1)
+        _given = (diag, )
+        diag = _rt.as_field("Diagonal", "diag", diag, 1)
         n = _rt.solve_size(
-            "Diagonal", "n", n, diag.shape[0] - (0), 1,
+            "Diagonal", "n", n, diag.shape[-1] - (0), 1,
             "the shape of field 'diag'",
         )
         _sizes = "n={n}".format(n=n, )
-        _rt.check_shape("Diagonal", "diag", diag, (n,), "(n,)", _sizes)
-        self._set((n, ), (diag, ))
+        _rt.check_field_shape("Diagonal", "diag", diag, 1, (n,), "(n,)", _sizes)
+        self._set((n, ),
+                  _rt.settle("Diagonal", self._fields, _given, (diag, ), _RANKS))
 
     def _set(self, _size_values, _arrays):
         self._size_values = _size_values
@@ -91,6 +107,8 @@ class Diagonal:
         n = self.n = _size_values[0]
         self.diag = _arrays[0]
         self.shape = _rt.check_dims("Diagonal", (n, n), "n={n}".format(n=n, ))
+        self.batch_shape = _rt.batch_of(_arrays, _KRANKS)
+        self.dtype = _arrays[0].dtype
 
     @classmethod
     def _from_arrays(cls, size_values, arrays):
@@ -107,6 +125,8 @@ class Diagonal:
         if not isinstance(other, Diagonal):
             return NotImplemented
         _rt.check_instance(what, "other", other, Diagonal, like=self)
+        if other.batch_shape != self.batch_shape:
+            _rt.batch_shape(what, [("self", self.batch_shape), ("other", other.batch_shape)])
         return Diagonal._from_arrays(self._size_values, tuple(op(a, b) for a, b in zip(self._arrays, other._arrays)))
 
     def __add__(self, other):
@@ -136,53 +156,74 @@ def _kernel_shapes(_size_values):
     return ((n,), )
 
 
+# The maps below call each kernel once: on one instance directly, on a batch
+# through its batched wrappers (rulegen.runtime.call), which walk the flat
+# broadcast batch in one compiled loop.
+
 def _pullback(x, ybar):
-    grads = tuple(np.zeros_like(a) for a in x._arrays)
-    _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
+    """Jᵀ vec(Ȳ) as kernel arrays, for ybar (*batch, m, n) in the call's dtype."""
+    batch = _rt.broadcast(x.batch_shape, ybar.shape[:-2])
+    arrays = _rt.cast(x._arrays, ybar.dtype)
+    if batch:
+        grads = _rt.zeros(batch, _kernel_shapes(x._size_values), ybar.dtype)
+        _rt.call(_pullback_batched, batch, x._size_values, arrays + (ybar,), _KRANKS + (2,), grads)
+    else:
+        grads = tuple(np.zeros_like(a) for a in arrays)
+        _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
     return grads
 
 
-def _pushforward(x, arrays):
-    out = np.zeros(x.shape)
-    _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
+def _pushforward(x, arrays, dtype):
+    """J θ̇ (a dense (*batch, m, n)) for the kernel arrays of θ̇, in ``dtype``."""
+    fields = _rt.cast(x._arrays, dtype)
+    batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
+    out = np.zeros(batch + x.shape, dtype)
+    if batch:
+        _rt.call(_pushforward_batched, batch, x._size_values, fields + tuple(arrays), _KRANKS + _KRANKS, (out,))
+    else:
+        _pushforward_kernel(*x._size_values, *fields, *arrays, out)
     return out
 
 
 @functools.lru_cache(maxsize=16)
-def _inverse_weights(size_values):
-    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size
-    (for a gather type w does not depend on the fields' values)."""
+def _inverse_weights(size_values, dtype=_rt.FLOAT64):
+    """1/w for the Gram diagonal w = diag(JᵀJ), 1/0 := 0; cached per size and
+    dtype (for a gather type w does not depend on the fields' values; a batch
+    shares it)."""
     shapes = _kernel_shapes(size_values)
     weights = tuple(np.zeros(shape) for shape in shapes)
     _weights_kernel(*size_values, *(np.zeros(shape) for shape in shapes), *weights)
-    return _rt.inverse_weights(weights)
+    return _rt.inverse_weights(weights, dtype)
 
 
 def _pinv(x, ydot):
     """J⁺ vec(Ẏ) = diag(1/w) Jᵀ vec(Ẏ), as kernel arrays."""
     grads = _pullback(x, ydot)
-    for g, inv in zip(grads, _inverse_weights(x._size_values)):
+    for g, inv in zip(grads, _inverse_weights(x._size_values, ydot.dtype)):
         g *= inv
     return grads
 
 
-def _pinv_adjoint(x, arrays):
+def _pinv_adjoint(x, arrays, dtype):
     """(J⁺)ᵀ θ̄ = J diag(1/w) θ̄, a dense matrix."""
-    return _pushforward(x, tuple(a * inv for a, inv in zip(arrays, _inverse_weights(x._size_values))))
+    return _pushforward(x, tuple(a * inv for a, inv in zip(arrays, _inverse_weights(x._size_values, dtype))), dtype)
 
 
 def _classify(x):
-    return _rt.gather_class(_inverse_weights(x._size_values), *x.shape)
+    return _rt.repeat(x.batch_shape, _rt.gather_class(_inverse_weights(x._size_values), *x.shape))
 
 
 def destructure(x):
-    """Y = D(θ): the dense matrix, Y[i, j] = getindex(i, j).
+    """Y = D(θ): the dense matrix, Y[i, j] = getindex(i, j); (*batch, m, n).
 
     Cost: one write of the m × n output plus one pass over the stored pattern.
     """
     _rt.check_instance("destructure", "x", x, Diagonal)
-    out = np.zeros(x.shape)
-    _destructure_kernel(*x._size_values, *x._arrays, out)
+    out = np.zeros(x.batch_shape + x.shape, x.dtype)
+    if x.batch_shape:
+        _rt.call(_destructure_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
+    else:
+        _destructure_kernel(*x._size_values, *x._arrays, out)
     return out
 
 
@@ -192,8 +233,8 @@ def destructure_pushforward(x, dx):
     Cost: O(m·n) to zero the output plus one pass over the stored pattern.
     """
     _rt.check_instance("destructure_pushforward", "x", x, Diagonal)
-    _rt.check_instance("destructure_pushforward", "dx", dx, Diagonal, like=x)
-    return _pushforward(x, dx._arrays)
+    dtype = _rt.check_like("destructure_pushforward", "dx", dx, Diagonal, x)
+    return _pushforward(x, _rt.cast(dx._arrays, dtype), dtype)
 
 
 def destructure_pullback(x, ybar):
@@ -203,7 +244,7 @@ def destructure_pullback(x, ybar):
     Cost: one pass over the stored pattern (reads only the entries it needs).
     """
     _rt.check_instance("destructure_pullback", "x", x, Diagonal)
-    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape)
+    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x)
     return Diagonal._from_arrays(x._size_values, _pullback(x, ybar))
 
 
@@ -214,7 +255,7 @@ def restructure_pushforward(x, ydot):
     Cost: one pass over the stored pattern plus O(p).
     """
     _rt.check_instance("restructure_pushforward", "x", x, Diagonal)
-    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape)
+    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x)
     return Diagonal._from_arrays(x._size_values, _pinv(x, ydot))
 
 
@@ -224,8 +265,8 @@ def restructure_pullback(x, xbar):
     Cost: O(m·n) to zero the output plus one pass over the stored pattern.
     """
     _rt.check_instance("restructure_pullback", "x", x, Diagonal)
-    _rt.check_instance("restructure_pullback", "xbar", xbar, Diagonal, like=x)
-    return _pinv_adjoint(x, xbar._arrays)
+    dtype = _rt.check_like("restructure_pullback", "xbar", xbar, Diagonal, x)
+    return _pinv_adjoint(x, _rt.cast(xbar._arrays, dtype), dtype)
 
 
 def project(x, ybar):
@@ -234,12 +275,13 @@ def project(x, ybar):
     Idempotent and symmetric.
     """
     _rt.check_instance("project", "x", x, Diagonal)
-    ybar = _rt.as_dense("project", "ybar", ybar, x.shape)
-    return _pushforward(x, _pinv(x, ybar))
+    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x)
+    return _pushforward(x, _pinv(x, ybar), ybar.dtype)
 
 
 def parametrisation(x):
-    """The class of J at x: "exact", "under", "over" or "deficient".
+    """The class of J at x: "exact", "under", "over" or "deficient" (for a
+    batched x, nested lists of them shaped like x.batch_shape).
 
     With r = rank J, p_a the number of field elements whose column of J is
     not zero at x and N = m·n: exact r = p_a = N; under r = p_a < N;
@@ -255,54 +297,83 @@ def parametrisation(x):
 # Σ_k alpha(i, k)·beta(j, k) over a rectangle (LowRank, Fill) is contracted
 # through its factors instead: O((m + n)·k) per term of the sum.
 
+def _product(x, rhs, out, batched, kernel):
+    """``out`` += x @ rhs (or xᵀ) by a matvec kernel, over the call's batch."""
+    fields = _rt.cast(x._arrays, rhs.dtype)
+    batch = out.shape[:-2]
+    if batch:
+        _rt.call(batched, batch, x._size_values, fields + (rhs,), _KRANKS + (2,), (out,))
+    else:
+        kernel(*x._size_values, *fields, rhs, out)
+    return out
+
+
 def matvec(x, v):
-    """x @ v for v of shape (n,) or (n, k), without forming the dense matrix."""
+    """x @ v for v of shape (n,), (n, k) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, Diagonal)
-    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1])
-    out = np.zeros((x.shape[0], rhs.shape[1]))
-    _matvec_kernel(*x._size_values, *x._arrays, rhs, out)
-    return out[:, 0] if vector else out
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
+    out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
+    return out[..., 0] if vector else out
 
 
 def rmatvec(x, u):
-    """xᵀ @ u for u of shape (m,) or (m, k), without forming the dense matrix."""
+    """xᵀ @ u for u of shape (m,), (m, k) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, Diagonal)
-    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0])
-    out = np.zeros((x.shape[1], rhs.shape[1]))
-    _rmatvec_kernel(*x._size_values, *x._arrays, rhs, out)
-    return out[:, 0] if vector else out
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
+    batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
+    out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
+    return out[..., 0] if vector else out
 
 
 def bilinear_pullback(x, U, V):
     """destructure_pullback(x, U @ V.T) without forming U Vᵀ, for U (m, k), V (n, k)
-    (or vectors: k = 1). The structural cotangent of y = x @ v is
-    bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
+    (or vectors: k = 1; or batches (..., m, k), (..., n, k)). The structural
+    cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
     _rt.check_instance("bilinear_pullback", "x", x, Diagonal)
-    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0])
-    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1])
-    if left.shape[1] != right.shape[1]:
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
-                         f"got {left.shape[1]} and {right.shape[1]}")
-    grads = tuple(np.zeros_like(a) for a in x._arrays)
-    _bilinear_kernel(*x._size_values, *x._arrays, left, right, *grads)
+                         f"got {left.shape[-1]} and {right.shape[-1]}")
+    batch = x.batch_shape
+    if left.ndim > 2 or right.ndim > 2:
+        batch = _rt.batch_shape("bilinear_pullback", [("x", batch), ("argument 'U'", left.shape[:-2]),
+                                                      ("argument 'V'", right.shape[:-2])])
+    dtype = _rt.result_dtype(left, right)
+    left, right = _rt.cast((left, right), dtype)
+    fields = _rt.cast(x._arrays, dtype)
+    grads = _rt.zeros(batch, _kernel_shapes(x._size_values), dtype)
+    if batch:
+        _rt.call(_bilinear_batched, batch, x._size_values, fields + (left, right), _KRANKS + (2, 2), grads)
+    else:
+        _bilinear_kernel(*x._size_values, *fields, left, right, *grads)
     return Diagonal._from_arrays(x._size_values, grads)
 
 
 def diagonal(x):
     """The main diagonal of the dense matrix, length min(m, n), from the
-    entries with i == j only."""
+    entries with i == j only; (*batch, min(m, n))."""
     _rt.check_instance("diagonal", "x", x, Diagonal)
-    out = np.zeros(min(x.shape))
-    _diagonal_kernel(*x._size_values, *x._arrays, out)
+    out = np.zeros(x.batch_shape + (min(x.shape),), x.dtype)
+    if x.batch_shape:
+        _rt.call(_diagonal_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
+    else:
+        _diagonal_kernel(*x._size_values, *x._arrays, out)
     return out
 
 
 def diagonal_pullback(x, dbar):
     """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
     _rt.check_instance("diagonal_pullback", "x", x, Diagonal)
-    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),))
-    grads = tuple(np.zeros_like(a) for a in x._arrays)
-    _diagonal_pullback_kernel(*x._size_values, *x._arrays, dbar, *grads)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x)
+    batch = _rt.broadcast(x.batch_shape, dbar.shape[:-1])
+    fields = _rt.cast(x._arrays, dbar.dtype)
+    grads = _rt.zeros(batch, _kernel_shapes(x._size_values), dbar.dtype)
+    if batch:
+        _rt.call(_diagonal_pullback_batched, batch, x._size_values, fields + (dbar,), _KRANKS + (1,), grads)
+    else:
+        _diagonal_pullback_kernel(*x._size_values, *fields, dbar, *grads)
     return Diagonal._from_arrays(x._size_values, grads)
 
 
@@ -497,3 +568,114 @@ def _weights_kernel(n, diag, _w_diag):
             if _a5 < 0 or _a5 >= diag.shape[0]:
                 raise IndexError("Diagonal: getindex reads diag out of range")
             _w_diag[_a5] += 1
+
+
+# Batched wrappers: instance b of the flat batch reads input a at index
+# _ix_a[b] (broadcasting without copies) and writes row b of each output;
+# _s walks the batch in order, _p over numba's threads (prange).
+
+
+@numba.njit(cache=True)
+def _matvec_kernel_s(_nb, n, diag, _rhs, _out, _ix_diag, _ix__rhs):
+    for _b in range(_nb):
+        _matvec_kernel(n, diag[_ix_diag[_b]], _rhs[_ix__rhs[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _matvec_kernel_p(_nb, n, diag, _rhs, _out, _ix_diag, _ix__rhs):
+    for _b in numba.prange(_nb):
+        _matvec_kernel(n, diag[_ix_diag[_b]], _rhs[_ix__rhs[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
+def _rmatvec_kernel_s(_nb, n, diag, _rhs, _out, _ix_diag, _ix__rhs):
+    for _b in range(_nb):
+        _rmatvec_kernel(n, diag[_ix_diag[_b]], _rhs[_ix__rhs[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _rmatvec_kernel_p(_nb, n, diag, _rhs, _out, _ix_diag, _ix__rhs):
+    for _b in numba.prange(_nb):
+        _rmatvec_kernel(n, diag[_ix_diag[_b]], _rhs[_ix__rhs[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
+def _bilinear_kernel_s(_nb, n, diag, _left, _right, _g_diag, _ix_diag, _ix__left, _ix__right):
+    for _b in range(_nb):
+        _bilinear_kernel(n, diag[_ix_diag[_b]], _left[_ix__left[_b]], _right[_ix__right[_b]], _g_diag[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _bilinear_kernel_p(_nb, n, diag, _left, _right, _g_diag, _ix_diag, _ix__left, _ix__right):
+    for _b in numba.prange(_nb):
+        _bilinear_kernel(n, diag[_ix_diag[_b]], _left[_ix__left[_b]], _right[_ix__right[_b]], _g_diag[_b])
+
+
+@numba.njit(cache=True)
+def _diagonal_kernel_s(_nb, n, diag, _out, _ix_diag):
+    for _b in range(_nb):
+        _diagonal_kernel(n, diag[_ix_diag[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _diagonal_kernel_p(_nb, n, diag, _out, _ix_diag):
+    for _b in numba.prange(_nb):
+        _diagonal_kernel(n, diag[_ix_diag[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
+def _diagonal_pullback_kernel_s(_nb, n, diag, _dbar, _g_diag, _ix_diag, _ix__dbar):
+    for _b in range(_nb):
+        _diagonal_pullback_kernel(n, diag[_ix_diag[_b]], _dbar[_ix__dbar[_b]], _g_diag[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _diagonal_pullback_kernel_p(_nb, n, diag, _dbar, _g_diag, _ix_diag, _ix__dbar):
+    for _b in numba.prange(_nb):
+        _diagonal_pullback_kernel(n, diag[_ix_diag[_b]], _dbar[_ix__dbar[_b]], _g_diag[_b])
+
+
+@numba.njit(cache=True)
+def _destructure_kernel_s(_nb, n, diag, _out, _ix_diag):
+    for _b in range(_nb):
+        _destructure_kernel(n, diag[_ix_diag[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _destructure_kernel_p(_nb, n, diag, _out, _ix_diag):
+    for _b in numba.prange(_nb):
+        _destructure_kernel(n, diag[_ix_diag[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
+def _pushforward_kernel_s(_nb, n, diag, _d_diag, _out, _ix_diag, _ix__d_diag):
+    for _b in range(_nb):
+        _pushforward_kernel(n, diag[_ix_diag[_b]], _d_diag[_ix__d_diag[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _pushforward_kernel_p(_nb, n, diag, _d_diag, _out, _ix_diag, _ix__d_diag):
+    for _b in numba.prange(_nb):
+        _pushforward_kernel(n, diag[_ix_diag[_b]], _d_diag[_ix__d_diag[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
+def _pullback_kernel_s(_nb, n, diag, _ybar, _g_diag, _ix_diag, _ix__ybar):
+    for _b in range(_nb):
+        _pullback_kernel(n, diag[_ix_diag[_b]], _ybar[_ix__ybar[_b]], _g_diag[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _pullback_kernel_p(_nb, n, diag, _ybar, _g_diag, _ix_diag, _ix__ybar):
+    for _b in numba.prange(_nb):
+        _pullback_kernel(n, diag[_ix_diag[_b]], _ybar[_ix__ybar[_b]], _g_diag[_b])
+
+
+_matvec_batched = (_matvec_kernel_s, _matvec_kernel_p)
+_rmatvec_batched = (_rmatvec_kernel_s, _rmatvec_kernel_p)
+_bilinear_batched = (_bilinear_kernel_s, _bilinear_kernel_p)
+_diagonal_batched = (_diagonal_kernel_s, _diagonal_kernel_p)
+_diagonal_pullback_batched = (_diagonal_pullback_kernel_s, _diagonal_pullback_kernel_p)
+_destructure_batched = (_destructure_kernel_s, _destructure_kernel_p)
+_pushforward_batched = (_pushforward_kernel_s, _pushforward_kernel_p)
+_pullback_batched = (_pullback_kernel_s, _pullback_kernel_p)

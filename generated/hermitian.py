@@ -26,7 +26,7 @@ and with those of the operands (x.batch_shape; x.shape is the matrix's), and
 every map returns the broadcast batch shape, walking it in one kernel call
 (threads over the batch when it is large enough; each instance is computed
 by the same code whatever the number of threads). Precision is the fields':
-float32 fields give float32 kernels and results (sums accumulate in
+float32 fields give float32 kernels and results (local sums accumulate in
 float64); mixed inputs promote as numpy does
 (rulegen.runtime.result_dtype); integers and bools become float64.
 """
@@ -49,7 +49,6 @@ _KIND = "gather"
 # the fields' declared ranks, and their kernel arrays' (a scalar is shape (1,))
 _RANKS = (2, )
 _KRANKS = (2, )
-_STRUCTURE = {'band': None, 'symmetric': False, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
     "Hermitian",

@@ -12,13 +12,24 @@ with J = ∂vec(Y)/∂θ and J⁺ its Moore–Penrose pseudo-inverse at x. J is 
 built: every map is a loop over the entries the type stores.
 
 KroneckerProduct is a general type: J depends on x and couples many elements, so
-J⁺ is applied by a matrix-free least-squares solve (scipy's LSQR started
-from zero, which converges to the minimum-norm solution) that calls only
-the pushforward and pullback kernels. Tolerance: atol = btol = 1e-12,
+J⁺ is applied by a matrix-free least-squares solve (LSQR started from zero,
+which converges to the minimum-norm solution; scipy's iteration, vectorised
+over a batch) that calls only the pushforward and pullback kernels.
+Tolerance: atol = btol = 1e-12,
 at most 2·min(N, p) + 100 iterations; a solve that stops there with a
 relative residual above 1e-10 warns with rulegen.runtime.ConvergenceWarning,
 naming the type and the residual.
 Which identities hold depends on x: see parametrisation.
+
+Batches are leading dimensions, as in the PyTorch target: every field may
+carry batch dimensions before its declared shape; they broadcast together
+and with those of the operands (x.batch_shape; x.shape is the matrix's), and
+every map returns the broadcast batch shape, walking it in one kernel call
+(threads over the batch when it is large enough; each instance is computed
+by the same code whatever the number of threads). Precision is the fields':
+float32 fields give float32 kernels and results (local sums accumulate in
+float64; J⁺ is solved in float64); mixed inputs promote as numpy does
+(rulegen.runtime.result_dtype); integers and bools become float64.
 """
 
 import functools
@@ -36,7 +47,9 @@ __name__ = _rt.register_module(__name__, globals(), "_rulegen_generated_kronecke
 
 # how J⁺ is computed: "gather" (diagonal JᵀJ), "bordered" (Schur) or "general" (LSQR)
 _KIND = "general"
-_STRUCTURE = {'band': None, 'symmetric': False, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
+# the fields' declared ranks, and their kernel arrays' (a scalar is shape (1,))
+_RANKS = (2, 2, )
+_KRANKS = (2, 2, )
 
 __all__ = [
     "KroneckerProduct",
@@ -58,12 +71,14 @@ __all__ = [
 class KroneckerProduct:
     """A ⊗ B.
 
-    Fields: A (ma, na), B (mb, nb).
-    Sizes: ma (from A.shape[0]), na (from A.shape[1]), mb (from B.shape[0]), nb (from B.shape[1]).
-    Shape: ma*mb × na*nb.
+    Fields: A (ma, na), B (mb, nb), each with optional leading batch dimensions.
+    Sizes: ma (from A.shape[-2]), na (from A.shape[-1]), mb (from B.shape[-2]), nb (from B.shape[-1]).
+    Shape: ma*mb × na*nb (x.shape), batch x.batch_shape.
 
     The same class carries a primal, a structural tangent or a structural
-    cotangent. Arrays are stored as C-contiguous float64; scalars as float.
+    cotangent. Arrays are stored C-contiguous, all in one dtype (x.dtype:
+    float32 or float64, see rulegen.runtime.result_dtype); a scalar field as
+    a float (an array of its batch shape in a batch).
     """
 
     # numpy defers to this class (an array times an instance is a TypeError,
@@ -71,33 +86,35 @@ class KroneckerProduct:
     __array_ufunc__ = None
     _fields = ("A", "B", )
     _sizes = ("ma", "na", "mb", "nb", )
-    __slots__ = _fields + _sizes + ("shape", "_size_values", "_arrays")
+    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, A=None, B=None, ma=None, na=None, mb=None, nb=None, **_unknown):
         if _args or _unknown:
             _rt.bad_arguments("KroneckerProduct", _args, _unknown, self._fields, self._sizes)
-        A = _rt.as_array("KroneckerProduct", "A", A, 2)
-        B = _rt.as_array("KroneckerProduct", "B", B, 2)
+        _given = (A, B, )
+        A = _rt.as_field("KroneckerProduct", "A", A, 2)
+        B = _rt.as_field("KroneckerProduct", "B", B, 2)
         ma = _rt.solve_size(
-            "KroneckerProduct", "ma", ma, A.shape[0] - (0), 1,
+            "KroneckerProduct", "ma", ma, A.shape[-2] - (0), 1,
             "the shape of field 'A'",
         )
         na = _rt.solve_size(
-            "KroneckerProduct", "na", na, A.shape[1] - (0), 1,
+            "KroneckerProduct", "na", na, A.shape[-1] - (0), 1,
             "the shape of field 'A'",
         )
         mb = _rt.solve_size(
-            "KroneckerProduct", "mb", mb, B.shape[0] - (0), 1,
+            "KroneckerProduct", "mb", mb, B.shape[-2] - (0), 1,
             "the shape of field 'B'",
         )
         nb = _rt.solve_size(
-            "KroneckerProduct", "nb", nb, B.shape[1] - (0), 1,
+            "KroneckerProduct", "nb", nb, B.shape[-1] - (0), 1,
             "the shape of field 'B'",
         )
         _sizes = "ma={ma}, na={na}, mb={mb}, nb={nb}".format(ma=ma, na=na, mb=mb, nb=nb, )
-        _rt.check_shape("KroneckerProduct", "A", A, (ma, na), "(ma, na)", _sizes)
-        _rt.check_shape("KroneckerProduct", "B", B, (mb, nb), "(mb, nb)", _sizes)
-        self._set((ma, na, mb, nb, ), (A, B, ))
+        _rt.check_field_shape("KroneckerProduct", "A", A, 2, (ma, na), "(ma, na)", _sizes)
+        _rt.check_field_shape("KroneckerProduct", "B", B, 2, (mb, nb), "(mb, nb)", _sizes)
+        self._set((ma, na, mb, nb, ),
+                  _rt.settle("KroneckerProduct", self._fields, _given, (A, B, ), _RANKS))
 
     def _set(self, _size_values, _arrays):
         self._size_values = _size_values
@@ -109,6 +126,8 @@ class KroneckerProduct:
         self.A = _arrays[0]
         self.B = _arrays[1]
         self.shape = _rt.check_dims("KroneckerProduct", (ma*mb, na*nb), "ma={ma}, na={na}, mb={mb}, nb={nb}".format(ma=ma, na=na, mb=mb, nb=nb, ))
+        self.batch_shape = _rt.batch_of(_arrays, _KRANKS)
+        self.dtype = _arrays[0].dtype
 
     @classmethod
     def _from_arrays(cls, size_values, arrays):
@@ -125,6 +144,8 @@ class KroneckerProduct:
         if not isinstance(other, KroneckerProduct):
             return NotImplemented
         _rt.check_instance(what, "other", other, KroneckerProduct, like=self)
+        if other.batch_shape != self.batch_shape:
+            _rt.batch_shape(what, [("self", self.batch_shape), ("other", other.batch_shape)])
         return KroneckerProduct._from_arrays(self._size_values, tuple(op(a, b) for a, b in zip(self._arrays, other._arrays)))
 
     def __add__(self, other):
@@ -157,56 +178,71 @@ def _kernel_shapes(_size_values):
     return ((ma, na), (mb, nb), )
 
 
+# The maps below call each kernel once: on one instance directly, on a batch
+# through its batched wrappers (rulegen.runtime.call), which walk the flat
+# broadcast batch in one compiled loop.
+
 def _pullback(x, ybar):
-    grads = tuple(np.zeros_like(a) for a in x._arrays)
-    _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
+    """Jᵀ vec(Ȳ) as kernel arrays, for ybar (*batch, m, n) in the call's dtype."""
+    batch = _rt.broadcast(x.batch_shape, ybar.shape[:-2])
+    arrays = _rt.cast(x._arrays, ybar.dtype)
+    if batch:
+        grads = _rt.zeros(batch, _kernel_shapes(x._size_values), ybar.dtype)
+        _rt.call(_pullback_batched, batch, x._size_values, arrays + (ybar,), _KRANKS + (2,), grads)
+    else:
+        grads = tuple(np.zeros_like(a) for a in arrays)
+        _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
     return grads
 
 
-def _pushforward(x, arrays):
-    out = np.empty(x.shape)
-    _pushforward_kernel(*x._size_values, *x._arrays, *arrays, out)
+def _pushforward(x, arrays, dtype):
+    """J θ̇ (a dense (*batch, m, n)) for the kernel arrays of θ̇, in ``dtype``."""
+    fields = _rt.cast(x._arrays, dtype)
+    batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
+    out = np.empty(batch + x.shape, dtype)
+    if batch:
+        _rt.call(_pushforward_batched, batch, x._size_values, fields + tuple(arrays), _KRANKS + _KRANKS, (out,))
+    else:
+        _pushforward_kernel(*x._size_values, *fields, *arrays, out)
     return out
 
 
 _COUPLED = (False, False, )
 
 
-def _pullback_into(x, ybar, grads):
-    _pullback_kernel(*x._size_values, *x._arrays, ybar, *grads)
+def _linearisation(x, batch):
+    """J at x for each instance of ``batch`` as the runtime's solver: matrix-free LSQR, in float64.
 
-
-def _linearisation(x):
-    """J at x as the runtime's solver: matrix-free LSQR.
-
-    Structural vectors live in one flat buffer whose views the kernels fill."""
-    weights, views = _rt.flat_zeros(x._arrays)
-    _weights_kernel(*x._size_values, *x._arrays, *views)
+    Products with J and Jᵀ are batched kernel calls."""
     return _rt.Iterative(
-        "KroneckerProduct", x._arrays, x.shape, functools.partial(_pushforward, x), functools.partial(_pullback_into, x),
-        weights)
+        "KroneckerProduct", x._size_values, _rt.cast(x._arrays, _rt.FLOAT64), _KRANKS, batch, x.shape,
+        _pushforward_batched, _pullback_batched, _weights_batched)
 
 
 def _pinv(x, ydot):
-    return _linearisation(x).pinv(ydot)
+    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, ydot.dtype)
 
 
-def _pinv_adjoint(x, arrays):
-    return _linearisation(x).pinv_adjoint(arrays)
+def _pinv_adjoint(x, arrays, dtype):
+    batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
+    return _linearisation(x, batch).pinv_adjoint(arrays, dtype)
 
 
 def _classify(x):
-    return _linearisation(x).classify()
+    return _linearisation(x, x.batch_shape).classify()
 
 
 def destructure(x):
-    """Y = D(θ): the dense matrix, Y[i, j] = getindex(i, j).
+    """Y = D(θ): the dense matrix, Y[i, j] = getindex(i, j); (*batch, m, n).
 
     Cost: one write of the m × n output plus one pass over the stored pattern.
     """
     _rt.check_instance("destructure", "x", x, KroneckerProduct)
-    out = np.empty(x.shape)
-    _destructure_kernel(*x._size_values, *x._arrays, out)
+    out = np.empty(x.batch_shape + x.shape, x.dtype)
+    if x.batch_shape:
+        _rt.call(_destructure_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
+    else:
+        _destructure_kernel(*x._size_values, *x._arrays, out)
     return out
 
 
@@ -216,8 +252,8 @@ def destructure_pushforward(x, dx):
     Cost: O(m·n) to zero the output plus one pass over the stored pattern.
     """
     _rt.check_instance("destructure_pushforward", "x", x, KroneckerProduct)
-    _rt.check_instance("destructure_pushforward", "dx", dx, KroneckerProduct, like=x)
-    return _pushforward(x, dx._arrays)
+    dtype = _rt.check_like("destructure_pushforward", "dx", dx, KroneckerProduct, x)
+    return _pushforward(x, _rt.cast(dx._arrays, dtype), dtype)
 
 
 def destructure_pullback(x, ybar):
@@ -227,7 +263,7 @@ def destructure_pullback(x, ybar):
     Cost: one pass over the stored pattern (reads only the entries it needs).
     """
     _rt.check_instance("destructure_pullback", "x", x, KroneckerProduct)
-    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape)
+    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x)
     return KroneckerProduct._from_arrays(x._size_values, _pullback(x, ybar))
 
 
@@ -238,7 +274,7 @@ def restructure_pushforward(x, ydot):
     Cost: one pushforward and one pullback per LSQR iteration.
     """
     _rt.check_instance("restructure_pushforward", "x", x, KroneckerProduct)
-    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape)
+    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x)
     return KroneckerProduct._from_arrays(x._size_values, _pinv(x, ydot))
 
 
@@ -248,8 +284,8 @@ def restructure_pullback(x, xbar):
     Cost: one pushforward and one pullback per LSQR iteration.
     """
     _rt.check_instance("restructure_pullback", "x", x, KroneckerProduct)
-    _rt.check_instance("restructure_pullback", "xbar", xbar, KroneckerProduct, like=x)
-    return _pinv_adjoint(x, xbar._arrays)
+    dtype = _rt.check_like("restructure_pullback", "xbar", xbar, KroneckerProduct, x)
+    return _pinv_adjoint(x, _rt.cast(xbar._arrays, dtype), dtype)
 
 
 def project(x, ybar):
@@ -258,12 +294,13 @@ def project(x, ybar):
     Idempotent and symmetric.
     """
     _rt.check_instance("project", "x", x, KroneckerProduct)
-    ybar = _rt.as_dense("project", "ybar", ybar, x.shape)
-    return _pushforward(x, _pinv(x, ybar))
+    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x)
+    return _pushforward(x, _pinv(x, ybar), ybar.dtype)
 
 
 def parametrisation(x):
-    """The class of J at x: "exact", "under", "over" or "deficient".
+    """The class of J at x: "exact", "under", "over" or "deficient" (for a
+    batched x, nested lists of them shaped like x.batch_shape).
 
     With r = rank J, p_a the number of field elements whose column of J is
     not zero at x and N = m·n: exact r = p_a = N; under r = p_a < N;
@@ -281,54 +318,83 @@ def parametrisation(x):
 # Σ_k alpha(i, k)·beta(j, k) over a rectangle (LowRank, Fill) is contracted
 # through its factors instead: O((m + n)·k) per term of the sum.
 
+def _product(x, rhs, out, batched, kernel):
+    """``out`` += x @ rhs (or xᵀ) by a matvec kernel, over the call's batch."""
+    fields = _rt.cast(x._arrays, rhs.dtype)
+    batch = out.shape[:-2]
+    if batch:
+        _rt.call(batched, batch, x._size_values, fields + (rhs,), _KRANKS + (2,), (out,))
+    else:
+        kernel(*x._size_values, *fields, rhs, out)
+    return out
+
+
 def matvec(x, v):
-    """x @ v for v of shape (n,) or (n, k), without forming the dense matrix."""
+    """x @ v for v of shape (n,), (n, k) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, KroneckerProduct)
-    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1])
-    out = np.zeros((x.shape[0], rhs.shape[1]))
-    _matvec_kernel(*x._size_values, *x._arrays, rhs, out)
-    return out[:, 0] if vector else out
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
+    out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
+    return out[..., 0] if vector else out
 
 
 def rmatvec(x, u):
-    """xᵀ @ u for u of shape (m,) or (m, k), without forming the dense matrix."""
+    """xᵀ @ u for u of shape (m,), (m, k) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, KroneckerProduct)
-    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0])
-    out = np.zeros((x.shape[1], rhs.shape[1]))
-    _rmatvec_kernel(*x._size_values, *x._arrays, rhs, out)
-    return out[:, 0] if vector else out
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
+    batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
+    out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
+    return out[..., 0] if vector else out
 
 
 def bilinear_pullback(x, U, V):
     """destructure_pullback(x, U @ V.T) without forming U Vᵀ, for U (m, k), V (n, k)
-    (or vectors: k = 1). The structural cotangent of y = x @ v is
-    bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
+    (or vectors: k = 1; or batches (..., m, k), (..., n, k)). The structural
+    cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
     _rt.check_instance("bilinear_pullback", "x", x, KroneckerProduct)
-    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0])
-    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1])
-    if left.shape[1] != right.shape[1]:
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
-                         f"got {left.shape[1]} and {right.shape[1]}")
-    grads = tuple(np.zeros_like(a) for a in x._arrays)
-    _bilinear_kernel(*x._size_values, *x._arrays, left, right, *grads)
+                         f"got {left.shape[-1]} and {right.shape[-1]}")
+    batch = x.batch_shape
+    if left.ndim > 2 or right.ndim > 2:
+        batch = _rt.batch_shape("bilinear_pullback", [("x", batch), ("argument 'U'", left.shape[:-2]),
+                                                      ("argument 'V'", right.shape[:-2])])
+    dtype = _rt.result_dtype(left, right)
+    left, right = _rt.cast((left, right), dtype)
+    fields = _rt.cast(x._arrays, dtype)
+    grads = _rt.zeros(batch, _kernel_shapes(x._size_values), dtype)
+    if batch:
+        _rt.call(_bilinear_batched, batch, x._size_values, fields + (left, right), _KRANKS + (2, 2), grads)
+    else:
+        _bilinear_kernel(*x._size_values, *fields, left, right, *grads)
     return KroneckerProduct._from_arrays(x._size_values, grads)
 
 
 def diagonal(x):
     """The main diagonal of the dense matrix, length min(m, n), from the
-    entries with i == j only."""
+    entries with i == j only; (*batch, min(m, n))."""
     _rt.check_instance("diagonal", "x", x, KroneckerProduct)
-    out = np.zeros(min(x.shape))
-    _diagonal_kernel(*x._size_values, *x._arrays, out)
+    out = np.zeros(x.batch_shape + (min(x.shape),), x.dtype)
+    if x.batch_shape:
+        _rt.call(_diagonal_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
+    else:
+        _diagonal_kernel(*x._size_values, *x._arrays, out)
     return out
 
 
 def diagonal_pullback(x, dbar):
     """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
     _rt.check_instance("diagonal_pullback", "x", x, KroneckerProduct)
-    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),))
-    grads = tuple(np.zeros_like(a) for a in x._arrays)
-    _diagonal_pullback_kernel(*x._size_values, *x._arrays, dbar, *grads)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x)
+    batch = _rt.broadcast(x.batch_shape, dbar.shape[:-1])
+    fields = _rt.cast(x._arrays, dbar.dtype)
+    grads = _rt.zeros(batch, _kernel_shapes(x._size_values), dbar.dtype)
+    if batch:
+        _rt.call(_diagonal_pullback_batched, batch, x._size_values, fields + (dbar,), _KRANKS + (1,), grads)
+    else:
+        _diagonal_pullback_kernel(*x._size_values, *fields, dbar, *grads)
     return KroneckerProduct._from_arrays(x._size_values, grads)
 
 
@@ -604,3 +670,127 @@ def _weights_kernel(ma, na, mb, nb, A, B, _w_A, _w_B):
             _v2 = B[_a5, _a6]
             _w_A[_a3, _a4] += _v2**2
             _w_B[_a5, _a6] += _v1**2
+
+
+# Batched wrappers: instance b of the flat batch reads input a at index
+# _ix_a[b] (broadcasting without copies) and writes row b of each output;
+# _s walks the batch in order, _p over numba's threads (prange).
+
+
+@numba.njit(cache=True)
+def _matvec_kernel_s(_nb, ma, na, mb, nb, A, B, _rhs, _out, _ix_A, _ix_B, _ix__rhs):
+    for _b in range(_nb):
+        _matvec_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _rhs[_ix__rhs[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _matvec_kernel_p(_nb, ma, na, mb, nb, A, B, _rhs, _out, _ix_A, _ix_B, _ix__rhs):
+    for _b in numba.prange(_nb):
+        _matvec_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _rhs[_ix__rhs[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
+def _rmatvec_kernel_s(_nb, ma, na, mb, nb, A, B, _rhs, _out, _ix_A, _ix_B, _ix__rhs):
+    for _b in range(_nb):
+        _rmatvec_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _rhs[_ix__rhs[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _rmatvec_kernel_p(_nb, ma, na, mb, nb, A, B, _rhs, _out, _ix_A, _ix_B, _ix__rhs):
+    for _b in numba.prange(_nb):
+        _rmatvec_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _rhs[_ix__rhs[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
+def _bilinear_kernel_s(_nb, ma, na, mb, nb, A, B, _left, _right, _g_A, _g_B, _ix_A, _ix_B, _ix__left, _ix__right):
+    for _b in range(_nb):
+        _bilinear_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _left[_ix__left[_b]], _right[_ix__right[_b]], _g_A[_b], _g_B[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _bilinear_kernel_p(_nb, ma, na, mb, nb, A, B, _left, _right, _g_A, _g_B, _ix_A, _ix_B, _ix__left, _ix__right):
+    for _b in numba.prange(_nb):
+        _bilinear_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _left[_ix__left[_b]], _right[_ix__right[_b]], _g_A[_b], _g_B[_b])
+
+
+@numba.njit(cache=True)
+def _diagonal_kernel_s(_nb, ma, na, mb, nb, A, B, _out, _ix_A, _ix_B):
+    for _b in range(_nb):
+        _diagonal_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _diagonal_kernel_p(_nb, ma, na, mb, nb, A, B, _out, _ix_A, _ix_B):
+    for _b in numba.prange(_nb):
+        _diagonal_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
+def _diagonal_pullback_kernel_s(_nb, ma, na, mb, nb, A, B, _dbar, _g_A, _g_B, _ix_A, _ix_B, _ix__dbar):
+    for _b in range(_nb):
+        _diagonal_pullback_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _dbar[_ix__dbar[_b]], _g_A[_b], _g_B[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _diagonal_pullback_kernel_p(_nb, ma, na, mb, nb, A, B, _dbar, _g_A, _g_B, _ix_A, _ix_B, _ix__dbar):
+    for _b in numba.prange(_nb):
+        _diagonal_pullback_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _dbar[_ix__dbar[_b]], _g_A[_b], _g_B[_b])
+
+
+@numba.njit(cache=True)
+def _destructure_kernel_s(_nb, ma, na, mb, nb, A, B, _out, _ix_A, _ix_B):
+    for _b in range(_nb):
+        _destructure_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _destructure_kernel_p(_nb, ma, na, mb, nb, A, B, _out, _ix_A, _ix_B):
+    for _b in numba.prange(_nb):
+        _destructure_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
+def _pushforward_kernel_s(_nb, ma, na, mb, nb, A, B, _d_A, _d_B, _out, _ix_A, _ix_B, _ix__d_A, _ix__d_B):
+    for _b in range(_nb):
+        _pushforward_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _d_A[_ix__d_A[_b]], _d_B[_ix__d_B[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _pushforward_kernel_p(_nb, ma, na, mb, nb, A, B, _d_A, _d_B, _out, _ix_A, _ix_B, _ix__d_A, _ix__d_B):
+    for _b in numba.prange(_nb):
+        _pushforward_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _d_A[_ix__d_A[_b]], _d_B[_ix__d_B[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
+def _pullback_kernel_s(_nb, ma, na, mb, nb, A, B, _ybar, _g_A, _g_B, _ix_A, _ix_B, _ix__ybar):
+    for _b in range(_nb):
+        _pullback_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _ybar[_ix__ybar[_b]], _g_A[_b], _g_B[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _pullback_kernel_p(_nb, ma, na, mb, nb, A, B, _ybar, _g_A, _g_B, _ix_A, _ix_B, _ix__ybar):
+    for _b in numba.prange(_nb):
+        _pullback_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _ybar[_ix__ybar[_b]], _g_A[_b], _g_B[_b])
+
+
+@numba.njit(cache=True)
+def _weights_kernel_s(_nb, ma, na, mb, nb, A, B, _w_A, _w_B, _ix_A, _ix_B):
+    for _b in range(_nb):
+        _weights_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _w_A[_b], _w_B[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _weights_kernel_p(_nb, ma, na, mb, nb, A, B, _w_A, _w_B, _ix_A, _ix_B):
+    for _b in numba.prange(_nb):
+        _weights_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _w_A[_b], _w_B[_b])
+
+
+_matvec_batched = (_matvec_kernel_s, _matvec_kernel_p)
+_rmatvec_batched = (_rmatvec_kernel_s, _rmatvec_kernel_p)
+_bilinear_batched = (_bilinear_kernel_s, _bilinear_kernel_p)
+_diagonal_batched = (_diagonal_kernel_s, _diagonal_kernel_p)
+_diagonal_pullback_batched = (_diagonal_pullback_kernel_s, _diagonal_pullback_kernel_p)
+_destructure_batched = (_destructure_kernel_s, _destructure_kernel_p)
+_pushforward_batched = (_pushforward_kernel_s, _pushforward_kernel_p)
+_pullback_batched = (_pullback_kernel_s, _pullback_kernel_p)
+_weights_batched = (_weights_kernel_s, _weights_kernel_p)

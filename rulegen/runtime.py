@@ -1,13 +1,16 @@
-"""The small run-time library that generated modules import.
+"""The small run-time library that generated numba modules import.
 
 It holds what every generated module needs and what does not depend on the
 spec: argument conversion and checking with clear messages, size inference,
-and the pseudo-inverse scaling of gather types. It imports numpy, and scipy only when a
-matrix-free solve runs, so a generated module loads fast.
+the dtype of a call (``result_dtype``), batch shapes and the batched kernel
+calls (``call``), the pseudo-inverse scaling of gather types, and the Schur
+and LSQR pseudo-inverses of the others. It imports numpy, and scipy only for
+the FFT products, so a generated module loads fast.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 import sys
 import warnings
@@ -31,24 +34,152 @@ def register_module(name: str, namespace: dict, canonical: str) -> str:
 
 
 def _dtype_ok(arr: np.ndarray) -> bool:
-    return arr.dtype == np.bool_ or (np.issubdtype(arr.dtype, np.number)
-                                     and not np.issubdtype(arr.dtype, np.complexfloating))
+    return arr.dtype.kind in "fiub"        # real floating, integers, bools
 
 
-def as_array(owner: str, name: str, value, ndim: int, what: str = "field") -> np.ndarray:
-    """``value`` as a C-contiguous float64 array of ``ndim`` dimensions."""
+# -- precision ------------------------------------------------------------------
+# One place decides the dtype of kernels and results.
+
+def result_dtype(*items) -> np.dtype:
+    """The dtype a map computes in, from the fields' and operands' arrays,
+    dtypes, or Python numbers: numpy's promotion (``np.result_type``; Python
+    numbers are weak, so ``2.0`` with float32 stays float32), then float32 for
+    float32 (and float16) and float64 for everything else (float64, integers,
+    bools, long double)."""
+    dt = np.result_type(*items) if items else np.dtype(np.float64)
+    return _FLOAT32 if dt.kind == "f" and dt.itemsize <= 4 else _FLOAT64
+
+
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = FLOAT64 = np.dtype(np.float64)
+
+
+def _weak(given, arr):
+    """A field for ``result_dtype``: a Python number as itself (weak), else its array."""
+    return given if isinstance(given, (bool, int, float)) else arr
+
+
+def cast(arrays: tuple, dtype) -> tuple:
+    """``arrays`` in ``dtype`` (the same arrays when they have it already)."""
+    return tuple(a if a.dtype == dtype else a.astype(dtype) for a in arrays)
+
+
+# -- batches ----------------------------------------------------------------------
+# As in the PyTorch target: a field of declared rank r may carry batch dimensions
+# before its last r; the batch shapes of the fields (and of a map's operands)
+# broadcast together, and a map returns the broadcast batch shape.
+
+def _broadcast(a: tuple, b: tuple):
+    """numpy's broadcast of two shapes, or None."""
+    if a == b or not b:
+        return a
+    if not a:
+        return b
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    out = []
+    for x, y in zip(a, b):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None
+    return tuple(out)
+
+
+def broadcast(a: tuple, b: tuple) -> tuple:
+    """The broadcast of two batch shapes already checked to broadcast."""
+    return a if a == b or not b else _broadcast(a, b)
+
+
+def batch_shape(func: str, shapes) -> tuple:
+    """The broadcast of ``shapes`` (pairs ``(what, shape)``); a ValueError
+    naming the two that do not broadcast."""
+    out = ()
+    for k, (what, shape) in enumerate(shapes):
+        shape = tuple(shape)
+        new = _broadcast(out, shape)
+        if new is None:
+            for other, s in shapes[:k]:
+                if _broadcast(tuple(s), shape) is None:
+                    raise ValueError(f"{func}: the batch shapes of {other} {tuple(s)} and {what} "
+                                     f"{shape} do not broadcast")
+            raise ValueError(f"{func}: the batch shape of {what} {shape} does not broadcast with {out}")
+        out = new
+    return out
+
+
+def batch_of(arrays, ranks) -> tuple:
+    """The broadcast batch shape of kernel arrays (a scalar field's rank is 1)."""
+    out = ()
+    for a, r in zip(arrays, ranks):
+        if a.ndim > r:
+            out = broadcast(out, a.shape[:a.ndim - r])
+    return out
+
+
+def nested(batch, values):
+    """A per-instance result: the value itself for no batch, else nested
+    lists shaped like ``batch`` (as ``ndarray.tolist``)."""
+    if not batch:
+        return values[0]
+    out = list(values)
+    for d in reversed(batch[1:]):
+        out = [out[k:k + d] for k in range(0, len(out), d)]
+    return out
+
+
+def scalar(arr: np.ndarray):
+    """A scalar field's attribute from its kernel array ``(*batch, 1)``: a float
+    (float64) or a numpy scalar (float32) without a batch, an array of the
+    batch shape with one."""
+    if arr.ndim > 1:
+        return arr[..., 0]
+    return float(arr[0]) if arr.dtype == _FLOAT64 else arr[0]
+
+
+# -- fields -------------------------------------------------------------------------
+
+def as_field(owner: str, name: str, value, rank: int) -> np.ndarray:
+    """A field as an array whose last ``rank`` dimensions are its declared
+    shape (any before them are batch dimensions); its dtype is settled by ``settle``."""
     if value is None:
-        raise TypeError(f"{owner}: missing {what} '{name}'")
+        raise TypeError(f"{owner}: missing field '{name}'")
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{owner}: {what} '{name}' is not an array of numbers ({exc})") from None
+        raise TypeError(f"{owner}: field '{name}' is not an array of numbers ({exc})") from None
     if not _dtype_ok(arr):
-        raise TypeError(f"{owner}: {what} '{name}' must hold real numbers, got dtype {arr.dtype}")
-    if arr.ndim != ndim:
-        kind = "a scalar" if ndim == 0 else f"a {ndim}-dimensional array"
-        raise ValueError(f"{owner}: {what} '{name}' must be {kind}, got shape {arr.shape}")
-    return np.asarray(arr, dtype=np.float64, order="C")
+        raise TypeError(f"{owner}: field '{name}' must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim < rank:
+        kind = f"a {rank}-dimensional array"
+        raise ValueError(f"{owner}: field '{name}' must be {kind} (after any batch dimensions), got shape {arr.shape}")
+    return arr
+
+
+def check_field_shape(owner: str, name: str, arr: np.ndarray, rank: int, expected: tuple, formula: str,
+                      sizes: str) -> None:
+    """The declared (last ``rank``) dimensions of a field against its shape formula."""
+    if any(d < 0 for d in expected):
+        raise ValueError(f"{owner}: sizes {sizes} give field '{name}' the shape {formula} = {expected}, "
+                         "which has a negative dimension")
+    got = arr.shape[arr.ndim - rank:]
+    if got != expected:
+        raise ValueError(f"{owner}: field '{name}' must have shape {formula} = {expected} "
+                         f"(with {sizes}), got {got if arr.ndim == rank else arr.shape}")
+
+
+def settle(owner: str, names: tuple, given: tuple, arrays: tuple, ranks: tuple) -> tuple:
+    """The fields as kernel arrays: one dtype for all (``result_dtype`` over
+    them), C-contiguous, a scalar as ``(*batch, 1)``; their batch shapes
+    checked to broadcast (each keeps its own: broadcasting costs no copy)."""
+    batches = [a.shape[:a.ndim - r] for a, r in zip(arrays, ranks)]
+    if any(batches):
+        batch_shape(owner, [(f"field '{n}'", b) for n, b in zip(names, batches)])
+    dtype = result_dtype(*(_weak(g, a) for g, a in zip(given, arrays)))
+    return tuple(np.ascontiguousarray(a, dtype).reshape(a.shape + (1,)) if r == 0 else
+                 np.ascontiguousarray(a, dtype) for a, r in zip(arrays, ranks))
 
 
 def _as_size(owner: str, name: str, value) -> int:
@@ -102,24 +233,47 @@ def _real_array(func: str, name: str, value) -> np.ndarray:
     return arr
 
 
-def as_dense(func: str, name: str, value, shape: tuple) -> np.ndarray:
-    """A dense matrix argument: float64, C-contiguous, exactly ``shape``."""
+def as_dense(func: str, name: str, value, shape: tuple, x) -> np.ndarray:
+    """A dense argument of the instance ``x``: its last dimensions exactly
+    ``shape`` (any before them are batch dimensions, which must broadcast with
+    x's), C-contiguous, in ``result_dtype`` of x and the argument."""
     arr = _real_array(func, name, value)
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{func}: argument '{name}' must have shape {tuple(shape)}, got {arr.shape}")
-    return np.asarray(arr, dtype=np.float64, order="C")
+    k = len(shape)
+    if arr.shape[arr.ndim - k:] != shape or arr.ndim < k:
+        raise ValueError(f"{func}: argument '{name}' must have shape {tuple(shape)}, got {arr.shape}"
+                         + (" (any dimensions before those are batch dimensions)" if arr.ndim > k else ""))
+    if arr.ndim > k:
+        batch_shape(func, [("x", x.batch_shape), (f"argument '{name}'", arr.shape[:arr.ndim - k])])
+    return np.ascontiguousarray(arr, x.dtype if arr.dtype == x.dtype else result_dtype(x.dtype, arr))
 
 
-def as_operand(func: str, name: str, value, rows: int, what: str):
-    """A vector ``(rows,)`` or a matrix ``(rows, k)`` as a 2-d float64 array,
-    and whether it was a vector."""
+def as_operand(func: str, name: str, value, rows: int, what: str, x):
+    """A vector ``(rows,)`` or a (batch of) matrices ``(..., rows, k)`` as an
+    array of at least 2 dimensions (a vector as ``(rows, 1)``), C-contiguous,
+    in ``result_dtype`` of x and the operand; and whether it was a vector."""
     arr = _real_array(func, name, value)
-    if arr.ndim not in (1, 2) or arr.shape[0] != rows:
-        raise ValueError(f"{func}: argument '{name}' must have shape ({rows},) or ({rows}, k) "
-                         f"({what}), got {arr.shape}")
+    if arr.ndim == 0 or arr.shape[-1 if arr.ndim == 1 else -2] != rows:
+        raise ValueError(f"{func}: argument '{name}' must have shape ({rows},) or ({rows}, k) or "
+                         f"(..., {rows}, k) ({what}), got {arr.shape}")
     vector = arr.ndim == 1
+    if arr.ndim > 2:
+        batch_shape(func, [("x", x.batch_shape), (f"argument '{name}'", arr.shape[:-2])])
     arr = arr.reshape(rows, 1) if vector else arr
-    return np.ascontiguousarray(arr, dtype=np.float64), vector
+    return np.ascontiguousarray(arr, x.dtype if arr.dtype == x.dtype else result_dtype(x.dtype, arr)), vector
+
+
+def check_like(func: str, name: str, value, cls, x) -> np.dtype:
+    """A structural tangent or cotangent ``value`` of x: a ``cls`` of x's
+    sizes whose batch shape broadcasts with x's; the dtype of the call."""
+    check_instance(func, name, value, cls, like=x)
+    if value.batch_shape != x.batch_shape:
+        batch_shape(func, [("x", x.batch_shape), (f"argument '{name}'", value.batch_shape)])
+    return result_dtype(x.dtype, value.dtype)
+
+
+def zeros(batch: tuple, shapes, dtype) -> tuple:
+    """Zeroed kernel arrays ``(*batch, *shape)``."""
+    return tuple(np.zeros(batch + s, dtype) for s in shapes)
 
 
 def adapter_arguments(mod, kwargs):
@@ -159,15 +313,71 @@ def check_instance(func: str, name: str, value, cls, like=None):
     return value
 
 
-def inverse_weights(weights: tuple) -> tuple:
-    """``1/w`` with ``1/0 := 0`` (the pseudo-inverse of a diagonal), read-only."""
+# -- one kernel call for a whole batch ------------------------------------------------
+# Every kernel of a generated module has two batched wrappers (``<kernel>_s``, a
+# serial loop, and ``<kernel>_p``, numba.prange): ``wrapper(nb, *sizes,
+# *inputs, *outputs, *index)`` runs the kernel on instance b of the flat batch
+# with ``inputs[k][index[k][b]]`` and ``outputs[j][b]``: the index arrays map the
+# broadcast batch to each input's own batch, so broadcasting copies nothing.
+# Each instance is computed by the same code whatever the number of threads.
+
+PARALLEL_MIN = 1 << 17      # elements touched by a call below which threads do not pay
+
+
+def _count(shape: tuple) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+@functools.lru_cache(maxsize=256)
+def _index(own: tuple, batch: tuple) -> np.ndarray:
+    """For each flat index of ``batch``, the flat index into ``own`` (which broadcasts to it)."""
+    idx = np.broadcast_to(np.arange(_count(own), dtype=np.int64).reshape(own), batch).ravel()
+    idx.setflags(write=False)
+    return idx
+
+
+def run(wrappers, nb: int, sizes: tuple, inputs: tuple, index: tuple, outputs: tuple) -> None:
+    """Call a kernel's batched wrapper on ``nb`` instances: ``inputs`` flat
+    ``(n_k, *shape)`` read at ``index[k]``, ``outputs`` ``(nb, *shape)``."""
+    if not nb:
+        return
+    work = max([a[0].size if a.shape[0] else 0 for a in inputs + outputs] or [0]) * nb
+    wrapper = wrappers[1] if nb > 1 and work >= PARALLEL_MIN else wrappers[0]
+    wrapper(nb, *sizes, *inputs, *outputs, *index)
+
+
+def call(wrappers, batch: tuple, sizes: tuple, inputs: tuple, ranks: tuple, outputs: tuple) -> None:
+    """A kernel on the batch ``batch``: ``inputs`` with their own batch
+    shapes (broadcasting to ``batch``) and kernel ranks ``ranks``, ``outputs``
+    allocated ``(*batch, *shape)``."""
+    nb = _count(batch)
+    flat, index = [], []
+    for a, r in zip(inputs, ranks):
+        own = a.shape[:a.ndim - r]
+        flat.append(a.reshape((_count(own),) + a.shape[a.ndim - r:]))
+        index.append(_index(own, batch))
+    outs = tuple(o.reshape((nb,) + o.shape[len(batch):]) for o in outputs)
+    run(wrappers, nb, sizes, tuple(flat), tuple(index), outs)
+
+
+def inverse_weights(weights: tuple, dtype=np.float64) -> tuple:
+    """``1/w`` with ``1/0 := 0`` (the pseudo-inverse of a diagonal), in ``dtype``, read-only."""
     out = []
     for w in weights:
         inv = np.zeros_like(w)
         np.divide(1.0, w, out=inv, where=w != 0)
+        inv = inv.astype(dtype, copy=False)
         inv.setflags(write=False)
         out.append(inv)
     return tuple(out)
+
+
+def repeat(batch: tuple, value):
+    """``nested`` of the same value for every instance of ``batch``."""
+    return nested(batch, [value] * _count(batch))
 
 
 def gather_class(weights: tuple, rows: int, cols: int) -> str:
@@ -196,59 +406,104 @@ def parametrisation_class(r: int, p_a: int, n_entries: int) -> str:
     return "deficient"
 
 
-def flat_zeros(arrays) -> tuple:
-    """One zero buffer for all the kernel arrays of a type, and its views shaped
-    like ``arrays``: a kernel that fills the views fills the flat vector, with
-    no copy (a fresh 32 MB array costs ~15 ms of page faults here)."""
-    sizes = [a.size for a in arrays]
-    buf = np.zeros(sum(sizes))
-    views, k = [], 0
-    for a, size in zip(arrays, sizes):
-        views.append(buf[k:k + size].reshape(a.shape))
-        k += size
-    return buf, tuple(views)
+def _rownorm(a: np.ndarray) -> np.ndarray:
+    """‖row‖ of each row (numpy's pairwise sums along a row do not depend on
+    the other rows: an instance gets the same norm alone or in a batch)."""
+    return np.sqrt(np.add.reduce(a * a, axis=-1))
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.add.reduce(a * b, axis=-1)
 
 
 class _Linearisation:
-    """J at one primal x, as two callables: ``push(arrays) -> dense`` (J·θ̇)
-    and ``pull(dense, out_arrays)`` (adds Jᵀ·Ȳ into zeroed arrays); ``weights``
-    is the flat vector of Σ c² per element."""
+    """J at x, per instance of a batch of ``nb`` (the broadcast of x's batch
+    and the operands'), matrix-free: structural vectors are rows of ``(k, p)``
+    arrays, natural ones rows of ``(k, N)``, and every product with J or Jᵀ is
+    one call of the generated kernels' batched wrappers on those k instances
+    (``act``: which instances of the batch; all by default). ``arrays`` are
+    x's kernel arrays in float64 (the solvers run in float64 whatever the
+    fields' precision), each with its own batch shape: the wrappers' index
+    arrays broadcast them without a copy."""
 
-    def __init__(self, owner, arrays, shape, push, pull, weights):
-        self.arrays = arrays
-        self.owner = owner
-        self.shapes = [a.shape for a in arrays]
-        self.bounds = np.cumsum([0] + [a.size for a in arrays])
+    def __init__(self, owner, sizes, arrays, ranks, batch, shape, push, pull, weights):
+        self.owner, self.sizes = owner, tuple(sizes)
+        self.batch = tuple(batch)
+        self.nb = _count(self.batch)
+        own = [a.shape[:a.ndim - r] for a, r in zip(arrays, ranks)]
+        self.shapes = [a.shape[a.ndim - r:] for a, r in zip(arrays, ranks)]
+        self.fields = tuple(a.reshape((_count(o),) + s) for a, o, s in zip(arrays, own, self.shapes))
+        self.index = tuple(_index(o, self.batch) for o in own)
+        self.bounds = np.cumsum([0] + [_count(s) for s in self.shapes])
         self.p = int(self.bounds[-1])
         self.shape = tuple(shape)
         self.n_entries = self.shape[0] * self.shape[1]
-        self.push = push
-        self.pull = pull
-        self.used = weights > 0     # columns of J that are not zero (Σ c² > 0)
+        self.push_k, self.pull_k = push, pull
+        buf, views = self._struct_buffer(self.nb)
+        run(weights, self.nb, self.sizes, self.fields, self.index, views)
+        self.weights = self._joined(buf, views)
+        self.used = self.weights > 0     # columns of J that are not zero (Σ c² > 0)
 
-    def flat(self, arrays) -> np.ndarray:
-        if len(arrays) == 1:
-            return np.ravel(arrays[0])
-        return np.concatenate([np.ravel(a) for a in arrays]) if len(arrays) else np.zeros(0)
+    # structural vectors (k, p) <-> per-field kernel arrays (k, *shape)
+    def _contiguous_views(self, k: int) -> bool:
+        return k <= 1 or len(self.shapes) <= 1
+
+    def _struct_buffer(self, k: int):
+        """A zeroed (k, p) buffer and per-field arrays that a kernel fills
+        (views of the buffer where they are contiguous, else their own)."""
+        if self._contiguous_views(k):
+            buf = np.zeros((k, self.p))
+            return buf, tuple(buf[:, a:b].reshape((k,) + s)
+                              for a, b, s in zip(self.bounds[:-1], self.bounds[1:], self.shapes))
+        return None, tuple(np.zeros((k,) + s) for s in self.shapes)
+
+    def _joined(self, buf, views):
+        if buf is not None:
+            return buf
+        k = views[0].shape[0]
+        return np.concatenate([v.reshape(k, -1) for v in views], axis=1)
 
     def split(self, vec) -> tuple:
-        return tuple(np.ascontiguousarray(vec[a:b]).reshape(s)
+        k = vec.shape[0]
+        return tuple(np.ascontiguousarray(vec[:, a:b]).reshape((k,) + s)
                      for a, b, s in zip(self.bounds[:-1], self.bounds[1:], self.shapes))
 
-    def jvp(self, vec) -> np.ndarray:
-        return self.push(self.split(vec)).ravel()
+    def _index_of(self, act):
+        if act is None:
+            return self.index
+        return tuple(ix[act] for ix in self.index)
 
-    def vjp(self, yvec) -> np.ndarray:
-        buf, views = flat_zeros(self.arrays)
-        self.pull(np.ascontiguousarray(yvec).reshape(self.shape), views)
-        return buf
+    def jvp(self, vec, act=None) -> np.ndarray:
+        """J θ̇ for the rows of ``vec`` (k, p): (k, N)."""
+        k = vec.shape[0]
+        out = np.zeros((k,) + self.shape)
+        ident = np.arange(k)
+        run(self.push_k, k, self.sizes, self.fields + self.split(vec),
+            self._index_of(act) + (ident,) * len(self.shapes), (out,))
+        return out.reshape(k, self.n_entries)
 
-    # the three products with J⁺, on kernel arrays and dense matrices
-    def pinv(self, ydot) -> tuple:
-        return self.split(self.pinv_vec(np.ravel(ydot)))
+    def vjp(self, yvec, act=None) -> np.ndarray:
+        """Jᵀ ȳ for the rows of ``yvec`` (k, N): (k, p)."""
+        k = yvec.shape[0]
+        buf, views = self._struct_buffer(k)
+        run(self.pull_k, k, self.sizes, self.fields + (np.ascontiguousarray(yvec).reshape((k,) + self.shape),),
+            self._index_of(act) + (np.arange(k),), views)
+        return self._joined(buf, views)
 
-    def pinv_adjoint(self, arrays) -> np.ndarray:
-        return self.pinv_adjoint_vec(self.flat(arrays)).reshape(self.shape)
+    # the products with J⁺ on kernel arrays and dense matrices of any batch broadcasting to ours
+    def pinv(self, ydot, dtype) -> tuple:
+        """J⁺ vec(Ẏ) as kernel arrays ``(*batch, *shape)`` in ``dtype``."""
+        b = np.ascontiguousarray(np.broadcast_to(ydot, self.batch + self.shape), np.float64)
+        out = self.pinv_vec(b.reshape(self.nb, self.n_entries))
+        return tuple(a.reshape(self.batch + s).astype(dtype, copy=False)
+                     for a, s in zip(self.split(out), self.shapes))
+
+    def pinv_adjoint(self, arrays, dtype) -> np.ndarray:
+        """(J⁺)ᵀ θ̄ as a dense ``(*batch, m, n)`` in ``dtype``."""
+        parts = [np.broadcast_to(a, self.batch + s).reshape(self.nb, -1) for a, s in zip(arrays, self.shapes)]
+        vec = np.concatenate(parts, axis=1) if parts else np.zeros((self.nb, 0))
+        out = self.pinv_adjoint_vec(np.ascontiguousarray(vec, np.float64))
+        return out.reshape(self.batch + self.shape).astype(dtype, copy=False)
 
     def check_finite(self, finite: bool):
         if not finite:
@@ -256,8 +511,17 @@ class _Linearisation:
                              "so rank J is undefined")
 
 
+def _small(M, v):
+    """M @ v per instance, for small (nb, c, c) and (nb, c), one row at a time."""
+    out = np.zeros_like(v)
+    for a in range(M.shape[1]):
+        for t in range(M.shape[2]):
+            out[:, a] += M[:, a, t] * v[:, t]
+    return out
+
+
 class Bordered(_Linearisation):
-    """J⁺ for a bordered type, exactly.
+    """J⁺ for a bordered type, exactly, per instance of the batch.
 
     The elements split into G (each entry reads at most one of them, so
     J_Gᵀ J_G = diag(w), from the weights kernel) and a few coupled elements C.
@@ -269,87 +533,98 @@ class Bordered(_Linearisation):
       z_G = W⁻¹ (v_G - B z_C); projecting z and v off null(M) gives M⁺ v;
     * J⁺ y = M⁺ Jᵀ y, (J⁺)ᵀ θ̄ = J M⁺ θ̄, rank J = |used G| + rank S.
 
-    Setup costs one pushforward and one pullback per coupled element.
+    Setup costs one pushforward and one pullback per coupled element (each one
+    batched kernel call); S's eigenvalues come from one stacked ``eigh``.
     Eigenvalues of S below 1e-10 · max|C| count as zero.
     """
 
     RTOL = 1e-10
 
-    def __init__(self, owner, arrays, shape, push, pull, weights, coupled):
-        super().__init__(owner, arrays, shape, push, pull, weights)
+    def __init__(self, owner, sizes, arrays, ranks, batch, shape, push, pull, weights, coupled):
+        super().__init__(owner, sizes, arrays, ranks, batch, shape, push, pull, weights)
+        nb, p = self.nb, self.p
         # Everything is kept in full p-coordinates (no gathers over p):
         # winv = 1/w on used G elements, 0 elsewhere; B has zero rows outside them.
-        w_all = weights
-        self.winv = np.zeros(self.p)
+        w_all = self.weights
+        self.winv = np.zeros((nb, p))
         np.divide(1.0, w_all, out=self.winv, where=w_all > 0)
         self.c_idx = np.concatenate([np.arange(a, b) for (a, b), c in
                                      zip(zip(self.bounds[:-1], self.bounds[1:]), coupled) if c] or
                                     [np.zeros(0, dtype=np.int64)])
-        self.winv[self.c_idx] = 0.0
-        n_g = int(np.count_nonzero(self.winv))
+        self.winv[:, self.c_idx] = 0.0
+        n_g = np.count_nonzero(self.winv, axis=1)
         c = self.c_idx.size
-        B = np.zeros((c, self.p))          # row t: J_Gᵀ J e_t (zero on coupled elements)
-        C = np.zeros((c, c))
+        B = np.zeros((nb, c, p))          # row t: J_Gᵀ J e_t (zero on coupled elements)
+        C = np.zeros((nb, c, c))
         for t, e in enumerate(self.c_idx):
-            unit = np.zeros(self.p)
-            unit[e] = 1.0
+            unit = np.zeros((nb, p))
+            unit[:, e] = 1.0
             g = self.vjp(self.jvp(unit))
-            C[:, t] = g[self.c_idx]
-            g[self.c_idx] = 0.0
-            B[t] = g
-        C = (C + C.T) / 2
+            C[:, :, t] = g[:, self.c_idx]
+            g[:, self.c_idx] = 0.0
+            B[:, t] = g
+        C = (C + np.swapaxes(C, 1, 2)) / 2
         self.B = B
-        S = C - (B * self.winv) @ B.T
+        # every product below is written per row (instance) and per coupled
+        # element, so that an instance gets the same bits alone or in a batch
+        S = C.copy()
+        with np.errstate(invalid="ignore", over="ignore"):
+            for a in range(c):
+                bw = B[:, a] * self.winv
+                for t in range(c):
+                    S[:, a, t] -= _rowdot(bw, B[:, t])
         # a NaN or inf that reaches J (not one in unused storage): J⁺ is NaN
-        self.finite = bool(np.all(np.isfinite(S)) and np.all(np.isfinite(w_all)))
-        if not self.finite:
-            S = np.zeros_like(S)
-        lam, Q = np.linalg.eigh((S + S.T) / 2)
-        tol = self.RTOL * (np.abs(C).max() if c else 0.0)
-        keep = lam > tol
-        self.lam, self.Qr = lam[keep], Q[:, keep]
-        Q0 = Q[:, ~keep]
+        self.finite = np.all(np.isfinite(S), axis=(1, 2)) & np.all(np.isfinite(w_all), axis=1)
+        S[~self.finite] = 0.0
+        lam, Q = np.linalg.eigh((S + np.swapaxes(S, 1, 2)) / 2)
+        tol = self.RTOL * (np.abs(np.where(self.finite[:, None, None], C, 0.0)).max(axis=(1, 2)) if c
+                           else np.zeros(nb))
+        keep = lam > tol[:, None]
+        self.Q, self.lam_inv = Q, np.zeros_like(lam)
+        np.divide(1.0, lam, out=self.lam_inv, where=keep)
         self.null = []
-        if Q0.shape[1]:
-            # null(M) = {[-W⁻¹B t; t]}: orthonormalise its few columns (Gram–Schmidt)
-            for t in range(Q0.shape[1]):
-                u = -(Q0[:, t] @ B) * self.winv
-                u[self.c_idx] = Q0[:, t]
+        with np.errstate(invalid="ignore", over="ignore"):
+            for t in range(c):
+                gone = ~keep[:, t]
+                if not gone.any():
+                    continue
+                # null(M) = {[-W⁻¹B t; t]}: orthonormalise its few columns (Gram–Schmidt)
+                u = np.zeros((nb, p))
+                for a in range(c):
+                    u -= Q[:, a, t, None] * B[:, a]
+                u *= self.winv
+                u[:, self.c_idx] = Q[:, :, t]
+                u[~gone] = 0.0
                 for q in self.null:
-                    u -= q * (q @ u)
-                self.null.append(u / np.linalg.norm(u))
-        self.rank = n_g + int(np.count_nonzero(keep))
-        self.used[self.c_idx] = np.diag(C) > 0      # ‖J e‖² for each coupled element
+                    u -= q * _rowdot(q, u)[:, None]
+                norm = _rownorm(u)
+                np.divide(u, norm[:, None], out=u, where=norm[:, None] > 0)
+                self.null.append(u)
+        self.rank = n_g + np.count_nonzero(keep, axis=1)
+        self.used[:, self.c_idx] = np.diagonal(C, axis1=1, axis2=2) > 0     # ‖J e‖² for each coupled element
 
     def _off_null(self, v):
         """v minus its part in null(JᵀJ), in place (v is a work vector)."""
         for q in self.null:
-            c = q @ v
-            if c:
-                np.multiply(q, c, out=self._scratch)
-                v -= self._scratch
+            v -= q * _rowdot(q, v)[:, None]
         return v
 
     def solve(self, v) -> np.ndarray:
-        """M⁺ v for M = JᵀJ, v a p-vector (not modified)."""
-        if not self.finite:
-            return np.full(self.p, np.nan)
-        self._scratch = np.empty(self.p) if self.null or self.c_idx.size else None
-        v = self._off_null(v.copy()) if self.null else v
-        if self.c_idx.size:
-            np.multiply(self.winv, v, out=self._scratch)
-            h = v[self.c_idx] - self.B @ self._scratch
-            zc = self.Qr @ ((self.Qr.T @ h) / self.lam)
-        else:
-            zc = np.zeros(0)
-        z = v * self.winv
-        for t in range(zc.size):                 # z -= (Bᵀ zc) ∘ winv, one row at a time
-            if zc[t]:
-                np.multiply(self.B[t], zc[t] , out=self._scratch)
-                self._scratch *= self.winv
-                z -= self._scratch
-        z[self.c_idx] = zc
-        return self._off_null(z)
+        """M⁺ v for M = JᵀJ, v (nb, p) (not modified)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = self._off_null(v.copy()) if self.null else v
+            z = v * self.winv
+            c = self.c_idx.size
+            if c:
+                h = v[:, self.c_idx] - np.stack([_rowdot(self.B[:, a], z) for a in range(c)], axis=1)
+                g = self.lam_inv * _small(np.swapaxes(self.Q, 1, 2), h)
+                zc = _small(self.Q, g)
+                for t in range(zc.shape[1]):         # z -= (Bᵀ zc) ∘ winv, one row at a time
+                    z -= self.B[:, t] * zc[:, t, None] * self.winv
+                z[:, self.c_idx] = zc
+            z = self._off_null(z)
+        z[~self.finite] = np.nan
+        return z
 
     def pinv_vec(self, yvec):
         return self.solve(self.vjp(yvec))
@@ -357,25 +632,50 @@ class Bordered(_Linearisation):
     def pinv_adjoint_vec(self, vec):
         return self.jvp(self.solve(vec))
 
-    def classify(self) -> str:
-        self.check_finite(self.finite)
-        return parametrisation_class(self.rank, int(np.count_nonzero(self.used)), self.n_entries)
+    def classify(self):
+        self.check_finite(bool(np.all(self.finite)))
+        used = np.count_nonzero(self.used, axis=1)
+        return nested(self.batch, [parametrisation_class(int(r), int(u), self.n_entries)
+                                   for r, u in zip(self.rank, used)])
 
 
-class _NotFinite(Exception):
-    pass
+def _sym_ortho(a, b):
+    """scipy's stable Givens rotation (c, s, r) for arrays a, b."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        big_b = np.abs(b) > np.abs(a)
+        tau_b = a / b
+        s_b = np.sign(b) / np.sqrt(1 + tau_b * tau_b)
+        c_b = s_b * tau_b
+        r_b = b / s_b
+        tau_a = b / a
+        c_a = np.sign(a) / np.sqrt(1 + tau_a * tau_a)
+        s_a = c_a * tau_a
+        r_a = a / c_a
+    c = np.where(big_b, c_b, c_a)
+    s = np.where(big_b, s_b, s_a)
+    r = np.where(big_b, r_b, r_a)
+    zb, za = b == 0, (a == 0) & (b != 0)
+    c = np.where(zb, np.sign(a), np.where(za, 0.0, c))
+    s = np.where(zb, 0.0, np.where(za, np.sign(b), s))
+    r = np.where(zb, np.abs(a), np.where(za, np.abs(b), r))
+    return c, s, r
 
 
 class Iterative(_Linearisation):
-    """J⁺ by LSQR (scipy), matrix-free: every iteration is one pushforward
-    and one pullback. Started from zero, LSQR's iterates stay in the row
-    space of its operator, so it converges to the minimum-norm least-squares
-    solution: J⁺ y for the operator J, (J⁺)ᵀ θ̄ = (Jᵀ)⁺ θ̄ for Jᵀ.
+    """J⁺ by LSQR, matrix-free, for every instance of a batch at once: every
+    iteration is one pushforward and one pullback (each one batched kernel call
+    over the instances still running). Started from zero, LSQR's iterates stay
+    in the row space of its operator, so it converges to the minimum-norm
+    least-squares solution: J⁺ y for the operator J, (J⁺)ᵀ θ̄ = (Jᵀ)⁺ θ̄ for Jᵀ.
 
-    Tolerance atol = btol = 1e-12, condition limit 1e14, at most
+    The iteration is scipy's ``lsqr`` (Paige & Saunders 1982) written over
+    arrays: per-instance scalars, each instance stopping by scipy's tests and
+    leaving the batch then; an instance gets the same answer alone or in a
+    batch. Tolerance atol = btol = 1e-12, condition limit 1e14, at most
     2·min(N, p) + 100 iterations; stopping at the cap or the condition limit
     with a relative normal-equation residual ‖Aᵀr‖/(‖A‖‖r‖) above 1e-10
-    raises a ConvergenceWarning naming the type and the residual.
+    raises a ConvergenceWarning naming the type and the residual (one warning
+    for a batch, with the number of instances and the largest residual).
     """
 
     TOL = 1e-12
@@ -384,54 +684,160 @@ class Iterative(_Linearisation):
     PROBE_RTOL = 1e-6
 
     def _lsqr(self, what, shape, matvec, rmatvec, b):
-        from scipy.sparse.linalg import LinearOperator, lsqr
-
-        if not b.size or not np.any(b) or not min(shape):
-            return np.zeros(shape[1])
-        if not np.all(np.isfinite(b)):        # J⁺ mixes every entry: NaN in, NaN out
-            return np.full(shape[1], np.nan)
-        def finite(f):
-            def apply(v):
-                out = f(v)
-                if not np.all(np.isfinite(out)):    # J is not finite at x (inf or nan in an entry's derivative)
-                    raise _NotFinite
-                return out
-            return apply
-
-        op = LinearOperator(shape, matvec=finite(matvec), rmatvec=finite(rmatvec), dtype=np.float64)
+        nb = b.shape[0]
+        m, n = shape
+        out = np.zeros((nb, n))
+        if not m or not n:
+            return out
+        finite = np.all(np.isfinite(b), axis=1)
+        out[~finite] = np.nan            # J⁺ mixes every entry: NaN in, NaN out
+        act = np.flatnonzero(finite & np.any(b != 0, axis=1))
+        if not act.size:
+            return out
+        atol = btol = self.TOL
+        ctol = 1 / self.CONLIM
+        eps = np.finfo(np.float64).eps
         cap = self.iteration_cap(shape)
-        try:
-            out = lsqr(op, b, atol=self.TOL, btol=self.TOL, conlim=self.CONLIM, iter_lim=cap)
-        except _NotFinite:
-            return np.full(shape[1], np.nan)
-        z, istop, itn, r1norm, _, anorm, _, arnorm = out[:8]
-        rel = arnorm / (anorm * r1norm) if anorm * r1norm else 0.0
-        if istop in (3, 6, 7) and not rel <= self.WARN_RESIDUAL:
-            why = "the iteration cap" if istop == 7 else "the condition-number limit"
+        warn = []                         # (relative residual, iterations, why) of instances that stop short
+        b = b[act]
+        k = act.size
+        st = dict(x=np.zeros((k, n)), u=None, v=None, w=None)
+        bnorm = _rownorm(b)
+        beta = bnorm.copy()
+        u = b * (1 / beta)[:, None]
+        v = rmatvec(u, act)
+        alfa = _rownorm(v)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.where((alfa > 0)[:, None], v * (1 / alfa)[:, None], v)
+        sc = dict(bnorm=bnorm, alfa=alfa, rhobar=alfa.copy(), phibar=beta, anorm=np.zeros(k), ddnorm=np.zeros(k),
+                  res2=np.zeros(k), xxnorm=np.zeros(k), z=np.zeros(k), cs2=np.full(k, -1.0), sn2=np.zeros(k))
+        st.update(u=u, v=v, w=v.copy())
+        bad = ~np.isfinite(alfa)          # J is not finite at x (inf or nan in an entry's derivative)
+        stop = (alfa * beta == 0) | bad
+        itn = 0
+
+        def leave(stop, bad):
+            nonlocal act, st, sc
+            out[act[stop & ~bad]] = st["x"][stop & ~bad]
+            out[act[bad]] = np.nan
+            keep = ~stop
+            act = act[keep]
+            st = {key: val[keep] for key, val in st.items()}
+            sc = {key: val[keep] for key, val in sc.items()}
+
+        if stop.any():
+            leave(stop, bad)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            while act.size and itn < cap:
+                itn += 1
+                x, u, v, w = st["x"], st["u"], st["v"], st["w"]
+                alfa, anorm = sc["alfa"], sc["anorm"]
+                u = matvec(v, act) - alfa[:, None] * u
+                beta = _rownorm(u)
+                pos = beta > 0
+                u = np.where(pos[:, None], (1 / beta)[:, None] * u, u)
+                anorm = np.where(pos, np.sqrt(anorm ** 2 + alfa ** 2 + beta ** 2), anorm)
+                if pos.all():
+                    v = rmatvec(u, act) - beta[:, None] * v
+                    alfa = _rownorm(v)
+                elif pos.any():
+                    v, alfa = v.copy(), alfa.copy()
+                    v[pos] = rmatvec(u[pos], act[pos]) - beta[pos, None] * v[pos]
+                    alfa[pos] = _rownorm(v[pos])
+                v = np.where((pos & (alfa > 0))[:, None], (1 / alfa)[:, None] * v, v)
+                cs, sn, rho = _sym_ortho(sc["rhobar"], beta)
+                theta = sn * alfa
+                rhobar = -cs * alfa
+                phi = cs * sc["phibar"]
+                phibar = sn * sc["phibar"]
+                tau = sn * phi
+                t1 = phi / rho
+                t2 = -theta / rho
+                dk = (1 / rho)[:, None] * w
+                x = x + t1[:, None] * w
+                w = v + t2[:, None] * w
+                ddnorm = sc["ddnorm"] + _rownorm(dk) ** 2
+                delta = sc["sn2"] * rho
+                gambar = -sc["cs2"] * rho
+                rhs = phi - delta * sc["z"]
+                zbar = rhs / gambar
+                xnorm = np.sqrt(sc["xxnorm"] + zbar ** 2)
+                gamma = np.sqrt(gambar ** 2 + theta ** 2)
+                cs2 = gambar / gamma
+                sn2 = theta / gamma
+                z = rhs / gamma
+                xxnorm = sc["xxnorm"] + z ** 2
+                acond = anorm * np.sqrt(ddnorm)
+                rnorm = np.sqrt(phibar ** 2 + sc["res2"])
+                arnorm = alfa * np.abs(tau)
+                bnorm = sc["bnorm"]
+                test1 = rnorm / bnorm
+                test2 = arnorm / (anorm * rnorm + eps)
+                test3 = 1 / (acond + eps)
+                t1 = test1 / (1 + anorm * xnorm / bnorm)
+                rtol = btol + atol * anorm * xnorm / bnorm
+                istop = np.zeros(act.size, dtype=np.int64)
+                for code, hit in ((7, itn >= cap), (6, 1 + test3 <= 1), (5, 1 + test2 <= 1), (4, 1 + t1 <= 1),
+                                  (3, test3 <= ctol), (2, test2 <= atol), (1, test1 <= rtol)):
+                    istop = np.where(hit, code, istop)
+                st = dict(x=x, u=u, v=v, w=w)
+                sc.update(alfa=alfa, rhobar=rhobar, phibar=phibar, anorm=anorm, ddnorm=ddnorm, cs2=cs2, sn2=sn2,
+                          z=z, xxnorm=xxnorm)
+                bad = ~(np.all(np.isfinite(u), axis=1) & np.all(np.isfinite(v), axis=1))
+                short = (istop == 3) | (istop == 6) | (istop == 7)
+                if short.any():
+                    denom = anorm * rnorm
+                    rel = np.where(denom != 0, arnorm / np.where(denom != 0, denom, 1.0), 0.0)
+                    for r, code in zip(rel[short & ~bad], istop[short & ~bad]):
+                        if not r <= self.WARN_RESIDUAL:
+                            warn.append((r, code))
+                stop = (istop != 0) | bad
+                if stop.any():
+                    leave(stop, bad)
+        if warn:
+            rel, code = max(warn, key=lambda t: t[0])
+            why = "the iteration cap" if code == 7 else "the condition-number limit"
+            many = f" ({len(warn)} of {nb} instances; the largest)" if nb > 1 else ""
             warnings.warn(f"{self.owner}: {what}: LSQR stopped at {why} after {itn} iterations; "
-                          f"relative normal-equation residual {rel:.2e}, the result is approximate",
-                          ConvergenceWarning, stacklevel=4)
-        return z
+                          f"relative normal-equation residual{many} {rel:.2e}, the result is approximate",
+                          ConvergenceWarning, stacklevel=5)
+        return out
 
     def iteration_cap(self, shape) -> int:
         return 2 * min(shape) + 100
 
     def pinv_vec(self, yvec):
-        return self._lsqr("J⁺", (self.n_entries, self.p), self.jvp, self.vjp, np.asarray(yvec, float))
+        return self._lsqr("J⁺", (self.n_entries, self.p), self.jvp, self.vjp, yvec)
 
     def pinv_adjoint_vec(self, vec):
-        return self._lsqr("(J⁺)ᵀ", (self.p, self.n_entries), self.vjp, self.jvp, np.asarray(vec, float))
+        return self._lsqr("(J⁺)ᵀ", (self.p, self.n_entries), self.vjp, self.jvp, vec)
 
-    def classify(self) -> str:
+    def classify(self):
         rng = np.random.default_rng(0)
-        z = rng.standard_normal(self.p) * self.used
+        z = rng.standard_normal((self.nb, self.p)) * self.used
         jz = self.jvp(z)
-        self.check_finite(np.all(np.isfinite(jz)))
-        zn = np.linalg.norm(z)
-        full_col = zn == 0 or np.linalg.norm(z - self.pinv_vec(jz)) <= self.PROBE_RTOL * zn
-        y = rng.standard_normal(self.n_entries)
-        yn = np.linalg.norm(y)
-        full_row = yn == 0 or np.linalg.norm(y - self.jvp(self.pinv_vec(y))) <= self.PROBE_RTOL * yn
+        self.check_finite(bool(np.all(np.isfinite(jz))))
+        zn = _rownorm(z)
+        full_col = (zn == 0) | (_rownorm(z - self.pinv_vec(jz)) <= self.PROBE_RTOL * zn)
+        y = rng.standard_normal((self.nb, self.n_entries))
+        yn = _rownorm(y)
+        full_row = (yn == 0) | (_rownorm(y - self.jvp(self.pinv_vec(y))) <= self.PROBE_RTOL * yn)
         # r = p_a and r = N: exact; r = p_a only: under; r = N only: over
-        return {(True, True): "exact", (True, False): "under",
-                (False, True): "over", (False, False): "deficient"}[bool(full_col), bool(full_row)]
+        names = {(True, True): "exact", (True, False): "under", (False, True): "over", (False, False): "deficient"}
+        return nested(self.batch, [names[bool(c), bool(r)] for c, r in zip(full_col, full_row)])
+
+
+# -- Toeplitz products by FFT over a batch ---------------------------------------------
+
+def toeplitz_matmul(c, r, x):
+    """T @ x for the Toeplitz T of first column c ``(..., m)`` and first row r
+    ``(..., n)`` (r[..., 0] unused), x ``(..., n, k)``, batches broadcasting:
+    scipy.linalg.matmul_toeplitz's circulant embedding, over leading axes."""
+    from scipy.fft import irfft, rfft
+
+    m, n = c.shape[-1], r.shape[-1]
+    size = m + n - 1
+    col = np.concatenate((c, r[..., :0:-1]), axis=-1)
+    fc = rfft(col, axis=-1)[..., None]
+    fx = rfft(x, n=size, axis=-2)
+    return irfft(fc * fx, n=size, axis=-2)[..., :m, :]

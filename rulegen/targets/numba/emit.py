@@ -18,7 +18,6 @@ from ...derive import Derivation, Region
 from ...expr import I, J, IntDiv, is_int, outside_sums
 from ...printer import code, recording_imports, value_code
 from ..common import environment, shape_code, shape_text, doc_text, file_label, size_plan
-from ...structure import structure_literal
 from .lower import Lowerer, has_tangent
 
 
@@ -372,6 +371,23 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
         yield _kernel(f"{name}_pullback_kernel", pulls, sizes + fields + (bar,) + grads)
 
 
+_OUTPUTS = ("_out", "_g_", "_w_")
+
+
+def _wrapper(k: Kernel, n_sizes: int) -> dict:
+    """What the template needs for the batched wrappers of kernel ``k``: its
+    parameters split into sizes, inputs (read at ``_ix_<input>[_b]``) and
+    outputs (written at ``[_b]``)."""
+    sizes = list(k.params[:n_sizes])
+    rest = k.params[n_sizes:]
+    outputs = [p for p in rest if p.startswith(_OUTPUTS)]
+    inputs = [p for p in rest if not p.startswith(_OUTPUTS)]
+    index = [f"_ix_{p}" for p in inputs]
+    args = sizes + [f"{p}[{ix}[_b]]" for p, ix in zip(inputs, index)] + [f"{p}[_b]" for p in outputs]
+    return dict(kernel=k.name, batched=k.name.removesuffix("_kernel") + "_batched", sizes=sizes,
+                inputs=inputs, outputs=outputs, index=index, args=args)
+
+
 def render(d: Derivation, spec_file: str) -> str:
     """The source of the generated module for ``d``."""
     spec = d.spec
@@ -403,10 +419,12 @@ def render(d: Derivation, spec_file: str) -> str:
         cols_code=code(spec.size[1]),
         shape_text=f"{spec.size[0]} × {spec.size[1]}",
         kernels=kernels,
+        wrappers=[_wrapper(k, len(spec.sizes)) for k in kernels
+                  if not (d.kind == "gather" and k.name == "_weights_kernel")],
+        field_ndim={f.name: f.ndim for f in spec.fields},
         tiles=any(_transposed(spec, r) is not None for r in d.regions),
         uses_math="math" in modules,
         kind=d.kind,
-        structure=structure_literal(d),
         fft=(d.toeplitz or d.hankel) and not all(r.separable is not None for r in d.op_regions),
         hankel=d.hankel,
         dest_alloc="np.empty" if writes["destructure"] else "np.zeros",

@@ -9,8 +9,9 @@ vector stores (what XLA does for a transpose):
 * ``tcopy4(src, sr, sc, dst, dr, dc, c)``: ``dst[dr + a, dc + b] = c * src[sr + b, sc + a]``
 * ``tadd4(src, sr, sc, dst, dr, dc, c)``: ``dst[dr + a, dc + b] += c * src[sr + b, sc + a]``
 
-for ``a, b`` in ``0..3``. Both arrays are C-contiguous float64 matrices and
-the caller has checked that both tiles lie inside them (no checks here).
+for ``a, b`` in ``0..3``. Both arrays are C-contiguous matrices of one dtype,
+float64 or float32 (then ``c`` is rounded to float32), and the caller has
+checked that both tiles lie inside them (no checks here).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from numba.extending import intrinsic
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
-_V4 = ir.VectorType(ir.DoubleType(), 4)
+_FLOATS = {types.float64: ir.DoubleType(), types.float32: ir.FloatType()}
 
 
 def _mask(*ks):
@@ -31,12 +32,13 @@ def _mask(*ks):
 
 
 def _matrix(ty) -> bool:
-    return isinstance(ty, types.Array) and ty.ndim == 2 and ty.layout == "C" and ty.dtype == types.float64
+    return isinstance(ty, types.Array) and ty.ndim == 2 and ty.layout == "C" and ty.dtype in _FLOATS
 
 
 def _signature(src, sr, sc, dst, dr, dc, scale):
-    if not (_matrix(src) and _matrix(dst)) or not dst.mutable:
-        raise TypingError("tile moves need C-contiguous float64 matrices (a writable destination)")
+    if not (_matrix(src) and _matrix(dst)) or not dst.mutable or src.dtype != dst.dtype:
+        raise TypingError("tile moves need C-contiguous float64 or float32 matrices of one dtype "
+                          "(a writable destination)")
     if not all(isinstance(t, types.Integer) for t in (sr, sc, dr, dc)) or not isinstance(scale, (types.Float, types.Integer)):
         raise TypingError("tile moves need integer offsets and a real scale")
     return types.void(src, types.int64, types.int64, dst, types.int64, types.int64, types.float64)
@@ -47,14 +49,19 @@ def _codegen(accumulate: bool):
         src_v, sr, sc, dst_v, dr, dc, scale = args
         src = context.make_array(sig.args[0])(context, builder, src_v)
         dst = context.make_array(sig.args[3])(context, builder, dst_v)
+        element = _FLOATS[sig.args[0].dtype]
+        vec4 = ir.VectorType(element, 4)
+        element_size = 8 if element == ir.DoubleType() else 4
+        if element != scale.type:
+            scale = builder.fptrunc(scale, element)
         src_cols = cgutils.unpack_tuple(builder, src.shape, 2)[1]
         dst_cols = cgutils.unpack_tuple(builder, dst.shape, 2)[1]
 
         def row(arr, cols, r, c, k):
             offset = builder.add(builder.mul(builder.add(r, ir.Constant(_I64, k)), cols), c)
-            return builder.bitcast(builder.gep(arr.data, [offset]), _V4.as_pointer())
+            return builder.bitcast(builder.gep(arr.data, [offset]), vec4.as_pointer())
 
-        r0, r1, r2, r3 = (builder.load(row(src, src_cols, sr, sc, k), align=8) for k in range(4))
+        r0, r1, r2, r3 = (builder.load(row(src, src_cols, sr, sc, k), align=element_size) for k in range(4))
         t0 = builder.shuffle_vector(r0, r1, _mask(0, 4, 2, 6))
         t1 = builder.shuffle_vector(r0, r1, _mask(1, 5, 3, 7))
         t2 = builder.shuffle_vector(r2, r3, _mask(0, 4, 2, 6))
@@ -63,14 +70,14 @@ def _codegen(accumulate: bool):
                    builder.shuffle_vector(t1, t3, _mask(0, 1, 4, 5)),
                    builder.shuffle_vector(t0, t2, _mask(2, 3, 6, 7)),
                    builder.shuffle_vector(t1, t3, _mask(2, 3, 6, 7)))
-        factor = builder.insert_element(ir.Constant(_V4, ir.Undefined), scale, ir.Constant(_I32, 0))
+        factor = builder.insert_element(ir.Constant(vec4, ir.Undefined), scale, ir.Constant(_I32, 0))
         factor = builder.shuffle_vector(factor, factor, _mask(0, 0, 0, 0))
         for k, col in enumerate(columns):
             ptr = row(dst, dst_cols, dr, dc, k)
             value = builder.fmul(col, factor)
             if accumulate:
-                value = builder.fadd(builder.load(ptr, align=8), value)
-            builder.store(value, ptr, align=8)
+                value = builder.fadd(builder.load(ptr, align=element_size), value)
+            builder.store(value, ptr, align=element_size)
         return context.get_dummy_value()
     return codegen
 
