@@ -49,6 +49,7 @@ _KIND = "gather"
 # the fields' declared ranks, and their kernel arrays' (a scalar is shape (1,))
 _RANKS = (1, )
 _KRANKS = (1, )
+_STRUCTURE = {'band': (0, 0), 'symmetric': True, 'triangular': 'upper', 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
     "Diagonal",

@@ -50,6 +50,7 @@ _KIND = "general"
 # the fields' declared ranks, and their kernel arrays' (a scalar is shape (1,))
 _RANKS = (2, 2, )
 _KRANKS = (2, 2, )
+_STRUCTURE = {'band': None, 'symmetric': False, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
     "LowRank",

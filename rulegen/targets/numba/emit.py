@@ -18,6 +18,7 @@ from ...derive import Derivation, Region
 from ...expr import I, J, IntDiv, is_int, outside_sums
 from ...printer import code, recording_imports, value_code
 from ..common import environment, shape_code, shape_text, doc_text, file_label, size_plan
+from ...structure import structure_literal
 from .lower import Lowerer, has_tangent
 
 
@@ -425,6 +426,7 @@ def render(d: Derivation, spec_file: str) -> str:
         tiles=any(_transposed(spec, r) is not None for r in d.regions),
         uses_math="math" in modules,
         kind=d.kind,
+        structure=structure_literal(d),
         fft=(d.toeplitz or d.hankel) and not all(r.separable is not None for r in d.op_regions),
         hankel=d.hankel,
         dest_alloc="np.empty" if writes["destructure"] else "np.zeros",
