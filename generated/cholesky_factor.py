@@ -51,6 +51,10 @@ _KIND = "general"
 _RANKS = (2, )
 _KRANKS = (2, )
 _STRUCTURE = {'band': None, 'symmetric': True, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
+# the entry has an imaginary constant: the dense matrix is complex even for real fields
+_COMPLEX_OUTPUT = False
+# the first comparison of field values in getindex (complex fields are refused), or None
+_ORDERING = None
 
 __all__ = [
     "CholeskyFactor",
@@ -141,9 +145,9 @@ class CholeskyFactor:
         return CholeskyFactor._from_arrays(self._size_values, tuple(-a for a in self._arrays))
 
     def __mul__(self, scalar):
-        if not isinstance(scalar, (int, float, np.integer, np.floating)) or isinstance(scalar, bool):
+        if not isinstance(scalar, (int, float, complex, np.number)) or isinstance(scalar, bool):
             return NotImplemented
-        return CholeskyFactor._from_arrays(self._size_values, tuple(a * float(scalar) for a in self._arrays))
+        return CholeskyFactor._from_arrays(self._size_values, tuple(a * scalar for a in self._arrays))
 
     __rmul__ = __mul__
 
@@ -172,7 +176,7 @@ def _pullback(x, ybar):
     else:
         grads = tuple(np.zeros_like(a) for a in arrays)
         _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
-    return grads
+    return _rt.project_to(grads, x.dtype)
 
 
 def _pushforward(x, arrays, dtype):
@@ -194,18 +198,19 @@ def _linearisation(x, batch):
     """J at x for each instance of ``batch`` as the runtime's solver: matrix-free LSQR, in float64.
 
     Products with J and Jᵀ are batched kernel calls."""
-    return _rt.Iterative(
-        "CholeskyFactor", x._size_values, _rt.cast(x._arrays, _rt.FLOAT64), _KRANKS, batch, x.shape,
-        _pushforward_batched, _pullback_batched, _weights_batched)
+    out = _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT)
+    return _rt.Iterative("CholeskyFactor", x._size_values, x._arrays, _KRANKS, batch, x.shape,
+                         _pushforward_batched, _pullback_batched, _weights_batched, out)
 
 
 def _pinv(x, ydot):
-    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, ydot.dtype)
+    dtype = _rt.result_dtype(x.dtype, _rt.real_dtype(ydot.dtype)) if not _rt.is_complex(x.dtype) else ydot.dtype
+    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, dtype)
 
 
 def _pinv_adjoint(x, arrays, dtype):
     batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
-    return _linearisation(x, batch).pinv_adjoint(arrays, dtype)
+    return _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def _classify(x):
@@ -218,7 +223,7 @@ def destructure(x):
     Cost: one write of the m × n output plus one pass over the stored pattern.
     """
     _rt.check_instance("destructure", "x", x, CholeskyFactor)
-    out = np.empty(x.batch_shape + x.shape, x.dtype)
+    out = np.empty(x.batch_shape + x.shape, _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT))
     if x.batch_shape:
         _rt.call(_destructure_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
     else:
@@ -233,7 +238,7 @@ def destructure_pushforward(x, dx):
     """
     _rt.check_instance("destructure_pushforward", "x", x, CholeskyFactor)
     dtype = _rt.check_like("destructure_pushforward", "dx", dx, CholeskyFactor, x)
-    return _pushforward(x, _rt.cast(dx._arrays, dtype), dtype)
+    return _pushforward(x, _rt.cast(dx._arrays, dtype), _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def destructure_pullback(x, ybar):
@@ -243,7 +248,7 @@ def destructure_pullback(x, ybar):
     Cost: one pass over the stored pattern (reads only the entries it needs).
     """
     _rt.check_instance("destructure_pullback", "x", x, CholeskyFactor)
-    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x)
+    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
     return CholeskyFactor._from_arrays(x._size_values, _pullback(x, ybar))
 
 
@@ -254,8 +259,8 @@ def restructure_pushforward(x, ydot):
     Cost: one pushforward and one pullback per LSQR iteration.
     """
     _rt.check_instance("restructure_pushforward", "x", x, CholeskyFactor)
-    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x)
-    return CholeskyFactor._from_arrays(x._size_values, _pinv(x, ydot))
+    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x, _COMPLEX_OUTPUT)
+    return CholeskyFactor._from_arrays(x._size_values, _rt.project_to(_pinv(x, ydot), x.dtype))
 
 
 def restructure_pullback(x, xbar):
@@ -274,7 +279,7 @@ def project(x, ybar):
     Idempotent and symmetric.
     """
     _rt.check_instance("project", "x", x, CholeskyFactor)
-    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x)
+    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
     return _pushforward(x, _pinv(x, ybar), ybar.dtype)
 
 
@@ -312,7 +317,7 @@ def _product(x, rhs, out, batched, kernel):
 def matvec(x, v):
     """x @ v for v of shape (n,), (n, k) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, CholeskyFactor)
-    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
     return out[..., 0] if vector else out
@@ -321,7 +326,7 @@ def matvec(x, v):
 def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,), (m, k) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, CholeskyFactor)
-    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
     return out[..., 0] if vector else out
@@ -332,8 +337,8 @@ def bilinear_pullback(x, U, V):
     (or vectors: k = 1; or batches (..., m, k), (..., n, k)). The structural
     cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
     _rt.check_instance("bilinear_pullback", "x", x, CholeskyFactor)
-    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
-    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[-1]} and {right.shape[-1]}")
@@ -349,14 +354,14 @@ def bilinear_pullback(x, U, V):
         _rt.call(_bilinear_batched, batch, x._size_values, fields + (left, right), _KRANKS + (2, 2), grads)
     else:
         _bilinear_kernel(*x._size_values, *fields, left, right, *grads)
-    return CholeskyFactor._from_arrays(x._size_values, grads)
+    return CholeskyFactor._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
 def diagonal(x):
     """The main diagonal of the dense matrix, length min(m, n), from the
     entries with i == j only; (*batch, min(m, n))."""
     _rt.check_instance("diagonal", "x", x, CholeskyFactor)
-    out = np.zeros(x.batch_shape + (min(x.shape),), x.dtype)
+    out = np.zeros(x.batch_shape + (min(x.shape),), _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT))
     if x.batch_shape:
         _rt.call(_diagonal_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
     else:
@@ -367,7 +372,7 @@ def diagonal(x):
 def diagonal_pullback(x, dbar):
     """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
     _rt.check_instance("diagonal_pullback", "x", x, CholeskyFactor)
-    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, dbar.shape[:-1])
     fields = _rt.cast(x._arrays, dbar.dtype)
     grads = _rt.zeros(batch, _kernel_shapes(x._size_values), dbar.dtype)
@@ -375,7 +380,7 @@ def diagonal_pullback(x, dbar):
         _rt.call(_diagonal_pullback_batched, batch, x._size_values, fields + (dbar,), _KRANKS + (1,), grads)
     else:
         _diagonal_pullback_kernel(*x._size_values, *fields, dbar, *grads)
-    return CholeskyFactor._from_arrays(x._size_values, grads)
+    return CholeskyFactor._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -475,8 +480,8 @@ def _bilinear_kernel(n, L, _left, _right, _g_L):
                 if _a8 < 0 or _a8 >= L.shape[1]:
                     raise IndexError("CholeskyFactor: getindex reads L out of range")
                 _v4 = L[_a7, _a8]
-                _g_L[_a5, _a6] += (_v4) * _b2
-                _g_L[_a7, _a8] += (_v3) * _b2
+                _g_L[_a5, _a6] += ((_v4).conjugate()) * _b2
+                _g_L[_a7, _a8] += ((_v3).conjugate()) * _b2
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -518,7 +523,7 @@ def _diagonal_pullback_kernel(n, L, _dbar, _g_L):
             if _a5 < 0 or _a5 >= L.shape[1]:
                 raise IndexError("CholeskyFactor: getindex reads L out of range")
             _v3 = L[_a4, _a5]
-            _g_L[_a4, _a5] += (2*_v3) * _b2
+            _g_L[_a4, _a5] += ((2*_v3).conjugate()) * _b2
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -616,8 +621,8 @@ def _pullback_kernel(n, L, _ybar, _g_L):
                 if _a8 < 0 or _a8 >= L.shape[1]:
                     raise IndexError("CholeskyFactor: getindex reads L out of range")
                 _v4 = L[_a7, _a8]
-                _g_L[_a5, _a6] += (_v4) * _b2
-                _g_L[_a7, _a8] += (_v3) * _b2
+                _g_L[_a5, _a6] += ((_v4).conjugate()) * _b2
+                _g_L[_a7, _a8] += ((_v3).conjugate()) * _b2
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")

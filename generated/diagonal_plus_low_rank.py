@@ -39,6 +39,7 @@ import numpy as np
 from numba import uint64 as _u
 
 from rulegen import runtime as _rt
+from rulegen.targets.numba import tiles as _tiles
 
 # numba's on-disk cache records each kernel's module name and imports it when
 # the kernel is loaded again. Give this module one stable name, whatever name
@@ -51,6 +52,10 @@ _KIND = "general"
 _RANKS = (1, 2, 2, )
 _KRANKS = (1, 2, 2, )
 _STRUCTURE = {'band': None, 'symmetric': False, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
+# the entry has an imaginary constant: the dense matrix is complex even for real fields
+_COMPLEX_OUTPUT = False
+# the first comparison of field values in getindex (complex fields are refused), or None
+_ORDERING = None
 
 __all__ = [
     "DiagonalPlusLowRank",
@@ -152,9 +157,9 @@ class DiagonalPlusLowRank:
         return DiagonalPlusLowRank._from_arrays(self._size_values, tuple(-a for a in self._arrays))
 
     def __mul__(self, scalar):
-        if not isinstance(scalar, (int, float, np.integer, np.floating)) or isinstance(scalar, bool):
+        if not isinstance(scalar, (int, float, complex, np.number)) or isinstance(scalar, bool):
             return NotImplemented
-        return DiagonalPlusLowRank._from_arrays(self._size_values, tuple(a * float(scalar) for a in self._arrays))
+        return DiagonalPlusLowRank._from_arrays(self._size_values, tuple(a * scalar for a in self._arrays))
 
     __rmul__ = __mul__
 
@@ -184,7 +189,7 @@ def _pullback(x, ybar):
     else:
         grads = tuple(np.zeros_like(a) for a in arrays)
         _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
-    return grads
+    return _rt.project_to(grads, x.dtype)
 
 
 def _pushforward(x, arrays, dtype):
@@ -206,18 +211,19 @@ def _linearisation(x, batch):
     """J at x for each instance of ``batch`` as the runtime's solver: matrix-free LSQR, in float64.
 
     Products with J and Jᵀ are batched kernel calls."""
-    return _rt.Iterative(
-        "DiagonalPlusLowRank", x._size_values, _rt.cast(x._arrays, _rt.FLOAT64), _KRANKS, batch, x.shape,
-        _pushforward_batched, _pullback_batched, _weights_batched)
+    out = _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT)
+    return _rt.Iterative("DiagonalPlusLowRank", x._size_values, x._arrays, _KRANKS, batch, x.shape,
+                         _pushforward_batched, _pullback_batched, _weights_batched, out)
 
 
 def _pinv(x, ydot):
-    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, ydot.dtype)
+    dtype = _rt.result_dtype(x.dtype, _rt.real_dtype(ydot.dtype)) if not _rt.is_complex(x.dtype) else ydot.dtype
+    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, dtype)
 
 
 def _pinv_adjoint(x, arrays, dtype):
     batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
-    return _linearisation(x, batch).pinv_adjoint(arrays, dtype)
+    return _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def _classify(x):
@@ -230,7 +236,7 @@ def destructure(x):
     Cost: one write of the m × n output plus one pass over the stored pattern.
     """
     _rt.check_instance("destructure", "x", x, DiagonalPlusLowRank)
-    out = np.empty(x.batch_shape + x.shape, x.dtype)
+    out = np.empty(x.batch_shape + x.shape, _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT))
     if x.batch_shape:
         _rt.call(_destructure_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
     else:
@@ -245,7 +251,7 @@ def destructure_pushforward(x, dx):
     """
     _rt.check_instance("destructure_pushforward", "x", x, DiagonalPlusLowRank)
     dtype = _rt.check_like("destructure_pushforward", "dx", dx, DiagonalPlusLowRank, x)
-    return _pushforward(x, _rt.cast(dx._arrays, dtype), dtype)
+    return _pushforward(x, _rt.cast(dx._arrays, dtype), _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def destructure_pullback(x, ybar):
@@ -255,7 +261,7 @@ def destructure_pullback(x, ybar):
     Cost: one pass over the stored pattern (reads only the entries it needs).
     """
     _rt.check_instance("destructure_pullback", "x", x, DiagonalPlusLowRank)
-    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x)
+    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
     return DiagonalPlusLowRank._from_arrays(x._size_values, _pullback(x, ybar))
 
 
@@ -266,8 +272,8 @@ def restructure_pushforward(x, ydot):
     Cost: one pushforward and one pullback per LSQR iteration.
     """
     _rt.check_instance("restructure_pushforward", "x", x, DiagonalPlusLowRank)
-    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x)
-    return DiagonalPlusLowRank._from_arrays(x._size_values, _pinv(x, ydot))
+    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x, _COMPLEX_OUTPUT)
+    return DiagonalPlusLowRank._from_arrays(x._size_values, _rt.project_to(_pinv(x, ydot), x.dtype))
 
 
 def restructure_pullback(x, xbar):
@@ -286,7 +292,7 @@ def project(x, ybar):
     Idempotent and symmetric.
     """
     _rt.check_instance("project", "x", x, DiagonalPlusLowRank)
-    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x)
+    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
     return _pushforward(x, _pinv(x, ybar), ybar.dtype)
 
 
@@ -324,7 +330,7 @@ def _product(x, rhs, out, batched, kernel):
 def matvec(x, v):
     """x @ v for v of shape (n,), (n, k) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, DiagonalPlusLowRank)
-    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
     return out[..., 0] if vector else out
@@ -333,7 +339,7 @@ def matvec(x, v):
 def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,), (m, k) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, DiagonalPlusLowRank)
-    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
     return out[..., 0] if vector else out
@@ -344,8 +350,8 @@ def bilinear_pullback(x, U, V):
     (or vectors: k = 1; or batches (..., m, k), (..., n, k)). The structural
     cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
     _rt.check_instance("bilinear_pullback", "x", x, DiagonalPlusLowRank)
-    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
-    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[-1]} and {right.shape[-1]}")
@@ -361,14 +367,14 @@ def bilinear_pullback(x, U, V):
         _rt.call(_bilinear_batched, batch, x._size_values, fields + (left, right), _KRANKS + (2, 2), grads)
     else:
         _bilinear_kernel(*x._size_values, *fields, left, right, *grads)
-    return DiagonalPlusLowRank._from_arrays(x._size_values, grads)
+    return DiagonalPlusLowRank._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
 def diagonal(x):
     """The main diagonal of the dense matrix, length min(m, n), from the
     entries with i == j only; (*batch, min(m, n))."""
     _rt.check_instance("diagonal", "x", x, DiagonalPlusLowRank)
-    out = np.zeros(x.batch_shape + (min(x.shape),), x.dtype)
+    out = np.zeros(x.batch_shape + (min(x.shape),), _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT))
     if x.batch_shape:
         _rt.call(_diagonal_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
     else:
@@ -379,7 +385,7 @@ def diagonal(x):
 def diagonal_pullback(x, dbar):
     """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
     _rt.check_instance("diagonal_pullback", "x", x, DiagonalPlusLowRank)
-    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, dbar.shape[:-1])
     fields = _rt.cast(x._arrays, dbar.dtype)
     grads = _rt.zeros(batch, _kernel_shapes(x._size_values), dbar.dtype)
@@ -387,7 +393,7 @@ def diagonal_pullback(x, dbar):
         _rt.call(_diagonal_pullback_batched, batch, x._size_values, fields + (dbar,), _KRANKS + (1,), grads)
     else:
         _diagonal_pullback_kernel(*x._size_values, *fields, dbar, *grads)
-    return DiagonalPlusLowRank._from_arrays(x._size_values, grads)
+    return DiagonalPlusLowRank._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -410,7 +416,7 @@ def _matvec_kernel(n, r, d, U, V, _rhs, _out):
                     raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
                 _v4 = d[_a5]
                 _out[i, _c] += (_v4) * _rhs[j, _c]
-    _acc1 = np.zeros(_rhs.shape[1])
+    _acc1 = _tiles.accumulator(_rhs.shape[1], _rhs)
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
             _acc1[_c] = 0.0
@@ -464,7 +470,7 @@ def _rmatvec_kernel(n, r, d, U, V, _rhs, _out):
                     raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
                 _v4 = d[_a5]
                 _out[j, _c] += (_v4) * _rhs[i, _c]
-    _acc1 = np.zeros(_rhs.shape[1])
+    _acc1 = _tiles.accumulator(_rhs.shape[1], _rhs)
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
             _acc1[_c] = 0.0
@@ -521,8 +527,8 @@ def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
             if _a5 < 0 or _a5 >= d.shape[0]:
                 raise IndexError("DiagonalPlusLowRank: getindex reads d out of range")
             _g_d[_a5] += _y
-    _acc1 = np.zeros(_left.shape[1])
-    _acc2 = np.zeros(_left.shape[1])
+    _acc1 = _tiles.accumulator(_left.shape[1], _left)
+    _acc2 = _tiles.accumulator(_left.shape[1], _right)
     for k in range(0, r):
         for _c in range(_left.shape[1]):
             _acc1[_c] = 0.0
@@ -541,7 +547,7 @@ def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
                 raise IndexError("DiagonalPlusLowRank: getindex reads U out of range")
             _v3 = U[_a4, _a5]
             for _c in range(_left.shape[1]):
-                _acc1[_c] += (_v3) * _left[i, _c]
+                _acc1[_c] += ((_v3).conjugate()) * _left[i, _c]
         for j in range(0, n):
             _a7 = j
             if _a7 < 0:
@@ -555,7 +561,7 @@ def _bilinear_kernel(n, r, d, U, V, _left, _right, _g_d, _g_U, _g_V):
                 raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
             _v6 = V[_a7, _a8]
             for _c in range(_right.shape[1]):
-                _acc2[_c] += (_v6) * _right[j, _c]
+                _acc2[_c] += ((_v6).conjugate()) * _right[j, _c]
         for i in range(0, n):
             _s = 0.0
             for _c in range(_left.shape[1]):
@@ -692,8 +698,8 @@ def _diagonal_pullback_kernel(n, r, d, U, V, _dbar, _g_d, _g_U, _g_V):
                 if _a11 < 0 or _a11 >= V.shape[1]:
                     raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
                 _v7 = V[_a10, _a11]
-                _g_U[_a8, _a9] += (_v7) * _b5
-                _g_V[_a10, _a11] += (_v6) * _b5
+                _g_U[_a8, _a9] += ((_v7).conjugate()) * _b5
+                _g_V[_a10, _a11] += ((_v6).conjugate()) * _b5
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -728,8 +734,8 @@ def _diagonal_pullback_kernel(n, r, d, U, V, _dbar, _g_d, _g_U, _g_V):
                 if _a21 < 0 or _a21 >= V.shape[1]:
                     raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
                 _v17 = V[_a20, _a21]
-                _g_U[_a18, _a19] += (_v17) * _b15
-                _g_V[_a20, _a21] += (_v16) * _b15
+                _g_U[_a18, _a19] += ((_v17).conjugate()) * _b15
+                _g_V[_a20, _a21] += ((_v16).conjugate()) * _b15
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -971,8 +977,8 @@ def _pullback_kernel(n, r, d, U, V, _ybar, _g_d, _g_U, _g_V):
                 if _a11 < 0 or _a11 >= V.shape[1]:
                     raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
                 _v7 = V[_a10, _a11]
-                _g_U[_a8, _a9] += (_v7) * _b5
-                _g_V[_a10, _a11] += (_v6) * _b5
+                _g_U[_a8, _a9] += ((_v7).conjugate()) * _b5
+                _g_V[_a10, _a11] += ((_v6).conjugate()) * _b5
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -1007,8 +1013,8 @@ def _pullback_kernel(n, r, d, U, V, _ybar, _g_d, _g_U, _g_V):
                 if _a21 < 0 or _a21 >= V.shape[1]:
                     raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
                 _v17 = V[_a20, _a21]
-                _g_U[_a18, _a19] += (_v17) * _b15
-                _g_V[_a20, _a21] += (_v16) * _b15
+                _g_U[_a18, _a19] += ((_v17).conjugate()) * _b15
+                _g_V[_a20, _a21] += ((_v16).conjugate()) * _b15
     for i in range(0, n):
         for j in range(0, n):
             if (i != j):
@@ -1037,8 +1043,8 @@ def _pullback_kernel(n, r, d, U, V, _ybar, _g_d, _g_U, _g_V):
                     if _a8 < 0 or _a8 >= V.shape[1]:
                         raise IndexError("DiagonalPlusLowRank: getindex reads V out of range")
                     _v4 = V[_a7, _a8]
-                    _g_U[_a5, _a6] += (_v4) * _b2
-                    _g_V[_a7, _a8] += (_v3) * _b2
+                    _g_U[_a5, _a6] += ((_v4).conjugate()) * _b2
+                    _g_V[_a7, _a8] += ((_v3).conjugate()) * _b2
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")

@@ -50,6 +50,10 @@ _KIND = "gather"
 _RANKS = (2, )
 _KRANKS = (2, )
 _STRUCTURE = {'band': None, 'symmetric': False, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
+# the entry has an imaginary constant: the dense matrix is complex even for real fields
+_COMPLEX_OUTPUT = False
+# the first comparison of field values in getindex (complex fields are refused), or None
+_ORDERING = None
 
 __all__ = [
     "Hermitian",
@@ -140,9 +144,9 @@ class Hermitian:
         return Hermitian._from_arrays(self._size_values, tuple(-a for a in self._arrays))
 
     def __mul__(self, scalar):
-        if not isinstance(scalar, (int, float, np.integer, np.floating)) or isinstance(scalar, bool):
+        if not isinstance(scalar, (int, float, complex, np.number)) or isinstance(scalar, bool):
             return NotImplemented
-        return Hermitian._from_arrays(self._size_values, tuple(a * float(scalar) for a in self._arrays))
+        return Hermitian._from_arrays(self._size_values, tuple(a * scalar for a in self._arrays))
 
     __rmul__ = __mul__
 
@@ -171,7 +175,7 @@ def _pullback(x, ybar):
     else:
         grads = tuple(np.zeros_like(a) for a in arrays)
         _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
-    return grads
+    return _rt.project_to(grads, x.dtype)
 
 
 def _pushforward(x, arrays, dtype):
@@ -197,21 +201,46 @@ def _inverse_weights(size_values, dtype=_rt.FLOAT64):
     return _rt.inverse_weights(weights, dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _gram_blocks(size_values, dtype):
+    """For complex fields: each element's 2 × 2 block (a, b, c) of the real
+    JᵀJ (its real and imaginary part are two parameters; conj and real mix
+    them), from J*(J·1) = a + ib and J*(J·i) = b + ic; cached per size and
+    dtype like w."""
+    shapes = _kernel_shapes(size_values)
+    x0 = Hermitian._from_arrays(size_values, tuple(np.zeros(shape, dtype) for shape in shapes))
+    first = _pullback(x0, _pushforward(x0, tuple(np.ones(shape, dtype) for shape in shapes), dtype))
+    second = _pullback(x0, _pushforward(x0, tuple(np.full(shape, 1j, dtype) for shape in shapes), dtype))
+    return _rt.gram_blocks(first, second)
+
+
+def _scaled(x, arrays, dtype):
+    """The Gram diagonal's pseudo-inverse applied to structural arrays: 1/w,
+    or each complex element's 2 × 2 block's."""
+    if _rt.is_complex(x.dtype):
+        return tuple(_rt.pinv2(b, a).astype(dtype, copy=False)
+                     for a, b in zip(arrays, _gram_blocks(x._size_values, x.dtype)))
+    return tuple(a * inv for a, inv in zip(arrays, _inverse_weights(x._size_values, _rt.real_dtype(dtype))))
+
+
 def _pinv(x, ydot):
     """J⁺ vec(Ẏ) = diag(1/w) Jᵀ vec(Ẏ), as kernel arrays."""
     grads = _pullback(x, ydot)
-    for g, inv in zip(grads, _inverse_weights(x._size_values, ydot.dtype)):
-        g *= inv
-    return grads
+    return _scaled(x, grads, grads[0].dtype if grads else x.dtype)
 
 
 def _pinv_adjoint(x, arrays, dtype):
     """(J⁺)ᵀ θ̄ = J diag(1/w) θ̄, a dense matrix."""
-    return _pushforward(x, tuple(a * inv for a, inv in zip(arrays, _inverse_weights(x._size_values, dtype))), dtype)
+    return _pushforward(x, _scaled(x, arrays, dtype), _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def _classify(x):
-    return _rt.repeat(x.batch_shape, _rt.gather_class(_inverse_weights(x._size_values), *x.shape))
+    entries = x.shape[0] * x.shape[1] * (2 if _rt.is_complex(_rt.out_dtype(x.dtype, _COMPLEX_OUTPUT)) else 1)
+    if _rt.is_complex(x.dtype):
+        kind = _rt.blocks_class(_gram_blocks(x._size_values, x.dtype), entries)
+    else:
+        kind = _rt.gather_class(_inverse_weights(x._size_values), entries)
+    return _rt.repeat(x.batch_shape, kind)
 
 
 def destructure(x):
@@ -220,7 +249,7 @@ def destructure(x):
     Cost: one write of the m × n output plus one pass over the stored pattern.
     """
     _rt.check_instance("destructure", "x", x, Hermitian)
-    out = np.empty(x.batch_shape + x.shape, x.dtype)
+    out = np.empty(x.batch_shape + x.shape, _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT))
     if x.batch_shape:
         _rt.call(_destructure_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
     else:
@@ -235,7 +264,7 @@ def destructure_pushforward(x, dx):
     """
     _rt.check_instance("destructure_pushforward", "x", x, Hermitian)
     dtype = _rt.check_like("destructure_pushforward", "dx", dx, Hermitian, x)
-    return _pushforward(x, _rt.cast(dx._arrays, dtype), dtype)
+    return _pushforward(x, _rt.cast(dx._arrays, dtype), _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def destructure_pullback(x, ybar):
@@ -245,7 +274,7 @@ def destructure_pullback(x, ybar):
     Cost: one pass over the stored pattern (reads only the entries it needs).
     """
     _rt.check_instance("destructure_pullback", "x", x, Hermitian)
-    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x)
+    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
     return Hermitian._from_arrays(x._size_values, _pullback(x, ybar))
 
 
@@ -256,8 +285,8 @@ def restructure_pushforward(x, ydot):
     Cost: one pass over the stored pattern plus O(p).
     """
     _rt.check_instance("restructure_pushforward", "x", x, Hermitian)
-    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x)
-    return Hermitian._from_arrays(x._size_values, _pinv(x, ydot))
+    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x, _COMPLEX_OUTPUT)
+    return Hermitian._from_arrays(x._size_values, _rt.project_to(_pinv(x, ydot), x.dtype))
 
 
 def restructure_pullback(x, xbar):
@@ -276,7 +305,7 @@ def project(x, ybar):
     Idempotent and symmetric.
     """
     _rt.check_instance("project", "x", x, Hermitian)
-    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x)
+    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
     return _pushforward(x, _pinv(x, ybar), ybar.dtype)
 
 
@@ -312,7 +341,7 @@ def _product(x, rhs, out, batched, kernel):
 def matvec(x, v):
     """x @ v for v of shape (n,), (n, k) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, Hermitian)
-    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
     return out[..., 0] if vector else out
@@ -321,7 +350,7 @@ def matvec(x, v):
 def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,), (m, k) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, Hermitian)
-    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
     return out[..., 0] if vector else out
@@ -332,8 +361,8 @@ def bilinear_pullback(x, U, V):
     (or vectors: k = 1; or batches (..., m, k), (..., n, k)). The structural
     cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
     _rt.check_instance("bilinear_pullback", "x", x, Hermitian)
-    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
-    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[-1]} and {right.shape[-1]}")
@@ -349,14 +378,14 @@ def bilinear_pullback(x, U, V):
         _rt.call(_bilinear_batched, batch, x._size_values, fields + (left, right), _KRANKS + (2, 2), grads)
     else:
         _bilinear_kernel(*x._size_values, *fields, left, right, *grads)
-    return Hermitian._from_arrays(x._size_values, grads)
+    return Hermitian._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
 def diagonal(x):
     """The main diagonal of the dense matrix, length min(m, n), from the
     entries with i == j only; (*batch, min(m, n))."""
     _rt.check_instance("diagonal", "x", x, Hermitian)
-    out = np.zeros(x.batch_shape + (min(x.shape),), x.dtype)
+    out = np.zeros(x.batch_shape + (min(x.shape),), _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT))
     if x.batch_shape:
         _rt.call(_diagonal_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
     else:
@@ -367,7 +396,7 @@ def diagonal(x):
 def diagonal_pullback(x, dbar):
     """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
     _rt.check_instance("diagonal_pullback", "x", x, Hermitian)
-    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, dbar.shape[:-1])
     fields = _rt.cast(x._arrays, dbar.dtype)
     grads = _rt.zeros(batch, _kernel_shapes(x._size_values), dbar.dtype)
@@ -375,7 +404,7 @@ def diagonal_pullback(x, dbar):
         _rt.call(_diagonal_pullback_batched, batch, x._size_values, fields + (dbar,), _KRANKS + (1,), grads)
     else:
         _diagonal_pullback_kernel(*x._size_values, *fields, dbar, *grads)
-    return Hermitian._from_arrays(x._size_values, grads)
+    return Hermitian._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")

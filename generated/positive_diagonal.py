@@ -30,7 +30,6 @@ float64; J⁺ is solved in float64); mixed inputs promote as numpy does
 """
 
 import functools
-import math
 
 import numba
 import numpy as np
@@ -49,6 +48,10 @@ _KIND = "bordered"
 _RANKS = (1, )
 _KRANKS = (1, )
 _STRUCTURE = {'band': (0, 0), 'symmetric': True, 'triangular': 'upper', 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
+# the entry has an imaginary constant: the dense matrix is complex even for real fields
+_COMPLEX_OUTPUT = False
+# the first comparison of field values in getindex (complex fields are refused), or None
+_ORDERING = None
 
 __all__ = [
     "PositiveDiagonal",
@@ -139,9 +142,9 @@ class PositiveDiagonal:
         return PositiveDiagonal._from_arrays(self._size_values, tuple(-a for a in self._arrays))
 
     def __mul__(self, scalar):
-        if not isinstance(scalar, (int, float, np.integer, np.floating)) or isinstance(scalar, bool):
+        if not isinstance(scalar, (int, float, complex, np.number)) or isinstance(scalar, bool):
             return NotImplemented
-        return PositiveDiagonal._from_arrays(self._size_values, tuple(a * float(scalar) for a in self._arrays))
+        return PositiveDiagonal._from_arrays(self._size_values, tuple(a * scalar for a in self._arrays))
 
     __rmul__ = __mul__
 
@@ -170,7 +173,7 @@ def _pullback(x, ybar):
     else:
         grads = tuple(np.zeros_like(a) for a in arrays)
         _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
-    return grads
+    return _rt.project_to(grads, x.dtype)
 
 
 def _pushforward(x, arrays, dtype):
@@ -192,18 +195,24 @@ def _linearisation(x, batch):
     """J at x for each instance of ``batch`` as the runtime's solver: Schur complement on the coupled fields, in float64.
 
     Products with J and Jᵀ are batched kernel calls."""
-    return _rt.Bordered(
-        "PositiveDiagonal", x._size_values, _rt.cast(x._arrays, _rt.FLOAT64), _KRANKS, batch, x.shape,
-        _pushforward_batched, _pullback_batched, _weights_batched, _COUPLED)
+    out = _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT)
+    if _rt.is_complex(x.dtype):
+        # a complex element is two real parameters that the entry may mix: the
+        # diagonal-plus-border structure of JᵀJ is not kept; LSQR over real pairs
+        return _rt.Iterative("PositiveDiagonal", x._size_values, x._arrays, _KRANKS, batch, x.shape,
+                             _pushforward_batched, _pullback_batched, _weights_batched, out)
+    return _rt.Bordered("PositiveDiagonal", x._size_values, x._arrays, _KRANKS, batch, x.shape,
+                        _pushforward_batched, _pullback_batched, _weights_batched, _COUPLED, out)
 
 
 def _pinv(x, ydot):
-    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, ydot.dtype)
+    dtype = _rt.result_dtype(x.dtype, _rt.real_dtype(ydot.dtype)) if not _rt.is_complex(x.dtype) else ydot.dtype
+    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, dtype)
 
 
 def _pinv_adjoint(x, arrays, dtype):
     batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
-    return _linearisation(x, batch).pinv_adjoint(arrays, dtype)
+    return _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def _classify(x):
@@ -216,7 +225,7 @@ def destructure(x):
     Cost: one write of the m × n output plus one pass over the stored pattern.
     """
     _rt.check_instance("destructure", "x", x, PositiveDiagonal)
-    out = np.zeros(x.batch_shape + x.shape, x.dtype)
+    out = np.zeros(x.batch_shape + x.shape, _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT))
     if x.batch_shape:
         _rt.call(_destructure_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
     else:
@@ -231,7 +240,7 @@ def destructure_pushforward(x, dx):
     """
     _rt.check_instance("destructure_pushforward", "x", x, PositiveDiagonal)
     dtype = _rt.check_like("destructure_pushforward", "dx", dx, PositiveDiagonal, x)
-    return _pushforward(x, _rt.cast(dx._arrays, dtype), dtype)
+    return _pushforward(x, _rt.cast(dx._arrays, dtype), _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def destructure_pullback(x, ybar):
@@ -241,7 +250,7 @@ def destructure_pullback(x, ybar):
     Cost: one pass over the stored pattern (reads only the entries it needs).
     """
     _rt.check_instance("destructure_pullback", "x", x, PositiveDiagonal)
-    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x)
+    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
     return PositiveDiagonal._from_arrays(x._size_values, _pullback(x, ybar))
 
 
@@ -252,8 +261,8 @@ def restructure_pushforward(x, ydot):
     Cost: a few passes over the pattern (one per coupled element) plus O(p).
     """
     _rt.check_instance("restructure_pushforward", "x", x, PositiveDiagonal)
-    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x)
-    return PositiveDiagonal._from_arrays(x._size_values, _pinv(x, ydot))
+    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x, _COMPLEX_OUTPUT)
+    return PositiveDiagonal._from_arrays(x._size_values, _rt.project_to(_pinv(x, ydot), x.dtype))
 
 
 def restructure_pullback(x, xbar):
@@ -272,7 +281,7 @@ def project(x, ybar):
     Idempotent and symmetric.
     """
     _rt.check_instance("project", "x", x, PositiveDiagonal)
-    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x)
+    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
     return _pushforward(x, _pinv(x, ybar), ybar.dtype)
 
 
@@ -308,7 +317,7 @@ def _product(x, rhs, out, batched, kernel):
 def matvec(x, v):
     """x @ v for v of shape (n,), (n, k) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, PositiveDiagonal)
-    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
     return out[..., 0] if vector else out
@@ -317,7 +326,7 @@ def matvec(x, v):
 def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,), (m, k) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, PositiveDiagonal)
-    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
     return out[..., 0] if vector else out
@@ -328,8 +337,8 @@ def bilinear_pullback(x, U, V):
     (or vectors: k = 1; or batches (..., m, k), (..., n, k)). The structural
     cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
     _rt.check_instance("bilinear_pullback", "x", x, PositiveDiagonal)
-    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
-    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[-1]} and {right.shape[-1]}")
@@ -345,14 +354,14 @@ def bilinear_pullback(x, U, V):
         _rt.call(_bilinear_batched, batch, x._size_values, fields + (left, right), _KRANKS + (2, 2), grads)
     else:
         _bilinear_kernel(*x._size_values, *fields, left, right, *grads)
-    return PositiveDiagonal._from_arrays(x._size_values, grads)
+    return PositiveDiagonal._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
 def diagonal(x):
     """The main diagonal of the dense matrix, length min(m, n), from the
     entries with i == j only; (*batch, min(m, n))."""
     _rt.check_instance("diagonal", "x", x, PositiveDiagonal)
-    out = np.zeros(x.batch_shape + (min(x.shape),), x.dtype)
+    out = np.zeros(x.batch_shape + (min(x.shape),), _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT))
     if x.batch_shape:
         _rt.call(_diagonal_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
     else:
@@ -363,7 +372,7 @@ def diagonal(x):
 def diagonal_pullback(x, dbar):
     """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
     _rt.check_instance("diagonal_pullback", "x", x, PositiveDiagonal)
-    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, dbar.shape[:-1])
     fields = _rt.cast(x._arrays, dbar.dtype)
     grads = _rt.zeros(batch, _kernel_shapes(x._size_values), dbar.dtype)
@@ -371,7 +380,7 @@ def diagonal_pullback(x, dbar):
         _rt.call(_diagonal_pullback_batched, batch, x._size_values, fields + (dbar,), _KRANKS + (1,), grads)
     else:
         _diagonal_pullback_kernel(*x._size_values, *fields, dbar, *grads)
-    return PositiveDiagonal._from_arrays(x._size_values, grads)
+    return PositiveDiagonal._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -383,7 +392,7 @@ def _matvec_kernel(n, logd, _rhs, _out):
             for i in range(_lo1, _hi2):
                 j = i
                 _v3 = logd[_u(i)]
-                _out[_u(i), _u(_c)] += (math.exp(_v3)) * _rhs[_u(j), _u(_c)]
+                _out[_u(i), _u(_c)] += (np.exp(_v3)) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -393,7 +402,7 @@ def _matvec_kernel(n, logd, _rhs, _out):
                 if _a5 < 0 or _a5 >= logd.shape[0]:
                     raise IndexError("PositiveDiagonal: getindex reads logd out of range")
                 _v4 = logd[_a5]
-                _out[i, _c] += (math.exp(_v4)) * _rhs[j, _c]
+                _out[i, _c] += (np.exp(_v4)) * _rhs[j, _c]
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -405,7 +414,7 @@ def _rmatvec_kernel(n, logd, _rhs, _out):
             for i in range(_lo1, _hi2):
                 j = i
                 _v3 = logd[_u(i)]
-                _out[_u(j), _u(_c)] += (math.exp(_v3)) * _rhs[_u(i), _u(_c)]
+                _out[_u(j), _u(_c)] += (np.exp(_v3)) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -415,7 +424,7 @@ def _rmatvec_kernel(n, logd, _rhs, _out):
                 if _a5 < 0 or _a5 >= logd.shape[0]:
                     raise IndexError("PositiveDiagonal: getindex reads logd out of range")
                 _v4 = logd[_a5]
-                _out[j, _c] += (math.exp(_v4)) * _rhs[i, _c]
+                _out[j, _c] += (np.exp(_v4)) * _rhs[i, _c]
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -429,7 +438,7 @@ def _bilinear_kernel(n, logd, _left, _right, _g_logd):
             for _c in range(_left.shape[1]):
                 _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
             _v3 = logd[_u(i)]
-            _g_logd[_u(i)] += (math.exp(_v3)) * _y
+            _g_logd[_u(i)] += ((np.exp(_v3)).conjugate()) * _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -442,7 +451,7 @@ def _bilinear_kernel(n, logd, _left, _right, _g_logd):
             if _a5 < 0 or _a5 >= logd.shape[0]:
                 raise IndexError("PositiveDiagonal: getindex reads logd out of range")
             _v4 = logd[_a5]
-            _g_logd[_a5] += (math.exp(_v4)) * _y
+            _g_logd[_a5] += ((np.exp(_v4)).conjugate()) * _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -453,7 +462,7 @@ def _diagonal_kernel(n, logd, _out):
         for i in range(_lo1, _hi2):
             j = i
             _v3 = logd[_u(i)]
-            _out[_u(i)] = math.exp(_v3)
+            _out[_u(i)] = np.exp(_v3)
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -463,7 +472,7 @@ def _diagonal_kernel(n, logd, _out):
             if _a5 < 0 or _a5 >= logd.shape[0]:
                 raise IndexError("PositiveDiagonal: getindex reads logd out of range")
             _v4 = logd[_a5]
-            _out[i] = math.exp(_v4)
+            _out[i] = np.exp(_v4)
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -475,7 +484,7 @@ def _diagonal_pullback_kernel(n, logd, _dbar, _g_logd):
             j = i
             _y = _dbar[_u(i)]
             _v3 = logd[_u(i)]
-            _g_logd[_u(i)] += (math.exp(_v3)) * _y
+            _g_logd[_u(i)] += ((np.exp(_v3)).conjugate()) * _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -486,7 +495,7 @@ def _diagonal_pullback_kernel(n, logd, _dbar, _g_logd):
             if _a5 < 0 or _a5 >= logd.shape[0]:
                 raise IndexError("PositiveDiagonal: getindex reads logd out of range")
             _v4 = logd[_a5]
-            _g_logd[_a5] += (math.exp(_v4)) * _y
+            _g_logd[_a5] += ((np.exp(_v4)).conjugate()) * _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -497,7 +506,7 @@ def _destructure_kernel(n, logd, _out):
         for i in range(_lo1, _hi2):
             j = i
             _v3 = logd[_u(i)]
-            _out[_u(i), _u(j)] = math.exp(_v3)
+            _out[_u(i), _u(j)] = np.exp(_v3)
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -507,7 +516,7 @@ def _destructure_kernel(n, logd, _out):
             if _a5 < 0 or _a5 >= logd.shape[0]:
                 raise IndexError("PositiveDiagonal: getindex reads logd out of range")
             _v4 = logd[_a5]
-            _out[i, j] = math.exp(_v4)
+            _out[i, j] = np.exp(_v4)
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -519,7 +528,7 @@ def _pushforward_kernel(n, logd, _d_logd, _out):
             j = i
             _v3 = logd[_u(i)]
             _t_v3 = _d_logd[_u(i)]
-            _out[_u(i), _u(j)] = _t_v3*math.exp(_v3)
+            _out[_u(i), _u(j)] = _t_v3*np.exp(_v3)
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -530,7 +539,7 @@ def _pushforward_kernel(n, logd, _d_logd, _out):
                 raise IndexError("PositiveDiagonal: getindex reads logd out of range")
             _v4 = logd[_a5]
             _t_v4 = _d_logd[_a5]
-            _out[i, j] = _t_v4*math.exp(_v4)
+            _out[i, j] = _t_v4*np.exp(_v4)
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -542,7 +551,7 @@ def _pullback_kernel(n, logd, _ybar, _g_logd):
             j = i
             _y = _ybar[_u(i), _u(j)]
             _v3 = logd[_u(i)]
-            _g_logd[_u(i)] += (math.exp(_v3)) * _y
+            _g_logd[_u(i)] += ((np.exp(_v3)).conjugate()) * _y
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -553,7 +562,7 @@ def _pullback_kernel(n, logd, _ybar, _g_logd):
             if _a5 < 0 or _a5 >= logd.shape[0]:
                 raise IndexError("PositiveDiagonal: getindex reads logd out of range")
             _v4 = logd[_a5]
-            _g_logd[_a5] += (math.exp(_v4)) * _y
+            _g_logd[_a5] += ((np.exp(_v4)).conjugate()) * _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -564,7 +573,7 @@ def _weights_kernel(n, logd, _w_logd):
         for i in range(_lo1, _hi2):
             j = i
             _v3 = logd[_u(i)]
-            _w_logd[_u(i)] += math.exp(2*_v3)
+            _w_logd[_u(i)] += np.exp(2*_v3)
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -574,7 +583,7 @@ def _weights_kernel(n, logd, _w_logd):
             if _a5 < 0 or _a5 >= logd.shape[0]:
                 raise IndexError("PositiveDiagonal: getindex reads logd out of range")
             _v4 = logd[_a5]
-            _w_logd[_a5] += math.exp(2*_v4)
+            _w_logd[_a5] += np.exp(2*_v4)
 
 
 # Batched wrappers: instance b of the flat batch reads input a at index

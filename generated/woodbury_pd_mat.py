@@ -39,6 +39,7 @@ import numpy as np
 from numba import uint64 as _u
 
 from rulegen import runtime as _rt
+from rulegen.targets.numba import tiles as _tiles
 
 # numba's on-disk cache records each kernel's module name and imports it when
 # the kernel is loaded again. Give this module one stable name, whatever name
@@ -51,6 +52,10 @@ _KIND = "general"
 _RANKS = (2, 1, 1, )
 _KRANKS = (2, 1, 1, )
 _STRUCTURE = {'band': None, 'symmetric': True, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
+# the entry has an imaginary constant: the dense matrix is complex even for real fields
+_COMPLEX_OUTPUT = False
+# the first comparison of field values in getindex (complex fields are refused), or None
+_ORDERING = None
 
 __all__ = [
     "WoodburyPDMat",
@@ -152,9 +157,9 @@ class WoodburyPDMat:
         return WoodburyPDMat._from_arrays(self._size_values, tuple(-a for a in self._arrays))
 
     def __mul__(self, scalar):
-        if not isinstance(scalar, (int, float, np.integer, np.floating)) or isinstance(scalar, bool):
+        if not isinstance(scalar, (int, float, complex, np.number)) or isinstance(scalar, bool):
             return NotImplemented
-        return WoodburyPDMat._from_arrays(self._size_values, tuple(a * float(scalar) for a in self._arrays))
+        return WoodburyPDMat._from_arrays(self._size_values, tuple(a * scalar for a in self._arrays))
 
     __rmul__ = __mul__
 
@@ -184,7 +189,7 @@ def _pullback(x, ybar):
     else:
         grads = tuple(np.zeros_like(a) for a in arrays)
         _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
-    return grads
+    return _rt.project_to(grads, x.dtype)
 
 
 def _pushforward(x, arrays, dtype):
@@ -206,18 +211,19 @@ def _linearisation(x, batch):
     """J at x for each instance of ``batch`` as the runtime's solver: matrix-free LSQR, in float64.
 
     Products with J and Jᵀ are batched kernel calls."""
-    return _rt.Iterative(
-        "WoodburyPDMat", x._size_values, _rt.cast(x._arrays, _rt.FLOAT64), _KRANKS, batch, x.shape,
-        _pushforward_batched, _pullback_batched, _weights_batched)
+    out = _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT)
+    return _rt.Iterative("WoodburyPDMat", x._size_values, x._arrays, _KRANKS, batch, x.shape,
+                         _pushforward_batched, _pullback_batched, _weights_batched, out)
 
 
 def _pinv(x, ydot):
-    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, ydot.dtype)
+    dtype = _rt.result_dtype(x.dtype, _rt.real_dtype(ydot.dtype)) if not _rt.is_complex(x.dtype) else ydot.dtype
+    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, dtype)
 
 
 def _pinv_adjoint(x, arrays, dtype):
     batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
-    return _linearisation(x, batch).pinv_adjoint(arrays, dtype)
+    return _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def _classify(x):
@@ -230,7 +236,7 @@ def destructure(x):
     Cost: one write of the m × n output plus one pass over the stored pattern.
     """
     _rt.check_instance("destructure", "x", x, WoodburyPDMat)
-    out = np.empty(x.batch_shape + x.shape, x.dtype)
+    out = np.empty(x.batch_shape + x.shape, _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT))
     if x.batch_shape:
         _rt.call(_destructure_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
     else:
@@ -245,7 +251,7 @@ def destructure_pushforward(x, dx):
     """
     _rt.check_instance("destructure_pushforward", "x", x, WoodburyPDMat)
     dtype = _rt.check_like("destructure_pushforward", "dx", dx, WoodburyPDMat, x)
-    return _pushforward(x, _rt.cast(dx._arrays, dtype), dtype)
+    return _pushforward(x, _rt.cast(dx._arrays, dtype), _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def destructure_pullback(x, ybar):
@@ -255,7 +261,7 @@ def destructure_pullback(x, ybar):
     Cost: one pass over the stored pattern (reads only the entries it needs).
     """
     _rt.check_instance("destructure_pullback", "x", x, WoodburyPDMat)
-    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x)
+    ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
     return WoodburyPDMat._from_arrays(x._size_values, _pullback(x, ybar))
 
 
@@ -266,8 +272,8 @@ def restructure_pushforward(x, ydot):
     Cost: one pushforward and one pullback per LSQR iteration.
     """
     _rt.check_instance("restructure_pushforward", "x", x, WoodburyPDMat)
-    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x)
-    return WoodburyPDMat._from_arrays(x._size_values, _pinv(x, ydot))
+    ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x, _COMPLEX_OUTPUT)
+    return WoodburyPDMat._from_arrays(x._size_values, _rt.project_to(_pinv(x, ydot), x.dtype))
 
 
 def restructure_pullback(x, xbar):
@@ -286,7 +292,7 @@ def project(x, ybar):
     Idempotent and symmetric.
     """
     _rt.check_instance("project", "x", x, WoodburyPDMat)
-    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x)
+    ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
     return _pushforward(x, _pinv(x, ybar), ybar.dtype)
 
 
@@ -324,7 +330,7 @@ def _product(x, rhs, out, batched, kernel):
 def matvec(x, v):
     """x @ v for v of shape (n,), (n, k) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, WoodburyPDMat)
-    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
     return out[..., 0] if vector else out
@@ -333,7 +339,7 @@ def matvec(x, v):
 def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,), (m, k) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, WoodburyPDMat)
-    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
     return out[..., 0] if vector else out
@@ -344,8 +350,8 @@ def bilinear_pullback(x, U, V):
     (or vectors: k = 1; or batches (..., m, k), (..., n, k)). The structural
     cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
     _rt.check_instance("bilinear_pullback", "x", x, WoodburyPDMat)
-    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x)
-    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x)
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[-1]} and {right.shape[-1]}")
@@ -361,14 +367,14 @@ def bilinear_pullback(x, U, V):
         _rt.call(_bilinear_batched, batch, x._size_values, fields + (left, right), _KRANKS + (2, 2), grads)
     else:
         _bilinear_kernel(*x._size_values, *fields, left, right, *grads)
-    return WoodburyPDMat._from_arrays(x._size_values, grads)
+    return WoodburyPDMat._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
 def diagonal(x):
     """The main diagonal of the dense matrix, length min(m, n), from the
     entries with i == j only; (*batch, min(m, n))."""
     _rt.check_instance("diagonal", "x", x, WoodburyPDMat)
-    out = np.zeros(x.batch_shape + (min(x.shape),), x.dtype)
+    out = np.zeros(x.batch_shape + (min(x.shape),), _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT))
     if x.batch_shape:
         _rt.call(_diagonal_batched, x.batch_shape, x._size_values, x._arrays, _KRANKS, (out,))
     else:
@@ -379,7 +385,7 @@ def diagonal(x):
 def diagonal_pullback(x, dbar):
     """destructure_pullback(x, diag(dbar)): the structural cotangent of diagonal(x)."""
     _rt.check_instance("diagonal_pullback", "x", x, WoodburyPDMat)
-    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x)
+    dbar = _rt.as_dense("diagonal_pullback", "dbar", dbar, (min(x.shape),), x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, dbar.shape[:-1])
     fields = _rt.cast(x._arrays, dbar.dtype)
     grads = _rt.zeros(batch, _kernel_shapes(x._size_values), dbar.dtype)
@@ -387,7 +393,7 @@ def diagonal_pullback(x, dbar):
         _rt.call(_diagonal_pullback_batched, batch, x._size_values, fields + (dbar,), _KRANKS + (1,), grads)
     else:
         _diagonal_pullback_kernel(*x._size_values, *fields, dbar, *grads)
-    return WoodburyPDMat._from_arrays(x._size_values, grads)
+    return WoodburyPDMat._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -410,7 +416,7 @@ def _matvec_kernel(n, r, A, d, s, _rhs, _out):
                     raise IndexError("WoodburyPDMat: getindex reads s out of range")
                 _v4 = s[_a5]
                 _out[i, _c] += (_v4) * _rhs[j, _c]
-    _acc1 = np.zeros(_rhs.shape[1])
+    _acc1 = _tiles.accumulator(_rhs.shape[1], _rhs)
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
             _acc1[_c] = 0.0
@@ -470,7 +476,7 @@ def _rmatvec_kernel(n, r, A, d, s, _rhs, _out):
                     raise IndexError("WoodburyPDMat: getindex reads s out of range")
                 _v4 = s[_a5]
                 _out[j, _c] += (_v4) * _rhs[i, _c]
-    _acc1 = np.zeros(_rhs.shape[1])
+    _acc1 = _tiles.accumulator(_rhs.shape[1], _rhs)
     for k in range(0, r):
         for _c in range(_rhs.shape[1]):
             _acc1[_c] = 0.0
@@ -533,8 +539,8 @@ def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
             if _a5 < 0 or _a5 >= s.shape[0]:
                 raise IndexError("WoodburyPDMat: getindex reads s out of range")
             _g_s[_a5] += _y
-    _acc1 = np.zeros(_left.shape[1])
-    _acc2 = np.zeros(_left.shape[1])
+    _acc1 = _tiles.accumulator(_left.shape[1], _left)
+    _acc2 = _tiles.accumulator(_left.shape[1], _right)
     for k in range(0, r):
         for _c in range(_left.shape[1]):
             _acc1[_c] = 0.0
@@ -559,7 +565,7 @@ def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
                 raise IndexError("WoodburyPDMat: getindex reads d out of range")
             _v4 = d[_a7]
             for _c in range(_left.shape[1]):
-                _acc1[_c] += (_v3*_v4) * _left[i, _c]
+                _acc1[_c] += ((_v3*_v4).conjugate()) * _left[i, _c]
         for j in range(0, n):
             _a9 = j
             if _a9 < 0:
@@ -573,7 +579,7 @@ def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
                 raise IndexError("WoodburyPDMat: getindex reads A out of range")
             _v8 = A[_a9, _a10]
             for _c in range(_right.shape[1]):
-                _acc2[_c] += (_v8) * _right[j, _c]
+                _acc2[_c] += ((_v8).conjugate()) * _right[j, _c]
         for i in range(0, n):
             _s = 0.0
             for _c in range(_left.shape[1]):
@@ -595,8 +601,8 @@ def _bilinear_kernel(n, r, A, d, s, _left, _right, _g_A, _g_d, _g_s):
             if _a15 < 0 or _a15 >= d.shape[0]:
                 raise IndexError("WoodburyPDMat: getindex reads d out of range")
             _v12 = d[_a15]
-            _g_A[_a13, _a14] += (_v12) * _s
-            _g_d[_a15] += (_v11) * _s
+            _g_A[_a13, _a14] += ((_v12).conjugate()) * _s
+            _g_d[_a15] += ((_v11).conjugate()) * _s
         for j in range(0, n):
             _s = 0.0
             for _c in range(_right.shape[1]):
@@ -703,8 +709,8 @@ def _diagonal_pullback_kernel(n, r, A, d, s, _dbar, _g_A, _g_d, _g_s):
                 if _a10 < 0 or _a10 >= d.shape[0]:
                     raise IndexError("WoodburyPDMat: getindex reads d out of range")
                 _v7 = d[_a10]
-                _g_A[_a8, _a9] += (2*_v6*_v7) * _b5
-                _g_d[_a10] += (_v6**2) * _b5
+                _g_A[_a8, _a9] += ((2*_v6*_v7).conjugate()) * _b5
+                _g_d[_a10] += ((_v6**2).conjugate()) * _b5
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -734,8 +740,8 @@ def _diagonal_pullback_kernel(n, r, A, d, s, _dbar, _g_A, _g_d, _g_s):
                 if _a19 < 0 or _a19 >= d.shape[0]:
                     raise IndexError("WoodburyPDMat: getindex reads d out of range")
                 _v16 = d[_a19]
-                _g_A[_a17, _a18] += (2*_v15*_v16) * _b14
-                _g_d[_a19] += (_v15**2) * _b14
+                _g_A[_a17, _a18] += ((2*_v15*_v16).conjugate()) * _b14
+                _g_d[_a19] += ((_v15**2).conjugate()) * _b14
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -965,8 +971,8 @@ def _pullback_kernel(n, r, A, d, s, _ybar, _g_A, _g_d, _g_s):
                 if _a10 < 0 or _a10 >= d.shape[0]:
                     raise IndexError("WoodburyPDMat: getindex reads d out of range")
                 _v7 = d[_a10]
-                _g_A[_a8, _a9] += (2*_v6*_v7) * _b5
-                _g_d[_a10] += (_v6**2) * _b5
+                _g_A[_a8, _a9] += ((2*_v6*_v7).conjugate()) * _b5
+                _g_d[_a10] += ((_v6**2).conjugate()) * _b5
     else:
         for i in range(_lo1, _hi2):
             j = i
@@ -996,8 +1002,8 @@ def _pullback_kernel(n, r, A, d, s, _ybar, _g_A, _g_d, _g_s):
                 if _a19 < 0 or _a19 >= d.shape[0]:
                     raise IndexError("WoodburyPDMat: getindex reads d out of range")
                 _v16 = d[_a19]
-                _g_A[_a17, _a18] += (2*_v15*_v16) * _b14
-                _g_d[_a19] += (_v15**2) * _b14
+                _g_A[_a17, _a18] += ((2*_v15*_v16).conjugate()) * _b14
+                _g_d[_a19] += ((_v15**2).conjugate()) * _b14
     for i in range(0, n):
         for j in range(0, n):
             if (i != j):
@@ -1032,9 +1038,9 @@ def _pullback_kernel(n, r, A, d, s, _ybar, _g_A, _g_d, _g_s):
                     if _a10 < 0 or _a10 >= d.shape[0]:
                         raise IndexError("WoodburyPDMat: getindex reads d out of range")
                     _v5 = d[_a10]
-                    _g_A[_a6, _a7] += (_v4*_v5) * _b2
-                    _g_A[_a8, _a9] += (_v3*_v5) * _b2
-                    _g_d[_a10] += (_v3*_v4) * _b2
+                    _g_A[_a6, _a7] += ((_v4*_v5).conjugate()) * _b2
+                    _g_A[_a8, _a9] += ((_v3*_v5).conjugate()) * _b2
+                    _g_d[_a10] += ((_v3*_v4).conjugate()) * _b2
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")

@@ -58,6 +58,16 @@ class NumbaPrinter(PythonCodePrinter):
             return f"{base} ** ({self._print(e)})"
         return super()._print_Pow(expr, rational)
 
+    # exp, log and sqrt through numpy: numba types np.exp & co. for real and
+    # complex numbers alike (math.exp takes reals only), with the same IEEE
+    # results for reals (nan for sqrt and log of negatives, -inf for log 0)
+    _NUMPY = {"math.exp": "np.exp", "math.log": "np.log", "math.sqrt": "np.sqrt"}
+
+    def _module_format(self, fqn, register=True):
+        if fqn in self._NUMPY:
+            return self._NUMPY[fqn]
+        return super()._module_format(fqn, register)
+
     def _print_IntDiv(self, expr):
         a, b = expr.args
         return f"(({self._print(a)}) // ({self._print(b)}))"

@@ -34,7 +34,7 @@ def register_module(name: str, namespace: dict, canonical: str) -> str:
 
 
 def _dtype_ok(arr: np.ndarray) -> bool:
-    return arr.dtype.kind in "fiub"        # real floating, integers, bools
+    return arr.dtype.kind in "fiubc"       # real or complex floating, integers, bools
 
 
 # -- precision ------------------------------------------------------------------
@@ -45,13 +45,46 @@ def result_dtype(*items) -> np.dtype:
     dtypes, or Python numbers: numpy's promotion (``np.result_type``; Python
     numbers are weak, so ``2.0`` with float32 stays float32), then float32 for
     float32 (and float16) and float64 for everything else (float64, integers,
-    bools, long double)."""
+    bools, long double); complex64 and complex128 alike for complex numbers."""
     dt = np.result_type(*items) if items else np.dtype(np.float64)
+    if dt.kind == "c":
+        return _COMPLEX64 if dt.itemsize <= 8 else _COMPLEX128
     return _FLOAT32 if dt.kind == "f" and dt.itemsize <= 4 else _FLOAT64
 
 
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = FLOAT64 = np.dtype(np.float64)
+_COMPLEX64 = np.dtype(np.complex64)
+_COMPLEX128 = COMPLEX128 = np.dtype(np.complex128)
+
+
+def is_complex(dtype) -> bool:
+    return np.dtype(dtype).kind == "c"
+
+
+def complex_dtype(dtype) -> np.dtype:
+    """The complex dtype of the same precision (complex64 for float32)."""
+    return np.dtype(dtype) if is_complex(dtype) else (_COMPLEX64 if np.dtype(dtype) == _FLOAT32 else _COMPLEX128)
+
+
+def real_dtype(dtype) -> np.dtype:
+    """The real dtype of the same precision (float32 for complex64)."""
+    return np.dtype(dtype) if not is_complex(dtype) else (_FLOAT32 if np.dtype(dtype) == _COMPLEX64 else _FLOAT64)
+
+
+def out_dtype(dtype, complex_output: bool) -> np.dtype:
+    """The dense matrix's dtype for fields of ``dtype``: complex when the
+    entry has an imaginary constant (``complex_output``)."""
+    return complex_dtype(dtype) if complex_output else np.dtype(dtype)
+
+
+def project_to(arrays: tuple, dtype) -> tuple:
+    """Structural arrays for an instance of ``dtype``: a real instance keeps
+    the real part of a complex result (ChainRulesCore's ProjectTo: the
+    cotangent of a real number is real)."""
+    if is_complex(dtype):
+        return arrays
+    return tuple(a.real.copy() if a.dtype.kind == "c" else a for a in arrays)
 
 
 def _weak(given, arr):
@@ -60,8 +93,10 @@ def _weak(given, arr):
 
 
 def cast(arrays: tuple, dtype) -> tuple:
-    """``arrays`` in ``dtype`` (the same arrays when they have it already)."""
-    return tuple(a if a.dtype == dtype else a.astype(dtype) for a in arrays)
+    """``arrays`` in ``dtype`` (the same arrays when they have it already; a
+    complex array cast to a real dtype keeps its real part)."""
+    return tuple(a if a.dtype == dtype else (a.real if a.dtype.kind == "c" and not is_complex(dtype) else a)
+                 .astype(dtype) for a in arrays)
 
 
 # -- batches ----------------------------------------------------------------------
@@ -151,7 +186,7 @@ def as_field(owner: str, name: str, value, rank: int) -> np.ndarray:
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{owner}: field '{name}' is not an array of numbers ({exc})") from None
     if not _dtype_ok(arr):
-        raise TypeError(f"{owner}: field '{name}' must hold real numbers, got dtype {arr.dtype}")
+        raise TypeError(f"{owner}: field '{name}' must hold real or complex numbers, got dtype {arr.dtype}")
     if arr.ndim < rank:
         kind = f"a {rank}-dimensional array"
         raise ValueError(f"{owner}: field '{name}' must be {kind} (after any batch dimensions), got shape {arr.shape}")
@@ -229,28 +264,35 @@ def _real_array(func: str, name: str, value) -> np.ndarray:
     except Exception as exc:
         raise TypeError(f"{func}: argument '{name}' is not an array of numbers ({exc})") from None
     if not _dtype_ok(arr):
-        raise TypeError(f"{func}: argument '{name}' must hold real numbers, got dtype {arr.dtype}")
+        raise TypeError(f"{func}: argument '{name}' must hold real or complex numbers, got dtype {arr.dtype}")
     return arr
 
 
-def as_dense(func: str, name: str, value, shape: tuple, x) -> np.ndarray:
+def as_dense(func: str, name: str, value, shape: tuple, x, complex_output: bool = False) -> np.ndarray:
     """A dense argument of the instance ``x``: its last dimensions exactly
     ``shape`` (any before them are batch dimensions, which must broadcast with
-    x's), C-contiguous, in ``result_dtype`` of x and the argument."""
+    x's), C-contiguous, in ``result_dtype`` of x's dense matrices and the
+    argument; a complex argument of a real matrix (real x, no imaginary
+    constant in the entry: ``complex_output``) keeps its real part
+    (ChainRulesCore's ProjectTo)."""
     arr = _real_array(func, name, value)
+    target = out_dtype(x.dtype, complex_output)
+    if arr.dtype.kind == "c" and not is_complex(target):
+        arr = arr.real
     k = len(shape)
     if arr.shape[arr.ndim - k:] != shape or arr.ndim < k:
         raise ValueError(f"{func}: argument '{name}' must have shape {tuple(shape)}, got {arr.shape}"
                          + (" (any dimensions before those are batch dimensions)" if arr.ndim > k else ""))
     if arr.ndim > k:
         batch_shape(func, [("x", x.batch_shape), (f"argument '{name}'", arr.shape[:arr.ndim - k])])
-    return np.ascontiguousarray(arr, x.dtype if arr.dtype == x.dtype else result_dtype(x.dtype, arr))
+    return np.ascontiguousarray(arr, target if arr.dtype == target else result_dtype(target, arr))
 
 
-def as_operand(func: str, name: str, value, rows: int, what: str, x):
+def as_operand(func: str, name: str, value, rows: int, what: str, x, complex_output: bool = False):
     """A vector ``(rows,)`` or a (batch of) matrices ``(..., rows, k)`` as an
     array of at least 2 dimensions (a vector as ``(rows, 1)``), C-contiguous,
-    in ``result_dtype`` of x and the operand; and whether it was a vector."""
+    in ``result_dtype`` of x's dense matrices and the operand; and whether it
+    was a vector."""
     arr = _real_array(func, name, value)
     if arr.ndim == 0 or arr.shape[-1 if arr.ndim == 1 else -2] != rows:
         raise ValueError(f"{func}: argument '{name}' must have shape ({rows},) or ({rows}, k) or "
@@ -259,7 +301,8 @@ def as_operand(func: str, name: str, value, rows: int, what: str, x):
     if arr.ndim > 2:
         batch_shape(func, [("x", x.batch_shape), (f"argument '{name}'", arr.shape[:-2])])
     arr = arr.reshape(rows, 1) if vector else arr
-    return np.ascontiguousarray(arr, x.dtype if arr.dtype == x.dtype else result_dtype(x.dtype, arr)), vector
+    target = out_dtype(x.dtype, complex_output)
+    return np.ascontiguousarray(arr, target if arr.dtype == target else result_dtype(target, arr)), vector
 
 
 def check_like(func: str, name: str, value, cls, x) -> np.dtype:
@@ -268,6 +311,8 @@ def check_like(func: str, name: str, value, cls, x) -> np.dtype:
     check_instance(func, name, value, cls, like=x)
     if value.batch_shape != x.batch_shape:
         batch_shape(func, [("x", x.batch_shape), (f"argument '{name}'", value.batch_shape)])
+    if is_complex(value.dtype) and not is_complex(x.dtype):      # ProjectTo: a real x's are real
+        return result_dtype(x.dtype, real_dtype(value.dtype))
     return result_dtype(x.dtype, value.dtype)
 
 
@@ -380,10 +425,51 @@ def repeat(batch: tuple, value):
     return nested(batch, [value] * _count(batch))
 
 
-def gather_class(weights: tuple, rows: int, cols: int) -> str:
-    """Parametrisation class of a gather type: rank J = number of used elements."""
+def gather_class(weights: tuple, n_entries: int) -> str:
+    """Parametrisation class of a gather type: rank J = number of used
+    elements (``n_entries``: the real dimension of the dense matrices)."""
     used = sum(int(np.count_nonzero(w)) for w in weights)
-    return "exact" if used == rows * cols else "under"
+    return "exact" if used == n_entries else "under"
+
+
+def gram_blocks(first: tuple, second: tuple) -> tuple:
+    """The 2 × 2 real Gram blocks (a, b, c) = [[a, b], [b, c]] of complex
+    field elements from J*(J·1) = a + ib and J*(J·i) = b + ic (a gather
+    type: each entry reads one element, so JᵀJ is block diagonal); read-only."""
+    out = []
+    for f, g in zip(first, second):
+        block = (np.ascontiguousarray(f.real, np.float64), np.ascontiguousarray(f.imag, np.float64),
+                 np.ascontiguousarray(g.imag, np.float64))
+        for a in block:
+            a.setflags(write=False)
+        out.append(block)
+    return tuple(out)
+
+
+def pinv2(block, g):
+    """G⁺ g per element for its 2 × 2 block G = [[a, b], [b, c]] on (Re g, Im
+    g): the block's inverse, G/tr² at rank one, 0 at rank zero (ranks to a
+    relative 1e-10: the entries are sums of squares of the entry's constants)."""
+    a, b, c = block
+    tr, det = a + c, a * c - b * b
+    full = det > 1e-10 * tr * tr
+    one = ~full & (tr > 0)
+    inv_det = np.divide(1.0, det, out=np.zeros_like(det), where=full)
+    inv_tr2 = np.divide(1.0, tr * tr, out=np.zeros_like(tr), where=one)
+    h11, h22, h12 = c * inv_det + a * inv_tr2, a * inv_det + c * inv_tr2, b * (inv_tr2 - inv_det)
+    gr, gi = g.real, g.imag
+    return (h11 * gr + h12 * gi) + 1j * (h12 * gr + h22 * gi)
+
+
+def blocks_class(blocks: tuple, n_entries: int) -> str:
+    """Parametrisation class of a gather type with complex fields: rank J =
+    Σ rank of the 2 × 2 blocks, p_a = the real parameters with a non-zero column."""
+    rank = used = 0
+    for a, b, c in blocks:
+        tr, det = a + c, a * c - b * b
+        rank += int(np.sum(np.where(det > 1e-10 * tr * tr, 2, np.where(tr > 0, 1, 0))))
+        used += int(np.count_nonzero(a > 0) + np.count_nonzero(c > 0))
+    return parametrisation_class(rank, used, n_entries)
 
 
 # ---------------------------------------------------------------------------
@@ -408,7 +494,10 @@ def parametrisation_class(r: int, p_a: int, n_entries: int) -> str:
 
 def _rownorm(a: np.ndarray) -> np.ndarray:
     """‖row‖ of each row (numpy's pairwise sums along a row do not depend on
-    the other rows: an instance gets the same norm alone or in a batch)."""
+    the other rows: an instance gets the same norm alone or in a batch);
+    over both parts of complex numbers."""
+    if a.dtype.kind == "c":
+        return np.sqrt(np.add.reduce(a.real * a.real + a.imag * a.imag, axis=-1))
     return np.sqrt(np.add.reduce(a * a, axis=-1))
 
 
@@ -426,8 +515,15 @@ class _Linearisation:
     fields' precision), each with its own batch shape: the wrappers' index
     arrays broadcast them without a copy."""
 
-    def __init__(self, owner, sizes, arrays, ranks, batch, shape, push, pull, weights):
+    def __init__(self, owner, sizes, arrays, ranks, batch, shape, push, pull, weights, out_dtype=None):
         self.owner, self.sizes = owner, tuple(sizes)
+        # complex numbers (pairs of reals): the kernels run in complex128 when
+        # the fields or the dense matrices are complex; a real field's part of
+        # a pullback is its real part (the adjoint in Re⟨a, b⟩ restricted to reals)
+        self.fdtype = _COMPLEX128 if any(a.dtype.kind == "c" for a in arrays) else _FLOAT64
+        self.odtype = _COMPLEX128 if (out_dtype is not None and is_complex(out_dtype)) else self.fdtype
+        self.kdtype = _COMPLEX128 if is_complex(self.fdtype) or is_complex(self.odtype) else _FLOAT64
+        arrays = cast(tuple(arrays), self.kdtype)
         self.batch = tuple(batch)
         self.nb = _count(self.batch)
         own = [a.shape[:a.ndim - r] for a, r in zip(arrays, ranks)]
@@ -439,23 +535,35 @@ class _Linearisation:
         self.shape = tuple(shape)
         self.n_entries = self.shape[0] * self.shape[1]
         self.push_k, self.pull_k = push, pull
-        buf, views = self._struct_buffer(self.nb)
-        run(weights, self.nb, self.sizes, self.fields, self.index, views)
-        self.weights = self._joined(buf, views)
-        self.used = self.weights > 0     # columns of J that are not zero (Σ c² > 0)
+        if is_complex(self.fdtype):
+            # Σ|c|² of a complex element's two columns is not what the weights
+            # kernel squares; the columns that are not zero, from a random probe
+            self.weights = None
+            rng = np.random.default_rng(1)
+            y = rng.standard_normal((self.nb, self.n_entries))
+            if is_complex(self.odtype):
+                y = y + 1j * rng.standard_normal((self.nb, self.n_entries))
+            self.used = self.vjp(y) != 0
+        else:
+            buf, views = self._struct_buffer(self.nb, _FLOAT64)
+            real_fields = cast(self.fields, _FLOAT64)
+            run(weights, self.nb, self.sizes, real_fields, self.index, views)
+            self.weights = self._joined(buf, views)
+            self.used = self.weights > 0     # columns of J that are not zero (Σ |c|² > 0)
 
     # structural vectors (k, p) <-> per-field kernel arrays (k, *shape)
     def _contiguous_views(self, k: int) -> bool:
         return k <= 1 or len(self.shapes) <= 1
 
-    def _struct_buffer(self, k: int):
+    def _struct_buffer(self, k: int, dtype=None):
         """A zeroed (k, p) buffer and per-field arrays that a kernel fills
         (views of the buffer where they are contiguous, else their own)."""
+        dtype = self.kdtype if dtype is None else dtype
         if self._contiguous_views(k):
-            buf = np.zeros((k, self.p))
+            buf = np.zeros((k, self.p), dtype)
             return buf, tuple(buf[:, a:b].reshape((k,) + s)
                               for a, b, s in zip(self.bounds[:-1], self.bounds[1:], self.shapes))
-        return None, tuple(np.zeros((k,) + s) for s in self.shapes)
+        return None, tuple(np.zeros((k,) + s, dtype) for s in self.shapes)
 
     def _joined(self, buf, views):
         if buf is not None:
@@ -476,24 +584,26 @@ class _Linearisation:
     def jvp(self, vec, act=None) -> np.ndarray:
         """J θ̇ for the rows of ``vec`` (k, p): (k, N)."""
         k = vec.shape[0]
-        out = np.zeros((k,) + self.shape)
+        out = np.zeros((k,) + self.shape, self.kdtype)
         ident = np.arange(k)
-        run(self.push_k, k, self.sizes, self.fields + self.split(vec),
+        run(self.push_k, k, self.sizes, self.fields + cast(self.split(vec), self.kdtype),
             self._index_of(act) + (ident,) * len(self.shapes), (out,))
-        return out.reshape(k, self.n_entries)
+        out = out.reshape(k, self.n_entries)
+        return out if is_complex(self.odtype) else out.real
 
     def vjp(self, yvec, act=None) -> np.ndarray:
         """Jᵀ ȳ for the rows of ``yvec`` (k, N): (k, p)."""
         k = yvec.shape[0]
         buf, views = self._struct_buffer(k)
-        run(self.pull_k, k, self.sizes, self.fields + (np.ascontiguousarray(yvec).reshape((k,) + self.shape),),
+        run(self.pull_k, k, self.sizes, self.fields + (np.ascontiguousarray(yvec, self.kdtype).reshape((k,) + self.shape),),
             self._index_of(act) + (np.arange(k),), views)
-        return self._joined(buf, views)
+        out = self._joined(buf, views)
+        return out if is_complex(self.fdtype) else out.real
 
     # the products with J⁺ on kernel arrays and dense matrices of any batch broadcasting to ours
     def pinv(self, ydot, dtype) -> tuple:
         """J⁺ vec(Ẏ) as kernel arrays ``(*batch, *shape)`` in ``dtype``."""
-        b = np.ascontiguousarray(np.broadcast_to(ydot, self.batch + self.shape), np.float64)
+        b = np.ascontiguousarray(np.broadcast_to(ydot, self.batch + self.shape), self.odtype)
         out = self.pinv_vec(b.reshape(self.nb, self.n_entries))
         return tuple(a.reshape(self.batch + s).astype(dtype, copy=False)
                      for a, s in zip(self.split(out), self.shapes))
@@ -502,7 +612,7 @@ class _Linearisation:
         """(J⁺)ᵀ θ̄ as a dense ``(*batch, m, n)`` in ``dtype``."""
         parts = [np.broadcast_to(a, self.batch + s).reshape(self.nb, -1) for a, s in zip(arrays, self.shapes)]
         vec = np.concatenate(parts, axis=1) if parts else np.zeros((self.nb, 0))
-        out = self.pinv_adjoint_vec(np.ascontiguousarray(vec, np.float64))
+        out = self.pinv_adjoint_vec(np.ascontiguousarray(vec, self.fdtype))
         return out.reshape(self.batch + self.shape).astype(dtype, copy=False)
 
     def check_finite(self, finite: bool):
@@ -540,8 +650,8 @@ class Bordered(_Linearisation):
 
     RTOL = 1e-10
 
-    def __init__(self, owner, sizes, arrays, ranks, batch, shape, push, pull, weights, coupled):
-        super().__init__(owner, sizes, arrays, ranks, batch, shape, push, pull, weights)
+    def __init__(self, owner, sizes, arrays, ranks, batch, shape, push, pull, weights, coupled, out_dtype=None):
+        super().__init__(owner, sizes, arrays, ranks, batch, shape, push, pull, weights, out_dtype)
         nb, p = self.nb, self.p
         # Everything is kept in full p-coordinates (no gathers over p):
         # winv = 1/w on used G elements, 0 elsewhere; B has zero rows outside them.
@@ -635,7 +745,8 @@ class Bordered(_Linearisation):
     def classify(self):
         self.check_finite(bool(np.all(self.finite)))
         used = np.count_nonzero(self.used, axis=1)
-        return nested(self.batch, [parametrisation_class(int(r), int(u), self.n_entries)
+        entries = self.n_entries * (2 if is_complex(self.odtype) else 1)      # real dimensions
+        return nested(self.batch, [parametrisation_class(int(r), int(u), entries)
                                    for r, u in zip(self.rank, used)])
 
 
@@ -683,10 +794,10 @@ class Iterative(_Linearisation):
     CONLIM = 1e14
     PROBE_RTOL = 1e-6
 
-    def _lsqr(self, what, shape, matvec, rmatvec, b):
+    def _lsqr(self, what, shape, matvec, rmatvec, b, x_dtype=_FLOAT64):
         nb = b.shape[0]
         m, n = shape
-        out = np.zeros((nb, n))
+        out = np.zeros((nb, n), x_dtype)
         if not m or not n:
             return out
         finite = np.all(np.isfinite(b), axis=1)
@@ -701,7 +812,7 @@ class Iterative(_Linearisation):
         warn = []                         # (relative residual, iterations, why) of instances that stop short
         b = b[act]
         k = act.size
-        st = dict(x=np.zeros((k, n)), u=None, v=None, w=None)
+        st = dict(x=np.zeros((k, n), x_dtype), u=None, v=None, w=None)
         bnorm = _rownorm(b)
         beta = bnorm.copy()
         u = b * (1 / beta)[:, None]
@@ -807,19 +918,24 @@ class Iterative(_Linearisation):
         return 2 * min(shape) + 100
 
     def pinv_vec(self, yvec):
-        return self._lsqr("J⁺", (self.n_entries, self.p), self.jvp, self.vjp, yvec)
+        return self._lsqr("J⁺", (self.n_entries, self.p), self.jvp, self.vjp, yvec, self.fdtype)
 
     def pinv_adjoint_vec(self, vec):
-        return self._lsqr("(J⁺)ᵀ", (self.p, self.n_entries), self.vjp, self.jvp, vec)
+        return self._lsqr("(J⁺)ᵀ", (self.p, self.n_entries), self.vjp, self.jvp, vec, self.odtype)
 
     def classify(self):
         rng = np.random.default_rng(0)
-        z = rng.standard_normal((self.nb, self.p)) * self.used
+        z = rng.standard_normal((self.nb, self.p))
+        if is_complex(self.fdtype):
+            z = z + 1j * rng.standard_normal((self.nb, self.p))
+        z = z * self.used
         jz = self.jvp(z)
         self.check_finite(bool(np.all(np.isfinite(jz))))
         zn = _rownorm(z)
         full_col = (zn == 0) | (_rownorm(z - self.pinv_vec(jz)) <= self.PROBE_RTOL * zn)
         y = rng.standard_normal((self.nb, self.n_entries))
+        if is_complex(self.odtype):
+            y = y + 1j * rng.standard_normal((self.nb, self.n_entries))
         yn = _rownorm(y)
         full_row = (yn == 0) | (_rownorm(y - self.jvp(self.pinv_vec(y))) <= self.PROBE_RTOL * yn)
         # r = p_a and r = N: exact; r = p_a only: under; r = N only: over
@@ -833,11 +949,13 @@ def toeplitz_matmul(c, r, x):
     """T @ x for the Toeplitz T of first column c ``(..., m)`` and first row r
     ``(..., n)`` (r[..., 0] unused), x ``(..., n, k)``, batches broadcasting:
     scipy.linalg.matmul_toeplitz's circulant embedding, over leading axes."""
-    from scipy.fft import irfft, rfft
+    from scipy.fft import fft, ifft, irfft, rfft
 
     m, n = c.shape[-1], r.shape[-1]
     size = m + n - 1
     col = np.concatenate((c, r[..., :0:-1]), axis=-1)
+    if col.dtype.kind == "c" or x.dtype.kind == "c":
+        return ifft(fft(col, axis=-1)[..., None] * fft(x, n=size, axis=-2), n=size, axis=-2)[..., :m, :]
     fc = rfft(col, axis=-1)[..., None]
     fx = rfft(x, n=size, axis=-2)
     return irfft(fc * fx, n=size, axis=-2)[..., :m, :]

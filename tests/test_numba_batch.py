@@ -203,8 +203,12 @@ def test_mixed_precision_promotes_as_numpy_does():
     from rulegen.runtime import result_dtype
     assert result_dtype(np.float32, 2.0) == np.float32 and result_dtype(np.float16) == np.float32
     assert result_dtype(np.int32) == np.float64 and result_dtype(np.float32, np.int8) == np.float32
-    with pytest.raises(TypeError, match="real numbers"):
-        toe.Toeplitz(col=np.ones(2, complex), row=np.ones(2))
+    # one complex field makes them all complex, of the same precision
+    assert toe.Toeplitz(col=np.ones(2, complex), row=np.ones(2)).dtype == np.complex128
+    assert toe.Toeplitz(col=np.ones(2, np.complex64), row=np.ones(2, np.float32)).dtype == np.complex64
+    assert result_dtype(np.complex64, np.float64) == np.complex128
+    with pytest.raises(TypeError, match="real or complex numbers"):
+        toe.Toeplitz(col=np.array(["a", "b"]), row=np.ones(2))
 
 
 def test_scalar_fields_in_a_batch():

@@ -15,7 +15,7 @@ import sympy as sp
 
 from ... import __version__
 from ...derive import Derivation, Region
-from ...expr import I, J, IntDiv, is_int, outside_sums
+from ...expr import I, J, Conj, IntDiv, has_complex, is_int, ordering_of_values, outside_sums
 from ...printer import code, recording_imports, value_code
 from ..common import environment, shape_code, shape_text, doc_text, file_label, size_plan
 from ...structure import structure_literal
@@ -298,7 +298,7 @@ def _separable_product(low: Lowerer, sep, rhs: str, out: str, transpose: bool) -
     v_in, v_out = (I, J) if transpose else (J, I)
     b_in, b_out = (sep.i_bounds, sep.j_bounds) if transpose else (sep.j_bounds, sep.i_bounds)
     t = low.fresh("acc")
-    low.add(1, f"{t} = np.zeros({rhs}.shape[1])")
+    low.add(1, f"{t} = _tiles.accumulator({rhs}.shape[1], {rhs})")
     depth = _open_k(low, sep, 1)
     _cols(low, depth, f"{t}[_c] = 0.0", rhs)
     _range(low, depth, v_in, b_in)
@@ -312,15 +312,16 @@ def _separable_product(low: Lowerer, sep, rhs: str, out: str, transpose: bool) -
 def _separable_bilinear(low: Lowerer, sep) -> None:
     """θ̄ += ∂/∂θ Σ_ij (L Rᵀ)_ij Y_ij for a separable Y, without L Rᵀ."""
     ta, tb = low.fresh("acc"), low.fresh("acc")
-    low.add(1, f"{ta} = np.zeros(_left.shape[1])")
-    low.add(1, f"{tb} = np.zeros(_left.shape[1])")
+    low.add(1, f"{ta} = _tiles.accumulator(_left.shape[1], _left)")
+    low.add(1, f"{tb} = _tiles.accumulator(_left.shape[1], _right)")
     depth = _open_k(low, sep, 1)
     _cols(low, depth, f"{ta}[_c] = 0.0", "_left")
     _cols(low, depth, f"{tb}[_c] = 0.0", "_left")
     for var, bounds, factor, side, acc in ((I, sep.i_bounds, sep.alpha, "_left", ta),
                                            (J, sep.j_bounds, sep.beta, "_right", tb)):
         _range(low, depth, var, bounds)
-        e = low.value(depth + 1, factor)
+        # the other factor's conj: ∂/∂θ of Re⟨U Vᵀ, Y⟩ sends conj(∂Y/∂θ)·(U Vᵀ) (a no-op for reals)
+        e = low.value(depth + 1, Conj(factor))
         _cols(low, depth + 1, f"{acc}[_c] += ({e}) * {side}[{var.name}, _c]", side)
     for var, bounds, factor, side, other in ((I, sep.i_bounds, sep.alpha, "_left", tb),
                                              (J, sep.j_bounds, sep.beta, "_right", ta)):
@@ -423,10 +424,15 @@ def render(d: Derivation, spec_file: str) -> str:
         wrappers=[_wrapper(k, len(spec.sizes)) for k in kernels
                   if not (d.kind == "gather" and k.name == "_weights_kernel")],
         field_ndim={f.name: f.ndim for f in spec.fields},
-        tiles=any(_transposed(spec, r) is not None for r in d.regions),
+        # the tile moves, and the separable terms' accumulators (_tiles.accumulator)
+        tiles=(any(_transposed(spec, r) is not None for r in d.regions)
+               or any(r.separable is not None for r in d.op_regions)),
         uses_math="math" in modules,
         kind=d.kind,
         structure=structure_literal(d),
+        complex_output=has_complex(spec.entry),
+        ordering=ordering_of_values(spec.entry),
+        ordering_repr=repr(ordering_of_values(spec.entry)),
         fft=(d.toeplitz or d.hankel) and not all(r.separable is not None for r in d.op_regions),
         hankel=d.hankel,
         dest_alloc="np.empty" if writes["destructure"] else "np.zeros",

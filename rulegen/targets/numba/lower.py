@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ...expr import Conj, Modulus, derivative, has_complex, is_int, outside_sums, unwhere, uses_complex_functions, wirtinger
+from ...expr import Conj, Modulus, has_complex, is_int, outside_sums, unwhere, uses_complex_functions, wirtinger
 from ...printer import code, value_code
 
 
@@ -260,7 +260,8 @@ def has_tangent(e) -> bool:
     f = e.xreplace({s: sym for sym, s in sums}) if sums else e
     reads = [(sp.Dummy("v", real=True), acc) for acc in outside_sums(f, sp.Indexed)]
     f = f.xreplace({acc: sym for sym, acc in reads}) if reads else f
-    return any(derivative(f, sym) != 0 for sym, _ in _differentiable(sums) + reads)
+    # for complex fields: 1j * imag(v) has no derivative for a real v, but has one
+    return any(w != 0 for sym, _ in _differentiable(sums) + reads for w in wirtinger(f, sym))
 
 
 def _differentiable(sums) -> list:
@@ -283,10 +284,10 @@ def _adjoint_amount(a, b, adj: str | None) -> str:
     """What an entry with ``d entry = a dv + b conj(dv)`` sends to ``v`` for
     the cotangent ``adj``: conj(a)·adj + b·conj(adj), the adjoint in the real
     inner product Re⟨x, y⟩ (ChainRules' and PyTorch's cotangent; for real
-    numbers (a + b)·adj). A real-valued coefficient is printed as it is."""
+    numbers (a + b)·adj: conj of a real number is a no-op that LLVM drops).
+    Conj of a real constant or of sizes and indices folds away."""
     if b == 0:
-        a = Conj(a) if (has_complex(a) or uses_complex_functions(a)) else a
-        return _times(a, adj)
+        return _times(Conj(a), adj)
     first = _times(Conj(a), adj) if a != 0 else None
     second = _times(b, None if adj is None else f"({adj}).conjugate()")
     return second if first is None else f"{first} + {second}"

@@ -1,4 +1,5 @@
-"""4 × 4 transposing tile moves for generated kernels.
+"""Numba helpers of generated kernels: 4 × 4 transposing tile moves, and
+the accumulators of separable terms (float64, or complex128 for complex numbers).
 
 A region whose entry is ``c * F[j + p, i + q]`` reads ``F`` across its rows
 while the loops walk the output along its rows: element by element that costs
@@ -9,18 +10,20 @@ vector stores (what XLA does for a transpose):
 * ``tcopy4(src, sr, sc, dst, dr, dc, c)``: ``dst[dr + a, dc + b] = c * src[sr + b, sc + a]``
 * ``tadd4(src, sr, sc, dst, dr, dc, c)``: ``dst[dr + a, dc + b] += c * src[sr + b, sc + a]``
 
-for ``a, b`` in ``0..3``. Both arrays are C-contiguous matrices of one dtype,
-float64 or float32 (then ``c`` is rounded to float32), and the caller has
-checked that both tiles lie inside them (no checks here).
+for ``a, b`` in ``0..3``. For C-contiguous matrices of one dtype, float64 or
+float32 (then ``c`` is rounded to float32), the vector code; for others
+(complex numbers) the same moves element by element. The caller has checked
+that both tiles lie inside the arrays (no checks here).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -83,12 +86,58 @@ def _codegen(accumulate: bool):
 
 
 @intrinsic
-def tcopy4(typingctx, src, sr, sc, dst, dr, dc, scale):
-    """dst[dr + a, dc + b] = scale * src[sr + b, sc + a] for a, b < 4."""
+def _tcopy4_simd(typingctx, src, sr, sc, dst, dr, dc, scale):
     return _signature(src, sr, sc, dst, dr, dc, scale), _codegen(accumulate=False)
 
 
 @intrinsic
-def tadd4(typingctx, src, sr, sc, dst, dr, dc, scale):
-    """dst[dr + a, dc + b] += scale * src[sr + b, sc + a] for a, b < 4."""
+def _tadd4_simd(typingctx, src, sr, sc, dst, dr, dc, scale):
     return _signature(src, sr, sc, dst, dr, dc, scale), _codegen(accumulate=True)
+
+
+def tcopy4(src, sr, sc, dst, dr, dc, scale):
+    """dst[dr + a, dc + b] = scale * src[sr + b, sc + a] for a, b < 4."""
+    for a in range(4):
+        for b in range(4):
+            dst[dr + a, dc + b] = scale * src[sr + b, sc + a]
+
+
+def tadd4(src, sr, sc, dst, dr, dc, scale):
+    """dst[dr + a, dc + b] += scale * src[sr + b, sc + a] for a, b < 4."""
+    for a in range(4):
+        for b in range(4):
+            dst[dr + a, dc + b] += scale * src[sr + b, sc + a]
+
+
+def _simd(src, dst) -> bool:
+    return _matrix(src) and _matrix(dst) and src.dtype == dst.dtype
+
+
+@overload(tcopy4)
+def _tcopy4(src, sr, sc, dst, dr, dc, scale):
+    """The vector moves for float64/float32 matrices; element by element for
+    anything else (complex numbers)."""
+    if _simd(src, dst):
+        return lambda src, sr, sc, dst, dr, dc, scale: _tcopy4_simd(src, sr, sc, dst, dr, dc, scale)
+    return tcopy4
+
+
+@overload(tadd4)
+def _tadd4(src, sr, sc, dst, dr, dc, scale):
+    if _simd(src, dst):
+        return lambda src, sr, sc, dst, dr, dc, scale: _tadd4_simd(src, sr, sc, dst, dr, dc, scale)
+    return tadd4
+
+
+def accumulator(n, like):
+    """Zeros of length ``n`` to accumulate products with the array ``like``
+    in: float64 (float32 products too: their sums stay accurate) or
+    complex128 when ``like`` holds complex numbers."""
+    return np.zeros(n, np.complex128 if np.iscomplexobj(like) else np.float64)
+
+
+@overload(accumulator)
+def _accumulator(n, like):
+    if isinstance(like, types.Array) and isinstance(like.dtype, types.Complex):
+        return lambda n, like: np.zeros(n, np.complex128)
+    return lambda n, like: np.zeros(n, np.float64)
