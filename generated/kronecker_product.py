@@ -356,7 +356,8 @@ def rmatvec(x, u):
 def bilinear_pullback(x, U, V):
     """destructure_pullback(x, U @ V.T) without forming U Vᵀ, for U (m, k), V (n, k)
     (or vectors: k = 1; or batches (..., m, k), (..., n, k)). The structural
-    cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)."""
+    cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)
+    (complex numbers: bilinear_pullback(x, ȳ, conj(v)) and conj(rmatvec(x, conj(ȳ))))."""
     _rt.check_instance("bilinear_pullback", "x", x, KroneckerProduct)
     left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
     right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)

@@ -317,13 +317,22 @@ def wirtinger(f, v):
     return back(A), back(B)
 
 
+def _may_be_complex(e) -> bool:
+    """Whether ``e`` may be complex for complex fields: it reads a field
+    outside real(), imag() and abs(), or has an imaginary constant."""
+    real = e.replace(lambda x: isinstance(x, (Re, Im, Modulus)), lambda x: sp.Dummy(real=True))
+    return bool(real.has(sp.Indexed) or real.has(sp.I))
+
+
 def ordering_of_values(e) -> str | None:
     """The first comparison (``<``, ``<=``, ``>``, ``>=``), ``min`` or ``max``
-    in ``e`` that involves a field value, as text; None if there is none.
+    in ``e`` that involves a field value that may be complex (outside
+    ``real``, ``imag`` and ``abs``), as text; None if there is none.
     Complex numbers are not ordered: a type whose entry orders its field
     values takes real fields only."""
     kinds = (sp.StrictLessThan, sp.LessThan, sp.StrictGreaterThan, sp.GreaterThan, sp.Min, sp.Max)
-    found = sorted((a for a in e.atoms(*kinds) if a.has(sp.Indexed)), key=sp.default_sort_key)
+    found = sorted((a for a in e.atoms(*kinds) if any(_may_be_complex(x) for x in a.args)),
+                   key=sp.default_sort_key)
     if not found:
         return None
     return str(found[0])

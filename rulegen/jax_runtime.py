@@ -384,6 +384,7 @@ class Iterative:
     def __init__(self, owner, push, pull, arrays, shape, out_dtype=None):
         self.owner, self.push, self.pull = owner, push, pull
         flat, self.unravel = _flatten(arrays)
+        self.leaves = [(a.shape, a.dtype) for a in arrays]
         self.p, self.dtype, self.shape = flat.size, flat.dtype, tuple(shape)
         self.out_dtype = self.dtype if out_dtype is None else out_dtype
         self.n_entries = self.shape[0] * self.shape[1]
@@ -419,7 +420,10 @@ class Iterative:
         k1, k2 = jax.random.split(key)
         y = jax.random.normal(k1, (self.n_entries,), self.out_dtype)     # complex: both parts random
         used = self.vjp(y) != 0          # a column of J is not zero: almost surely seen by a random y
-        z = jax.random.normal(k2, (self.p,), self.dtype) * used
+        # each field in its own dtype: a real field mixed with complex ones has no imaginary direction
+        keys = jax.random.split(k2, max(len(self.leaves), 1))
+        z = _flatten(tuple(jax.random.normal(k, shape, dtype) for k, (shape, dtype) in zip(keys, self.leaves)))[0]
+        z = z.astype(self.dtype) * used
         jz = self.jvp(z)
         if not bool(jnp.all(jnp.isfinite(jz))):
             raise ValueError(f"parametrisation: x ({self.owner}) has NaN or infinite field values, "

@@ -95,6 +95,8 @@ def settle(owner: str, names: tuple, values: tuple, arrays: tuple, ranks: tuple)
     dtype = floats[0] if floats else torch.get_default_dtype()
     for d in floats[1:]:
         dtype = torch.promote_types(dtype, d)
+    if any(a.is_complex() for a in arrays) and not dtype.is_complex:
+        dtype = complex_dtype(dtype)        # a complex number, a list or numpy array among them
     arrays = tuple(a if (a.dtype == dtype and a.device == device) else a.to(device=device, dtype=dtype)
                    for a in arrays)
     batch_shape(owner, [(f"field '{n}'", a.shape[:a.ndim - r]) for n, a, r in zip(names, arrays, ranks)])
@@ -237,6 +239,14 @@ def as_operand(func: str, name: str, value, rows: int, what: str, dtype, device)
                          f"({what}), got {tuple(arr.shape)}")
     vector = arr.ndim == 1
     return (arr[:, None] if vector else arr), vector
+
+
+def like_operand(arrays, operand):
+    """The fields made complex for a complex operand of a real matrix (the
+    products need one dtype; autograd takes the real part back to them)."""
+    if operand.is_complex() and arrays and not arrays[0].is_complex():
+        return tuple(a.to(complex_dtype(a.dtype)) for a in arrays)
+    return arrays
 
 
 def like(arrays, dtype):

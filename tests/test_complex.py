@@ -302,6 +302,31 @@ def test_real_instance_given_complex_cotangents_projects_their_real_part(target,
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+def test_mixed_field_kinds_and_complex_operands(target):
+    """Review findings: a complex number among real fields makes the instance
+    complex (numba, torch: one dtype); JAX keeps a real field real and still
+    classifies right; a complex operand of a real matrix gives the complex
+    product (matvec, rmatvec) and a real cotangent (bilinear_pullback)."""
+    rng = np.random.default_rng(9)
+    with target.context():
+        mod = target.module("dense")
+        x = mod.Dense(data=target.native(rng.standard_normal((3, 3))))
+        v = rng.standard_normal(3) + 1j * rng.standard_normal(3)
+        A = target.numpy(mod.destructure(x))
+        np.testing.assert_allclose(target.numpy(mod.matvec(x, target.native(v))), A @ v, atol=1e-12)
+        np.testing.assert_allclose(target.numpy(mod.rmatvec(x, target.native(v))), A.T @ v, atol=1e-12)
+        b = target.numpy(mod.bilinear_pullback(x, target.native(v), target.native(np.ones(3))).data)
+        assert not np.iscomplexobj(b)
+        sm = target.module("scaled_matrix")
+        data = rng.standard_normal((2, 2)) + 1j * rng.standard_normal((2, 2))
+        scale = 2.0 if target.name != "torch" else target.native(np.float64(2.0))
+        y = sm.ScaledMatrix(scale=scale, data=target.native(data))
+        np.testing.assert_allclose(target.numpy(sm.destructure(y)), 2.0 * data, atol=1e-12)
+        # scale (real in JAX; complex where the fields share a dtype) and complex data: rank J = N < p_a
+        assert sm.parametrisation(y) == "over"
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
 def test_complex_instance_given_real_cotangent_treats_it_as_complex(target):
     stem, cls_name, order, fields, extra, dense, step = _case("hermitian", f"cr {target.name}")
     with target.context():
@@ -361,6 +386,14 @@ getindex: "1j * imag(a[i, i]) if i == j else (a[i, j] if i < j else -conj(a[j, i
 """, "SkewHermitian", ("a",),
         lambda f: np.triu(f["a"], 1) - np.triu(f["a"], 1).conj().T + 1j * np.diag(np.diagonal(f["a"]).imag),
         1.0, True),
+    "realcmp": ("""
+name: RealCmp
+sizes: [n]
+fields:
+  a: [n]
+size: [n, n]
+getindex: "a[i] if real(a[i]) > 0 and i == j else 0"
+""", "RealCmp", ("a",), lambda f: np.diag(f["a"] * (f["a"].real > 0)), 1e-6, True),
     "modulus": ("""
 name: ModulusDiag
 sizes: [n]
@@ -394,7 +427,7 @@ def unseen_modules(tmp_path_factory):
 def test_unseen_complex_specs_against_the_real_pair_oracle(target, key, unseen_modules):
     text, cls_name, order, dense, step, complex_fields = UNSEEN[key]
     rng = np.random.default_rng(zlib.crc32(key.encode()))
-    shapes = {"fourier": {"w": (4,)}, "vandermonde": {"x": (4,)}, "skew_hermitian": {"a": (4, 4)},
+    shapes = {"fourier": {"w": (4,)}, "vandermonde": {"x": (4,)}, "skew_hermitian": {"a": (4, 4)}, "realcmp": {"a": (4,)},
               "modulus": {"z": (4,), "c": ()}}[key]
     fields = {k: rng.standard_normal(s) + (1j * rng.standard_normal(s) if complex_fields else 0)
               for k, s in shapes.items()}

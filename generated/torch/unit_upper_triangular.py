@@ -297,7 +297,7 @@ def matvec(x, v):
     rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1],
                                  _out_dtype(x), x.device)
     batch = _batch("matvec", x, ("v", rhs.shape[:-2]))
-    out = _matvec(x._size_values, x._arrays, rhs, batch)
+    out = _matvec(x._size_values, _rt.like_operand(x._arrays, rhs), rhs, batch)
     return out[..., 0] if vector else out
 
 
@@ -307,7 +307,7 @@ def rmatvec(x, u):
     rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0],
                                  _out_dtype(x), x.device)
     batch = _batch("rmatvec", x, ("u", rhs.shape[:-2]))
-    out = _rmatvec(x._size_values, x._arrays, rhs, batch)
+    out = _rmatvec(x._size_values, _rt.like_operand(x._arrays, rhs), rhs, batch)
     return out[..., 0] if vector else out
 
 
@@ -327,7 +327,8 @@ def bilinear_pullback(x, U, V):
     batch = _batch("bilinear_pullback", x, ("U", left.shape[:-2]), ("V", right.shape[:-2]))
     # ∇ Re Σ conj(U)·(Y conj(V)) = ∇ Re⟨U Vᵀ, Y⟩ (conj is a no-op on real tensors)
     return UnitUpperTriangular._from_arrays(x._size_values, _rt.pullback(
-        lambda a: _matvec(x._size_values, a, _rt.conj(right), batch), _rt.expand(x._arrays, _RANKS, batch),
+        lambda a: _matvec(x._size_values, _rt.like_operand(a, right), _rt.conj(right), batch),
+        _rt.expand(x._arrays, _RANKS, batch),
         left.expand(batch + left.shape[-2:])))
 
 
