@@ -265,7 +265,7 @@ def test_complex_batches(target):
             P = np.asarray(jax.vmap(mod.project)(xs, target.native(W)))
             T = jax.vmap(mod.restructure_pushforward)(xs, target.native(W))
             T = np.asarray(T.data)
-        else:
+        else:       # numba and torch: leading batch dimensions
             x = mod.Hermitian(data=target.native(data))
             assert x.batch_shape == (3,)
             P = target.numpy(mod.project(x, target.native(W)))
