@@ -38,6 +38,7 @@ SLOW = (
     "test_complex.py::test_complex_fields_every_builtin_against_the_real_pair_oracle[",
     "test_complex.py::test_unseen_complex_specs_against_the_real_pair_oracle[",
     "test_complex.py::test_unseen_nonlinear_specs_with_complex_fields[",
+    "test_complex.py::test_complex64_every_builtin[",
 )
 
 

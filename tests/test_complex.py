@@ -222,11 +222,24 @@ def test_complex_fields_every_builtin_against_the_real_pair_oracle(target, key):
         _check_maps(target, *_case(key, f"complex {target.name}"))
 
 
+C64_FAST = ["hermitian", "toeplitz", "scaled_matrix"]
+
+
 @pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
-@pytest.mark.parametrize("key", ["hermitian", "toeplitz", "scaled_matrix"])
+@pytest.mark.parametrize("key", C64_FAST)
 def test_complex64_in_complex64_out_within_1e5(target, key):
     """complex64 fields give complex64 results within 1e-5 (norm-wise
     relative) of the complex128 oracle at the same point."""
+    _check_complex64(target, key)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("key", [k for k in KEYS if k not in C64_FAST])
+def test_complex64_every_builtin(target, key):
+    _check_complex64(target, key)
+
+
+def _check_complex64(target, key):
     stem, cls_name, order, fields, extra, dense, step = _case(key, f"c64 {target.name}")
     f64 = {k: np.asarray(np.asarray(v, np.complex64), np.complex128) for k, v in fields.items()}
     oracle = Oracle(dense, f64, order, step)
@@ -521,3 +534,66 @@ def test_complex_on_cuda_equals_the_cpu_and_stays_there():
                 assert v.device.type == "cuda", name
                 np.testing.assert_allclose(v.cpu().resolve_conj().numpy(), u.resolve_conj().numpy(), atol=1e-10,
                                            err_msg=f"{stem} {name}")
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("key", ["hermitian", "toeplitz", "scaled_matrix", "low_rank"])
+def test_complex_batches_every_map(target, key):
+    """A batch of two complex instances (gather, bordered, general types):
+    every map at once on the batch (numba, torch: leading dimensions; JAX:
+    vmap), each instance against the real-pair oracle."""
+    cases = [_case(key, f"batch {target.name} {b}") for b in range(2)]
+    stem, cls_name, order, _, extra, dense, step = cases[0]
+    fields = [c[3] for c in cases]
+    oracles = [Oracle(dense, f, order, step) for f in fields]
+    rng = np.random.default_rng(17)
+    shape = oracles[0].shape
+    W = rng.standard_normal((2,) + shape) + 1j * rng.standard_normal((2,) + shape)
+    T = [{k: rng.standard_normal(np.shape(v)) + 1j * rng.standard_normal(np.shape(v)) for k, v in f.items()}
+         for f in fields]
+    V = rng.standard_normal((2, shape[1], 2)) + 1j * rng.standard_normal((2, shape[1], 2))
+    stack = {k: np.stack([f[k] for f in fields]) for k in order}
+    tstack = {k: np.stack([t[k] for t in T]) for k in order}
+    jax_conv = target.convention == "jax"
+    with target.context():
+        mod = target.module(stem)
+        cls = getattr(mod, cls_name)
+        maps = {
+            "destructure": lambda x, t, W, V: mod.destructure(x),
+            "destructure_pushforward": lambda x, t, W, V: mod.destructure_pushforward(x, t),
+            "destructure_pullback": lambda x, t, W, V: mod.destructure_pullback(x, W),
+            "restructure_pushforward": lambda x, t, W, V: mod.restructure_pushforward(x, W),
+            "restructure_pullback": lambda x, t, W, V: mod.restructure_pullback(x, t),
+            "project": lambda x, t, W, V: mod.project(x, W),
+            "matvec": lambda x, t, W, V: mod.matvec(x, V),
+        }
+        if target.name == "jax":
+            import jax
+            make = jax.vmap(lambda a: cls(**dict(zip(order, a)), **extra))
+            x = make(tuple(target.native(stack[k]) for k in order))
+            t = make(tuple(target.native(tstack[k]) for k in order))
+            got = {name: jax.vmap(f)(x, t, target.native(W), target.native(V)) for name, f in maps.items()}
+        else:
+            x = cls(**{k: target.native(stack[k]) for k in order}, **extra)
+            t = cls(**{k: target.native(tstack[k]) for k in order}, **extra)
+            assert x.batch_shape == (2,)
+            got = {name: f(x, t, target.native(W), target.native(V)) for name, f in maps.items()}
+    for b, o in enumerate(oracles):
+        want = {
+            "destructure": o.Y,
+            "destructure_pushforward": o.pushforward(T[b]),
+            "destructure_pullback": conj_fields(o.pullback(np.conj(W[b]))) if jax_conv else o.pullback(W[b]),
+            "restructure_pushforward": o.pinv(W[b]),
+            "restructure_pullback": (np.conj(o.pinv_adjoint(conj_fields(T[b]))) if jax_conv
+                                     else o.pinv_adjoint(T[b])),
+            "project": np.conj(o.project(np.conj(W[b]))) if jax_conv else o.project(W[b]),
+            "matvec": o.Y @ V[b],
+        }
+        for name, w in want.items():
+            g = got[name]
+            if isinstance(w, dict):
+                g = np.concatenate([np.ravel(target.numpy(getattr(g, k))[b]) for k in order])
+                w = np.concatenate([np.ravel(w[k]) for k in order])
+            else:
+                g = target.numpy(g)[b]
+            assert_norm_close(g, w, f"{target.name} {key} batch {b} {name}", rtol=_rtol(step), atol=_rtol(step))
