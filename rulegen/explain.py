@@ -30,7 +30,7 @@ from sympy.printing.pycode import PythonCodePrinter
 from .derive import derive
 from .targets.common import size_plan
 from .targets.numba.emit import render
-from .expr import Where, outside_sums
+from .expr import Where, outside_sums, uses_complex_functions, wirtinger
 from .spec import load
 
 IDENTITIES = {
@@ -273,12 +273,27 @@ def _derivatives(value, latex: bool, scalars=(), condition=sp.true, names=None) 
 
 
 def _derivative_lines(f, wrt, latex, condition, only_in_conditions) -> list:
+    if uses_complex_functions(f) and isinstance(wrt, sp.Indexed):
+        return _wirtinger_lines(f, wrt, latex, condition)
     d = _diff(f, wrt, condition)
     if d is None:
         return [f"∂/∂{wrt}: not shown (sympy cannot differentiate this expression symbolically)"]
     lines = _eq(f"∂/∂{wrt}", d, latex)
     if only_in_conditions and d == 0:
         lines[-1] += "   (read only in a condition: the entry jumps, its derivative is 0 where it exists)"
+    return lines
+
+
+def _wirtinger_lines(f, wrt, latex, condition) -> list:
+    """An entry with conj, real, imag or a modulus: the Wirtinger pair
+    (d entry = A d{wrt} + B conj(d{wrt}) for a complex field; A + B for a real one)."""
+    try:
+        a, b = wirtinger(_display(f), wrt)
+        a, b = _settle_deltas(a, condition), _settle_deltas(b, condition)
+    except Exception:       # noqa: BLE001
+        return [f"∂/∂{wrt}: not shown (sympy cannot differentiate this expression symbolically)"]
+    lines = _eq(f"∂/∂{wrt}", a, latex) + _eq(f"∂/∂conj({wrt})", b, latex)
+    lines[-1] += "   (Wirtinger: d entry = A·dx + B·conj(dx); for a real field A + B)"
     return lines
 
 

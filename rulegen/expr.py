@@ -129,6 +129,9 @@ class _ValueFunction(sp.Function):
     def _latex(self, printer):
         return self._tex.format(printer._print(self.args[0]))
 
+    def _pretty(self, printer):
+        return printer._print_Function(self, func_name=self._text)
+
     @classmethod
     def _on_number(cls, a):
         raise NotImplementedError
