@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims, check_instance,  # noqa: F401 (re-exported)
                       check_shape, given_size, parametrisation_class, solve_size)
 
@@ -120,33 +121,12 @@ def like(arrays, dtypes):
 
 
 def pinv2(blocks, g):
-    """G⁺ g per element for the 2 × 2 real Gram blocks ``(a, b, c)`` =
-    [[a, b], [b, c]] of a complex field element (its real and imaginary part)
-    and ``g`` = the adjoint's value there (real part, imaginary part); the
-    pseudo-inverse of each block: its inverse, G/tr² at rank one, 0 at rank
-    zero (ranks to a relative 1e-10: the entries are sums of squares of the
-    entry's constants)."""
-    a, b, c = blocks
-    gr, gi = jnp.real(g), jnp.imag(g)
-    tr = a + c
-    det = a * c - b * b
-    full = det > 1e-10 * tr * tr
-    one = (~full) & (tr > 0)
-    inv_det = jnp.where(full, 1 / jnp.where(full, det, 1), 0)
-    inv_tr2 = jnp.where(one, 1 / jnp.where(one, tr * tr, 1), 0)
-    h11 = c * inv_det + a * inv_tr2
-    h22 = a * inv_det + c * inv_tr2
-    h12 = -b * inv_det + b * inv_tr2
-    return lax.complex(h11 * gr + h12 * gi, h12 * gr + h22 * gi).astype(g.dtype)
+    """The Gram blocks' pseudo-inverse per element (``rulegen.runtime.pinv2``), in g's dtype."""
+    return _pinv2(blocks, g, jnp).astype(g.dtype)
 
 
 def block_counts(blocks):
-    """(rank, used real parameters) of the Gram blocks of a complex field."""
-    a, b, c = blocks
-    tr = a + c
-    det = a * c - b * b
-    rank = jnp.where(det > 1e-10 * tr * tr, 2, jnp.where(tr > 0, 1, 0))
-    return int(jnp.sum(rank)), int(jnp.count_nonzero(a > 0) + jnp.count_nonzero(c > 0))
+    return _block_counts(blocks, jnp)
 
 
 # -- helpers of the emitted code -------------------------------------------

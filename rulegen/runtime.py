@@ -446,30 +446,35 @@ def gram_blocks(first: tuple, second: tuple) -> tuple:
     return tuple(out)
 
 
-def pinv2(block, g):
+def pinv2(block, g, xp=np):
     """G⁺ g per element for its 2 × 2 block G = [[a, b], [b, c]] on (Re g, Im
     g): the block's inverse, G/tr² at rank one, 0 at rank zero (ranks to a
-    relative 1e-10: the entries are sums of squares of the entry's constants)."""
+    relative 1e-10: the entries are sums of squares of the entry's constants).
+    ``xp``: numpy, jax.numpy or torch (the three targets share this)."""
     a, b, c = block
     tr, det = a + c, a * c - b * b
     full = det > 1e-10 * tr * tr
-    one = ~full & (tr > 0)
-    inv_det = np.divide(1.0, det, out=np.zeros_like(det), where=full)
-    inv_tr2 = np.divide(1.0, tr * tr, out=np.zeros_like(tr), where=one)
+    one = (tr > 0) & ~full
+    inv_det = xp.where(full, 1 / xp.where(full, det, 1), 0)
+    inv_tr2 = xp.where(one, 1 / xp.where(one, tr * tr, 1), 0)
     h11, h22, h12 = c * inv_det + a * inv_tr2, a * inv_det + c * inv_tr2, b * (inv_tr2 - inv_det)
-    gr, gi = g.real, g.imag
+    gr, gi = xp.real(g), xp.imag(g)
     return (h11 * gr + h12 * gi) + 1j * (h12 * gr + h22 * gi)
+
+
+def block_counts(blocks, xp=np) -> tuple:
+    """(rank, used real parameters) of the 2 × 2 Gram blocks of a complex field."""
+    a, b, c = blocks
+    tr, det = a + c, a * c - b * b
+    rank = xp.where(det > 1e-10 * tr * tr, 2, xp.where(tr > 0, 1, 0))
+    return int(rank.sum()), int(xp.count_nonzero(a > 0)) + int(xp.count_nonzero(c > 0))
 
 
 def blocks_class(blocks: tuple, n_entries: int) -> str:
     """Parametrisation class of a gather type with complex fields: rank J =
     Σ rank of the 2 × 2 blocks, p_a = the real parameters with a non-zero column."""
-    rank = used = 0
-    for a, b, c in blocks:
-        tr, det = a + c, a * c - b * b
-        rank += int(np.sum(np.where(det > 1e-10 * tr * tr, 2, np.where(tr > 0, 1, 0))))
-        used += int(np.count_nonzero(a > 0) + np.count_nonzero(c > 0))
-    return parametrisation_class(rank, used, n_entries)
+    counts = [block_counts(b) for b in blocks]
+    return parametrisation_class(sum(r for r, _ in counts), sum(u for _, u in counts), n_entries)
 
 
 # ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as _F
 
+from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims,  # noqa: F401 (re-exported)
                       given_size, parametrisation_class, solve_size)
 
@@ -647,28 +648,12 @@ def diagonal_take(W, si, sj, length):
 
 
 def pinv2(blocks, g):
-    """G⁺ g per element for the 2 × 2 real Gram blocks ``(a, b, c)`` =
-    [[a, b], [b, c]] of complex field elements (real and imaginary part) and
-    the adjoint's value ``g`` there: each block's inverse, G/tr² at rank one,
-    0 at rank zero (ranks to a relative 1e-10; the entries are sums of
-    squares of the entry's constants)."""
-    a, b, c = blocks
-    gr, gi = torch.real(g), torch.imag(g)
-    tr, det = a + c, a * c - b * b
-    full = det > 1e-10 * tr * tr
-    one = (~full) & (tr > 0)
-    inv_det = torch.where(full, 1 / torch.where(full, det, torch.ones_like(det)), torch.zeros_like(det))
-    inv_tr2 = torch.where(one, 1 / torch.where(one, tr * tr, torch.ones_like(tr)), torch.zeros_like(tr))
-    h11, h22, h12 = c * inv_det + a * inv_tr2, a * inv_det + c * inv_tr2, b * (inv_tr2 - inv_det)
-    return torch.complex(h11 * gr + h12 * gi, h12 * gr + h22 * gi)
+    """The Gram blocks' pseudo-inverse per element (``rulegen.runtime.pinv2``)."""
+    return _pinv2(blocks, g, torch)
 
 
 def block_counts(blocks):
-    """(rank, used real parameters) of the Gram blocks of a complex field."""
-    a, b, c = blocks
-    tr, det = a + c, a * c - b * b
-    rank = torch.where(det > 1e-10 * tr * tr, 2, torch.where(tr > 0, 1, 0))
-    return int(rank.sum()), int(torch.count_nonzero(a > 0) + torch.count_nonzero(c > 0))
+    return _block_counts(blocks, torch)
 
 
 def div0(a, w):
