@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as _F
 
+from .runtime import _broadcast, batch_shape  # noqa: F401 (batch_shape re-exported: generated modules call it)
 from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims,  # noqa: F401 (re-exported)
                       given_size, parametrisation_class, solve_size)
@@ -102,43 +103,6 @@ def settle(owner: str, names: tuple, values: tuple, arrays: tuple, ranks: tuple)
                    for a in arrays)
     batch_shape(owner, [(f"field '{n}'", a.shape[:a.ndim - r]) for n, a, r in zip(names, arrays, ranks)])
     return arrays
-
-
-def _broadcast(a: tuple, b: tuple):
-    """numpy's broadcast of two shapes, or None (torch.broadcast_shapes costs
-    tens of microseconds a call)."""
-    if a == b or not b:
-        return a
-    if not a:
-        return b
-    n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
-    out = []
-    for x, y in zip(a, b):
-        if x == y or y == 1:
-            out.append(x)
-        elif x == 1:
-            out.append(y)
-        else:
-            return None
-    return tuple(out)
-
-
-def batch_shape(func: str, shapes) -> tuple:
-    """The broadcast of ``shapes`` (pairs ``(what, shape)``); a ValueError
-    naming the two that do not broadcast."""
-    out = ()
-    for k, (what, shape) in enumerate(shapes):
-        shape = tuple(shape)
-        new = _broadcast(out, shape)
-        if new is None:
-            for other, s in shapes[:k]:
-                if _broadcast(tuple(s), shape) is None:
-                    raise ValueError(f"{func}: the batch shapes of {other} {tuple(s)} and {what} "
-                                     f"{shape} do not broadcast")
-            raise ValueError(f"{func}: the batch shape of {what} {shape} does not broadcast with {out}")
-        out = new
-    return out
 
 
 def batch_of(arrays, ranks) -> tuple:
