@@ -347,6 +347,9 @@ def _edges(x, dtype):
     return c, r
 
 
+_KRON = 0     # number of Kronecker terms F ⊗ G taken by the vec trick
+
+
 def _product(x, rhs, out, batched, kernel):
     """``out`` += x @ rhs (or xᵀ) by a matvec kernel, over the call's batch."""
     fields = _rt.cast(x._arrays, rhs.dtype)
@@ -367,7 +370,8 @@ def matvec(x, v):
         out = _rt.toeplitz_matmul(c, r, rhs).astype(rhs.dtype, copy=False)
         return out[..., 0] if vector else out
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
-    out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
+    out = np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype)
+    out = _product(x, rhs, out, _matvec_batched, _matvec_kernel)
     return out[..., 0] if vector else out
 
 
@@ -380,7 +384,8 @@ def rmatvec(x, u):
         out = _rt.toeplitz_matmul(r, c, rhs).astype(rhs.dtype, copy=False)
         return out[..., 0] if vector else out
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
-    out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
+    out = np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype)
+    out = _product(x, rhs, out, _rmatvec_batched, _rmatvec_kernel)
     return out[..., 0] if vector else out
 
 

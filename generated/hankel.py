@@ -348,6 +348,9 @@ def _edges(x, dtype):
     return np.concatenate((c, r[..., 1:]), axis=-1)
 
 
+_KRON = 0     # number of Kronecker terms F ⊗ G taken by the vec trick
+
+
 def _product(x, rhs, out, batched, kernel):
     """``out`` += x @ rhs (or xᵀ) by a matvec kernel, over the call's batch."""
     fields = _rt.cast(x._arrays, rhs.dtype)
@@ -369,7 +372,8 @@ def matvec(x, v):
         out = _rt.toeplitz_matmul(a[..., n - 1:n - 1 + m], a[..., n - 1::-1], rhs[..., ::-1, :]).astype(rhs.dtype, copy=False)
         return out[..., 0] if vector else out
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
-    out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
+    out = np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype)
+    out = _product(x, rhs, out, _matvec_batched, _matvec_kernel)
     return out[..., 0] if vector else out
 
 
@@ -383,7 +387,8 @@ def rmatvec(x, u):
         out = _rt.toeplitz_matmul(a[..., m - 1:m - 1 + n], a[..., m - 1::-1], rhs[..., ::-1, :]).astype(rhs.dtype, copy=False)
         return out[..., 0] if vector else out
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
-    out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
+    out = np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype)
+    out = _product(x, rhs, out, _rmatvec_batched, _rmatvec_kernel)
     return out[..., 0] if vector else out
 
 

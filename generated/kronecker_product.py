@@ -324,6 +324,71 @@ def parametrisation(x):
 # Σ_k alpha(i, k)·beta(j, k) over a rectangle (LowRank, Fill) is contracted
 # through its factors instead: O((m + n)·k) per term of the sum.
 
+# Kronecker terms (detected from the entry): F ⊗ G with F[i, j] = A[i, j]
+# (ma × na), G[i, j] = B[i, j] (mb × nb).
+# matvec, rmatvec and bilinear_pullback take them through the small factors
+# (the vec trick: (F ⊗ G) vec(V) = vec(F V Gᵀ) row-major), never entry by entry.
+_KRON = 1     # number of Kronecker terms F ⊗ G taken by the vec trick
+
+
+def _kron_factors(x, dtype):
+    """[(F, G)] of the Kronecker terms in ``dtype``, over the instance's batch."""
+    _fields = _rt.cast(x._arrays, dtype)
+    _batch = x.batch_shape
+    ma, na, mb, nb, = x._size_values
+    _out = []
+    _F = np.zeros(_batch + (ma, na), dtype)
+    _G = np.zeros(_batch + (mb, nb), dtype)
+    if _batch:
+        _rt.call(_kron0_batched, _batch, x._size_values, _fields, _KRANKS, (_F, _G))
+    else:
+        _kron0_kernel(*x._size_values, *_fields, _F, _G)
+    _out.append((_F, _G))
+    return _out
+
+
+def _kron_product(x, rhs, out, transpose):
+    """``out`` += (Σ F ⊗ G) @ rhs (or its transpose, Fᵀ ⊗ Gᵀ) by the vec trick."""
+    if not (_KRON and x.shape[0] and x.shape[1]):
+        return out
+    k = rhs.shape[-1]
+    for F, G in _kron_factors(x, rhs.dtype):
+        if transpose:
+            F, G = np.swapaxes(F, -1, -2), np.swapaxes(G, -1, -2)
+        (P, Q), (p, q) = F.shape[-2:], G.shape[-2:]
+        Gt = np.swapaxes(G, -1, -2)
+        if k == 1 and rhs.ndim == 2 and F.ndim == 2:
+            out[:, 0] += (F @ rhs[:, 0].reshape(Q, q) @ Gt).reshape(P * p)
+            continue
+        V = np.moveaxis(rhs.reshape(rhs.shape[:-2] + (Q, q, k)), -1, -3)       # (..., k, Q, q)
+        R = F[..., None, :, :] @ V @ Gt[..., None, :, :]                        # (..., k, P, p)
+        out += np.moveaxis(R, -3, -1).reshape(R.shape[:-3] + (P * p, k))
+    return out
+
+
+def _kron_pullback(x, left, right, dtype, grads, batch):
+    """grads += destructure_pullback of the Kronecker terms for U Vᵀ, without U Vᵀ:
+    F̄ = Σ_k U_k conj(G) V_kᵀ, Ḡ = Σ_k U_kᵀ conj(F) V_k (U_k = U[:, k] as P × p,
+    V_k = V[:, k] as Q × q), then through F's and G's own derivatives."""
+    if not (_KRON and x.shape[0] and x.shape[1]):
+        return
+    fields = _rt.cast(x._arrays, dtype)
+    k = left.shape[-1]
+    for t, (F, G) in enumerate(_kron_factors(x, dtype)):
+        (P, Q), (p, q) = F.shape[-2:], G.shape[-2:]
+        Uk = np.moveaxis(left.reshape(left.shape[:-2] + (P, p, k)), -1, -3)      # (..., k, P, p)
+        Vk = np.moveaxis(right.reshape(right.shape[:-2] + (Q, q, k)), -1, -3)    # (..., k, Q, q)
+        Fbar = (Uk @ np.conj(G)[..., None, :, :] @ np.swapaxes(Vk, -1, -2)).sum(axis=-3)
+        Gbar = (np.swapaxes(Uk, -1, -2) @ np.conj(F)[..., None, :, :] @ Vk).sum(axis=-3)
+        Fbar = np.ascontiguousarray(np.broadcast_to(Fbar, batch + (P, Q)), dtype)
+        Gbar = np.ascontiguousarray(np.broadcast_to(Gbar, batch + (p, q)), dtype)
+        kernel, batched = _KRON_PULLBACKS[t]
+        if batch:
+            _rt.call(batched, batch, x._size_values, fields + (Fbar, Gbar), _KRANKS + (2, 2), grads)
+        else:
+            kernel(*x._size_values, *fields, Fbar, Gbar, *grads)
+
+
 def _product(x, rhs, out, batched, kernel):
     """``out`` += x @ rhs (or xᵀ) by a matvec kernel, over the call's batch."""
     fields = _rt.cast(x._arrays, rhs.dtype)
@@ -340,7 +405,8 @@ def matvec(x, v):
     _rt.check_instance("matvec", "x", x, KroneckerProduct)
     rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
-    out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
+    out = np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype)
+    out = _kron_product(x, rhs, out, False)
     return out[..., 0] if vector else out
 
 
@@ -349,7 +415,8 @@ def rmatvec(x, u):
     _rt.check_instance("rmatvec", "x", x, KroneckerProduct)
     rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
-    out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
+    out = np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype)
+    out = _kron_product(x, rhs, out, True)
     return out[..., 0] if vector else out
 
 
@@ -372,10 +439,7 @@ def bilinear_pullback(x, U, V):
     left, right = _rt.cast((left, right), dtype)
     fields = _rt.cast(x._arrays, dtype)
     grads = _rt.zeros(batch, _kernel_shapes(x._size_values), dtype)
-    if batch:
-        _rt.call(_bilinear_batched, batch, x._size_values, fields + (left, right), _KRANKS + (2, 2), grads)
-    else:
-        _bilinear_kernel(*x._size_values, *fields, left, right, *grads)
+    _kron_pullback(x, left, right, dtype, grads, batch)
     return KroneckerProduct._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
@@ -407,95 +471,109 @@ def diagonal_pullback(x, dbar):
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(ma, na, mb, nb, A, B, _rhs, _out):
-    for _c in range(_rhs.shape[1]):
-        for i in range(0, ma*mb):
-            for j in range(0, na*nb):
-                _a3 = ((i) // (mb))
-                if _a3 < 0:
-                    _a3 += A.shape[0]
-                if _a3 < 0 or _a3 >= A.shape[0]:
-                    raise IndexError("KroneckerProduct: getindex reads A out of range")
-                _a4 = ((j) // (nb))
-                if _a4 < 0:
-                    _a4 += A.shape[1]
-                if _a4 < 0 or _a4 >= A.shape[1]:
-                    raise IndexError("KroneckerProduct: getindex reads A out of range")
-                _v1 = A[_a3, _a4]
-                _a5 = ((i) % (mb))
-                if _a5 < 0:
-                    _a5 += B.shape[0]
-                if _a5 < 0 or _a5 >= B.shape[0]:
-                    raise IndexError("KroneckerProduct: getindex reads B out of range")
-                _a6 = ((j) % (nb))
-                if _a6 < 0:
-                    _a6 += B.shape[1]
-                if _a6 < 0 or _a6 >= B.shape[1]:
-                    raise IndexError("KroneckerProduct: getindex reads B out of range")
-                _v2 = B[_a5, _a6]
-                _out[i, _c] += (_v1*_v2) * _rhs[j, _c]
+    pass
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(ma, na, mb, nb, A, B, _rhs, _out):
-    for _c in range(_rhs.shape[1]):
-        for i in range(0, ma*mb):
-            for j in range(0, na*nb):
-                _a3 = ((i) // (mb))
-                if _a3 < 0:
-                    _a3 += A.shape[0]
-                if _a3 < 0 or _a3 >= A.shape[0]:
-                    raise IndexError("KroneckerProduct: getindex reads A out of range")
-                _a4 = ((j) // (nb))
-                if _a4 < 0:
-                    _a4 += A.shape[1]
-                if _a4 < 0 or _a4 >= A.shape[1]:
-                    raise IndexError("KroneckerProduct: getindex reads A out of range")
-                _v1 = A[_a3, _a4]
-                _a5 = ((i) % (mb))
-                if _a5 < 0:
-                    _a5 += B.shape[0]
-                if _a5 < 0 or _a5 >= B.shape[0]:
-                    raise IndexError("KroneckerProduct: getindex reads B out of range")
-                _a6 = ((j) % (nb))
-                if _a6 < 0:
-                    _a6 += B.shape[1]
-                if _a6 < 0 or _a6 >= B.shape[1]:
-                    raise IndexError("KroneckerProduct: getindex reads B out of range")
-                _v2 = B[_a5, _a6]
-                _out[j, _c] += (_v1*_v2) * _rhs[i, _c]
+    pass
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(ma, na, mb, nb, A, B, _left, _right, _g_A, _g_B):
-    for i in range(0, ma*mb):
-        for j in range(0, na*nb):
-            _y = 0.0
-            for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _a3 = ((i) // (mb))
-            if _a3 < 0:
-                _a3 += A.shape[0]
-            if _a3 < 0 or _a3 >= A.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _a4 = ((j) // (nb))
-            if _a4 < 0:
-                _a4 += A.shape[1]
-            if _a4 < 0 or _a4 >= A.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _v1 = A[_a3, _a4]
-            _a5 = ((i) % (mb))
-            if _a5 < 0:
-                _a5 += B.shape[0]
-            if _a5 < 0 or _a5 >= B.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _a6 = ((j) % (nb))
-            if _a6 < 0:
-                _a6 += B.shape[1]
-            if _a6 < 0 or _a6 >= B.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _v2 = B[_a5, _a6]
-            _g_A[_a3, _a4] += ((_v2).conjugate()) * _y
-            _g_B[_a5, _a6] += ((_v1).conjugate()) * _y
+    pass
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _kron0_kernel(ma, na, mb, nb, A, B, _out_F, _out_G):
+    for i in range(0, ma):
+        _lo1 = 0
+        _hi2 = na
+        if _hi2 <= _lo1 or (0 <= i < A.shape[0] and 0 <= _lo1 < A.shape[1] and 0 <= _hi2 - 1 < A.shape[1]):
+            for j in range(_lo1, _hi2):
+                _v3 = A[_u(i), _u(j)]
+                _out_F[_u(i), _u(j)] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += A.shape[0]
+                if _a5 < 0 or _a5 >= A.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += A.shape[1]
+                if _a6 < 0 or _a6 >= A.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _v4 = A[_a5, _a6]
+                _out_F[i, j] = _v4
+    for i in range(0, mb):
+        _lo1 = 0
+        _hi2 = nb
+        if _hi2 <= _lo1 or (0 <= i < B.shape[0] and 0 <= _lo1 < B.shape[1] and 0 <= _hi2 - 1 < B.shape[1]):
+            for j in range(_lo1, _hi2):
+                _v3 = B[_u(i), _u(j)]
+                _out_G[_u(i), _u(j)] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += B.shape[0]
+                if _a5 < 0 or _a5 >= B.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += B.shape[1]
+                if _a6 < 0 or _a6 >= B.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _v4 = B[_a5, _a6]
+                _out_G[i, j] = _v4
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _kron0_pullback_kernel(ma, na, mb, nb, A, B, _bar_F, _bar_G, _g_A, _g_B):
+    for i in range(0, ma):
+        _lo1 = 0
+        _hi2 = na
+        if _hi2 <= _lo1 or (0 <= i < A.shape[0] and 0 <= _lo1 < A.shape[1] and 0 <= _hi2 - 1 < A.shape[1]):
+            for j in range(_lo1, _hi2):
+                _y = _bar_F[_u(i), _u(j)]
+                _g_A[_u(i), _u(j)] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _bar_F[i, j]
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += A.shape[0]
+                if _a5 < 0 or _a5 >= A.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += A.shape[1]
+                if _a6 < 0 or _a6 >= A.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _g_A[_a5, _a6] += _y
+    for i in range(0, mb):
+        _lo1 = 0
+        _hi2 = nb
+        if _hi2 <= _lo1 or (0 <= i < B.shape[0] and 0 <= _lo1 < B.shape[1] and 0 <= _hi2 - 1 < B.shape[1]):
+            for j in range(_lo1, _hi2):
+                _y = _bar_G[_u(i), _u(j)]
+                _g_B[_u(i), _u(j)] += _y
+        else:
+            for j in range(_lo1, _hi2):
+                _y = _bar_G[i, j]
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += B.shape[0]
+                if _a5 < 0 or _a5 >= B.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += B.shape[1]
+                if _a6 < 0 or _a6 >= B.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _g_B[_a5, _a6] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -721,6 +799,30 @@ def _bilinear_kernel_p(_nb, ma, na, mb, nb, A, B, _left, _right, _g_A, _g_B, _ix
 
 
 @numba.njit(cache=True)
+def _kron0_kernel_s(_nb, ma, na, mb, nb, A, B, _out_F, _out_G, _ix_A, _ix_B):
+    for _b in range(_nb):
+        _kron0_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _out_F[_b], _out_G[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _kron0_kernel_p(_nb, ma, na, mb, nb, A, B, _out_F, _out_G, _ix_A, _ix_B):
+    for _b in numba.prange(_nb):
+        _kron0_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _out_F[_b], _out_G[_b])
+
+
+@numba.njit(cache=True)
+def _kron0_pullback_kernel_s(_nb, ma, na, mb, nb, A, B, _bar_F, _bar_G, _g_A, _g_B, _ix_A, _ix_B, _ix__bar_F, _ix__bar_G):
+    for _b in range(_nb):
+        _kron0_pullback_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _bar_F[_ix__bar_F[_b]], _bar_G[_ix__bar_G[_b]], _g_A[_b], _g_B[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _kron0_pullback_kernel_p(_nb, ma, na, mb, nb, A, B, _bar_F, _bar_G, _g_A, _g_B, _ix_A, _ix_B, _ix__bar_F, _ix__bar_G):
+    for _b in numba.prange(_nb):
+        _kron0_pullback_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _bar_F[_ix__bar_F[_b]], _bar_G[_ix__bar_G[_b]], _g_A[_b], _g_B[_b])
+
+
+@numba.njit(cache=True)
 def _diagonal_kernel_s(_nb, ma, na, mb, nb, A, B, _out, _ix_A, _ix_B):
     for _b in range(_nb):
         _diagonal_kernel(ma, na, mb, nb, A[_ix_A[_b]], B[_ix_B[_b]], _out[_b])
@@ -795,9 +897,12 @@ def _weights_kernel_p(_nb, ma, na, mb, nb, A, B, _w_A, _w_B, _ix_A, _ix_B):
 _matvec_batched = (_matvec_kernel_s, _matvec_kernel_p)
 _rmatvec_batched = (_rmatvec_kernel_s, _rmatvec_kernel_p)
 _bilinear_batched = (_bilinear_kernel_s, _bilinear_kernel_p)
+_kron0_batched = (_kron0_kernel_s, _kron0_kernel_p)
+_kron0_pullback_batched = (_kron0_pullback_kernel_s, _kron0_pullback_kernel_p)
 _diagonal_batched = (_diagonal_kernel_s, _diagonal_kernel_p)
 _diagonal_pullback_batched = (_diagonal_pullback_kernel_s, _diagonal_pullback_kernel_p)
 _destructure_batched = (_destructure_kernel_s, _destructure_kernel_p)
 _pushforward_batched = (_pushforward_kernel_s, _pushforward_kernel_p)
 _pullback_batched = (_pullback_kernel_s, _pullback_kernel_p)
 _weights_batched = (_weights_kernel_s, _weights_kernel_p)
+_KRON_PULLBACKS = ((_kron0_pullback_kernel, _kron0_pullback_batched), )

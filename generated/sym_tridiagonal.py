@@ -330,6 +330,9 @@ def parametrisation(x):
 # Σ_k alpha(i, k)·beta(j, k) over a rectangle (LowRank, Fill) is contracted
 # through its factors instead: O((m + n)·k) per term of the sum.
 
+_KRON = 0     # number of Kronecker terms F ⊗ G taken by the vec trick
+
+
 def _product(x, rhs, out, batched, kernel):
     """``out`` += x @ rhs (or xᵀ) by a matvec kernel, over the call's batch."""
     fields = _rt.cast(x._arrays, rhs.dtype)
@@ -346,7 +349,8 @@ def matvec(x, v):
     _rt.check_instance("matvec", "x", x, SymTridiagonal)
     rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
-    out = _product(x, rhs, np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype), _matvec_batched, _matvec_kernel)
+    out = np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype)
+    out = _product(x, rhs, out, _matvec_batched, _matvec_kernel)
     return out[..., 0] if vector else out
 
 
@@ -355,7 +359,8 @@ def rmatvec(x, u):
     _rt.check_instance("rmatvec", "x", x, SymTridiagonal)
     rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
-    out = _product(x, rhs, np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype), _rmatvec_batched, _rmatvec_kernel)
+    out = np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype)
+    out = _product(x, rhs, out, _rmatvec_batched, _rmatvec_kernel)
     return out[..., 0] if vector else out
 
 

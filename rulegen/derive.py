@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .errors import Collector, Pos
-from .expr import I, J, derivative, outside_sums, unwhere
+from .expr import I, J, IntDiv, Where, derivative, outside_sums, unwhere
 from .loops import build_nest
 from .spec import Spec
 
@@ -64,6 +64,22 @@ class OpRegion:
     steps: tuple
     value: sp.Expr
     separable: Separable | None
+    kron: "Kron | None" = None
+
+
+@dataclass(frozen=True)
+class Kron:
+    """An additive term over the whole ``rows × cols`` rectangle whose value is
+    ``f(i // p, j // q) · g(i % p, j % q)``, with ``rows = P·p`` and ``cols = Q·q``:
+    the term is ``F ⊗ G`` with ``F[a, b] = f(a, b)`` (``P × Q``) and
+    ``G[c, d] = g(c, d)`` (``p × q``); ``f`` and ``g`` are written in ``i, j``."""
+
+    f: sp.Expr
+    g: sp.Expr
+    P: sp.Expr
+    Q: sp.Expr
+    p: sp.Expr
+    q: sp.Expr
 
 
 @dataclass(frozen=True)
@@ -390,7 +406,8 @@ def _op_regions(entry, rows, cols) -> tuple:
             if value == 0:
                 continue
             for _, steps, v in _nests(cond, _doit_constant_sums(value), rows, cols):
-                out.append(OpRegion(steps, v, _separable(steps, v)))
+                sep = _separable(steps, v)
+                out.append(OpRegion(steps, v, sep, None if sep is not None else _kron(steps, v, rows, cols)))
                 if len(out) > 2 * MAX_REGIONS:
                     return ()
     return tuple(out)
@@ -434,3 +451,55 @@ def _separable(steps, value):
     if split is None:
         return None
     return Separable(split[0], split[1], (k, lo, hi), (ilo, ihi), (jlo, jhi))
+
+
+def _divisor(value, var):
+    """The one ``p`` with which ``var`` appears as ``var // p`` or ``var % p``, else None."""
+    ds = {a.args[1] for a in value.atoms(IntDiv, sp.Mod) if a.args[0] == var}
+    if len(ds) != 1:
+        return None
+    p = ds.pop()
+    return None if p.has(I, J, sp.Indexed, sp.Sum) else p
+
+
+def _quotient(total, p):
+    """``total / p`` when it is a polynomial of the sizes with integer coefficients, else None."""
+    try:
+        P = sp.cancel(total / p)
+        poly = sp.Poly(P, *sorted(P.free_symbols, key=str)) if P.free_symbols else None
+    except Exception:
+        return None
+    if P.free_symbols & {I, J}:
+        return None
+    if poly is None:
+        return P if P.is_Integer else None
+    return P if all(c.is_Integer for c in poly.coeffs()) else None
+
+
+def _kron(steps, value, rows, cols):
+    """A Kron form of ``value`` over the full rectangle (see Kron), or None."""
+    if len(steps) != 2 or any(st[0] != "for" for st in steps) or value.has(sp.Sum, Where):
+        return None
+    (_, vi, ilo, ihi), (_, vj, jlo, jhi) = steps
+    if (vi, vj) != (I, J) or ilo != 0 or jlo != 0 or sp.expand(ihi - rows) != 0 or sp.expand(jhi - cols) != 0:
+        return None
+    p, q = _divisor(value, I), _divisor(value, J)
+    if p is None or q is None:
+        return None
+    P, Q = _quotient(rows, p), _quotient(cols, q)
+    if P is None or Q is None:
+        return None
+    a, b, c, d = (sp.Dummy(n, integer=True, nonnegative=True) for n in "abcd")
+    # i, j >= 0 here: Python's floor // and % are the block index and the offset in the block
+    v = value.xreplace({IntDiv(I, p): a, sp.Mod(I, p): c, IntDiv(J, q): b, sp.Mod(J, q): d})
+    if v.has(I, J):
+        return None
+    fs, gs = [], []
+    for factor in sp.Mul.make_args(v):
+        dep = factor.free_symbols & {a, b, c, d}
+        if dep & {a, b} and dep & {c, d}:
+            return None
+        (gs if dep & {c, d} else fs).append(factor)
+    f = sp.Mul(*fs).xreplace({a: I, b: J})
+    g = sp.Mul(*gs).xreplace({c: I, d: J})
+    return Kron(f, g, P, Q, p, q)

@@ -35,6 +35,7 @@ _KIND = "general"
 _ORDERING = None
 # the entry has an imaginary constant: the dense matrix is complex even for real fields
 _COMPLEX_OUTPUT = False
+_KRON = 1     # number of Kronecker terms F ⊗ G that matvec and rmatvec take by the vec trick
 _STRUCTURE = {'band': None, 'symmetric': False, 'triangular': None, 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [
@@ -339,15 +340,22 @@ def _matvec(_sv, _arrays, _rhs):
     _R, _C = ma*mb, na*nb
     _out = jnp.zeros((_R, _rhs.shape[1]), jnp.result_type(_dtype, _rhs.dtype))
     _I01 = 0
-    _I12 = max(_I01, ma*mb)
+    _I12 = max(_I01, ma)
     _J03 = 0
-    _J14 = max(_J03, na*nb)
+    _J14 = max(_J03, na)
     _i5 = jnp.arange(_I01, _I12).reshape((-1, 1))
     _j7 = jnp.arange(_J03, _J14).reshape((1, -1))
-    _r9 = A[(_i5 // mb), (_j7 // nb)]
-    _r10 = B[(_i5 % mb), (_j7 % nb)]
-    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype)
-    _out = _out + _rt.pad_to(_c11 @ _rhs[_J03:_J14], (_I01, 0), _out.shape)
+    _I09 = 0
+    _I110 = max(_I09, mb)
+    _J011 = 0
+    _J112 = max(_J011, nb)
+    _i13 = jnp.arange(_I09, _I110).reshape((-1, 1))
+    _j15 = jnp.arange(_J011, _J112).reshape((1, -1))
+    _r17 = (A[_I01:_I12, _J03:_J14] if 0 <= _I01 and _I12 <= A.shape[0] and 0 <= _J03 and _J14 <= A.shape[1] else A[_i5, _j7])
+    _k18 = _rt.cells(_r17, None, (_I12 - _I01, _J14 - _J03, ), _dtype)
+    _r19 = (B[_I09:_I110, _J011:_J112] if 0 <= _I09 and _I110 <= B.shape[0] and 0 <= _J011 and _J112 <= B.shape[1] else B[_i13, _j15])
+    _k20 = _rt.cells(_r19, None, (_I110 - _I09, _J112 - _J011, ), _dtype)
+    _out = _out + jnp.einsum('ab,bdk,cd->ack', _k18, _rhs.reshape((na, nb, _rhs.shape[1])), _k20).reshape(_out.shape)
     return _out
 
 
@@ -358,15 +366,22 @@ def _rmatvec(_sv, _arrays, _rhs):
     _R, _C = ma*mb, na*nb
     _out = jnp.zeros((_C, _rhs.shape[1]), jnp.result_type(_dtype, _rhs.dtype))
     _I01 = 0
-    _I12 = max(_I01, ma*mb)
+    _I12 = max(_I01, ma)
     _J03 = 0
-    _J14 = max(_J03, na*nb)
+    _J14 = max(_J03, na)
     _i5 = jnp.arange(_I01, _I12).reshape((-1, 1))
     _j7 = jnp.arange(_J03, _J14).reshape((1, -1))
-    _r9 = A[(_i5 // mb), (_j7 // nb)]
-    _r10 = B[(_i5 % mb), (_j7 % nb)]
-    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype)
-    _out = _out + _rt.pad_to(_c11.T @ _rhs[_I01:_I12], (_J03, 0), _out.shape)
+    _I09 = 0
+    _I110 = max(_I09, mb)
+    _J011 = 0
+    _J112 = max(_J011, nb)
+    _i13 = jnp.arange(_I09, _I110).reshape((-1, 1))
+    _j15 = jnp.arange(_J011, _J112).reshape((1, -1))
+    _r17 = (A[_I01:_I12, _J03:_J14] if 0 <= _I01 and _I12 <= A.shape[0] and 0 <= _J03 and _J14 <= A.shape[1] else A[_i5, _j7])
+    _k18 = _rt.cells(_r17, None, (_I12 - _I01, _J14 - _J03, ), _dtype)
+    _r19 = (B[_I09:_I110, _J011:_J112] if 0 <= _I09 and _I110 <= B.shape[0] and 0 <= _J011 and _J112 <= B.shape[1] else B[_i13, _j15])
+    _k20 = _rt.cells(_r19, None, (_I110 - _I09, _J112 - _J011, ), _dtype)
+    _out = _out + jnp.einsum('ab,ack,cd->bdk', _k18, _rhs.reshape((ma, mb, _rhs.shape[1])), _k20).reshape(_out.shape)
     return _out
 
 

@@ -33,6 +33,7 @@ _KIND = "gather"
 _ORDERING = None
 # the entry has an imaginary constant: the dense matrix is complex even for real fields
 _COMPLEX_OUTPUT = False
+_KRON = 0     # number of Kronecker terms F ⊗ G that matvec and rmatvec take by the vec trick
 _STRUCTURE = {'band': (0, None), 'symmetric': False, 'triangular': 'upper', 'shift_invariant': False}  # band (kl, ku), symmetric, triangular, Toeplitz: see rulegen/structure.py
 
 __all__ = [

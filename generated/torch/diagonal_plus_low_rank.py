@@ -45,6 +45,7 @@ _RANKS = (1, 2, 2, )
 _ORDERING = None
 # the entry has an imaginary constant: the dense matrix is complex even for real fields
 _COMPLEX_OUTPUT = False
+_KRON = 0     # number of Kronecker terms F ⊗ G that matvec and rmatvec take by the vec trick
 
 __all__ = [
     "DiagonalPlusLowRank",

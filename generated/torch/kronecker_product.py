@@ -45,6 +45,7 @@ _RANKS = (2, 2, )
 _ORDERING = None
 # the entry has an imaginary constant: the dense matrix is complex even for real fields
 _COMPLEX_OUTPUT = False
+_KRON = 1     # number of Kronecker terms F ⊗ G that matvec and rmatvec take by the vec trick
 
 __all__ = [
     "KroneckerProduct",
@@ -359,15 +360,23 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _out = torch.zeros(_B + (_R, _rhs.shape[-1]), dtype=torch.promote_types(_dtype, _rhs.dtype), device=_dev)
     _OUT = (_R, _rhs.shape[-1])
     _I01 = 0
-    _I12 = max(_I01, ma*mb)
+    _I12 = max(_I01, ma)
     _J03 = 0
-    _J14 = max(_J03, na*nb)
+    _J14 = max(_J03, na)
     _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
     _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = _rt.take(A, ((_i5 // mb), (_j7 // nb),))
-    _r10 = _rt.take(B, ((_i5 % mb), (_j7 % nb),))
-    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
-    _out = _out + _rt.pad_to(_c11 @ _rhs[..., _J03:_J14, :], (_I01, 0), _OUT)
+    _I09 = 0
+    _I110 = max(_I09, mb)
+    _J011 = 0
+    _J112 = max(_J011, nb)
+    _i13 = torch.arange(_I09, _I110, device=_dev).reshape((-1, 1))
+    _j15 = torch.arange(_J011, _J112, device=_dev).reshape((1, -1))
+    _r17 = (A[..., _I01:_I12, _J03:_J14] if 0 <= _I01 and _I12 <= A.shape[-2] and 0 <= _J03 and _J14 <= A.shape[-1] else (A[..., _i5, _j7] if _rt.affine_in(A.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _J03, _J14),), True) else _rt.take(A, (_i5, _j7,))))
+    _c18 = _rt.cells(_r17, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
+    _r19 = (B[..., _I09:_I110, _J011:_J112] if 0 <= _I09 and _I110 <= B.shape[-2] and 0 <= _J011 and _J112 <= B.shape[-1] else (B[..., _i13, _j15] if _rt.affine_in(B.shape[-2], 0, ((1, _I09, _I110),), True) and _rt.affine_in(B.shape[-1], 0, ((1, _J011, _J112),), True) else _rt.take(B, (_i13, _j15,))))
+    _c20 = _rt.cells(_r19, None, (_I110 - _I09, _J112 - _J011, ), _dtype, _dev)
+    _k21 = torch.promote_types(_c18.dtype, _rhs.dtype)
+    _out = _out + torch.einsum('...ab,...bdk,...cd->...ack', _c18.to(_k21), _rhs.to(_k21).unflatten(-2, (na, nb)), _c20.to(_k21)).flatten(-3, -2)
     return _out
 
 
@@ -379,15 +388,23 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _out = torch.zeros(_B + (_C, _rhs.shape[-1]), dtype=torch.promote_types(_dtype, _rhs.dtype), device=_dev)
     _OUT = (_C, _rhs.shape[-1])
     _I01 = 0
-    _I12 = max(_I01, ma*mb)
+    _I12 = max(_I01, ma)
     _J03 = 0
-    _J14 = max(_J03, na*nb)
+    _J14 = max(_J03, na)
     _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
     _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = _rt.take(A, ((_i5 // mb), (_j7 // nb),))
-    _r10 = _rt.take(B, ((_i5 % mb), (_j7 % nb),))
-    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
-    _out = _out + _rt.pad_to(_c11.mT @ _rhs[..., _I01:_I12, :], (_J03, 0), _OUT)
+    _I09 = 0
+    _I110 = max(_I09, mb)
+    _J011 = 0
+    _J112 = max(_J011, nb)
+    _i13 = torch.arange(_I09, _I110, device=_dev).reshape((-1, 1))
+    _j15 = torch.arange(_J011, _J112, device=_dev).reshape((1, -1))
+    _r17 = (A[..., _I01:_I12, _J03:_J14] if 0 <= _I01 and _I12 <= A.shape[-2] and 0 <= _J03 and _J14 <= A.shape[-1] else (A[..., _i5, _j7] if _rt.affine_in(A.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _J03, _J14),), True) else _rt.take(A, (_i5, _j7,))))
+    _c18 = _rt.cells(_r17, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
+    _r19 = (B[..., _I09:_I110, _J011:_J112] if 0 <= _I09 and _I110 <= B.shape[-2] and 0 <= _J011 and _J112 <= B.shape[-1] else (B[..., _i13, _j15] if _rt.affine_in(B.shape[-2], 0, ((1, _I09, _I110),), True) and _rt.affine_in(B.shape[-1], 0, ((1, _J011, _J112),), True) else _rt.take(B, (_i13, _j15,))))
+    _c20 = _rt.cells(_r19, None, (_I110 - _I09, _J112 - _J011, ), _dtype, _dev)
+    _k21 = torch.promote_types(_c18.dtype, _rhs.dtype)
+    _out = _out + torch.einsum('...ab,...ack,...cd->...bdk', _c18.to(_k21), _rhs.to(_k21).unflatten(-2, (ma, mb)), _c20.to(_k21)).flatten(-3, -2)
     return _out
 
 

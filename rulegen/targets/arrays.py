@@ -535,3 +535,18 @@ def terms(d):
     if d.op_regions:
         return [(r.steps, r.value, r.separable) for r in d.op_regions]
     return [(r.steps, r.value, None) for r in d.regions]
+
+
+def kron_nests(kron):
+    """The nests of a Kronecker term's factors (derive.Kron): ``F`` over
+    ``[0, P) × [0, Q)`` and ``G`` over ``[0, p) × [0, q)``, both in ``i, j``."""
+    return ((("for", I, sp.S.Zero, kron.P), ("for", J, sp.S.Zero, kron.Q)),
+            (("for", I, sp.S.Zero, kron.p), ("for", J, sp.S.Zero, kron.q)))
+
+
+def kron_of(d, steps, value):
+    """The Kron record of the op region ``(steps, value)`` of ``d``, or None."""
+    for r in d.op_regions:
+        if r.kron is not None and r.steps == steps and r.value == value:
+            return r.kron
+    return None

@@ -19,7 +19,7 @@ from .common import environment as _environment, shape_code as _shape_code, shap
 from ..structure import structure_literal
 from ..printer import code as py_code
 from ..expr import has_complex, ordering_of_values
-from .arrays import Unsupported, Writer, factor_grid, terms
+from .arrays import Unsupported, Writer, factor_grid, kron_nests, kron_of, terms
 
 
 class _Function:
@@ -71,6 +71,21 @@ def _dense(d: Derivation, scalars) -> _Function:
     return _Function("_dense", "_sv, _arrays", w)
 
 
+def _kron_product(w: Writer, kron, transpose: bool) -> bool:
+    """``_out += (F ⊗ G) @ _rhs`` (or ``(Fᵀ ⊗ Gᵀ) @ _rhs``) by the vec trick on the
+    small factors (derive.Kron); False (nothing written) when a factor is no box."""
+    grids = [w.grid(steps) for steps in kron_nests(kron)]
+    if not all(g.box for g in grids):
+        return False
+    F, G = (w.let("k", f"_rt.cells({w.value(v, g.ctx)}, {g.ctx.mask}, {g.shape}, _dtype)")
+            for g, v in zip(grids, (kron.f, kron.g)))
+    Q, q = (kron.P, kron.p) if transpose else (kron.Q, kron.q)
+    spec = "ab,ack,cd->bdk" if transpose else "ab,bdk,cd->ack"
+    w.add(f"_out = _out + jnp.einsum('{spec}', {F}, _rhs.reshape(({py_code(Q)}, {py_code(q)}, _rhs.shape[1])), "
+          f"{G}).reshape(_out.shape)")
+    return True
+
+
 def _product(d: Derivation, scalars, transpose: bool) -> _Function:
     """``Y @ rhs`` (``Yᵀ @ rhs`` with transpose) term by term, never forming Y."""
     w = Writer("jnp", scalars)
@@ -78,6 +93,9 @@ def _product(d: Derivation, scalars, transpose: bool) -> _Function:
     out_rows = "_C" if transpose else "_R"
     w.add(f"_out = jnp.zeros(({out_rows}, _rhs.shape[1]), jnp.result_type(_dtype, _rhs.dtype))")
     for steps, value, sep in terms(d):
+        kron = kron_of(d, steps, value)
+        if kron is not None and _kron_product(w, kron, transpose):
+            continue
         if sep is not None:
             from ..expr import I, J
             A, I0 = _factor(w, sep.alpha, I, sep.i_bounds, sep.limit)
@@ -147,6 +165,7 @@ def render(d: Derivation, spec_file: str) -> str:
         cols_code=py_code(spec.size[1]),
         shape_text=f"{_paren(spec.size[0])} × {_paren(spec.size[1])}",
         functions=functions,
+        kron=sum(r.kron is not None for r in d.op_regions),
         kind=d.kind,
         structure=structure_literal(d),
         coupled=[f.name in d.coupled for f in spec.fields],

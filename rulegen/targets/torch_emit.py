@@ -33,7 +33,7 @@ from .common import environment as _environment, shape_code as _shape_code, shap
 from ..structure import structure_literal
 from ..expr import I, J, Conj, has_complex, ordering_of_values
 from ..printer import code as py_code
-from .arrays import Unsupported, Writer, _int_code, emit, factor_grid, terms
+from .arrays import Unsupported, Writer, _int_code, emit, factor_grid, kron_nests, kron_of, terms
 
 
 class TorchWriter(Writer):
@@ -340,6 +340,22 @@ def _index_code(ix, ctx) -> str:
     return emit(ix, ctx.names, "_xp", real=False)
 
 
+def _kron_product(w: Writer, kron, transpose: bool) -> bool:
+    """``_out += (F ⊗ G) @ _rhs`` (or ``(Fᵀ ⊗ Gᵀ) @ _rhs``) by the vec trick on the
+    small factors (derive.Kron), over the batch; False (nothing written) when a
+    factor is no box."""
+    grids = [w.grid(steps) for steps in kron_nests(kron)]
+    if not all(g.box for g in grids):
+        return False
+    F, G = (_cells(w, g, v) for g, v in zip(grids, (kron.f, kron.g)))
+    Q, q = (kron.P, kron.p) if transpose else (kron.Q, kron.q)
+    spec = "...ab,...ack,...cd->...bdk" if transpose else "...ab,...bdk,...cd->...ack"
+    T = w.let("k", f"torch.promote_types({F}.dtype, _rhs.dtype)")
+    w.add(f"_out = _out + torch.einsum('{spec}', {F}.to({T}), _rhs.to({T}).unflatten(-2, ({py_code(Q)}, {py_code(q)})), "
+          f"{G}.to({T})).flatten(-3, -2)")
+    return True
+
+
 def _product(d: Derivation, scalars, transpose: bool) -> _Function:
     """``Y @ rhs`` (``Yᵀ @ rhs`` with transpose) term by term, never forming
     Y; ``rhs`` is ``(*batch, rows, k)``."""
@@ -350,6 +366,9 @@ def _product(d: Derivation, scalars, transpose: bool) -> _Function:
           "device=_dev)")
     w.add(f"_OUT = ({out_rows}, _rhs.shape[-1])")
     for steps, value, sep in terms(d):
+        kron = kron_of(d, steps, value)
+        if kron is not None and _kron_product(w, kron, transpose):
+            continue
         if sep is not None:
             A, I0 = _factor(w, sep.alpha, I, sep.i_bounds, sep.limit)
             B, J0 = _factor(w, sep.beta, J, sep.j_bounds, sep.limit)
@@ -432,6 +451,7 @@ def render(d: Derivation, spec_file: str) -> str:
         cols_code=py_code(spec.size[1]),
         shape_text=f"{_paren(spec.size[0])} × {_paren(spec.size[1])}",
         functions=functions,
+        kron=sum(r.kron is not None for r in d.op_regions),
         transposed=transposed is not None,
         kind=d.kind,
         structure=structure_literal(d),

@@ -339,6 +339,8 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
     pullbacks from the regions restricted to i == j (j == 0, i == 0)."""
     mv, rmv, bil = [], [], []
     for r in d.op_regions:
+        if r.kron is not None:      # F ⊗ G: the module's _kron_* functions (see _kron_kernels)
+            continue
         for lines, transpose in ((mv, False), (rmv, True)):
             low = Lowerer(d.spec, lines)
             if r.separable is not None:
@@ -361,6 +363,7 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
     yield _kernel("_matvec_kernel", mv, sizes + fields + ("_rhs", "_out"))
     yield _kernel("_rmatvec_kernel", rmv, sizes + fields + ("_rhs", "_out"))
     yield _kernel("_bilinear_kernel", bil, sizes + fields + ("_left", "_right") + grads)
+    yield from _kron_kernels(d, sizes, fields, grads)
     parts = [("_diagonal", d.diagonal, "i", "_dbar")]
     if d.toeplitz or d.hankel:
         parts += [("_column", d.column, "i", "_bar"), ("_row", d.row, "j", "_bar")]
@@ -371,6 +374,27 @@ def _op_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
         _adjoints(d.spec, pulls, nests, _seed(bar, var))
         yield _kernel(f"{name}_kernel", values, sizes + fields + ("_out",))
         yield _kernel(f"{name}_pullback_kernel", pulls, sizes + fields + (bar,) + grads)
+
+
+def kron_terms(d: Derivation) -> list:
+    """The Kronecker terms F ⊗ G of the entry (derive.Kron), with their index."""
+    return [r.kron for r in d.op_regions if r.kron is not None]
+
+
+def _kron_kernels(d: Derivation, sizes: tuple, fields: tuple, grads: tuple):
+    """For the t-th Kronecker term: ``_kron<t>_kernel`` writes its small factors
+    F (P × Q) and G (p × q); ``_kron<t>_pullback_kernel`` scatters their
+    cotangents F̄, Ḡ into the fields (conj(∂F/∂θ)·F̄ + conj(∂G/∂θ)·Ḡ)."""
+    for t, k in enumerate(kron_terms(d)):
+        nf = _Nest((("for", I, sp.S.Zero, k.P), ("for", J, sp.S.Zero, k.Q)), k.f)
+        ng = _Nest((("for", I, sp.S.Zero, k.p), ("for", J, sp.S.Zero, k.q)), k.g)
+        values, pulls = [], []
+        _values(d.spec, values, [nf], ("_out_F", "i", "j"))
+        _values(d.spec, values, [ng], ("_out_G", "i", "j"))
+        _adjoints(d.spec, pulls, [nf], _seed("_bar_F", "i", "j"))
+        _adjoints(d.spec, pulls, [ng], _seed("_bar_G", "i", "j"))
+        yield _kernel(f"_kron{t}_kernel", values, sizes + fields + ("_out_F", "_out_G"))
+        yield _kernel(f"_kron{t}_pullback_kernel", pulls, sizes + fields + ("_bar_F", "_bar_G") + grads)
 
 
 _OUTPUTS = ("_out", "_g_", "_w_")
@@ -439,5 +463,8 @@ def render(d: Derivation, spec_file: str) -> str:
         push_alloc="np.empty" if writes["pushforward"] else "np.zeros",
         coupled=[f.name in d.coupled for f in spec.fields],
         coupled_names=", ".join(d.coupled) or "(none)",
+        kron=[dict(P=code(k.P), Q=code(k.Q), p=code(k.p), q=code(k.q), f=str(k.f), g=str(k.g))
+              for k in kron_terms(d)],
+        kron_only=bool(d.op_regions) and all(r.kron is not None for r in d.op_regions),
     )
     return environment().get_template("numba_module.py.j2").render(**context)
