@@ -432,6 +432,8 @@ def main():
     lines += target_sections(args.quick)
     from rules import section as rules_section   # benchmarks/rules.py: rules that stay structured
     lines += rules_section(args.quick)
+    from kron import section as kron_section     # benchmarks/kron.py: Kronecker terms by the vec trick
+    lines += kron_section(args.quick)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write("\n".join(lines))
