@@ -376,7 +376,8 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _r19 = (B[..., _I09:_I110, _J011:_J112] if 0 <= _I09 and _I110 <= B.shape[-2] and 0 <= _J011 and _J112 <= B.shape[-1] else (B[..., _i13, _j15] if _rt.affine_in(B.shape[-2], 0, ((1, _I09, _I110),), True) and _rt.affine_in(B.shape[-1], 0, ((1, _J011, _J112),), True) else _rt.take(B, (_i13, _j15,))))
     _c20 = _rt.cells(_r19, None, (_I110 - _I09, _J112 - _J011, ), _dtype, _dev)
     _k21 = torch.promote_types(_c18.dtype, _rhs.dtype)
-    _out = _out + torch.einsum('...ab,...bdk,...cd->...ack', _c18.to(_k21), _rhs.to(_k21).unflatten(-2, (na, nb)), _c20.to(_k21)).flatten(-3, -2)
+    _k22 = _rhs.to(_k21).unflatten(-2, (na, nb)).movedim(-1, -3)
+    _out = _out + (_c18.to(_k21)[..., None, :, :] @ _k22 @ _c20.mT.to(_k21)[..., None, :, :]).movedim(-3, -1).flatten(-3, -2)
     return _out
 
 
@@ -404,7 +405,8 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _r19 = (B[..., _I09:_I110, _J011:_J112] if 0 <= _I09 and _I110 <= B.shape[-2] and 0 <= _J011 and _J112 <= B.shape[-1] else (B[..., _i13, _j15] if _rt.affine_in(B.shape[-2], 0, ((1, _I09, _I110),), True) and _rt.affine_in(B.shape[-1], 0, ((1, _J011, _J112),), True) else _rt.take(B, (_i13, _j15,))))
     _c20 = _rt.cells(_r19, None, (_I110 - _I09, _J112 - _J011, ), _dtype, _dev)
     _k21 = torch.promote_types(_c18.dtype, _rhs.dtype)
-    _out = _out + torch.einsum('...ab,...ack,...cd->...bdk', _c18.to(_k21), _rhs.to(_k21).unflatten(-2, (ma, mb)), _c20.to(_k21)).flatten(-3, -2)
+    _k22 = _rhs.to(_k21).unflatten(-2, (ma, mb)).movedim(-1, -3)
+    _out = _out + (_c18.mT.to(_k21)[..., None, :, :] @ _k22 @ _c20.to(_k21)[..., None, :, :]).movedim(-3, -1).flatten(-3, -2)
     return _out
 
 

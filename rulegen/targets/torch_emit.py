@@ -349,10 +349,12 @@ def _kron_product(w: Writer, kron, transpose: bool) -> bool:
         return False
     F, G = (_cells(w, g, v) for g, v in zip(grids, (kron.f, kron.g)))
     Q, q = (kron.P, kron.p) if transpose else (kron.Q, kron.q)
-    spec = "...ab,...ack,...cd->...bdk" if transpose else "...ab,...bdk,...cd->...ack"
     T = w.let("k", f"torch.promote_types({F}.dtype, _rhs.dtype)")
-    w.add(f"_out = _out + torch.einsum('{spec}', {F}.to({T}), _rhs.to({T}).unflatten(-2, ({py_code(Q)}, {py_code(q)})), "
-          f"{G}.to({T})).flatten(-3, -2)")
+    tr, keep = (".mT", "") if transpose else ("", ".mT")
+    # (F ⊗ G) vec(V) = vec(F V Gᵀ) for each column of _rhs (V: the column as Q × q), batched matmuls
+    V = w.let("k", f"_rhs.to({T}).unflatten(-2, ({py_code(Q)}, {py_code(q)})).movedim(-1, -3)")
+    w.add(f"_out = _out + ({F}{tr}.to({T})[..., None, :, :] @ {V} @ {G}{keep}.to({T})[..., None, :, :])"
+          f".movedim(-3, -1).flatten(-3, -2)")
     return True
 
 
