@@ -97,6 +97,9 @@ def built(request):
     cache = getattr(request.config, "cache", None)
     root = Path(cache.mkdir("rulegen-kron")) if cache is not None else Path(tempfile.mkdtemp())
     out = root / _digest()
+    for old in sorted((p for p in root.iterdir() if p.is_dir() and p != out and not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime, reverse=True)[2:]:
+        shutil.rmtree(old, ignore_errors=True)         # builds of older compiler versions
     if not out.is_dir():
         scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
         try:
