@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.core.function import AppliedUndef
 from sympy.core.logic import fuzzy_and
 
 from .errors import Collector, Pos, did_you_mean
@@ -408,6 +409,35 @@ def is_int(e) -> bool:
     return e.is_integer is True
 
 
+class IntRead(AppliedUndef):
+    """A read of an integer field (``rows[k]``, ``perm[i]``): an integer that
+    the data gives, structure rather than a parameter. Not an ``Indexed``, so
+    nothing that collects the parameters' reads sees it, and its derivative
+    with respect to any of them is 0; it may stand wherever an integer may
+    (subscripts, conditions, range bounds, arithmetic)."""
+
+    is_integer = True
+    is_real = True
+
+    @property
+    def field(self) -> str:
+        return type(self).__name__
+
+    @property
+    def indices(self) -> tuple:
+        return self.args
+
+
+def int_field(name: str):
+    """The sympy function that reads integer field ``name``."""
+    return sp.Function(name, bases=(IntRead,))
+
+
+def int_reads(e) -> list:
+    """The integer-field reads in ``e``, in a stable order."""
+    return sorted(e.atoms(IntRead), key=sp.default_sort_key)
+
+
 def size_symbol(name: str) -> sp.Symbol:
     return sp.Symbol(name, integer=True, nonnegative=True)
 
@@ -448,6 +478,7 @@ class Scope:
     sizes: dict          # name -> Symbol
     fields: dict         # name -> ndim
     indices: bool        # whether i and j are in scope (getindex only)
+    int_fields: frozenset = frozenset()     # the integer fields among them
 
 
 class _Refused(Exception):
@@ -523,6 +554,8 @@ class _Translator:
                 nd = self.scope.fields[name]
                 raise _Refused(node, f"field '{name}' has {nd} dimension{'s' if nd > 1 else ''} "
                                      f"and needs {nd} ind{'ices' if nd > 1 else 'ex'}: {name}[...]")
+            if name in self.scope.int_fields:
+                return int_field(name)(), "num"
             return field_base(name)[0], "num"
         if name in FUNCTIONS:
             raise _Refused(node, f"'{name}' is a function; call it")
@@ -634,6 +667,8 @@ class _Translator:
                 raise _Refused(item, "index must be integer-valued",
                                "use '//' for integer division" if value.has(sp.Rational) or value.is_rational else None)
             idx.append(value)
+        if name in self.scope.int_fields:
+            return int_field(name)(*idx), "num"
         return field_base(name)[tuple(idx)], "num"
 
     def v_Call(self, node):

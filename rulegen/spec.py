@@ -29,6 +29,7 @@ class Field:
     name: str
     shape: tuple          # sympy integer expressions of the sizes
     pos: Pos
+    integer: bool = False   # an integer field (``dtype: int``): structure, never differentiated
 
     @property
     def ndim(self) -> int:
@@ -270,6 +271,27 @@ def parse_spec(text: str, path: str = "<spec>", sha256: str | None = None) -> Sp
         if fname == name:
             r.err(key_node, f"field '{fname}' has the same name as the type")
             continue
+        integer = False
+        if isinstance(value_node, yaml.MappingNode):
+            # the long form: {shape: [...], dtype: int | real}
+            spec_map = r.mapping(value_node, f"field '{fname}'")
+            if spec_map is None:
+                continue
+            for key, (knode, _) in spec_map.items():
+                if key not in ("shape", "dtype"):
+                    r.err(knode, f"unknown key '{key}' in field '{fname}' (it takes shape and dtype)",
+                          did_you_mean(key, ("shape", "dtype")))
+            if "shape" not in spec_map:
+                r.err(value_node, f"field '{fname}' needs a shape: {{shape: [...], dtype: int}}")
+                continue
+            if "dtype" in spec_map:
+                dnode = spec_map["dtype"][1]
+                dtype = r.string(dnode, f"the dtype of field '{fname}'")
+                if dtype not in ("int", "real", None):
+                    r.err(dnode, f"the dtype of field '{fname}' must be int or real, got '{dtype}'",
+                          did_you_mean(dtype, ("int", "real")))
+                integer = dtype == "int"
+            value_node = spec_map["shape"][1]
         dims = r.sequence(value_node, f"the shape of field '{fname}'")
         if dims is None:
             continue
@@ -284,7 +306,7 @@ def parse_spec(text: str, path: str = "<spec>", sha256: str | None = None) -> Sp
                 e = None
             shape.append(e)
         if all(e is not None for e in shape):
-            fields.append(Field(fname, tuple(shape), r.pos(key_node.start_mark)))
+            fields.append(Field(fname, tuple(shape), r.pos(key_node.start_mark), integer))
 
     # size
     size_nodes = r.sequence(top["size"][1], "size")
@@ -308,7 +330,8 @@ def parse_spec(text: str, path: str = "<spec>", sha256: str | None = None) -> Sp
     gnode = top["getindex"][1]
     entry_text = r.scalar(gnode, "getindex")
     if entry_text is not None and not r.errors.diagnostics:
-        scope = ex.Scope(sizes=sizes, fields={f.name: f.ndim for f in fields}, indices=True)
+        scope = ex.Scope(sizes=sizes, fields={f.name: f.ndim for f in fields}, indices=True,
+                         int_fields=frozenset(f.name for f in fields if f.integer))
         entry = r.expression(gnode, scope, "getindex")
 
     r.errors.raise_if_any()
