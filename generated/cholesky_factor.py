@@ -91,11 +91,12 @@ class CholeskyFactor:
     __array_ufunc__ = None
     _fields = ("L", )
     _sizes = ("n", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, L=None, n=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("CholeskyFactor", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("CholeskyFactor", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (L, )
         L = _rt.as_field("CholeskyFactor", "L", L, 2)
         n = _rt.solve_size(
@@ -152,7 +153,7 @@ class CholeskyFactor:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "CholeskyFactor(" + ", ".join(parts) + ")"
 
 

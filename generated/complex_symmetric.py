@@ -91,11 +91,12 @@ class ComplexSymmetric:
     __array_ufunc__ = None
     _fields = ("data", )
     _sizes = ("n", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, data=None, n=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("ComplexSymmetric", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("ComplexSymmetric", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (data, )
         data = _rt.as_field("ComplexSymmetric", "data", data, 2)
         n = _rt.solve_size(
@@ -152,7 +153,7 @@ class ComplexSymmetric:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "ComplexSymmetric(" + ", ".join(parts) + ")"
 
 

@@ -90,11 +90,12 @@ class Dense:
     __array_ufunc__ = None
     _fields = ("data", )
     _sizes = ("m", "n", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, data=None, m=None, n=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("Dense", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("Dense", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (data, )
         data = _rt.as_field("Dense", "data", data, 2)
         m = _rt.solve_size(
@@ -156,7 +157,7 @@ class Dense:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "Dense(" + ", ".join(parts) + ")"
 
 

@@ -92,11 +92,12 @@ class DiagonalPlusLowRank:
     __array_ufunc__ = None
     _fields = ("d", "U", "V", )
     _sizes = ("n", "r", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, d=None, U=None, V=None, n=None, r=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("DiagonalPlusLowRank", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("DiagonalPlusLowRank", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (d, U, V, )
         d = _rt.as_field("DiagonalPlusLowRank", "d", d, 1)
         U = _rt.as_field("DiagonalPlusLowRank", "U", U, 2)
@@ -164,7 +165,7 @@ class DiagonalPlusLowRank:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "DiagonalPlusLowRank(" + ", ".join(parts) + ")"
 
 

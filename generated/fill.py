@@ -91,11 +91,12 @@ class Fill:
     __array_ufunc__ = None
     _fields = ("value", )
     _sizes = ("m", "n", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, value=None, m=None, n=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("Fill", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("Fill", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (value, )
         value = _rt.as_field("Fill", "value", value, 0)
         m = _rt.given_size("Fill", "m", m)
@@ -151,7 +152,7 @@ class Fill:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "Fill(" + ", ".join(parts) + ")"
 
 

@@ -91,11 +91,12 @@ class KroneckerProduct:
     __array_ufunc__ = None
     _fields = ("A", "B", )
     _sizes = ("ma", "na", "mb", "nb", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, A=None, B=None, ma=None, na=None, mb=None, nb=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("KroneckerProduct", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("KroneckerProduct", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (A, B, )
         A = _rt.as_field("KroneckerProduct", "A", A, 2)
         B = _rt.as_field("KroneckerProduct", "B", B, 2)
@@ -170,7 +171,7 @@ class KroneckerProduct:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "KroneckerProduct(" + ", ".join(parts) + ")"
 
 
@@ -335,7 +336,7 @@ def _kron_factors(x, dtype):
     """[(F, G)] of the Kronecker terms in ``dtype``, over the instance's batch."""
     _fields = _rt.cast(x._arrays, dtype)
     _batch = x.batch_shape
-    ma, na, mb, nb, = x._size_values
+    ma, na, mb, nb, = x._size_values[:4]
     _out = []
     _F = np.zeros(_batch + (ma, na), dtype)
     _G = np.zeros(_batch + (mb, nb), dtype)

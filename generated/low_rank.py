@@ -92,11 +92,12 @@ class LowRank:
     __array_ufunc__ = None
     _fields = ("U", "V", )
     _sizes = ("m", "n", "r", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, U=None, V=None, m=None, n=None, r=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("LowRank", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("LowRank", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (U, V, )
         U = _rt.as_field("LowRank", "U", U, 2)
         V = _rt.as_field("LowRank", "V", V, 2)
@@ -166,7 +167,7 @@ class LowRank:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "LowRank(" + ", ".join(parts) + ")"
 
 

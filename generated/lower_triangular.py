@@ -90,11 +90,12 @@ class LowerTriangular:
     __array_ufunc__ = None
     _fields = ("data", )
     _sizes = ("n", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, data=None, n=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("LowerTriangular", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("LowerTriangular", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (data, )
         data = _rt.as_field("LowerTriangular", "data", data, 2)
         n = _rt.solve_size(
@@ -151,7 +152,7 @@ class LowerTriangular:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "LowerTriangular(" + ", ".join(parts) + ")"
 
 

@@ -88,11 +88,12 @@ class PositiveDiagonal:
     __array_ufunc__ = None
     _fields = ("logd", )
     _sizes = ("n", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, logd=None, n=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("PositiveDiagonal", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("PositiveDiagonal", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (logd, )
         logd = _rt.as_field("PositiveDiagonal", "logd", logd, 1)
         n = _rt.solve_size(
@@ -149,7 +150,7 @@ class PositiveDiagonal:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "PositiveDiagonal(" + ", ".join(parts) + ")"
 
 

@@ -88,11 +88,12 @@ class ScaledMatrix:
     __array_ufunc__ = None
     _fields = ("scale", "data", )
     _sizes = ("m", "n", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, scale=None, data=None, m=None, n=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("ScaledMatrix", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("ScaledMatrix", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (scale, data, )
         scale = _rt.as_field("ScaledMatrix", "scale", scale, 0)
         data = _rt.as_field("ScaledMatrix", "data", data, 2)
@@ -157,7 +158,7 @@ class ScaledMatrix:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "ScaledMatrix(" + ", ".join(parts) + ")"
 
 

@@ -90,11 +90,12 @@ class SymTridiagonal:
     __array_ufunc__ = None
     _fields = ("dv", "ev", )
     _sizes = ("n", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, dv=None, ev=None, n=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("SymTridiagonal", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("SymTridiagonal", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (dv, ev, )
         dv = _rt.as_field("SymTridiagonal", "dv", dv, 1)
         ev = _rt.as_field("SymTridiagonal", "ev", ev, 1)
@@ -154,7 +155,7 @@ class SymTridiagonal:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "SymTridiagonal(" + ", ".join(parts) + ")"
 
 

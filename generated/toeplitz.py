@@ -90,11 +90,12 @@ class Toeplitz:
     __array_ufunc__ = None
     _fields = ("col", "row", )
     _sizes = ("n", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, col=None, row=None, n=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("Toeplitz", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("Toeplitz", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (col, row, )
         col = _rt.as_field("Toeplitz", "col", col, 1)
         row = _rt.as_field("Toeplitz", "row", row, 1)
@@ -154,7 +155,7 @@ class Toeplitz:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "Toeplitz(" + ", ".join(parts) + ")"
 
 

@@ -90,11 +90,12 @@ class Tridiagonal:
     __array_ufunc__ = None
     _fields = ("dl", "d", "du", )
     _sizes = ("n", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, dl=None, d=None, du=None, n=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("Tridiagonal", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("Tridiagonal", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (dl, d, du, )
         dl = _rt.as_field("Tridiagonal", "dl", dl, 1)
         d = _rt.as_field("Tridiagonal", "d", d, 1)
@@ -157,7 +158,7 @@ class Tridiagonal:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "Tridiagonal(" + ", ".join(parts) + ")"
 
 

@@ -92,11 +92,12 @@ class WoodburyPDMat:
     __array_ufunc__ = None
     _fields = ("A", "d", "s", )
     _sizes = ("n", "r", )
-    __slots__ = _fields + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
+    _ints = ()
+    __slots__ = _fields + _ints + _sizes + ("shape", "batch_shape", "dtype", "_size_values", "_arrays")
 
     def __init__(self, *_args, A=None, d=None, s=None, n=None, r=None, **_unknown):
         if _args or _unknown:
-            _rt.bad_arguments("WoodburyPDMat", _args, _unknown, self._fields, self._sizes)
+            _rt.bad_arguments("WoodburyPDMat", _args, _unknown, self._fields + self._ints, self._sizes)
         _given = (A, d, s, )
         A = _rt.as_field("WoodburyPDMat", "A", A, 2)
         d = _rt.as_field("WoodburyPDMat", "d", d, 1)
@@ -164,7 +165,7 @@ class WoodburyPDMat:
     __rmul__ = __mul__
 
     def __repr__(self):
-        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._sizes]
+        parts = [f"{name}={getattr(self, name)!r}" for name in self._fields + self._ints + self._sizes]
         return "WoodburyPDMat(" + ", ".join(parts) + ")"
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .errors import Collector, Pos
-from .expr import I, J, IntDiv, Where, derivative, outside_sums, unwhere
+from .expr import I, J, IntDiv, IntRead, Where, derivative, outside_sums, unwhere
 from .loops import build_nest
 from .spec import Spec
 
@@ -41,6 +41,7 @@ class Region:
     reads: tuple           # Indexed read outside sums (distinct)
     summed: frozenset      # names of the fields read inside sums
     gather: bool           # value = const + c·θ[idx] with c free of fields, nest free of reads
+    over: tuple = ()       # the variables of a swapped sum that the nest loops over too (see _swapped)
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ def derive(spec: Spec) -> Derivation:
     for cond, value in cases:
         if value == 0:
             continue
-        for atoms, steps, v in _nests(cond, _doit_constant_sums(value), rows, cols, keep_zero=True):
+        for atoms, steps, v, over in _nests(cond, _doit_constant_sums(value), rows, cols, keep_zero=True):
             if v == 0:
                 zero_nests = True
                 continue
@@ -302,7 +303,7 @@ def derive(spec: Spec) -> Derivation:
             tests = [s[1] for s in steps if s[0] == "if"]
             summed = _summed_fields(v)
             gather = _is_gather(v, reads) and not any(_has_access(t) for t in tests)
-            regions.append(Region(steps, v, sp.And(*atoms), reads, frozenset(summed), gather))
+            regions.append(Region(steps, v, sp.And(*atoms), reads, frozenset(summed), gather, over))
             if len(regions) > MAX_REGIONS:
                 errors.error(pos, f"getindex splits into more than {MAX_REGIONS} regions")
                 errors.raise_if_any()
@@ -316,7 +317,9 @@ def derive(spec: Spec) -> Derivation:
         column = tuple(d for r in regions for d in _restricted(r, sp.Eq(J, 0), {J: sp.S.Zero}, rows, cols))
         edge = sp.S.Zero if toeplitz else rows - 1
         row = tuple(d for r in regions for d in _restricted(r, sp.Eq(I, edge), {I: edge}, rows, cols))
-    if all(r.gather for r in regions):
+    if any(r.over for r in regions):
+        kind, coupled = _sparse_kind(regions, monotone_fields(regions)), ()
+    elif all(r.gather for r in regions):
         kind, coupled = "gather", ()
     else:
         coupled = _coupling(spec, regions)
@@ -329,6 +332,92 @@ def derive(spec: Spec) -> Derivation:
     covers = (all(v != 0 for _, v in cases) and not zero_nests
               and not any(c.has(sp.Indexed, sp.Sum) for c, _ in cases))
     return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag, toeplitz, column, row, hankel, covers)
+
+
+def _terms(e, kind):
+    return list(e.args) if isinstance(e, kind) else [e]
+
+
+def _range_of(step):
+    """``(F, e, c)`` when a loop step runs over ``[F[e] + c, F[e + 1] + c)``
+    (clipped or not: Max/Min with other bounds), F an integer field."""
+    _, v, lo, hi = step
+    for a in _terms(lo, sp.Max):
+        for r in a.atoms(IntRead) if a.is_Add or isinstance(a, IntRead) else ():
+            if len(r.args) != 1:
+                continue
+            c = sp.expand(a - r)
+            if c.has(IntRead, v):
+                continue
+            nxt = type(r)(r.args[0] + 1)
+            if any(sp.expand(b - nxt - c) == 0 for b in _terms(hi, sp.Min)):
+                return type(r).__name__, r.args[0], c
+    return None
+
+
+def monotone_fields(regions) -> tuple:
+    """The integer fields that bound a loop from F[e] to F[e + 1] (CSR's
+    indptr, block offsets): they must not decrease (checked at construction),
+    and then those ranges are disjoint for distinct e."""
+    names = set()
+    for r in regions:
+        for st in r.steps:
+            if st[0] == "for" and (rng := _range_of(st)) is not None:
+                names.add(rng[0])
+    return tuple(sorted(names))
+
+
+def _closure(steps, known: set, monotone) -> set:
+    """The loop variables that the values of ``known`` determine: a variable
+    is known when a known expression is ±v + (known terms), or when a known
+    variable runs over ``[F[v + c], F[v + c + 1])`` with F non-decreasing (the
+    ranges for distinct v are disjoint)."""
+    loops = [st for st in steps if st[0] == "for"]
+    loop_vars = {st[1] for st in loops}
+    lets = {st[1]: st[2] for st in steps if st[0] == "let"}
+    exprs = [lets.get(v, v) for v in known]
+    done = set()
+    changed = True
+    while changed:
+        changed = False
+        for e in exprs:
+            unknown = [v for v in loop_vars - done if e.has(v)]
+            if len(unknown) != 1:
+                continue
+            v = unknown[0]
+            a = sp.diff(e, v)
+            if a in (1, -1) and not sp.expand(e - a * v).has(v):
+                done.add(v)
+                changed = True
+        for st in loops:
+            rng = _range_of(st)
+            if st[1] in done and rng is not None and rng[0] in monotone:
+                e = rng[1]
+                if e not in exprs:
+                    exprs.append(e)
+                    changed = True
+    return done
+
+
+def _sparse_kind(regions, monotone) -> str:
+    """J⁺ for a type with swapped sums (see Derivation): "gather" when each
+    entry reads at most one element (the nest's visits determine (i, j)
+    one-to-one), "scatter" when each element is read by at most one entry
+    (the visits are determined by the read's index, so JJᵀ is diagonal),
+    both with one region whose value is const + c·θ[idx], c a real constant;
+    otherwise "general"."""
+    if len(regions) != 1 or not regions[0].gather or len(regions[0].reads) != 1:
+        return "general"
+    r = regions[0]
+    loop_vars = {st[1] for st in r.steps if st[0] == "for"}
+    coef = derivative(r.value, r.reads[0])
+    if coef.has(sp.I) or coef.atoms(sp.Function) - coef.atoms(IntDiv, sp.Mod):
+        return "general"
+    if _closure(r.steps, {I, J}, monotone) >= loop_vars:
+        return "gather"
+    if _closure(r.steps, set(r.reads[0].indices), monotone) >= loop_vars:
+        return "scatter"
+    return "general"
 
 
 MAX_FOLDED = 4096     # a sum of constants folds only to numbers this small
@@ -358,15 +447,69 @@ def _doit_constant_sums(value):
 def _nests(cond, value, rows, cols, keep_zero=False):
     """(atoms, steps, value) for each loop nest of the region ``cond``, the
     value with the pinned indices substituted; empty regions left out, and
-    those whose value is then 0 unless ``keep_zero``."""
+    those whose value is then 0 unless ``keep_zero``. A sum whose range or
+    condition reads an integer field is swapped out of the entry into nests
+    of its own (see _swapped): their steps loop over its bound variables too,
+    and their writes add up (``accumulates``)."""
     for atoms in _conjunctions(cond):
-        built = build_nest(atoms, rows, cols)
-        if built is None:
+        rest, swapped = _swapped(value)
+        for part_atoms, part, over in [(atoms, rest, ())] + [
+                (atoms + extra, v, over) for extra, v, over in swapped]:
+            if over and part == 0:
+                continue
+            built = build_nest(part_atoms, rows, cols, over)
+            if built is None:
+                continue
+            steps, pins = built
+            v = part.xreplace(pins) if pins else part
+            if v != 0 or keep_zero:
+                yield part_atoms, steps, v, over
+
+
+def accumulates(steps) -> bool:
+    """Whether a nest loops over more than the entry's indices (a swapped sum):
+    then it may visit an entry more than once, and its writes add up."""
+    return any(s[0] == "for" and s[1] not in (I, J) for s in steps)
+
+
+def _data_pattern(total) -> bool:
+    """Whether the range or the condition of a sum reads an integer field."""
+    return any(lim.has(IntRead) for lim in total.limits) or any(
+        c.has(IntRead) for c in total.function.atoms(Where) for c in [c.args[0]]) or (
+        isinstance(total.function, sp.Piecewise)
+        and any(c.has(IntRead) for _, c in total.function.args))
+
+
+def _swapped(value):
+    """``(rest, [(atoms, value, over), ...])`` with ``value`` = rest + the sum of
+    the swapped nests' values, visiting their ``over`` variables too.
+
+    A sum that reads an integer field in its range or condition (a sparse
+    pattern: ``sum(vals[k] for k in range(nnz) if rows[k] == i and cols[k] == j)``,
+    ``range(indptr[i], indptr[i + 1])``) costs O(nnz) for each entry as written.
+    When the entry is linear in it (``a + b·Σ_k f``), its bound variables
+    become loop variables of nests of their own: the range and each case of the
+    summand become atoms, from which build_nest pins ``i = rows[k]``,
+    ``j = cols[k]`` and bounds ``k`` by ``indptr[i]``: O(nnz) in all."""
+    out = []
+    rest = value
+    for total in outside_sums(value, sp.Sum):
+        if not _data_pattern(total):
             continue
-        steps, pins = built
-        v = value.xreplace(pins) if pins else value
-        if v != 0 or keep_zero:
-            yield atoms, steps, v
+        s = sp.Dummy("swap")
+        f = rest.xreplace({total: s})
+        b = sp.diff(f, s)
+        if b.has(s) or b.has(sp.Sum, Where, sp.Piecewise) or b == 0:
+            continue
+        rest = f.xreplace({s: sp.S.Zero})
+        over = tuple(k for k, _, _ in total.limits)
+        bounds = [a for k, lo, hi in total.limits for a in (sp.Ge(k, lo), sp.Le(k, hi))]
+        for cond, v in _cases(unwhere(total.function)):
+            if v == 0:
+                continue
+            for conj in _conjunctions(cond):
+                out.append((bounds + conj, b * v, over))
+    return rest, out
 
 
 def _restricted(region, atom, subs, rows, cols):
@@ -374,8 +517,14 @@ def _restricted(region, atom, subs, rows, cols):
     the first column; i == 0: the first row), usually a single loop."""
     atoms = list(region.condition.args) if isinstance(region.condition, sp.And) else \
         ([] if region.condition is sp.true else [region.condition])
-    for _, steps, v in _nests(sp.And(*atoms, atom), region.value.xreplace(subs), rows, cols):
-        yield steps, v
+    for conj in _conjunctions(sp.And(*atoms, atom)):
+        built = build_nest(conj, rows, cols, region.over)
+        if built is not None:
+            steps, pins = built
+            v = region.value.xreplace(subs)
+            v = v.xreplace(pins) if pins else v
+            if v != 0:
+                yield steps, v
 
 
 def _canonical(e):
@@ -405,7 +554,7 @@ def _op_regions(entry, rows, cols) -> tuple:
         for cond, value in cases:
             if value == 0:
                 continue
-            for _, steps, v in _nests(cond, _doit_constant_sums(value), rows, cols):
+            for _, steps, v, _ in _nests(cond, _doit_constant_sums(value), rows, cols):
                 sep = _separable(steps, v)
                 out.append(OpRegion(steps, v, sep, None if sep is not None else _kron(steps, v, rows, cols)))
                 if len(out) > 2 * MAX_REGIONS:

@@ -17,11 +17,14 @@ A nest is a tuple of steps, outermost first:
 
 from __future__ import annotations
 
+import itertools
+
 import sympy as sp
 
-from .expr import I, J, IntDiv, is_int
+from .expr import I, J, IntDiv, IntRead, is_int
 
 LOOP_VARS = (I, J)
+UNBOUNDED = "unbounded"
 
 
 def _clear_denominator(e):
@@ -78,8 +81,40 @@ def _atoms_of(cond):
     return [cond]
 
 
-def build_nest(atoms, rows, cols):
-    """Steps of the loop nest visiting ``{(i, j) : all atoms hold}``; None if empty."""
+def build_nest(atoms, rows, cols, over=()):
+    """Steps of the loop nest visiting ``{(i, j) : all atoms hold}``; None if empty.
+
+    ``over``: further loop variables (the bound variables of a sum swapped
+    out of the entry, see derive._swapped), whose ranges are among the atoms:
+    the nest visits every ``(i, j, *over)`` where the atoms hold. The loops
+    are ordered so that as few atoms as possible are left as run-time tests
+    (``for i: for k in range(indptr[i], indptr[i + 1])``, not the reverse).
+    """
+    if over:
+        best = None
+        for data_pins, order in itertools.product((True, False), itertools.permutations((I, J) + tuple(over))):
+            built = _build(atoms, rows, cols, order, data_pins)
+            if built is None:
+                return None
+            if built is UNBOUNDED:      # a loop whose bounds need a variable of an inner loop
+                continue
+            steps = built[0]
+            cost = (sum(1 for s in steps if s[0] == "for"),
+                    sum(len(s[1].args) if isinstance(s[1], sp.And) else 1
+                        for s in steps if s[0] == "if" and _inside_loop(steps, s)))
+            if best is None or cost < best[0]:
+                best = (cost, built)
+        return None if best is None else best[1]
+    return _build(atoms, rows, cols, LOOP_VARS)
+
+
+def _inside_loop(steps, step) -> bool:
+    return any(s[0] == "for" for s in steps[:steps.index(step)])
+
+
+def _build(atoms, rows, cols, order, data_pins=True):
+    """build_nest for one order of the loops; ``data_pins``: whether an index
+    may be pinned to an expression that reads an integer field (i = rows[k])."""
     atoms = list(atoms) + [sp.Ge(I, 0), sp.Lt(I, rows), sp.Ge(J, 0), sp.Lt(J, cols)]
     guards_extra = []
     pins: dict = {}
@@ -97,11 +132,11 @@ def build_nest(atoms, rows, cols):
 
     if not substitute({}):
         return None
-    # Pin j first (so the loop stays row-major), then i.
-    for v in (J, I):
-        for a in atoms:
+    # Pin j first (so the loop stays row-major), then i, then the others.
+    for v in sorted(order, key=lambda w: (w is not J, w is not I)):
+        for a in sorted(atoms, key=lambda a: a.has(IntRead)):     # j = i before j = cols[k]
             sol = solve_pin(a, v)
-            if sol is None:
+            if sol is None or (not data_pins and sol[0].has(IntRead)):
                 continue
             expr, guard = sol
             atoms.remove(a)
@@ -115,14 +150,15 @@ def build_nest(atoms, rows, cols):
     if any(a is sp.false for a in atoms):
         return None
 
-    loop_vars = [v for v in LOOP_VARS if v not in pins]
+    loop_vars = [v for v in order if v not in pins]
     # a pinned i that depends on j forces the j loop outermost (already the case: only j remains)
     level_of = {v: k + 1 for k, v in enumerate(loop_vars)}
 
     def level(expr):
         return max([level_of[v] for v in loop_vars if expr.has(v)], default=0)
 
-    bounds = {v: ([sp.S.Zero], []) for v in loop_vars}
+    # i and j are non-negative; a sum's variable has its range among the atoms
+    bounds = {v: ([sp.S.Zero] if v in LOOP_VARS else [], []) for v in loop_vars}
     guards = {k: [] for k in range(len(loop_vars) + 1)}
     for a in atoms:
         lvl = level(a)
@@ -140,7 +176,9 @@ def build_nest(atoms, rows, cols):
         guards[lvl].append(a)
 
     # Loop variables are non-negative once their loop runs: use that to simplify.
-    nonneg = {v: sp.Dummy(v.name, integer=True, nonnegative=True) for v in loop_vars}
+    if any(not lo or not hi for lo, hi in bounds.values()):
+        return UNBOUNDED
+    nonneg = {v: sp.Dummy(v.name, integer=True, nonnegative=True) for v in loop_vars if v in LOOP_VARS}
     back = {d: v for v, d in nonneg.items()}
 
     def simplified(e):
@@ -163,11 +201,15 @@ def build_nest(atoms, rows, cols):
 
     steps = []
 
+    named = {}      # a pin that reads an integer field, by the variable it sets
+
     def emit_level(k):
-        for v in [w for w in (I, J) if w in pins and level(pins[w]) == k]:
+        for v in [w for w in order if w in pins and level(pins[w]) == k]:
             steps.append(("let", v, pins[v]))
-        if guards[k]:
-            steps.append(("if", sp.And(*guards[k])))
+            if pins[v].has(IntRead):
+                named[pins[v]] = v
+        if guards[k]:       # tests read i, not rows[k] again
+            steps.append(("if", sp.And(*guards[k]).xreplace(named)))
 
     emit_level(0)
     for k, v in enumerate(loop_vars, start=1):

@@ -8,6 +8,8 @@ import contextlib
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
+from .expr import IntRead
+
 
 class TooLarge(ValueError):
     """A constant that the generated arithmetic cannot represent."""
@@ -67,6 +69,20 @@ class NumbaPrinter(PythonCodePrinter):
         if fqn in self._NUMPY:
             return self._NUMPY[fqn]
         return super()._module_format(fqn, register)
+
+    def _print_Function(self, expr):
+        # sympy's printer dispatches an undefined function (IntRead) as
+        # AppliedUndef / Function, never by its own classes
+        if isinstance(expr, IntRead):
+            return self._print_IntRead(expr)
+        return super()._print_Function(expr)
+
+    def _print_IntRead(self, expr):
+        # a read of an integer field: wrapped like a Python index, and checked
+        # (the kernels run with numba's bounds checks off)
+        name = type(expr).__name__
+        parts = ", ".join(f"_w({self._print(a)}, {name}.shape[{d}])" for d, a in enumerate(expr.args))
+        return f"{name}[{parts}]"
 
     def _print_IntDiv(self, expr):
         a, b = expr.args

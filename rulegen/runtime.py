@@ -348,14 +348,80 @@ def bad_arguments(owner: str, args: tuple, unknown: dict, fields: tuple, sizes: 
 
 
 def check_instance(func: str, name: str, value, cls, like=None):
-    """``value`` must be a ``cls``; with ``like``, of the same sizes."""
+    """``value`` must be a ``cls``; with ``like``, of the same sizes (and the
+    same integer fields: a structural tangent carries its primal's pattern)."""
     if not isinstance(value, cls):
         raise TypeError(f"{func}: argument '{name}' must be of type {cls.__name__}, got {type(value).__name__}")
-    if like is not None and value._size_values != like._size_values:
-        sizes = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, like._size_values))
-        got = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, value._size_values))
-        raise ValueError(f"{func}: argument '{name}' must have the sizes of x ({sizes}), got ({got})")
+    if like is not None:
+        n = len(cls._sizes)
+        mine, theirs = like._size_values, value._size_values
+        if mine[:n] != theirs[:n]:
+            sizes = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, mine))
+            got = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, theirs))
+            raise ValueError(f"{func}: argument '{name}' must have the sizes of x ({sizes}), got ({got})")
+        for field, a, b in zip(getattr(cls, "_ints", ()), mine[n:], theirs[n:]):
+            if a is not b and not np.array_equal(a, b):
+                raise ValueError(f"{func}: argument '{name}' must have the integer field '{field}' of x "
+                                 "(the same pattern)")
     return value
+
+
+# -- integer fields ----------------------------------------------------------------------
+# The pattern of a sparse or permuted type: int64 arrays of exactly their declared
+# shape (no batch dimensions: a batch shares its pattern), never differentiated.
+
+def as_int_field(owner: str, name: str, value, rank: int) -> np.ndarray:
+    """An integer field as a read-only C-contiguous int64 array of rank ``rank``."""
+    if value is None:
+        raise TypeError(f"{owner}: missing integer field '{name}'")
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{owner}: integer field '{name}' is not an array of integers ({exc})") from None
+    if arr.size == 0 and not isinstance(value, np.ndarray):
+        arr = arr.astype(np.int64)         # [] is float64 to numpy
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{owner}: integer field '{name}' must hold integers, got dtype {arr.dtype}")
+    if arr.ndim != rank:
+        raise ValueError(f"{owner}: integer field '{name}' must be a {rank}-dimensional array "
+                         f"(integer fields take no batch dimensions), got shape {arr.shape}")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{owner}: integer field '{name}' holds values beyond int64")
+    out = np.ascontiguousarray(arr, np.int64)
+    if out is arr:
+        out = out.copy()
+    out.setflags(write=False)
+    return out
+
+
+def _position(arr: np.ndarray, flat: int) -> str:
+    idx = np.unravel_index(flat, arr.shape)
+    return ", ".join(str(int(i)) for i in idx)
+
+
+def check_int_range(owner: str, name: str, arr: np.ndarray, lo: int, hi: int, why: str, sizes: str) -> None:
+    """Every value of integer field ``name`` in ``[lo, hi)``."""
+    if not arr.size:
+        return
+    bad = (arr < lo) | (arr >= hi)
+    if bad.any():
+        flat = int(np.argmax(bad.ravel()))
+        raise ValueError(f"{owner}: integer field '{name}'[{_position(arr, flat)}] = {int(arr.ravel()[flat])} "
+                         f"is out of range: {why}, so it must lie in [{lo}, {hi}) (with {sizes})")
+
+
+def check_monotone(owner: str, name: str, arr: np.ndarray) -> None:
+    """Integer field ``name`` non-decreasing (it bounds ranges F[e] .. F[e + 1])."""
+    if arr.size > 1:
+        drop = np.diff(arr, axis=-1) < 0
+        if drop.any():
+            flat = int(np.argmax(drop.ravel()))
+            k = np.unravel_index(flat, drop.shape)
+            pos = ", ".join(str(int(i)) for i in k)
+            nxt = ", ".join(str(int(i)) for i in k[:-1] + (k[-1] + 1,))
+            raise ValueError(f"{owner}: integer field '{name}' must be non-decreasing (it bounds index ranges "
+                             f"from {name}[e] to {name}[e + 1]), but {name}[{pos}] = {int(arr[k])} > "
+                             f"{name}[{nxt}] = {int(arr[k[:-1] + (k[-1] + 1,)])}")
 
 
 # -- one kernel call for a whole batch ------------------------------------------------

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ... import __version__
-from ...derive import Derivation, Region
-from ...expr import I, J, Conj, IntDiv, has_complex, is_int, ordering_of_values, outside_sums
+from ...derive import Derivation, Region, accumulates, monotone_fields
+from ...pattern import bounds as pattern_bounds
+from ...expr import I, J, Conj, IntDiv, derivative, has_complex, is_int, ordering_of_values, outside_sums
 from ...printer import code, recording_imports, value_code
 from ..common import environment, shape_code, shape_text, doc_text, file_label, size_plan
 from ...structure import structure_literal
@@ -206,8 +207,10 @@ def _values(spec, lines: list, nests, target: tuple, tile: bool = False) -> None
     for r in nests:
         low = Lowerer(spec, lines)
 
-        def body(depth, low=low, r=r):
-            low.add(depth, f"{low.ref(*target)} = {low.value(depth, r.value)}")
+        op = "+=" if accumulates(r.steps) else "="
+
+        def body(depth, low=low, r=r, op=op):
+            low.add(depth, f"{low.ref(*target)} {op} {low.value(depth, r.value)}")
         if not (tile and _tiled(low, r, body, "value")):
             _region(low, r, body)
 
@@ -243,8 +246,8 @@ def _kernels(d: Derivation) -> tuple:
     """``(kernels of d, writes)``: ``writes`` tells whether the destructure and
     pushforward kernels write every entry of their output (then it need not be zeroed)."""
     spec = d.spec
-    sizes = tuple(s.name for s in spec.sizes)
-    fields = tuple(f.name for f in spec.fields)
+    sizes = kernel_sizes(spec)
+    fields = tuple(f.name for f in real_fields(spec))
     grads = tuple("_g_" + f for f in fields)
     dest, push, pull, wts = ([] for _ in range(4))
     _values(spec, dest, d.regions, ("_out", "i", "j"), tile=True)
@@ -255,20 +258,41 @@ def _kernels(d: Derivation) -> tuple:
             continue
         low = Lowerer(spec, push)
 
-        def tangent(depth, low=low, r=r):
+        def tangent(depth, low=low, r=r, op="+=" if accumulates(r.steps) else "="):
             _, dot = low.tangent(depth, r.value)
-            low.add(depth, f"{low.ref('_out', 'i', 'j')} = {dot}")
+            low.add(depth, f"{low.ref('_out', 'i', 'j')} {op} {dot}")
         if not _tiled(low, r, tangent, "tangent"):
             _region(low, r, tangent)
     _adjoints(spec, pull, d.regions, _seed("_ybar", "i", "j"), tile=True)
     _adjoints(spec, wts, d.regions, None, square=True)
     writes = {"destructure": d.covers, "pushforward": d.covers and not silent}
-    return tuple(_op_kernels(d, sizes, fields, grads)) + (
+    extra = ()
+    if d.kind == "scatter":     # u = diag(J Jᵀ): Σ c² over the visits of each entry
+        ents = []
+        _values(spec, ents, [_Nest(r.steps, _square(derivative(r.value, r.reads[0]))) for r in d.regions],
+                ("_out", "i", "j"))
+        extra = (_kernel("_entry_weights_kernel", ents, sizes + ("_out",)),)
+    return tuple(_op_kernels(d, sizes, fields, grads)) + extra + (
         _kernel("_destructure_kernel", dest, sizes + fields + ("_out",)),
         _kernel("_pushforward_kernel", push, sizes + fields + tuple("_d_" + f for f in fields) + ("_out",)),
         _kernel("_pullback_kernel", pull, sizes + fields + ("_ybar",) + grads),
         _kernel("_weights_kernel", wts, sizes + fields + tuple("_w_" + f for f in fields)),
     ), writes
+
+
+def _square(c):
+    return c ** 2
+
+
+def kernel_sizes(spec) -> tuple:
+    """What every kernel takes first: the sizes, then the integer fields (the
+    pattern: shared by a batch, passed like sizes)."""
+    return tuple(s.name for s in spec.sizes) + tuple(f.name for f in spec.fields if f.integer)
+
+
+def real_fields(spec) -> tuple:
+    """The fields that are parameters (not integer fields)."""
+    return tuple(f for f in spec.fields if not f.integer)
 
 
 def _cols(low: Lowerer, depth: int, text: str, array: str) -> None:
@@ -414,6 +438,13 @@ def _wrapper(k: Kernel, n_sizes: int) -> dict:
                 inputs=inputs, outputs=outputs, index=index, args=args)
 
 
+def _int_checks(d: Derivation) -> list:
+    """What the constructor checks of the integer fields' values (rulegen.pattern)."""
+    out = [dict(field=b.field, lo=code(b.lo), hi=code(b.hi), why=b.why, monotone=False)
+           for b in pattern_bounds(d.spec)]
+    return out + [dict(field=name, monotone=True) for name in monotone_fields(d.regions)]
+
+
 def render(d: Derivation, spec_file: str) -> str:
     """The source of the generated module for ``d``."""
     spec = d.spec
@@ -423,8 +454,10 @@ def render(d: Derivation, spec_file: str) -> str:
     fields = [
         dict(name=f.name, ndim=f.ndim, shape_code=shape_code(f.shape), shape_text=shape_text(f.shape),
              kernel_shape_code=shape_code(f.shape) if f.ndim else "(1,)")
-        for f in spec.fields
+        for f in real_fields(spec)
     ]
+    ints = [dict(name=f.name, ndim=f.ndim, shape_code=shape_code(f.shape), shape_text=shape_text(f.shape))
+            for f in spec.fields if f.integer]
     sizes_fmt = ", ".join(f"{s.name}={{{s.name}}}" for s in spec.sizes) or "no sizes"
     names = [f"{f.name}=None" for f in spec.fields] + [f"{s.name}=None" for s in spec.sizes]
     context = dict(
@@ -440,13 +473,15 @@ def render(d: Derivation, spec_file: str) -> str:
         size_names=size_names,
         sizes_fmt=sizes_fmt,
         fields=fields,
+        ints=ints,
+        checks=_int_checks(d),
         plan=size_plan(spec),
         rows_code=code(spec.size[0]),
         cols_code=code(spec.size[1]),
         shape_text=f"{spec.size[0]} × {spec.size[1]}",
         kernels=kernels,
-        wrappers=[_wrapper(k, len(spec.sizes)) for k in kernels
-                  if not (d.kind == "gather" and k.name == "_weights_kernel")],
+        wrappers=[_wrapper(k, len(kernel_sizes(spec))) for k in kernels
+                  if not (d.kind in ("gather", "scatter") and k.name in ("_weights_kernel", "_entry_weights_kernel"))],
         field_ndim={f.name: f.ndim for f in spec.fields},
         # the tile moves, and the separable terms' accumulators (_tiles.accumulator)
         tiles=(any(_transposed(spec, r) is not None for r in d.regions)
@@ -461,7 +496,7 @@ def render(d: Derivation, spec_file: str) -> str:
         hankel=d.hankel,
         dest_alloc="np.empty" if writes["destructure"] else "np.zeros",
         push_alloc="np.empty" if writes["pushforward"] else "np.zeros",
-        coupled=[f.name in d.coupled for f in spec.fields],
+        coupled=[f.name in d.coupled for f in real_fields(spec)],
         coupled_names=", ".join(d.coupled) or "(none)",
         kron=[dict(P=code(k.P), Q=code(k.Q), p=code(k.p), q=code(k.q), f=str(k.f), g=str(k.g))
               for k in kron_terms(d)],
