@@ -22,6 +22,7 @@ from jax import lax
 from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims, check_instance,  # noqa: F401 (re-exported)
                       check_shape, given_size, parametrisation_class, solve_size)
+from .runtime import check_int_range, check_monotone  # noqa: F401 (re-exported: integer fields)
 
 
 def _default_float():
@@ -415,3 +416,88 @@ class Iterative:
         full_row = yn == 0 or float(jnp.linalg.norm(y - self.jvp(self.pinv_vec(y)))) <= rtol * yn
         return {(True, True): "exact", (True, False): "under",
                 (False, True): "over", (False, False): "deficient"}[bool(full_col), bool(full_row)]
+
+
+# -- integer fields (the pattern of a sparse or permuted type) ----------------
+# An integer field is static data of the instance, like its sizes: a read-only
+# int64 numpy array (exactly its declared shape: a batch shares its pattern),
+# kept in the pytree's auxiliary data, never a leaf. So jit, vmap, grad and
+# jvp never trace it (no float0 cotangents, no allow_int), a structural
+# tangent or cotangent carries its primal's pattern unchanged, and the index
+# arrays of the sparse grids are computed with numpy at trace time (exact,
+# O(stored)). A new pattern is a new static value: jit traces again for it.
+
+class IntField:
+    """A validated integer field as hashable static data: compares and hashes
+    by its values (the hash computed once), and reads as the numpy array."""
+
+    __slots__ = ("array", "_hash")
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self._hash = hash((array.shape, array.tobytes()))
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if not isinstance(other, IntField):
+            return NotImplemented
+        return self._hash == other._hash and np.array_equal(self.array, other.array)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.array if dtype is None else self.array.astype(dtype)
+
+    def __repr__(self):
+        return repr(self.array)
+
+
+def as_int_field(owner: str, name: str, value, rank: int) -> np.ndarray:
+    """An integer field as a read-only int64 numpy array of rank ``rank``
+    (rulegen.runtime.as_int_field). A traced value is refused: integer fields
+    are static (see above), so build the instance outside ``jit``/``vmap``
+    (or close over the pattern) and pass the instance through."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"{owner}: integer field '{name}' is a traced JAX value: integer fields are static "
+                        "(the pattern is part of the instance's type, like its sizes); build the instance "
+                        "outside jit/vmap/grad from concrete integers and pass the instance in")
+    if isinstance(value, jax.Array):
+        value = np.asarray(value)
+    from .runtime import as_int_field as _as_int_field
+    return _as_int_field(owner, name, value, rank)
+
+
+def static_values(size_values) -> tuple:
+    """The sizes and integer fields as the generated functions read them (numpy arrays)."""
+    return tuple(v.array if isinstance(v, IntField) else v for v in size_values)
+
+
+def expand_range(lo, hi, count: int):
+    """A ragged loop at trace time: for each of ``count`` points, the values of
+    a loop variable from ``lo`` to ``hi`` (arrays over the points, or scalars):
+    ``(rep, v)`` with ``rep`` the point each new point comes from. O(total)."""
+    lo = np.broadcast_to(np.asarray(lo, np.int64), (count,))
+    hi = np.broadcast_to(np.asarray(hi, np.int64), (count,))
+    counts = np.maximum(hi - lo, 0)
+    rep = np.repeat(np.arange(count), counts)
+    starts = np.cumsum(counts) - counts
+    v = lo[rep] + np.arange(int(counts.sum()), dtype=np.int64) - starts[rep]
+    return rep, v
+
+
+def points(values, count: int):
+    """An index expression over the points as an int64 array of length ``count``."""
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.int64), (count,)))
+
+
+def check_read(field: str, axis: int, index, extent: int):
+    """The index of a read that the pattern computes must lie in the field
+    (numpy, at trace time): an IndexError naming the field otherwise."""
+    index = np.asarray(index)
+    if index.size and (int(index.min()) < 0 or int(index.max()) >= extent):
+        bad = index[(index < 0) | (index >= extent)][0]
+        raise IndexError(f"getindex reads {field} at index {int(bad)} along axis {axis}, outside "
+                         f"[0, {extent}) (the integer fields point outside the stored fields)")
+    return index

@@ -26,6 +26,8 @@ from .runtime import _broadcast, batch_shape  # noqa: F401 (batch_shape re-expor
 from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims,  # noqa: F401 (re-exported)
                       given_size, parametrisation_class, solve_size)
+from .runtime import check_int_range, check_monotone  # noqa: F401 (re-exported: integer fields)
+from .runtime import check_shape as check_int_shape  # noqa: F401 (an integer field: no batch dimensions)
 
 
 # -- arguments ----------------------------------------------------------------
@@ -153,6 +155,12 @@ def check_instance(func: str, name: str, value, cls, like=None):
     if not isinstance(value, cls):
         raise TypeError(f"{func}: argument '{name}' must be of type {cls.__name__}, got {type(value).__name__}")
     if like is not None and value._size_values != like._size_values:
+        n = len(cls._sizes)
+        if value._size_values[:n] == like._size_values[:n]:
+            field = next(f for f, a, b in zip(getattr(cls, "_ints", ()), like._size_values[n:], value._size_values[n:])
+                         if a != b)
+            raise ValueError(f"{func}: argument '{name}' must have the integer field '{field}' of x "
+                             "(the same pattern)")
         sizes = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, like._size_values))
         got = ", ".join(f"{s}={v}" for s, v in zip(cls._sizes, value._size_values))
         raise ValueError(f"{func}: argument '{name}' must have the sizes of x ({sizes}), got ({got})")
@@ -1051,3 +1059,92 @@ class _Pinv(torch.autograd.Function):
             q = dA(z, not T)
             return solve(e, T) + q - solve(op.apply(theta, q, T), T)
         return solve(e, T)
+
+
+# -- integer fields (the pattern of a sparse or permuted type) ----------------
+# An integer field is static data of the instance, like its sizes: validated
+# at construction, kept as a read-only int64 numpy array (exactly its declared
+# shape: a batch shares its pattern) in the size values, never a leaf of the
+# pytree, never requiring grad; the attribute (x.rows) is an int64 tensor on
+# the fields' device. The index tensors of the sparse grids are computed from
+# the numpy copy (exact, O(stored)) and copied to the device: one host-to-device
+# copy of O(stored) integers per call, no device-to-host synchronisation.
+
+class IntField:
+    """A validated integer field: compares and hashes by its values (the hash
+    computed once); ``tensor(device)`` its int64 tensor, kept per device."""
+
+    __slots__ = ("array", "_hash", "_tensors")
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self._hash = hash((array.shape, array.tobytes()))
+        self._tensors = {}
+
+    def tensor(self, device):
+        t = self._tensors.get(str(device))
+        if t is None:
+            t = self._tensors[str(device)] = torch.as_tensor(self.array, device=device)
+        return t
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if not isinstance(other, IntField):
+            return NotImplemented
+        return self._hash == other._hash and np.array_equal(self.array, other.array)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.array if dtype is None else self.array.astype(dtype)
+
+    def __repr__(self):
+        return repr(self.array)
+
+
+def as_int_field(owner: str, name: str, value, rank: int) -> np.ndarray:
+    """An integer field as a read-only int64 numpy array of rank ``rank``
+    (rulegen.runtime.as_int_field): an integer tensor (any device), array or
+    list; floating or complex values are refused."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{owner}: integer field '{name}' must hold integers, got dtype {value.dtype}")
+        value = value.detach().cpu().numpy()
+    from .runtime import as_int_field as _as_int_field
+    return _as_int_field(owner, name, value, rank)
+
+
+def static_values(size_values) -> tuple:
+    """The sizes and integer fields as the generated functions read them (numpy arrays)."""
+    return tuple(v.array if isinstance(v, IntField) else v for v in size_values)
+
+
+def expand_range(lo, hi, count: int):
+    """A ragged loop: for each of ``count`` points, the values of a loop
+    variable from ``lo`` to ``hi`` (numpy arrays over the points, or
+    scalars): ``(rep, v)`` with ``rep`` the point each new point comes from."""
+    lo = np.broadcast_to(np.asarray(lo, np.int64), (count,))
+    hi = np.broadcast_to(np.asarray(hi, np.int64), (count,))
+    counts = np.maximum(hi - lo, 0)
+    rep = np.repeat(np.arange(count), counts)
+    starts = np.cumsum(counts) - counts
+    v = lo[rep] + np.arange(int(counts.sum()), dtype=np.int64) - starts[rep]
+    return rep, v
+
+
+def points(values, count: int):
+    """An index expression over the points as an int64 array of length ``count``."""
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.int64), (count,)))
+
+
+def check_read(field: str, axis: int, index, extent: int):
+    """The index of a read that the pattern computes must lie in the field:
+    an IndexError naming the field otherwise."""
+    index = np.asarray(index)
+    if index.size and (int(index.min()) < 0 or int(index.max()) >= extent):
+        bad = index[(index < 0) | (index >= extent)][0]
+        raise IndexError(f"getindex reads {field} at index {int(bad)} along axis {axis}, outside "
+                         f"[0, {extent}) (the integer fields point outside the stored fields)")
+    return index

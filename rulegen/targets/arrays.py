@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from ..derive import _cases
-from ..expr import I, J, Conj, Im, IntDiv, Modulus, Re, Where, is_int, outside_sums, unwhere
+from ..expr import I, J, Conj, Im, IntDiv, IntRead, Modulus, Re, Where, is_int, outside_sums, unwhere
 from ..printer import code as py_code
 
 
@@ -61,6 +61,9 @@ def emit(e, names: dict, xp: str, real: bool = True) -> str:
         return str(e)
     if isinstance(e, sp.Symbol) or isinstance(e, sp.Dummy):
         return names.get(e, e.name)
+    if isinstance(e, IntRead):
+        # an integer field: a numpy array (static), read by numpy index arrays
+        return f"{e.field}[{', '.join(p(a) for a in e.args)}]"
     if e.is_Integer:
         return str(int(e))
     if e.is_Rational:
@@ -272,6 +275,8 @@ class Writer:
 
     def grid(self, steps) -> Grid:
         """The grid of a loop nest (see the module docstring)."""
+        if data_nest(steps):
+            return self._points(steps)
         loops = [st for st in steps if st[0] == "for"]
         ctx = Ctx({}, {}, 0)
         guards, dims = [], []
@@ -344,6 +349,103 @@ class Writer:
         shape = "(" + "".join(f"{hi} - {lo}, " for lo, hi in dims) + ")"
         return Grid(ctx, ctx.names[I], ctx.names[J], box, shape, self._run(steps, loops, dims, ctx))
 
+    def _points(self, steps) -> Grid:
+        """The grid of a nest whose pattern is data (see ``data_nest``): its
+        points, computed with numpy from the integer fields (static: concrete
+        at trace time) one step at a time, exactly: a loop repeats the points
+        so far once per value of its variable (``_rt.expand_range``: a ragged
+        loop such as ``range(indptr[i], indptr[i + 1])`` costs its length), a
+        let computes a variable over them, a test on integers alone drops the
+        points where it fails. Only tests that read the fields' values stay
+        a mask. Then every variable is an index array of the points (one
+        axis, O(stored)), and the writes are scatters that add up."""
+        ctx = Ctx({}, {}, 1)
+        base = self.fresh("pts")
+        self.add(f"{base} = _np.zeros(1, _np.int64)")
+        np_vars, guards = {}, []
+        count = f"len({base})"
+
+        def numpy(e):
+            if e.has(sp.Indexed, sp.Sum):
+                raise Unsupported("a loop bound or a pin that reads a field's values in a data pattern")
+            return emit(e, np_vars, "_np", real=False)
+
+        def select(index):
+            nonlocal base, count
+            for v in list(np_vars):
+                np_vars[v] = self.let("n" + v.name, f"{np_vars[v]}[{index}]")
+            base = self.let("pts", f"{base}[{index}]")
+            count = f"len({base})"
+
+        for st in steps:
+            if st[0] == "for":
+                _, v, lo, hi = st
+                rep, name = self.fresh("rep"), self.fresh("n" + v.name)
+                self.add(f"{rep}, {name} = _rt.expand_range({numpy(lo)}, {numpy(hi)}, {count})")
+                select(rep)
+                np_vars[v] = name
+            elif st[0] == "let":
+                _, v, e = st
+                np_vars[v] = self.let("n" + v.name, f"_rt.points({numpy(e)}, {count})")
+            else:
+                atoms = list(st[1].args) if isinstance(st[1], sp.And) else [st[1]]
+                now = [a for a in atoms if not a.has(sp.Indexed, sp.Sum)]
+                guards += [a for a in atoms if a.has(sp.Indexed, sp.Sum)]
+                if now:
+                    keep = self.let("keep", f"_np.broadcast_to({numpy(sp.And(*now))}, ({count},))")
+                    select(keep)
+        for v, name in np_vars.items():
+            ctx.names[v] = self.let(v.name, self.asarray(name))
+        ctx.np_names = dict(np_vars)
+        for g in guards:
+            self._and_mask(ctx, g)
+        if I not in ctx.names or J not in ctx.names:
+            raise Unsupported("a data pattern that does not pin both indices")
+        return Grid(ctx, ctx.names[I], ctx.names[J], None, f"({count},)")
+
+    def int_indexed(self, acc, ctx: Ctx):
+        """``acc`` with each index that reads an integer field replaced by a
+        variable of the grid: its numpy value (checked against the field's
+        extent where no mask hides positions) as an index array."""
+        if not any(ix.has(IntRead) for ix in acc.indices):
+            return acc
+        name = acc.base.label.name
+        rank = len(acc.indices)
+        new = []
+        for axis, ix in enumerate(acc.indices):
+            if not ix.has(IntRead):
+                new.append(ix)
+                continue
+            text = self._numpy_int(ix, ctx)
+            if ctx.mask is None and name not in self.scalars:
+                text = f"_rt.check_read('{name}', {axis}, {text}, {name}.shape[{axis - rank}])"
+            new.append(self._int_var(text, ctx))
+        return acc.base[tuple(new)]
+
+    def _numpy_int(self, e, ctx: Ctx) -> str:
+        if e.has(sp.Indexed, sp.Sum) or (e.free_symbols & (set(ctx.names) | {I, J})) - set(ctx.np_names):
+            raise Unsupported("an integer-field read whose index moves with a field's values")
+        return emit(e, ctx.np_names, "_np", real=False)
+
+    def _int_var(self, text: str, ctx: Ctx):
+        d = sp.Dummy("q", integer=True)
+        ctx.np_names[d] = self.let("nq", text)
+        ctx.names[d] = self.let("q", self.asarray(ctx.np_names[d]))
+        return d
+
+    def int_reads(self, f, ctx: Ctx):
+        """``f`` with its reads of integer fields (in subscripts or anywhere
+        else) computed with numpy over the grid and read as index arrays."""
+        if not f.has(IntRead):
+            return f
+        accs = [acc for acc in outside_sums(f, sp.Indexed) if any(ix.has(IntRead) for ix in acc.indices)]
+        if accs:
+            f = f.xreplace({acc: self.int_indexed(acc, ctx) for acc in accs})
+        rest = outside_sums(f, IntRead)
+        if rest:
+            f = f.xreplace({r: self._int_var(self._numpy_int(r, ctx), ctx) for r in rest})
+        return f
+
     def _range(self, lo, hi, prefix: str, full: str, guards: list, var):
         """Trace-time bounds of an outermost loop; through a sum, the whole
         dimension ``full`` with the bounds as guards."""
@@ -385,6 +487,7 @@ class Writer:
         mask fails (see the module docstring)."""
         sums = [(sp.Dummy("s", integer=is_int(s.function)), s) for s in outside_sums(e, sp.Sum)]
         f = e.xreplace({s: d for d, s in sums}) if sums else e
+        f = self.int_reads(f, ctx)
         reads = [(sp.Dummy("v", real=True), acc) for acc in outside_sums(f, sp.Indexed)]
         f = f.xreplace({acc: d for d, acc in reads}) if reads else f
         guard = guard and ctx.mask is not None and not _polynomial(f, [d for d, _ in reads + sums])
@@ -435,6 +538,13 @@ class Writer:
         if not terms:
             return zero
         return self.let("s", f"({' + '.join(terms)}).sum(axis=-1)")
+
+
+def data_nest(steps) -> bool:
+    """Whether a nest's pattern is data: it loops over more than i, j (a
+    swapped sum) or its bounds, pins or tests read an integer field."""
+    return any((st[0] == "for" and st[1] not in (I, J)) or
+               any(isinstance(a, sp.Basic) and a.has(IntRead) for a in st[1:]) for st in steps)
 
 
 def _shape_of(ctx: Ctx) -> str:

@@ -20,6 +20,7 @@ from ..structure import structure_literal
 from ..printer import code as py_code
 from ..expr import has_complex, ordering_of_values
 from .arrays import Unsupported, Writer, factor_grid, kron_nests, kron_of, terms
+from .numba.emit import _int_checks
 
 
 class _Function:
@@ -31,8 +32,11 @@ class _Function:
 
 def _prologue(w: Writer, spec, extra: str = "") -> None:
     sizes = [s.name for s in spec.sizes]
-    fields = [f.name for f in spec.fields]
-    if sizes:
+    fields = [f.name for f in spec.fields if not f.integer]
+    ints = [f.name for f in spec.fields if f.integer]
+    if ints:        # the integer fields: numpy arrays, static (see rulegen.jax_runtime.IntField)
+        w.add(f"{', '.join(sizes + ints)}, = _rt.static_values(_sv)")
+    elif sizes:
         w.add(f"{', '.join(sizes)}, = _sv")
     if fields:
         w.add(f"{', '.join(fields)}, = _arrays")
@@ -142,11 +146,13 @@ def _diagonal(d: Derivation, scalars) -> _Function:
 def render(d: Derivation, spec_file: str) -> str:
     """The source of the JAX module for ``d`` (raises Unsupported)."""
     spec = d.spec
-    scalars = {f.name for f in spec.fields if f.ndim == 0}
+    scalars = {f.name for f in spec.fields if f.ndim == 0 and not f.integer}
     functions = [_dense(d, scalars), _product(d, scalars, False), _product(d, scalars, True),
                  _diagonal(d, scalars)]
     fields = [dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape))
-              for f in spec.fields]
+              for f in spec.fields if not f.integer]
+    ints = [dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape))
+            for f in spec.fields if f.integer]
     sizes_fmt = ", ".join(f"{s.name}={{{s.name}}}" for s in spec.sizes) or "no sizes"
     names = [f"{f.name}=None" for f in spec.fields] + [f"{s.name}=None" for s in spec.sizes]
     context = dict(
@@ -160,6 +166,8 @@ def render(d: Derivation, spec_file: str) -> str:
         sizes=[s.name for s in spec.sizes],
         sizes_fmt=sizes_fmt,
         fields=fields,
+        ints=ints,
+        checks=_int_checks(d) if ints else [],
         plan=size_plan(spec),
         rows_code=py_code(spec.size[0]),
         cols_code=py_code(spec.size[1]),
@@ -168,7 +176,7 @@ def render(d: Derivation, spec_file: str) -> str:
         kron=sum(r.kron is not None for r in d.op_regions),
         kind=d.kind,
         structure=structure_literal(d),
-        coupled=[f.name in d.coupled for f in spec.fields],
+        coupled=[f.name in d.coupled for f in spec.fields if not f.integer],
         coupled_names=", ".join(d.coupled) or "(none)",
         complex_output=has_complex(spec.entry),
         ordering=ordering_of_values(spec.entry),

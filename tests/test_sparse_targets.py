@@ -1,0 +1,285 @@
+"""Integer fields and data-dependent sparse patterns (issue #16) in the JAX
+and PyTorch targets: SparseCOO, SparseCSR, Permutation, BlockDiagonal and a
+permuted diagonal, with duplicates, empty rows, nnz = 0 and one element, every
+map against an independent dense oracle written here in numpy (J column by
+column over the real fields, numpy.linalg.pinv), the derived operations
+against the dense matrix, the parametrisation class, jit / vmap / grad
+(JAX) and batches / autograd / torch.func (PyTorch), and hostile integer
+fields. Each framework skips when it is not installed."""
+
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from helpers import load_module, run_cli
+
+SPECS = {
+    "sparse_coo.yaml": """\
+name: SparseCOO
+sizes: [m, n, nnz]
+fields:
+  vals: [nnz]
+  rows: {shape: [nnz], dtype: int}
+  cols: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: sum(vals[k] for k in range(nnz) if rows[k] == i and cols[k] == j)
+""",
+    "sparse_csr.yaml": """\
+name: SparseCSR
+sizes: [m, n, nnz]
+fields:
+  vals: [nnz]
+  indptr: {shape: [m + 1], dtype: int}
+  cols: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: sum(vals[k] for k in range(indptr[i], indptr[i + 1]) if cols[k] == j)
+""",
+    "permutation.yaml": """\
+name: Permutation
+sizes: [n]
+fields:
+  d: [n]
+  perm: {shape: [n], dtype: int}
+size: [n, n]
+getindex: d[i] if j == perm[i] else 0
+""",
+    "block_diagonal.yaml": """\
+name: BlockDiagonal
+sizes: [n, nb, bs]
+fields:
+  blocks: [nb, bs, bs]
+  offsets: {shape: [nb + 1], dtype: int}
+size: [n, n]
+getindex: >
+  sum(blocks[b, i - offsets[b], j - offsets[b]] for b in range(nb)
+      if offsets[b] <= i < offsets[b + 1] and offsets[b] <= j < offsets[b + 1])
+""",
+    "perm_diag.yaml": """\
+name: PermDiag
+sizes: [n]
+fields:
+  d: [n]
+  perm: {shape: [n], dtype: int}
+size: [n, n]
+getindex: d[perm[i]] if i == j else 0
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, request):
+    """The five specs built for JAX and PyTorch, once (kept in pytest's cache
+    per compiler version like conftest's builds)."""
+    from conftest import _build_into, _rulegen_digest     # noqa: F401 (the same cache layout)
+    cache = getattr(request.config, "cache", None)
+    folder = (cache.mkdir("rulegen-built") / _rulegen_digest() / "sparse-targets") if cache else \
+        tmp_path_factory.mktemp("sparse") / "b"
+    out = folder / "out"
+    if not out.is_dir():
+        scratch = tmp_path_factory.mktemp("sparse-src")
+        for name, text in SPECS.items():
+            (scratch / name).write_text(text)
+        proc = run_cli("build", *[str(scratch / n) for n in SPECS], "--target", "jax", "--target", "torch",
+                       "--out", str(scratch / "out"))
+        assert proc.returncode == 0, proc.stderr
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            (scratch / "out").rename(out)
+        except OSError:
+            pass
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The oracle: dense matrices written by hand, J column by column.
+
+def dense_coo(vals, rows, cols, m, n):
+    Y = np.zeros((m, n))
+    for v, r, c in zip(vals, rows, cols):
+        Y[r, c] += v
+    return Y
+
+
+def dense_csr(vals, indptr, cols, m, n):
+    Y = np.zeros((m, n))
+    for i in range(m):
+        for k in range(indptr[i], indptr[i + 1]):
+            Y[i, cols[k]] += vals[k]
+    return Y
+
+
+def dense_perm(d, perm):
+    n = len(d)
+    Y = np.zeros((n, n))
+    for i in range(n):
+        Y[i, perm[i]] = d[i]
+    return Y
+
+
+def dense_blocks(blocks, offsets, n):
+    Y = np.zeros((n, n))
+    for b in range(len(offsets) - 1):
+        s, e = offsets[b], offsets[b + 1]
+        Y[s:e, s:e] += blocks[b, :e - s, :e - s]
+    return Y
+
+
+def dense_pdiag(d, perm):
+    return np.diag(np.asarray(d)[perm])
+
+
+def _cases():
+    rng = np.random.default_rng(16)
+    out = []
+    # COO: a duplicate, an empty row (row 2 never stored), then nnz = 0 and one element
+    m, n = 5, 4
+    rows = np.array([0, 0, 1, 3, 4, 4, 1, 3, 0])
+    cols = np.array([1, 1, 0, 3, 2, 0, 3, 3, 2])
+    out.append(("coo-dup-empty-row", "sparse_coo", "SparseCOO", dict(vals=rng.standard_normal(9)),
+                dict(rows=rows, cols=cols), dict(m=m, n=n),
+                lambda vals, r=rows, c=cols: dense_coo(vals, r, c, m, n)))
+    out.append(("coo-empty", "sparse_coo", "SparseCOO", dict(vals=np.zeros(0)),
+                dict(rows=np.zeros(0, int), cols=np.zeros(0, int)), dict(m=3, n=2),
+                lambda vals: dense_coo(vals, [], [], 3, 2)))
+    out.append(("coo-one", "sparse_coo", "SparseCOO", dict(vals=np.array([2.5])),
+                dict(rows=np.array([2]), cols=np.array([1])), dict(m=3, n=3),
+                lambda vals: dense_coo(vals, [2], [1], 3, 3)))
+    # a COO that fills a 2 × 2 matrix once per entry (exact)
+    out.append(("coo-full", "sparse_coo", "SparseCOO", dict(vals=rng.standard_normal(4)),
+                dict(rows=np.array([1, 0, 1, 0]), cols=np.array([0, 0, 1, 1])), dict(m=2, n=2),
+                lambda vals: dense_coo(vals, [1, 0, 1, 0], [0, 0, 1, 1], 2, 2)))
+    # CSR: an empty row, a duplicate column in a row
+    indptr = np.array([0, 3, 3, 5, 8, 9])
+    ccols = np.array([2, 2, 0, 1, 3, 0, 1, 3, 2])
+    out.append(("csr-dup-empty-row", "sparse_csr", "SparseCSR", dict(vals=rng.standard_normal(9)),
+                dict(indptr=indptr, cols=ccols), dict(n=4),
+                lambda vals: dense_csr(vals, indptr, ccols, 5, 4)))
+    out.append(("csr-empty", "sparse_csr", "SparseCSR", dict(vals=np.zeros(0)),
+                dict(indptr=np.zeros(4, int), cols=np.zeros(0, int)), dict(n=2),
+                lambda vals: dense_csr(vals, [0, 0, 0, 0], [], 3, 2)))
+    out.append(("csr-one", "sparse_csr", "SparseCSR", dict(vals=np.array([-1.5])),
+                dict(indptr=np.array([0, 0, 1]), cols=np.array([0])), dict(n=3),
+                lambda vals: dense_csr(vals, [0, 0, 1], [0], 2, 3)))
+    # Permutation: a permutation, and a repeated column
+    perm = rng.permutation(6)
+    out.append(("perm", "permutation", "Permutation", dict(d=rng.standard_normal(6)), dict(perm=perm), {},
+                lambda d: dense_perm(d, perm)))
+    rep = np.array([1, 1, 0, 3])
+    out.append(("perm-repeated", "permutation", "Permutation", dict(d=rng.standard_normal(4)),
+                dict(perm=rep), {}, lambda d: dense_perm(d, rep)))
+    out.append(("perm-one", "permutation", "Permutation", dict(d=np.array([3.0])),
+                dict(perm=np.array([0])), {}, lambda d: dense_perm(d, [0])))
+    # BlockDiagonal: an empty block, blocks smaller than bs (padding unused)
+    offs = np.array([0, 2, 2, 5, 6])
+    out.append(("blocks", "block_diagonal", "BlockDiagonal", dict(blocks=rng.standard_normal((4, 3, 3))),
+                dict(offsets=offs), dict(n=6), lambda blocks: dense_blocks(blocks, offs, 6)))
+    out.append(("blocks-one", "block_diagonal", "BlockDiagonal", dict(blocks=rng.standard_normal((1, 2, 2))),
+                dict(offsets=np.array([0, 2])), dict(n=2),
+                lambda blocks: dense_blocks(blocks, [0, 2], 2)))
+    # a permuted diagonal with repeats (d[5], d[4] unused... d read twice)
+    pm = np.array([0, 0, 2, 1, 5, 5])
+    out.append(("pdiag", "perm_diag", "PermDiag", dict(d=rng.standard_normal(6)), dict(perm=pm), {},
+                lambda d: dense_pdiag(d, pm)))
+    return out
+
+
+CASES = _cases()
+IDS = [c[0] for c in CASES]
+
+
+def oracle(dense, fields):
+    """(Y, J, J⁺) of a linear dense function of the real fields."""
+    names = list(fields)
+    sizes = [np.asarray(fields[f]).size for f in names]
+    shapes = [np.shape(fields[f]) for f in names]
+
+    def D(t):
+        kw, o = {}, 0
+        for f, s, sh in zip(names, sizes, shapes):
+            kw[f] = t[o:o + s].reshape(sh)
+            o += s
+        return dense(**kw)
+
+    theta = np.concatenate([np.ravel(fields[f]) for f in names]) if names else np.zeros(0)
+    Y = D(theta)
+    p = theta.size
+    Jm = np.stack([D(np.eye(p)[c]).ravel() for c in range(p)], 1) if p else np.zeros((Y.size, 0))
+    return Y, Jm, np.linalg.pinv(Jm) if Jm.size else Jm.T
+
+
+def expected(Jm):
+    N, p = Jm.shape
+    r = np.linalg.matrix_rank(Jm) if Jm.size else 0
+    pa = int(np.count_nonzero(np.abs(Jm).sum(0))) if Jm.size else 0
+    return "exact" if r == pa == N else "under" if r == pa < N else "over" if r == N < pa else "deficient"
+
+
+def check_maps(mod, x, fields, dense, fw, seed=0):
+    """Every map of ``mod`` at ``x`` against the oracle; ``fw``: (to framework, to numpy)."""
+    to, back = fw
+    rng = np.random.default_rng(seed)
+    cls = type(x)
+    names = list(fields)
+    Y, Jm, P = oracle(dense, fields)
+    flat = lambda s: np.concatenate([back(getattr(s, f)).ravel() for f in names])   # noqa: E731
+
+    def mk(t):
+        kw, o = {}, 0
+        for f in names:
+            a = np.asarray(fields[f])
+            kw[f] = to(t[o:o + a.size].reshape(a.shape))
+            o += a.size
+        return cls._from_arrays(x._size_values, tuple(kw[f] for f in names))
+
+    tol = dict(atol=1e-10, rtol=1e-9)
+    np.testing.assert_allclose(back(mod.destructure(x)), Y, **tol)
+    dt = rng.standard_normal(Jm.shape[1])
+    Yb = rng.standard_normal(Y.shape)
+    np.testing.assert_allclose(back(mod.destructure_pushforward(x, mk(dt))).ravel(), Jm @ dt, **tol)
+    np.testing.assert_allclose(flat(mod.destructure_pullback(x, to(Yb))), Jm.T @ Yb.ravel(), **tol)
+    np.testing.assert_allclose(flat(mod.restructure_pushforward(x, to(Yb))), P @ Yb.ravel(), **tol)
+    np.testing.assert_allclose(back(mod.restructure_pullback(x, mk(dt))).ravel(), P.T @ dt, **tol)
+    np.testing.assert_allclose(back(mod.project(x, to(Yb))).ravel(), Jm @ P @ Yb.ravel(), **tol)
+    v = rng.standard_normal((Y.shape[1], 2))
+    u = rng.standard_normal((Y.shape[0], 2))
+    np.testing.assert_allclose(back(mod.matvec(x, to(v))), Y @ v, **tol)
+    np.testing.assert_allclose(back(mod.matvec(x, to(v[:, 0]))), Y @ v[:, 0], **tol)
+    np.testing.assert_allclose(back(mod.rmatvec(x, to(u))), Y.T @ u, **tol)
+    np.testing.assert_allclose(back(mod.rmatvec(x, to(u[:, 0]))), Y.T @ u[:, 0], **tol)
+    np.testing.assert_allclose(back(mod.diagonal(x)), np.diag(Y), **tol)
+    U = rng.standard_normal((Y.shape[0], 3))
+    V = rng.standard_normal((Y.shape[1], 3))
+    np.testing.assert_allclose(flat(mod.bilinear_pullback(x, to(U), to(V))), Jm.T @ (U @ V.T).ravel(), **tol)
+    db = rng.standard_normal(min(Y.shape))
+    Dm = np.zeros(Y.shape)
+    Dm[np.arange(len(db)), np.arange(len(db))] = db
+    np.testing.assert_allclose(flat(mod.diagonal_pullback(x, to(db))), Jm.T @ Dm.ravel(), **tol)
+    assert mod.parametrisation(x) == expected(Jm)
+    # a structural tangent carries the pattern; its integer fields read back unchanged
+    for name in cls._ints:
+        np.testing.assert_array_equal(back(getattr(mod.destructure_pullback(x, to(Yb)), name)),
+                                      back(getattr(x, name)))
+
+
+# ---------------------------------------------------------------------------
+# JAX
+
+def _jax():
+    return pytest.importorskip("jax")
+
+
+def jax_module(built, stem):
+    return load_module(os.path.join(str(built), "jax", stem + ".py"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_jax_every_map_against_the_oracle(built, case):
+    jax = _jax()
+    import jax.numpy as jnp
+    key, stem, cls_name, fields, ints, sizes, dense = case
+    mod = jax_module(built, stem)
+    with jax.enable_x64(True):
+        x = getattr(mod, cls_name)(**{k: jnp.asarray(v) for k, v in fields.items()}, **ints, **sizes)
+        check_maps(mod, x, fields, dense, (jnp.asarray, np.asarray), seed=zlib.crc32(key.encode()))
