@@ -1,0 +1,329 @@
+"""Integer fields and data-dependent patterns (issue #16), numba target.
+
+Every reference value comes from an independent route: dense matrices built
+by hand in numpy from the stored entries (``np.add.at`` for duplicates), their
+Jacobian over the real fields column by column (tests/helpers.py), and
+numpy.linalg.pinv. Patterns with duplicates, empty rows, nnz = 0 and a single
+element; hostile integer fields; scipy interop; agreement with PyTorch's
+``to_dense(masked_grad=True)`` and ``jax.experimental.sparse`` (skipped when
+not installed); the 10⁶ × 10⁶ COO matrix under a 6 GiB cap."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from helpers import ROOT, check_all_maps, expected_class, generated, jacobian, struct_vec
+
+C = generated("sparse_coo")
+R = generated("sparse_csr")
+P = generated("permutation")
+B = generated("block_diagonal")
+
+
+def coo_dense(vals, rows, cols, m, n):
+    Y = np.zeros((m, n), np.result_type(vals, float))
+    np.add.at(Y, (rows, cols), vals)
+    return Y
+
+
+def csr_rows(indptr):
+    return np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+
+
+# (rows, cols, m, n): duplicates, an empty row, nnz = 0, a single element, a full pattern
+PATTERNS = {
+    "duplicates": (np.array([0, 2, 2, 4, 0, 3, 2]), np.array([1, 0, 0, 3, 1, 2, 3]), 5, 4),
+    "empty_row": (np.array([0, 0, 3, 4]), np.array([0, 2, 1, 1]), 5, 3),
+    "nnz0": (np.zeros(0, int), np.zeros(0, int), 3, 4),
+    "single": (np.array([1]), np.array([2]), 2, 3),
+    "full": (np.repeat(np.arange(2), 3), np.tile(np.arange(3), 2), 2, 3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PATTERNS))
+def test_coo_every_map_against_the_oracle(case):
+    rows, cols, m, n = PATTERNS[case]
+    vals = np.random.default_rng(1).standard_normal(len(rows))
+    check_all_maps(C, C.SparseCOO, dict(vals=vals), dict(rows=rows, cols=cols, m=m, n=n),
+                   lambda f: coo_dense(f["vals"], rows, cols, m, n), ["vals"])
+
+
+@pytest.mark.parametrize("case", sorted(PATTERNS))
+def test_csr_every_map_against_the_oracle(case):
+    rows, cols, m, n = PATTERNS[case]
+    order = np.lexsort((cols, rows))          # CSR stores rows in order; keep duplicates
+    rows, cols = rows[order], cols[order]
+    indptr = np.searchsorted(rows, np.arange(m + 1))
+    vals = np.random.default_rng(2).standard_normal(len(rows))
+    check_all_maps(R, R.SparseCSR, dict(vals=vals), dict(indptr=indptr, cols=cols, n=n),
+                   lambda f: coo_dense(f["vals"], rows, cols, m, n), ["vals"])
+
+
+def test_duplicates_share_a_change_in_proportion_and_project_is_the_mask():
+    rows, cols, m, n = PATTERNS["duplicates"]
+    x = C.SparseCOO(vals=np.arange(7.0), rows=rows, cols=cols, m=m, n=n)
+    ydot = np.random.default_rng(3).standard_normal((m, n))
+    t = C.restructure_pushforward(x, ydot)
+    # (0, 1) is stored at k = 0 and 4: each gets half of the change there
+    assert t.vals[0] == t.vals[4] == pytest.approx(ydot[0, 1] / 2)
+    mask = np.zeros((m, n), bool)
+    mask[rows, cols] = True
+    np.testing.assert_allclose(C.project(x, ydot), np.where(mask, ydot, 0.0), atol=1e-15)
+    assert C._KIND == "scatter" and C.parametrisation(x) == "deficient"
+
+
+def test_permutation_and_block_diagonal_against_the_oracle():
+    rng = np.random.default_rng(4)
+    for perm in (rng.permutation(6), np.array([2, 2, 0, 5, 1, 5])):
+        def dense(f, perm=perm):
+            Y = np.zeros((6, 6))
+            Y[np.arange(6), perm] = f["d"]
+            return Y
+        check_all_maps(P, P.Permutation, dict(d=rng.standard_normal(6)), dict(perm=perm), dense, ["d"])
+    for offsets in (np.array([0, 2, 2, 5, 6]), np.array([0, 0, 0, 0, 0]), np.array([0, 3, 6, 6, 6])):
+        def dense(f, offsets=offsets):
+            Y = np.zeros((6, 6))
+            for b in range(4):
+                s, e = offsets[b], offsets[b + 1]
+                Y[s:e, s:e] = f["blocks"][b, :e - s, :e - s]
+            return Y
+        check_all_maps(B, B.BlockDiagonal, dict(blocks=rng.standard_normal((4, 3, 3))),
+                       dict(offsets=offsets, n=6), dense, ["blocks"])
+
+
+PERMUTED_DIAGONAL = """name: PermutedDiagonal
+sizes: [n]
+fields:
+  d: [n]
+  p: {shape: [n], dtype: int}
+size: [n, n]
+getindex: d[p[i]] if i == j else 0
+"""
+
+# held-out patterns: a weighted COO plus a dense diagonal (two regions: LSQR), a
+# COO whose entries are nonlinear, and a sliding window read through an offset table
+HELD_OUT = {
+    "coo_plus_diag": ("""name: CooPlusDiag
+sizes: [n, nnz]
+fields:
+  vals: [nnz]
+  d: [n]
+  r: {shape: [nnz], dtype: int}
+  c: {shape: [nnz], dtype: int}
+size: [n, n]
+getindex: "(d[i] if i == j else 0) + 2 * sum(vals[k] for k in range(nnz) if r[k] == i and c[k] == j)"
+""", "general"),
+    "coo_exp": ("""name: CooExp
+sizes: [m, n, nnz]
+fields:
+  vals: [nnz]
+  r: {shape: [nnz], dtype: int}
+  c: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: "sum(exp(vals[k]) for k in range(nnz) if r[k] == i and c[k] == j)"
+""", "general"),
+}
+
+
+def test_permuted_diagonal_weights_follow_the_data(build_once):
+    mod = build_once(PERMUTED_DIAGONAL)
+    rng = np.random.default_rng(5)
+    for p in (np.array([0, 0, 2, 1, 3]), np.array([4, 3, 2, 1, 0])):
+        check_all_maps(mod, mod.PermutedDiagonal, dict(d=rng.standard_normal(5)), dict(p=p),
+                       lambda f, p=p: np.diag(f["d"][p]), ["d"])
+
+
+def test_held_out_patterns_against_the_oracle(build_once):
+    rng = np.random.default_rng(6)
+    r, c = np.array([0, 1, 1, 3, 0]), np.array([2, 0, 0, 3, 2])
+    mod = build_once(HELD_OUT["coo_plus_diag"][0])
+    assert mod._KIND == "general"
+
+    def dense(f):
+        return np.diag(f["d"]) + 2 * coo_dense(f["vals"], r, c, 4, 4)
+    check_all_maps(mod, mod.CooPlusDiag, dict(vals=rng.standard_normal(5), d=rng.standard_normal(4)),
+                   dict(r=r, c=c), dense, ["vals", "d"], atol=1e-8)
+    mod = build_once(HELD_OUT["coo_exp"][0])
+    vals = rng.standard_normal(5)
+    x = mod.CooExp(vals=vals, r=r, c=c, m=4, n=4)
+    np.testing.assert_allclose(mod.destructure(x), coo_dense(np.exp(vals), r, c, 4, 4))
+    J = jacobian(lambda f: coo_dense(np.exp(f["vals"]), r, c, 4, 4), dict(vals=vals), ["vals"], step=1e-6)
+    ybar = rng.standard_normal((4, 4))
+    np.testing.assert_allclose(mod.destructure_pullback(x, ybar).vals, J.T @ ybar.ravel(), rtol=1e-7)
+
+
+def test_batches_share_the_pattern():
+    rows, cols, m, n = PATTERNS["duplicates"]
+    vals = np.random.default_rng(7).standard_normal((3, len(rows)))
+    x = C.SparseCOO(vals=vals, rows=rows, cols=cols, m=m, n=n)
+    assert x.batch_shape == (3,)
+    Y = C.destructure(x)
+    for b in range(3):
+        np.testing.assert_allclose(Y[b], coo_dense(vals[b], rows, cols, m, n))
+    v = np.random.default_rng(8).standard_normal(n)
+    np.testing.assert_allclose(C.matvec(x, v), np.einsum("bij,j->bi", Y, v), atol=1e-13)
+    x32 = C.SparseCOO(vals=vals.astype(np.float32), rows=rows, cols=cols, m=m, n=n)
+    assert C.destructure(x32).dtype == np.float32
+
+
+def test_complex_values():
+    rows, cols, m, n = PATTERNS["duplicates"]
+    rng = np.random.default_rng(9)
+    vals = rng.standard_normal(7) + 1j * rng.standard_normal(7)
+    x = C.SparseCOO(vals=vals, rows=rows, cols=cols, m=m, n=n)
+    Y = coo_dense(vals, rows, cols, m, n)
+    np.testing.assert_allclose(C.destructure(x), Y)
+    ybar = rng.standard_normal((m, n)) + 1j * rng.standard_normal((m, n))
+    # ChainRules' convention: the cotangent of vals[k] is ybar[rows[k], cols[k]]
+    np.testing.assert_allclose(C.destructure_pullback(x, ybar).vals, ybar[rows, cols])
+    mask = np.zeros((m, n), bool)
+    mask[rows, cols] = True
+    np.testing.assert_allclose(C.project(x, ybar), np.where(mask, ybar, 0), atol=1e-15)
+
+
+def test_structural_tangents_carry_the_pattern():
+    rows, cols, m, n = PATTERNS["duplicates"]
+    x = C.SparseCOO(vals=np.ones(7), rows=rows, cols=cols, m=m, n=n)
+    t = C.destructure_pullback(x, np.ones((m, n)))
+    assert t.rows is x.rows and t.cols is x.cols
+    s = t + t
+    assert np.array_equal(s.rows, rows)
+    other = C.SparseCOO(vals=np.ones(7), rows=rows[::-1].copy(), cols=cols, m=m, n=n)
+    with pytest.raises(ValueError, match="integer field 'rows' of x"):
+        C.destructure_pushforward(x, other)
+    assert "rows" not in C.SparseCOO._fields and C.SparseCOO._ints == ("rows", "cols")
+
+
+HOSTILE = [
+    (dict(rows=[0.0, 1.0]), TypeError, "integer field 'rows' must hold integers, got dtype float64"),
+    (dict(rows=[0, -1]), ValueError, r"'rows'\[1\] = -1 is out of range: it is compared with i, a row index, "
+                                     r"so it must lie in \[0, 3\)"),
+    (dict(cols=[0, 4]), ValueError, r"'cols'\[1\] = 4 is out of range: it is compared with j"),
+    (dict(rows=[0, 1, 2]), ValueError, r"field 'rows' must have shape \(nnz,\) = \(2,\)"),
+    (dict(rows=[[0, 1]]), ValueError, "integer fields take no batch dimensions"),
+    (dict(rows=[True, False]), TypeError, "must hold integers, got dtype bool"),
+]
+
+
+@pytest.mark.parametrize("bad, exc, message", HOSTILE)
+def test_hostile_integer_fields_are_refused(bad, exc, message):
+    fields = dict(vals=[1.0, 2.0], rows=[0, 1], cols=[1, 2], m=3, n=4)
+    fields.update(bad)
+    with pytest.raises(exc, match=message):
+        C.SparseCOO(**fields)
+
+
+def test_hostile_csr_and_block_offsets():
+    with pytest.raises(ValueError, match=r"'indptr' must be non-decreasing .* indptr\[1\] = 2 > indptr\[2\] = 1"):
+        R.SparseCSR(vals=[1.0, 2.0], indptr=[0, 2, 1, 2], cols=[0, 1], n=2)
+    with pytest.raises(ValueError, match=r"'indptr'\[3\] = 3 is out of range: it bounds the range of k, "
+                                         r"which subscripts vals, so it must lie in \[0, 3\)"):
+        R.SparseCSR(vals=[1.0, 2.0], indptr=[0, 1, 2, 3], cols=[0, 1], n=2)
+    with pytest.raises(ValueError, match=r"'perm'\[0\] = 3 is out of range"):
+        P.Permutation(d=[1.0, 2.0, 3.0], perm=[3, 0, 1])
+    with pytest.raises(ValueError, match="'offsets' must be non-decreasing"):
+        B.BlockDiagonal(blocks=np.zeros((2, 2, 2)), offsets=[0, 2, 1], n=3)
+    with pytest.raises(TypeError, match="missing integer field 'perm'"):
+        P.Permutation(d=[1.0])
+
+
+def test_scipy_round_trip():
+    sps = pytest.importorskip("scipy.sparse")
+    from rulegen.builtins import sparse_coo, sparse_csr     # what from_scipy returns instances of
+    from rulegen.sparse import from_scipy, to_scipy
+
+    rows, cols, m, n = PATTERNS["duplicates"]
+    vals = np.random.default_rng(10).standard_normal(len(rows))
+    A = sps.coo_array((vals, (rows, cols)), shape=(m, n))
+    x = from_scipy(A)
+    assert type(x).__name__ == "SparseCOO"
+    np.testing.assert_array_equal(x.rows, rows)          # duplicates kept as stored
+    np.testing.assert_allclose(sparse_coo.destructure(x), A.toarray())
+    back = to_scipy(x)
+    assert back.format == "coo" and back.nnz == len(rows)
+    np.testing.assert_allclose(back.toarray(), A.toarray())
+    Acsr = A.tocsr()
+    xr = from_scipy(Acsr)
+    assert type(xr).__name__ == "SparseCSR"
+    np.testing.assert_allclose(sparse_csr.destructure(xr), A.toarray())
+    assert (to_scipy(xr) != Acsr).nnz == 0
+    with pytest.raises(TypeError, match="scipy.sparse"):
+        from_scipy(np.eye(2))
+    with pytest.raises(TypeError, match="SparseCOO or SparseCSR"):
+        to_scipy(P.Permutation(d=[1.0], perm=[0]))
+
+
+def _unique_pattern():
+    rng = np.random.default_rng(11)
+    m, n = 6, 5
+    flat = rng.choice(m * n, 9, replace=False)
+    return flat // n, flat % n, m, n, rng.standard_normal(9), rng.standard_normal((m, n))
+
+
+def test_agrees_with_torch_masked_grad():
+    torch = pytest.importorskip("torch")
+    rows, cols, m, n, vals, ybar = _unique_pattern()
+    values = torch.tensor(vals, requires_grad=True)
+    S = torch.sparse_coo_tensor(torch.tensor(np.stack([rows, cols])), values, (m, n), check_invariants=True)
+    S.retain_grad()
+    (S.to_dense(masked_grad=True) * torch.tensor(ybar)).sum().backward()
+    x = C.SparseCOO(vals=vals, rows=rows, cols=cols, m=m, n=n)
+    np.testing.assert_allclose(C.destructure_pullback(x, ybar).vals, values.grad.numpy(), atol=1e-15)
+    np.testing.assert_allclose(C.project(x, ybar), S.grad.to_dense().numpy(), atol=1e-15)
+
+
+def test_agrees_with_jax_experimental_sparse():
+    pytest.importorskip("jax")
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import sparse
+
+    jax.config.update("jax_enable_x64", True)
+    rows, cols, m, n, vals, ybar = _unique_pattern()
+    M = sparse.BCOO((jnp.asarray(vals), jnp.asarray(np.stack([rows, cols], 1))), shape=(m, n))
+    g = sparse.grad(lambda M: (M.todense() * ybar).sum())(M)       # the gradient in the pattern's subspace
+    x = C.SparseCOO(vals=vals, rows=rows, cols=cols, m=m, n=n)
+    np.testing.assert_allclose(C.destructure_pullback(x, ybar).vals, np.asarray(g.data), atol=1e-15)
+    np.testing.assert_allclose(C.project(x, ybar), np.asarray(g.todense()), atol=1e-15)
+
+
+def test_a_million_by_a_million_coo_under_a_6_gib_cap():
+    script = textwrap.dedent("""
+        import resource
+        cap = 6 << 30
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        import numpy as np
+        from helpers import generated
+        C = generated("sparse_coo")
+        n = nnz = 10**6
+        rng = np.random.default_rng(0)
+        rows, cols = rng.integers(0, n, nnz), rng.integers(0, n, nnz)
+        x = C.SparseCOO(vals=rng.standard_normal(nnz), rows=rows, cols=cols, m=n, n=n)
+        v = rng.standard_normal(n)
+        ref = np.zeros(n); np.add.at(ref, rows, x.vals * v[cols])
+        assert np.allclose(C.matvec(x, v), ref)
+        ref = np.zeros(n); np.add.at(ref, cols, x.vals * v[rows])
+        assert np.allclose(C.rmatvec(x, v), ref)
+        U, V = rng.standard_normal((n, 2)), rng.standard_normal((n, 2))
+        assert np.allclose(C.bilinear_pullback(x, U, V).vals, (U[rows] * V[cols]).sum(1))
+        ref = np.zeros(n); on = rows == cols; np.add.at(ref, rows[on], x.vals[on])
+        assert np.allclose(C.diagonal(x), ref)
+        print("ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_expected_class_of_patterns():
+    # the oracle's class, independent of the module: duplicates make J rank-deficient
+    rows, cols, m, n = PATTERNS["duplicates"]
+    J = jacobian(lambda f: coo_dense(f["vals"], rows, cols, m, n), dict(vals=np.ones(7)), ["vals"])
+    assert expected_class(J) == "deficient"
+    x = C.SparseCOO(vals=np.ones(7), rows=rows, cols=cols, m=m, n=n)
+    assert C.parametrisation(x) == "deficient"
+    assert struct_vec(C.destructure_pullback(x, np.ones((m, n))), ["vals"]).shape == (7,)
