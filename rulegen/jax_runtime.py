@@ -489,7 +489,7 @@ def expand_range(lo, hi, count: int):
 
 def points(values, count: int):
     """An index expression over the points as an int64 array of length ``count``."""
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.int64), (count,)))
+    return np.array(np.broadcast_to(np.asarray(values, np.int64), (count,)))
 
 
 def check_read(field: str, axis: int, index, extent: int):

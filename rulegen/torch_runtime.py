@@ -1084,7 +1084,7 @@ class IntField:
     def tensor(self, device):
         t = self._tensors.get(str(device))
         if t is None:
-            t = self._tensors[str(device)] = torch.as_tensor(self.array, device=device)
+            t = self._tensors[str(device)] = torch.from_numpy(self.array.copy()).to(device)
         return t
 
     def __hash__(self):
@@ -1136,7 +1136,7 @@ def expand_range(lo, hi, count: int):
 
 def points(values, count: int):
     """An index expression over the points as an int64 array of length ``count``."""
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.int64), (count,)))
+    return np.array(np.broadcast_to(np.asarray(values, np.int64), (count,)))
 
 
 def check_read(field: str, axis: int, index, extent: int):

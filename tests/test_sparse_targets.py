@@ -283,3 +283,32 @@ def test_jax_every_map_against_the_oracle(built, case):
     with jax.enable_x64(True):
         x = getattr(mod, cls_name)(**{k: jnp.asarray(v) for k, v in fields.items()}, **ints, **sizes)
         check_maps(mod, x, fields, dense, (jnp.asarray, np.asarray), seed=zlib.crc32(key.encode()))
+
+
+# ---------------------------------------------------------------------------
+# PyTorch
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def torch_module(built, stem):
+    return load_module(os.path.join(str(built), "torch", stem + ".py"))
+
+
+def _tnp(t):
+    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_torch_every_map_against_the_oracle(built, case):
+    torch = _torch()
+    key, stem, cls_name, fields, ints, sizes, dense = case
+    mod = torch_module(built, stem)
+    x = getattr(mod, cls_name)(**{k: torch.as_tensor(v, dtype=torch.float64) for k, v in fields.items()},
+                               **{k: torch.as_tensor(v) for k, v in ints.items()}, **sizes)
+    for name in x._ints:
+        t = getattr(x, name)
+        assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and not t.requires_grad
+    check_maps(mod, x, fields, dense, (lambda a: torch.as_tensor(a, dtype=torch.float64), _tnp),
+               seed=zlib.crc32(key.encode()))

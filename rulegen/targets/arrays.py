@@ -177,6 +177,7 @@ class Writer:
     ``F[..., a:b]`` and count dimensions from the end."""
 
     batched = False         # fields have leading batch axes (a read is F[..., index])
+    field_shapes = None     # {field: declared shape} where the fields' arrays are not at hand
 
     def __init__(self, xp: str, scalars=(), lines: list | None = None):
         self.xp = xp
@@ -418,7 +419,9 @@ class Writer:
                 continue
             text = self._numpy_int(ix, ctx)
             if ctx.mask is None and name not in self.scalars:
-                text = f"_rt.check_read('{name}', {axis}, {text}, {name}.shape[{axis - rank}])"
+                extent = (f"{name}.shape[{axis - rank}]" if self.field_shapes is None
+                          else _int_code(self.field_shapes[name][axis]))
+                text = f"_rt.check_read('{name}', {axis}, {text}, {extent})"
             new.append(self._int_var(text, ctx))
         return acc.base[tuple(new)]
 

@@ -34,6 +34,7 @@ from ..structure import structure_literal
 from ..expr import I, J, Conj, has_complex, ordering_of_values
 from ..printer import code as py_code
 from .arrays import Unsupported, Writer, _int_code, emit, factor_grid, kron_nests, kron_of, terms
+from .numba.emit import _int_checks
 
 
 class TorchWriter(Writer):
@@ -126,11 +127,20 @@ def _live(lines) -> tuple:
     return tuple(lines)
 
 
-def _prologue(w: Writer, spec) -> None:
+def _sizes_line(w: Writer, spec) -> None:
+    """The sizes, and the integer fields as numpy arrays (static: see
+    rulegen.torch_runtime.IntField)."""
     sizes = [s.name for s in spec.sizes]
-    fields = [f.name for f in spec.fields]
-    if sizes:
+    ints = [f.name for f in spec.fields if f.integer]
+    if ints:
+        w.add(f"{', '.join(sizes + ints)}, = _rt.static_values(_sv)")
+    elif sizes:
         w.add(f"{', '.join(sizes)}, = _sv")
+
+
+def _prologue(w: Writer, spec) -> None:
+    fields = [f.name for f in spec.fields if not f.integer]
+    _sizes_line(w, spec)
     if fields:
         w.add(f"{', '.join(fields)}, = _arrays")
     w.add("_dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)")
@@ -269,16 +279,17 @@ def _transpose(d: Derivation, scalars):
     where the read is a box or a diagonal run, a scatter-add elsewhere;
     O(pattern), no autograd. None when a term is not c·F[idx]."""
     spec = d.spec
+    real = [f for f in spec.fields if not f.integer]
     w = TorchWriter(scalars)
-    if spec.sizes:
-        w.add(f"{', '.join(s.name for s in spec.sizes)}, = _sv")
+    w.field_shapes = {f.name: f.shape for f in real}     # only _W is at hand
+    _sizes_line(w, spec)
     w.add("_dtype, _dev = _W.dtype, _W.device")
     w.add(f"_R, _C = {py_code(spec.size[0])}, {py_code(spec.size[1])}")
-    for k in range(len(spec.fields)):
+    for k in range(len(real)):
         w.add(f"_g{k} = None")
-    order = {f.name: k for k, f in enumerate(spec.fields)}
-    shapes = {f.name: _shape_code(f.shape) for f in spec.fields}
-    field_shapes = {f.name: f.shape for f in spec.fields}
+    order = {f.name: k for k, f in enumerate(real)}
+    shapes = {f.name: _shape_code(f.shape) for f in real}
+    field_shapes = {f.name: f.shape for f in real}
     for steps, value, _ in terms(d):
         if _linear_part(value) == 0:
             continue
@@ -287,6 +298,7 @@ def _transpose(d: Derivation, scalars):
             return None
         c, acc = read
         g = w.grid(steps)
+        acc = w.int_indexed(acc, g.ctx)      # subscripts through integer fields: index arrays
         run = _diagonal_run(g)
         if g.box:
             I0, I1, J0, J1 = g.box
@@ -326,9 +338,9 @@ def _transpose(d: Derivation, scalars):
             ok = _in_range([_int_code(e) for e in field_shapes[name]], acc.indices, g.ctx, wrap=False)
             w.add(f"{target} = _rt.put({target}, ({', '.join(index)},), {vals}, {g.shape}, {shapes[name]}, _B"
                   f"{'' if ok is None else ', ' + ok})")
-    fields = [f"_g{k}" for k in range(len(spec.fields))]
+    fields = [f"_g{k}" for k in range(len(real))]
     w.add("return (" + "".join(f"_rt.finish({g}, {shapes[f.name]}, _B, _dtype, _dev), "
-                              for g, f in zip(fields, spec.fields)) + ")")
+                              for g, f in zip(fields, real)) + ")")
     return _Function("_transpose", "_sv, _W, _B", w)
 
 
@@ -421,15 +433,18 @@ def _diagonal(d: Derivation, scalars) -> _Function:
 def render(d: Derivation, spec_file: str) -> str:
     """The source of the PyTorch module for ``d`` (raises Unsupported)."""
     spec = d.spec
-    scalars = {f.name for f in spec.fields if f.ndim == 0}
-    transposed = _transpose(d, scalars) if d.kind == "gather" else None
+    scalars = {f.name for f in spec.fields if f.ndim == 0 and not f.integer}
+    linear = d.kind in ("gather", "scatter")      # J does not depend on x
+    transposed = _transpose(d, scalars) if linear else None
     functions = [_function(d, scalars, "_dense", "dense"), _product(d, scalars, False),
                  _product(d, scalars, True), _diagonal(d, scalars)]
-    if d.kind == "gather":
+    if linear:
         functions.append(_function(d, scalars, "_tangent", "dense", linear=True))
     functions.append(transposed if transposed is not None else _function(d, scalars, "_inner", "inner"))
     fields = [dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape))
-              for f in spec.fields]
+              for f in spec.fields if not f.integer]
+    ints = [dict(name=f.name, ndim=f.ndim, shape_code=_shape_code(f.shape), shape_text=_shape_text(f.shape))
+            for f in spec.fields if f.integer]
     ranks = {f.name: f.ndim for f in spec.fields}
     plan = [dict(size=st.size, kind=st.kind, field=st.field, axis=st.axis - ranks[st.field],
                  offset=st.offset, coef=st.coef) if st.kind == "solve" else dict(size=st.size, kind=st.kind)
@@ -448,6 +463,8 @@ def render(d: Derivation, spec_file: str) -> str:
         sizes=[s.name for s in spec.sizes],
         sizes_fmt=sizes_fmt,
         fields=fields,
+        ints=ints,
+        checks=_int_checks(d) if ints else [],
         plan=plan,
         rows_code=py_code(spec.size[0]),
         cols_code=py_code(spec.size[1]),
@@ -457,7 +474,7 @@ def render(d: Derivation, spec_file: str) -> str:
         transposed=transposed is not None,
         kind=d.kind,
         structure=structure_literal(d),
-        coupled=[f.name in d.coupled for f in spec.fields],
+        coupled=[f.name in d.coupled for f in spec.fields if not f.integer],
         coupled_names=", ".join(d.coupled) or "(none)",
         complex_output=has_complex(spec.entry),
         ordering=ordering_of_values(spec.entry),
