@@ -434,6 +434,8 @@ def main():
     lines += rules_section(args.quick)
     from kron import section as kron_section     # benchmarks/kron.py: Kronecker terms by the vec trick
     lines += kron_section(args.quick)
+    from sparse import section as sparse_section  # benchmarks/sparse.py: sparse patterns against scipy
+    lines += sparse_section(args.quick)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write("\n".join(lines))

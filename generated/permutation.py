@@ -421,9 +421,9 @@ def _matvec_kernel(n, perm, d, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
         _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
             for i in range(_lo1, _hi2):
-                j = perm[_w(i, perm.shape[0])]
+                j = perm[_u(i)]
                 if (j >= 0) and (j < n):
                     _v3 = d[_u(i)]
                     _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
@@ -445,9 +445,9 @@ def _rmatvec_kernel(n, perm, d, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
         _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
             for i in range(_lo1, _hi2):
-                j = perm[_w(i, perm.shape[0])]
+                j = perm[_u(i)]
                 if (j >= 0) and (j < n):
                     _v3 = d[_u(i)]
                     _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
@@ -468,9 +468,9 @@ def _rmatvec_kernel(n, perm, d, _rhs, _out):
 def _bilinear_kernel(n, perm, d, _left, _right, _g_d):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
         for i in range(_lo1, _hi2):
-            j = perm[_w(i, perm.shape[0])]
+            j = perm[_u(i)]
             if (j >= 0) and (j < n):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
@@ -495,10 +495,10 @@ def _bilinear_kernel(n, perm, d, _left, _right, _g_d):
 def _diagonal_kernel(n, perm, d, _out):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            if (i == perm[_w(i, perm.shape[0])]):
+            if (i == perm[_u(i)]):
                 _v3 = d[_u(i)]
                 _out[_u(i)] = _v3
     else:
@@ -518,10 +518,10 @@ def _diagonal_kernel(n, perm, d, _out):
 def _diagonal_pullback_kernel(n, perm, d, _dbar, _g_d):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            if (i == perm[_w(i, perm.shape[0])]):
+            if (i == perm[_u(i)]):
                 _y = _dbar[_u(i)]
                 _g_d[_u(i)] += _y
     else:
@@ -541,9 +541,9 @@ def _diagonal_pullback_kernel(n, perm, d, _dbar, _g_d):
 def _destructure_kernel(n, perm, d, _out):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
         for i in range(_lo1, _hi2):
-            j = perm[_w(i, perm.shape[0])]
+            j = perm[_u(i)]
             if (j >= 0) and (j < n):
                 _v3 = d[_u(i)]
                 _out[_u(i), _u(j)] = _v3
@@ -564,9 +564,9 @@ def _destructure_kernel(n, perm, d, _out):
 def _pushforward_kernel(n, perm, d, _d_d, _out):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
         for i in range(_lo1, _hi2):
-            j = perm[_w(i, perm.shape[0])]
+            j = perm[_u(i)]
             if (j >= 0) and (j < n):
                 _t_v3 = _d_d[_u(i)]
                 _out[_u(i), _u(j)] = _t_v3
@@ -587,9 +587,9 @@ def _pushforward_kernel(n, perm, d, _d_d, _out):
 def _pullback_kernel(n, perm, d, _ybar, _g_d):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
         for i in range(_lo1, _hi2):
-            j = perm[_w(i, perm.shape[0])]
+            j = perm[_u(i)]
             if (j >= 0) and (j < n):
                 _y = _ybar[_u(i), _u(j)]
                 _g_d[_u(i)] += _y
@@ -610,9 +610,9 @@ def _pullback_kernel(n, perm, d, _ybar, _g_d):
 def _weights_kernel(n, perm, d, _w_d):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
         for i in range(_lo1, _hi2):
-            j = perm[_w(i, perm.shape[0])]
+            j = perm[_u(i)]
             if (j >= 0) and (j < n):
                 _w_d[_u(i)] += 1
     else:

@@ -421,10 +421,10 @@ def _matvec_kernel(m, n, nnz, indptr, cols, vals, _rhs, _out):
         for i in range(0, m):
             _lo1 = indptr[_w(i, indptr.shape[0])]
             _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-            if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
+            if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
                 _sum3 = 0.0
                 for k in range(_lo1, _hi2):
-                    j = cols[_w(k, cols.shape[0])]
+                    j = cols[_u(k)]
                     if (j >= 0) and (j < n):
                         _v4 = vals[_u(k)]
                         _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
@@ -448,9 +448,9 @@ def _rmatvec_kernel(m, n, nnz, indptr, cols, vals, _rhs, _out):
         for i in range(0, m):
             _lo1 = indptr[_w(i, indptr.shape[0])]
             _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-            if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
+            if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
                 for k in range(_lo1, _hi2):
-                    j = cols[_w(k, cols.shape[0])]
+                    j = cols[_u(k)]
                     if (j >= 0) and (j < n):
                         _v3 = vals[_u(k)]
                         _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
@@ -472,9 +472,9 @@ def _bilinear_kernel(m, n, nnz, indptr, cols, vals, _left, _right, _g_vals):
     for i in range(0, m):
         _lo1 = indptr[_w(i, indptr.shape[0])]
         _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
+                j = cols[_u(k)]
                 if (j >= 0) and (j < n):
                     _y = 0.0
                     for _c in range(_left.shape[1]):
@@ -501,9 +501,9 @@ def _diagonal_kernel(m, n, nnz, indptr, cols, vals, _out):
         j = i
         _lo1 = indptr[_w(i, indptr.shape[0])]
         _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
-                if (i == cols[_w(k, cols.shape[0])]):
+                if (i == cols[_u(k)]):
                     _v3 = vals[_u(k)]
                     _out[_u(i)] += _v3
         else:
@@ -524,9 +524,9 @@ def _diagonal_pullback_kernel(m, n, nnz, indptr, cols, vals, _dbar, _g_vals):
         j = i
         _lo1 = indptr[_w(i, indptr.shape[0])]
         _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
-                if (i == cols[_w(k, cols.shape[0])]):
+                if (i == cols[_u(k)]):
                     _y = _dbar[_u(i)]
                     _g_vals[_u(k)] += _y
         else:
@@ -544,10 +544,18 @@ def _diagonal_pullback_kernel(m, n, nnz, indptr, cols, vals, _dbar, _g_vals):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _entry_weights_kernel(m, n, nnz, indptr, cols, _out):
     for i in range(0, m):
-        for k in range(indptr[_w(i, indptr.shape[0])], indptr[_w(i + 1, indptr.shape[0])]):
-            j = cols[_w(k, cols.shape[0])]
-            if (j >= 0) and (j < n):
-                _out[i, j] += 1
+        _lo1 = indptr[_w(i, indptr.shape[0])]
+        _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+        if _hi2 <= _lo1 or (0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
+            for k in range(_lo1, _hi2):
+                j = cols[_u(k)]
+                if (j >= 0) and (j < n):
+                    _out[_u(i), _u(j)] += 1
+        else:
+            for k in range(_lo1, _hi2):
+                j = cols[_w(k, cols.shape[0])]
+                if (j >= 0) and (j < n):
+                    _out[i, j] += 1
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -555,9 +563,9 @@ def _destructure_kernel(m, n, nnz, indptr, cols, vals, _out):
     for i in range(0, m):
         _lo1 = indptr[_w(i, indptr.shape[0])]
         _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
+                j = cols[_u(k)]
                 if (j >= 0) and (j < n):
                     _v3 = vals[_u(k)]
                     _out[_u(i), _u(j)] += _v3
@@ -579,9 +587,9 @@ def _pushforward_kernel(m, n, nnz, indptr, cols, vals, _d_vals, _out):
     for i in range(0, m):
         _lo1 = indptr[_w(i, indptr.shape[0])]
         _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
+                j = cols[_u(k)]
                 if (j >= 0) and (j < n):
                     _t_v3 = _d_vals[_u(k)]
                     _out[_u(i), _u(j)] += _t_v3
@@ -603,9 +611,9 @@ def _pullback_kernel(m, n, nnz, indptr, cols, vals, _ybar, _g_vals):
     for i in range(0, m):
         _lo1 = indptr[_w(i, indptr.shape[0])]
         _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
+                j = cols[_u(k)]
                 if (j >= 0) and (j < n):
                     _y = _ybar[_u(i), _u(j)]
                     _g_vals[_u(k)] += _y
@@ -627,9 +635,9 @@ def _weights_kernel(m, n, nnz, indptr, cols, vals, _w_vals):
     for i in range(0, m):
         _lo1 = indptr[_w(i, indptr.shape[0])]
         _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
+                j = cols[_u(k)]
                 if (j >= 0) and (j < n):
                     _w_vals[_u(k)] += 1
         else:

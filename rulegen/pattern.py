@@ -35,6 +35,7 @@ class Bound:
     lo: sp.Expr          # the smallest value allowed
     hi: sp.Expr          # one past the largest
     why: str             # how getindex uses it, for the error message
+    select: tuple = ()   # per axis: None (every position) or the one index used (pairs[i, 1]: (None, 1))
 
 
 def _split(e):
@@ -53,6 +54,13 @@ def _split(e):
     return r, a, rest
 
 
+def _select(spec, read) -> tuple:
+    """The positions of an integer field that ``read`` reaches: an index made
+    of sizes and numbers only fixes its axis; any other index, all of it."""
+    out = tuple(a if not (a.free_symbols - set(spec.sizes)) else None for a in read.args)
+    return () if all(a is None for a in out) else out
+
+
 def _extent(spec, field: str, axis: int):
     return spec.field(field).shape[axis]
 
@@ -67,7 +75,7 @@ def _subscript_bounds(spec, name, indices, out):
         if a != 1 or c.free_symbols - set(spec.sizes):
             continue
         out.append(Bound(type(r).__name__, -c, _extent(spec, name, axis) - c,
-                         f"it subscripts {name} along axis {axis}"))
+                         f"it subscripts {name} along axis {axis}", _select(spec, r)))
 
 
 def _relation_bounds(spec, atom, out):
@@ -88,7 +96,8 @@ def _relation_bounds(spec, atom, out):
             continue
         inclusive = not isinstance(atom, sp.Equality)
         out.append(Bound(type(r).__name__, -c, extent - c + (1 if inclusive else 0),
-                         f"it is compared with {what}" + (" (a range bound)" if inclusive else "")))
+                         f"it is compared with {what}" + (" (a range bound)" if inclusive else ""),
+                         _select(spec, r)))
 
 
 def _sum_bounds(spec, total, out):
@@ -106,7 +115,7 @@ def _sum_bounds(spec, total, out):
                         continue
                     name = acc.base.label.name
                     out.append(Bound(type(r).__name__, -c - off, _extent(spec, name, axis) - c - off + 1,
-                                     f"it bounds the range of {k}, which subscripts {name}"))
+                                     f"it bounds the range of {k}, which subscripts {name}", _select(spec, r)))
 
 
 def bounds(spec) -> tuple:
@@ -123,7 +132,7 @@ def bounds(spec) -> tuple:
         _sum_bounds(spec, total, out)
     seen, unique = set(), []
     for b in out:
-        key = (b.field, b.lo, b.hi)
+        key = (b.field, b.lo, b.hi, b.select)
         if key not in seen:
             seen.add(key)
             unique.append(b)

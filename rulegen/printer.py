@@ -81,6 +81,8 @@ class NumbaPrinter(PythonCodePrinter):
         # a read of an integer field: wrapped like a Python index, and checked
         # (the kernels run with numba's bounds checks off)
         name = type(expr).__name__
+        if not expr.args:           # a scalar integer field: a 0-d array
+            return f"{name}[()]"
         parts = ", ".join(f"_w({self._print(a)}, {name}.shape[{d}])" for d, a in enumerate(expr.args))
         return f"{name}[{parts}]"
 

@@ -387,27 +387,32 @@ def as_int_field(owner: str, name: str, value, rank: int) -> np.ndarray:
                          f"(integer fields take no batch dimensions), got shape {arr.shape}")
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
         raise ValueError(f"{owner}: integer field '{name}' holds values beyond int64")
-    out = np.ascontiguousarray(arr, np.int64)
-    if out is arr:
-        out = out.copy()
+    out = np.array(arr, dtype=np.int64, order="C", copy=True)      # (ascontiguousarray makes a 0-d array 1-d)
     out.setflags(write=False)
     return out
 
 
-def _position(arr: np.ndarray, flat: int) -> str:
-    idx = np.unravel_index(flat, arr.shape)
-    return ", ".join(str(int(i)) for i in idx)
-
-
-def check_int_range(owner: str, name: str, arr: np.ndarray, lo: int, hi: int, why: str, sizes: str) -> None:
-    """Every value of integer field ``name`` in ``[lo, hi)``."""
+def check_int_range(owner: str, name: str, arr: np.ndarray, lo: int, hi: int, why: str, sizes: str,
+                    select: tuple = ()) -> None:
+    """Every value of integer field ``name`` in ``[lo, hi)``; with ``select``
+    (per axis None, or the one index getindex uses), those positions only."""
     if not arr.size:
         return
-    bad = (arr < lo) | (arr >= hi)
-    if bad.any():
-        flat = int(np.argmax(bad.ravel()))
-        raise ValueError(f"{owner}: integer field '{name}'[{_position(arr, flat)}] = {int(arr.ravel()[flat])} "
-                         f"is out of range: {why}, so it must lie in [{lo}, {hi}) (with {sizes})")
+    if select:
+        if any(a is not None and not -arr.shape[d] <= a < arr.shape[d] for d, a in enumerate(select)):
+            return      # getindex reads that position out of range: an IndexError when it does
+        pos = tuple(slice(None) if a is None else a % arr.shape[d] for d, a in enumerate(select))
+        part = arr[pos]
+    else:
+        pos, part = (), arr
+    bad = (part < lo) | (part >= hi)
+    if np.any(bad):
+        flat = int(np.argmax(np.ravel(bad)))
+        idx = list(np.unravel_index(flat, np.shape(part)))
+        where = [idx.pop(0) if isinstance(p, slice) else p for p in pos] if pos else idx
+        raise ValueError(f"{owner}: integer field '{name}'[{', '.join(str(int(i)) for i in where)}] = "
+                         f"{int(np.ravel(part)[flat])} is out of range: {why}, so it must lie in [{lo}, {hi}) "
+                         f"(with {sizes})")
 
 
 def check_monotone(owner: str, name: str, arr: np.ndarray) -> None:

@@ -16,7 +16,7 @@ import sympy as sp
 from ... import __version__
 from ...derive import Derivation, Region, accumulates, monotone_fields
 from ...pattern import bounds as pattern_bounds
-from ...expr import I, J, Conj, IntDiv, derivative, has_complex, is_int, ordering_of_values, outside_sums
+from ...expr import I, J, Conj, IntDiv, IntRead, derivative, has_complex, is_int, ordering_of_values, outside_sums
 from ...printer import code, recording_imports, value_code
 from ..common import environment, shape_code, shape_text, doc_text, file_label, size_plan
 from ...structure import structure_literal
@@ -57,6 +57,11 @@ def _hoistable(steps, value):
     k = fors[-1]
     v = steps[k][1]
     lets = [(st[1], st[2]) for st in steps[k + 1:] if st[0] == "let"]
+    # integer-field reads at the innermost loop's index (rows[k], cols[k]): checked with the others
+    found = set(value.atoms(IntRead)).union(*[e.atoms(IntRead) for st in steps[k + 1:] for e in st[1:]
+                                              if isinstance(e, sp.Basic)])
+    ints = sorted((r for r in found if all(_affine(e, v) for e in r.args) and any(e.has(v) for e in r.args)),
+                  key=sp.default_sort_key)
     reads = []
     for acc in outside_sums(value, sp.Indexed):
         idx = []
@@ -68,7 +73,14 @@ def _hoistable(steps, value):
             idx.append(e)
         else:
             reads.append((acc, tuple(idx)))
-    return (k, sorted(reads, key=lambda t: sp.default_sort_key(t[0]))) if reads else None
+    reads = sorted(reads, key=lambda t: sp.default_sort_key(t[0]))
+    return (k, reads, ints) if reads or ints else None
+
+
+def _affine(e, v) -> bool:
+    """``e`` is ``a·v + rest`` with ``a`` an integer and rest free of v (monotone in v)."""
+    return not any(f.has(v) for f in e.atoms(*_NONLINEAR, IntRead)) and not e.has(sp.Sum) \
+        and sp.diff(e, v).is_Integer
 
 
 def _transposed(spec, r):
@@ -151,7 +163,7 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     if plan is None:
         body(_open_nest(low, r.steps, base))
         return
-    k, reads = plan
+    k, reads, ints = plan
     _, v, lo, hi = r.steps[k]
     depth = _open_nest(low, r.steps[:k], base)
     lo_t, hi_t = sp.Symbol(low.fresh("lo"), integer=True), sp.Symbol(low.fresh("hi"), integer=True)
@@ -161,6 +173,11 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     for acc, idx in reads:
         name = acc.base.label.name
         for d, e in enumerate(idx):
+            for end in (e.xreplace({v: lo_t}), e.xreplace({v: hi_t - 1})):
+                checks.append(f"0 <= {code(end)} < {name}.shape[{d}]")
+    for ir in ints:
+        name = type(ir).__name__
+        for d, e in enumerate(ir.args):
             for end in (e.xreplace({v: lo_t}), e.xreplace({v: hi_t - 1})):
                 checks.append(f"0 <= {code(end)} < {name}.shape[{d}]")
     checks = list(dict.fromkeys(checks))
@@ -177,10 +194,12 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
         low.add(depth + 1, f"{name} = 0.0")
     low.trusted = frozenset(acc for acc, _ in reads)
     low.fast = True
+    low.int_subs = {ir: sp.Symbol(f"{type(ir).__name__}[{low.subscript(code(e) for e in ir.args)}]", integer=True)
+                    for ir in ints}
     low.sinks, low.sink_used = sinks, {}
     body(_open_nest(low, inner, depth + 1))
     used = low.sink_used
-    low.trusted, low.sinks, low.sink_used, low.fast = frozenset(), {}, {}, False
+    low.trusted, low.sinks, low.sink_used, low.fast, low.int_subs = frozenset(), {}, {}, False, {}
     for key, prefix in used.items():
         if key in fixed:
             name = key.base.label.name
@@ -440,7 +459,9 @@ def _wrapper(k: Kernel, n_sizes: int) -> dict:
 
 def _int_checks(d: Derivation) -> list:
     """What the constructor checks of the integer fields' values (rulegen.pattern)."""
-    out = [dict(field=b.field, lo=code(b.lo), hi=code(b.hi), why=b.why, monotone=False)
+    out = [dict(field=b.field, lo=code(b.lo), hi=code(b.hi), why=b.why, monotone=False,
+                select="" if not b.select else
+                ", (" + "".join("None, " if a is None else code(a) + ", " for a in b.select) + ")")
            for b in pattern_bounds(d.spec)]
     return out + [dict(field=name, monotone=True) for name in monotone_fields(d.regions)]
 

@@ -42,6 +42,7 @@ class Lowerer:
         self.fast = False            # inside a loop whose indices are all known in range
         self.sinks = {}              # read (or key) -> local accumulator, flushed after the loop
         self.sink_used = {}          # read -> array prefix it was scattered into
+        self.int_subs = {}           # integer-field reads checked before the loop -> unchecked loads
 
     # -- small pieces -----------------------------------------------------
 
@@ -97,6 +98,8 @@ class Lowerer:
     def _symbolize(self, e):
         """``(F, sums, reads)``: e with its top-level sums and then its reads
         replaced by fresh real symbols."""
+        if self.int_subs:
+            e = e.xreplace(self.int_subs)
         sums = [(sp.Symbol(self.fresh("s"), real=True), s) for s in _top_sums(e)]
         f = e.xreplace({s: sym for sym, s in sums}) if sums else e
         reads = [(sp.Symbol(self.fresh("v"), real=True), acc) for acc in outside_sums(f, sp.Indexed)]
