@@ -30,7 +30,9 @@ from sympy.printing.pycode import PythonCodePrinter
 from .derive import derive
 from .targets.common import size_plan
 from .targets.numba.emit import render
-from .expr import Where, outside_sums, uses_complex_functions, wirtinger
+from .derive import accumulates, monotone_fields
+from .expr import IntRead, Where, outside_sums, uses_complex_functions, wirtinger
+from .pattern import bounds as pattern_bounds
 from .spec import load
 
 IDENTITIES = {
@@ -53,6 +55,11 @@ KINDS = {
     "bordered-alone": ("bordered, with no coupled field: each entry reads at most one field element, with a "
                        "coefficient that depends on x, so JᵀJ = diag(w(x)) and J⁺ = diag(1/w) Jᵀ, the "
                        "weights computed at each x."),
+    "scatter": ("scatter: each stored element adds a constant times itself to one entry, and an entry may "
+                "sum several of them (the same position stored twice), so the rows of J are orthogonal: "
+                "J Jᵀ = diag(u), u[i, j] = Σ c² over the elements stored at (i, j), and J⁺ = Jᵀ diag(1/u) "
+                "(1/0 := 0): a change of an entry is split among its elements in proportion to c; "
+                "u depends on the integer fields only."),
     "general": ("general: J depends on x and couples many elements; J⁺ is applied by LSQR from zero "
                 "(the minimum-norm least-squares solution), calling only the pushforward and pullback kernels."),
 }
@@ -80,6 +87,11 @@ class _TextPrinter(PythonCodePrinter):
         c, a, b = e.args
         return f"({self._print(a)} if {self._print(c)} else {self._print(b)})"
 
+    def _print_AppliedUndef(self, e):     # sympy dispatches an applied function from AppliedUndef on
+        if isinstance(e, IntRead):
+            return f"{e.field}[{', '.join(self._print(a) for a in e.args)}]"
+        return self._print_Function(e)
+
     def _print_Sum(self, e):
         out = self._print(e.function)
         for var, lo, hi in e.limits:
@@ -106,6 +118,12 @@ def _balanced(text: str) -> bool:
     return depth == 0
 
 
+def _label(e) -> str:
+    """A read as text: its str, or with integer-field reads as ``offsets[b]``
+    (sympy's str would write a call, ``offsets(b)``)."""
+    return _text(e) if isinstance(e, sp.Basic) and e.has(IntRead) else str(e)
+
+
 def _display(e):
     """``e``, free of sums, with the internal Where as Piecewise (sympy can
     differentiate that). Never inside a Sum: building a Sum folds a Piecewise
@@ -128,10 +146,25 @@ class _Pretty(PrettyPrinter):
     def _print_Where(self, e):
         return self._print(_where_as_piecewise(e))
 
+    def _print_AppliedUndef(self, e):
+        if isinstance(e, IntRead):
+            return prettyForm(f"{e.field}[{', '.join(_text(a) for a in e.args)}]")
+        return self._print_Function(e)
+
+    def _print_Indexed(self, e):
+        """As sympy prints it (its str), or, with an integer-field read in a
+        subscript, ``blocks[b, i - offsets[b]]``."""
+        return prettyForm(_label(e)) if e.has(IntRead) else self.emptyPrinter(e)
+
 
 class _Latex(LatexPrinter):
     def _print_Where(self, e):
         return self._print(_where_as_piecewise(e))
+
+    def _print_AppliedUndef(self, e):
+        if isinstance(e, IntRead):
+            return "{" + self._print(sp.Symbol(e.field)) + "}_{" + ",".join(self._print(a) for a in e.args) + "}"
+        return self._print_Function(e)
 
 
 def _eq(label: str, e, latex: bool, sep: str = " = ") -> list:
@@ -277,8 +310,8 @@ def _derivative_lines(f, wrt, latex, condition, only_in_conditions) -> list:
         return _wirtinger_lines(f, wrt, latex, condition)
     d = _diff(f, wrt, condition)
     if d is None:
-        return [f"∂/∂{wrt}: not shown (sympy cannot differentiate this expression symbolically)"]
-    lines = _eq(f"∂/∂{wrt}", d, latex)
+        return [f"∂/∂{_label(wrt)}: not shown (sympy cannot differentiate this expression symbolically)"]
+    lines = _eq(f"∂/∂{_label(wrt)}", d, latex)
     if only_in_conditions and d == 0:
         lines[-1] += "   (read only in a condition: the entry jumps, its derivative is 0 where it exists)"
     return lines
@@ -291,13 +324,35 @@ def _wirtinger_lines(f, wrt, latex, condition) -> list:
         a, b = wirtinger(_display(f), wrt)
         a, b = _settle_deltas(a, condition), _settle_deltas(b, condition)
     except Exception:       # noqa: BLE001
-        return [f"∂/∂{wrt}: not shown (sympy cannot differentiate this expression symbolically)"]
-    lines = _eq(f"∂/∂{wrt}", a, latex) + _eq(f"∂/∂conj({wrt})", b, latex)
+        return [f"∂/∂{_label(wrt)}: not shown (sympy cannot differentiate this expression symbolically)"]
+    lines = _eq(f"∂/∂{_label(wrt)}", a, latex) + _eq(f"∂/∂conj({_label(wrt)})", b, latex)
     lines[-1] += "   (Wirtinger: d entry = A·dx + B·conj(dx); for a real field A + B)"
     return lines
 
 
 # -- the rest of the report ------------------------------------------------------
+
+def _integer_lines(spec, d) -> list:
+    """The integer fields, and what the constructor checks of their values
+    (rulegen.pattern.bounds; derive.monotone_fields)."""
+    ints = [f for f in spec.fields if f.integer]
+    if not ints:
+        return []
+    out = ["  integer fields (structure, not parameters: never differentiated, no column of J): "
+           + ", ".join(f"{f.name} {list(f.shape)}" if f.shape else f.name for f in ints),
+           "  checked when an instance is built (from their uses in getindex):"]
+    found = pattern_bounds(spec)
+    monotone = set(monotone_fields(d.regions))
+    for f in ints:
+        checks = [f"every value in [{_text(b.lo)}, {_text(b.hi)}) ({b.why})" for b in found if b.field == f.name]
+        if f.name in monotone:
+            checks.append(f"non-decreasing (it bounds index ranges from {f.name}[e] to {f.name}[e + 1], "
+                          "which are then disjoint)")
+        if not checks:
+            checks = ["nothing implied by its uses (the kernels' index checks guard each read)"]
+        out += [f"    {f.name}: {c}" for c in checks]
+    return out
+
 
 def _coupled_elements(spec, coupled) -> int:
     total = 0
@@ -313,8 +368,12 @@ def _costs(d) -> list:
     n_regions = len(d.regions)
     per = f"one pass over the {n_regions} region{'s' if n_regions != 1 else ''} above"
     c = _coupled_elements(d.spec, d.coupled)
+    ints = any(f.integer for f in d.spec.fields)
     pinv = {
-        "gather": "one pass plus O(#θ) (the weights are cached per size)",
+        "gather": ("two passes (one for the weights w, which depend on the integer fields: computed at each "
+                   "call) plus O(#θ)" if ints else "one pass plus O(#θ) (the weights are cached per size)"),
+        "scatter": ("two passes (one for the weights u, which depend on the integer fields: computed at each "
+                    "call) plus O(m·n)"),
         "bordered": (f"{1 + c} passes (one per coupled field element, plus one) plus O(#θ)" if c
                      else "one pass plus O(#θ)"),
         "general": "two passes (a pushforward and a pullback) per LSQR iteration",
@@ -326,7 +385,9 @@ def _costs(d) -> list:
         "matvec, rmatvec, bilinear_pullback: one pass per column of the operand"
         + (f"; {sep} term{'s' if sep != 1 else ''} Σ alpha(i, ·)·beta(j, ·) contracted in "
            "O((rows + columns) × operand columns)" if sep else ""),
-        "diagonal, diagonal_pullback: the entries with i == j only",
+        ("diagonal, diagonal_pullback: one pass over the stored elements, keeping those with i == j"
+         if any(accumulates(r.steps) for r in d.regions) else
+         "diagonal, diagonal_pullback: the entries with i == j only"),
         "(#θ: the number of field elements)",
     ]
     if d.toeplitz:
@@ -340,20 +401,22 @@ class _NoInstance(Exception):
     """Why the small instance could not be shown."""
 
 
-def _instance(spec, module_source, seed=0, module=None):
+def _instance(spec, module_source, seed=0, module=None, regions=None):
     """A small random instance: (module, x, sizes, J by pushforwards of unit
     vectors, element labels, the distribution drawn from); raises _NoInstance.
     ``module_source`` is called for the module's text unless ``module`` (the
-    module already imported) is given."""
-    from .verify import _bounds, _instance_sizes, _struct, describe, draw, load_module
+    module already imported) is given. Integer fields are drawn within what
+    the constructor checks (verify.draw_pattern); J is over the real fields."""
+    from .verify import (_bounds, _instance_sizes, _NoPattern, _Refused, _struct, describe, draw, draw_pattern,
+                         int_plan, ints_text, load_module, real_names)
 
     rng = np.random.default_rng(seed)
     try:
         sizes, shapes = _instance_sizes(spec, rng)
     except ValueError as exc:
         raise _NoInstance(str(exc)) from None
-    names = [f.name for f in spec.fields]
-    p = sum(int(np.prod(s)) for s in shapes.values())
+    names = real_names(spec)
+    p = sum(int(np.prod(shapes[name])) for name in names)
     values = {s: sizes[s.name] for s in spec.sizes}
     N = int(np.prod([int(dim.xreplace(values)) for dim in spec.size]))
     if p * N > MAX_J:
@@ -374,25 +437,44 @@ def _instance(spec, module_source, seed=0, module=None):
         shape = shapes[name]
         labels += [name] if shape == () else [f"{name}[{', '.join(map(str, ix))}]" for ix in np.ndindex(*shape)]
     bounds = _bounds(spec, sizes, shapes)
+    plan = int_plan(spec, regions)
+    ints, best = {}, -1
+    for _ in range(8 if plan else 1):   # the pattern that stores the most entries, of a few
+        try:
+            candidate = draw_pattern(plan, mod, cls, names, shapes, sizes, bounds, rng)
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                stored = int(np.count_nonzero(mod.destructure(
+                    _struct(cls, names, shapes, np.ones(p), sizes, candidate))))
+        except (_NoPattern, _Refused) as exc:
+            if best < 0:
+                raise _NoInstance(f"no integer fields found for it ({exc})") from None
+            break
+        except Exception:   # noqa: BLE001 - draw_pattern ran destructure at this pattern already
+            stored = 0
+        if stored > best:
+            ints, best = candidate, stored
+    pattern = f"; integer fields {ints_text(ints)}" if ints else ""
     why, found = "", None
     for kind in INSTANCE_DRAWS:
         theta = draw(kind, rng, names, shapes, bounds)
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                x = _struct(cls, names, shapes, theta, sizes)
+                x = _struct(cls, names, shapes, theta, sizes, ints)
                 dense = np.asarray(mod.destructure(x), dtype=float)
                 cols = []
                 for k in range(p):
                     e = np.zeros(p)
                     e[k] = 1.0
-                    cols.append(np.ravel(mod.destructure_pushforward(x, _struct(cls, names, shapes, e, sizes))))
+                    cols.append(np.ravel(mod.destructure_pushforward(x, _struct(cls, names, shapes, e, sizes,
+                                                                                ints))))
         except Exception as exc:    # noqa: BLE001 - a kernel that raises at this draw: try the next
-            why = why or f"{type(exc).__name__}: {exc} (fields {describe(kind, bounds)})"
+            why = why or f"{type(exc).__name__}: {exc} (fields {describe(kind, bounds)}{pattern})"
             continue
         J = np.stack(cols, axis=1) if cols else np.zeros((dense.size, 0))
         if not (np.all(np.isfinite(J)) and np.all(np.isfinite(dense))):
-            why = why or f"non-finite values (fields {describe(kind, bounds)})"
+            why = why or f"non-finite values (fields {describe(kind, bounds)}{pattern})"
             continue
         if found is None:
             found = (x, J, kind)
@@ -402,7 +484,7 @@ def _instance(spec, module_source, seed=0, module=None):
     if found is None:
         raise _NoInstance(f"every draw failed; the first: {why}")
     x, J, kind = found
-    return mod, x, sizes, J, labels, describe(kind, bounds)
+    return mod, x, sizes, J, labels, describe(kind, bounds) + pattern
 
 
 def _scalars_bare(e, spec):
@@ -439,7 +521,8 @@ def explain(path: str, latex: bool = False, plot: str | None = None, instance: b
             f"{st.size} (from {st.field}.shape[{st.axis}])" if st.kind == "solve" else f"{st.size} (keyword)"
             for st in plan))
     out.append("  fields: " + (", ".join(f"{f.name} {list(f.shape)}" if f.shape else f"{f.name} (scalar)"
-                                         for f in spec.fields) or "(none)"))
+                                         for f in spec.fields if not f.integer) or "(none)"))
+    out += _integer_lines(spec, d)
     out.append("")
     kind = "bordered-alone" if d.kind == "bordered" and not d.coupled else d.kind
     out.append("How J⁺ is applied: " + KINDS[kind].format(coupled=", ".join(d.coupled)))
@@ -457,7 +540,16 @@ def explain(path: str, latex: bool = False, plot: str | None = None, instance: b
         where = [f"{k}. everywhere"] if condition is sp.true else _eq(f"{k}. where", condition, latex, sep=" ")
         out += ["  " + line for line in where]
         out += ["       " + line for line in _nest_text(r.steps)]
-        out += ["       " + line for line in _eq("Y[i, j]", value, latex)]
+        if r.over:
+            over = ", ".join(str(v) for v in r.over)
+            out.append(f"       (a sum over {over} whose range or condition reads an integer field, swapped into "
+                       f"the nest: it loops over {over} too, visiting only what is stored)")
+        if accumulates(r.steps):
+            out += ["       " + line for line in _eq("Y[i, j]", value, latex, sep=" += ")]
+            out.append("       (writes accumulate: an entry that the nest visits more than once is the sum "
+                       "of its visits)")
+        else:
+            out += ["       " + line for line in _eq("Y[i, j]", value, latex)]
         out += ["       " + line for line in _derivatives(value, latex, scalars, _pinned(condition, r.steps))]
     out.append("")
     out.append("Cost:")
@@ -466,7 +558,8 @@ def explain(path: str, latex: bool = False, plot: str | None = None, instance: b
         return "\n".join(out)
     out.append("")
     try:
-        mod, x, sizes, J, labels, drawn = _instance(spec, lambda: render(d, path), module=module)
+        mod, x, sizes, J, labels, drawn = _instance(spec, lambda: render(d, path), module=module,
+                                                    regions=d.regions)
     except _NoInstance as exc:
         out.append(f"No small random instance to show: {exc}.")
         if plot:

@@ -24,6 +24,17 @@ or a condition comparing a field with an index). A draw at which
 one over the tolerance fails the module, naming the map. A map that raises
 fails. So does a run that tested nothing: every draw non-finite, the matrix
 zero at every draw, or the pushforward zero wherever it was compared.
+
+Integer fields (``rows: {shape: [nnz], dtype: int}``) are structure, not
+parameters: J is over the real fields only, and each draw first draws the
+integer fields (:func:`draw_pattern`) within what the constructor checks
+(``rulegen.pattern.bounds``: values in the ranges that their uses imply;
+``rulegen.derive.monotone_fields``: sorted), with repeated values and
+repeated positions (a COO element stored twice) where the shapes allow, and
+keeps a pattern at which ``destructure`` runs (a pattern may still be refused
+by the kernels' own index checks: block sizes larger than their storage) and,
+if one is found, is not all zero. A constructor that refuses such values fails
+the module.
 """
 
 from __future__ import annotations
@@ -150,6 +161,141 @@ def _bounds(spec, sizes, shapes) -> dict:
             "dmin": max(0, min(dims) - 1)}
 
 
+# -- integer fields ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IntField:
+    """What the constructor checks of one integer field: ``bounds``, the
+    ``rulegen.pattern.Bound`` of each use (all must hold), and ``monotone``."""
+
+    name: str
+    bounds: tuple
+    monotone: bool
+
+
+def int_plan(spec, regions=None) -> tuple:
+    """One :class:`IntField` per integer field of ``spec`` (``regions``: the
+    derivation's, for the monotone fields; derived here when not given)."""
+    ints = [f for f in spec.fields if getattr(f, "integer", False)]
+    if not ints:
+        return ()
+    from .derive import derive, monotone_fields
+    from .pattern import bounds as pattern_bounds
+
+    found = pattern_bounds(spec)
+    try:
+        monotone = set(monotone_fields(regions if regions is not None else derive(spec).regions))
+    except Exception:       # noqa: BLE001 - a spec that does not derive: nothing is sorted
+        monotone = set()
+    return tuple(IntField(f.name, tuple(b for b in found if b.field == f.name), f.name in monotone)
+                 for f in ints)
+
+
+def real_names(spec) -> list:
+    """The fields that are parameters (J's columns), in spec order."""
+    return [f.name for f in spec.fields if not getattr(f, "integer", False)]
+
+
+def int_range(item: IntField, sizes: dict, bounds: dict) -> tuple:
+    """``[lo, hi)`` for the values of an integer field at ``sizes``: the
+    intersection of its bounds, or index-like ``[0, dmin]`` when it has none."""
+    if not item.bounds:
+        return 0, bounds["dmin"] + 1
+    def at(e):
+        e = sp.sympify(e)
+        return int(e.xreplace({s: sizes[s.name] for s in e.free_symbols if s.name in sizes}))
+
+    return max(at(b.lo) for b in item.bounds), min(at(b.hi) for b in item.bounds)
+
+
+def draw_ints(plan, rng, sizes, shapes, bounds) -> dict | None:
+    """Random values for the integer fields, within what the constructor
+    checks (None: no value fits at these sizes). Non-monotone fields draw
+    with repeats (a permutation now and then when one fits); monotone ones
+    are sorted along their last axis, half the time from the lowest to the
+    highest allowed value (a CSR indptr from 0 to nnz); half the time two
+    positions along the leading axis repeat across every non-monotone field
+    of that length (one COO position stored twice)."""
+    out = {}
+    for item in plan:
+        shape = shapes[item.name]
+        count = int(np.prod(shape))
+        lo, hi = int_range(item, sizes, bounds)
+        if not count:
+            out[item.name] = np.zeros(shape, dtype=np.int64)
+            continue
+        if hi <= lo:
+            return None
+        if item.monotone:
+            v = np.sort(rng.integers(lo, hi, shape), axis=-1)
+            if rng.random() < 0.5:
+                v[..., 0], v[..., -1] = lo, hi - 1
+        elif len(shape) == 1 and count == hi - lo and rng.random() < 0.3:
+            v = rng.permutation(count) + lo
+        else:
+            v = rng.integers(lo, hi, shape)
+        out[item.name] = np.asarray(v, dtype=np.int64).reshape(shape)
+    groups: dict = {}
+    for item in plan:
+        shape = shapes[item.name]
+        if not item.monotone and len(shape) and shape[0] >= 2:
+            groups.setdefault(shape[0], []).append(item.name)
+    for length, group in groups.items():
+        if rng.random() < 0.5:
+            a, b = rng.choice(length, 2, replace=False)
+            for name in group:
+                out[name][b] = out[name][a]
+    return out
+
+
+def ints_text(ints: dict) -> str:
+    return ", ".join(f"{k}={np.array2string(np.asarray(v), separator=',', threshold=20)}"
+                     for k, v in ints.items())
+
+
+#: Patterns tried at one draw for one the kernels accept and that is not all zero.
+PATTERN_TRIES = 30
+
+
+class _NoPattern(Exception):
+    """No integer-field values fit at these sizes, or the kernels refused each."""
+
+
+class _Refused(Exception):
+    """The constructor refused integer fields drawn within its own checks."""
+
+
+def draw_pattern(plan, mod, cls, names, shapes, sizes, bounds, rng) -> dict:
+    """Integer fields for one draw (see :func:`draw_ints`) at which
+    ``destructure`` runs, preferring one where the matrix is not zero; {} for
+    a spec without integer fields. Raises _NoPattern or _Refused."""
+    if not plan:
+        return {}
+    ok, why = None, "no values fit the ranges their uses imply at these sizes"
+    for _ in range(PATTERN_TRIES):
+        ints = draw_ints(plan, rng, sizes, shapes, bounds)
+        if ints is None:
+            break
+        theta = rng.uniform(0.5, 1.5, sum(int(np.prod(shapes[n])) for n in names))
+        try:
+            x = _struct(cls, names, shapes, theta, sizes, ints)
+        except Exception as exc:    # noqa: BLE001
+            raise _Refused(f"{type(exc).__name__}: {exc} ({ints_text(ints)})") from None
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                dense = np.asarray(mod.destructure(x), dtype=float)
+        except Exception as exc:    # noqa: BLE001 - an index check of a kernel: another pattern
+            why = f"the kernels refused each pattern drawn, the last: {type(exc).__name__}: {exc}"
+            continue
+        if np.any(dense != 0):
+            return ints
+        ok = ok or ints
+    if ok is not None:
+        return ok
+    raise _NoPattern(why)
+
+
 def _draw_one(kind: str, rng, count: int, bounds: dict) -> np.ndarray:
     if kind == "uniform":
         return rng.uniform(0.5, 1.5, count)
@@ -203,8 +349,9 @@ def _vec(obj, names):
         if names else np.zeros(0)
 
 
-def _struct(cls, names, shapes, vec, sizes):
-    out, k = {}, 0
+def _struct(cls, names, shapes, vec, sizes, ints=None):
+    """An instance with the real fields ``names`` from ``vec`` and the integer fields ``ints``."""
+    out, k = dict(ints or {}), 0
     for n in names:
         size = int(np.prod(shapes[n]))
         part = vec[k:k + size]
@@ -248,9 +395,10 @@ class _Point:
     push: np.ndarray
     pull: np.ndarray
     rng: object
+    ints: dict = field(default_factory=dict)
 
     def struct(self, vec):
-        return _call(spec_name(self.cls), _struct, self.cls, self.names, self.shapes, vec, self.sizes)
+        return _call(spec_name(self.cls), _struct, self.cls, self.names, self.shapes, vec, self.sizes, self.ints)
 
     def J(self, vec):
         return np.asarray(_call("destructure_pushforward", self.mod.destructure_pushforward, self.x,
@@ -270,10 +418,12 @@ def verify_module(spec, path: str, trials: int = 3, seed: int = 0, module=None) 
     except Exception as exc:    # a module that does not import is a failure, not a crash
         report.problems.append(f"cannot import {path}: {type(exc).__name__}: {exc}")
         return report
-    names = [f.name for f in spec.fields]
+    names = real_names(spec)
     roles = field_roles(spec)
     rng = np.random.default_rng(seed)
     counts = {"finite": 0, "nonfinite": 0, "raised": 0, "dense_nonzero": 0, "ill": 0}
+    plan = int_plan(spec)
+    no_pattern = []
 
     def untested() -> bool:
         return (counts["finite"] + counts["dense_nonzero"] == 0
@@ -291,12 +441,32 @@ def verify_module(spec, path: str, trials: int = 3, seed: int = 0, module=None) 
         trial += 1
         bounds = _bounds(spec, sizes, shapes)
         for kind in DRAWS:
+            try:
+                ints = draw_pattern(plan, mod, cls, names, shapes, sizes, bounds, rng)
+            except _Refused as exc:
+                report.problems.append(f"the constructor refused integer fields drawn within the ranges "
+                                       f"that getindex implies for them: {exc}")
+                _conclude(spec, report, counts, roles[0])
+                return report
+            except _NoPattern as exc:
+                no_pattern.append(f"{exc} (at {', '.join(f'{k}={v}' for k, v in sizes.items())})")
+                break
             where = describe(kind, bounds) + ", " + (", ".join(f"{k}={v}" for k, v in sizes.items()) or "no sizes")
+            if ints:
+                where += ", integer fields " + ints_text(ints)
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                state = _check_draw(mod, cls, names, shapes, sizes, kind, bounds, roles, rng, report, where)
+                state = _check_draw(mod, cls, names, shapes, sizes, kind, bounds, roles, rng, report, where, ints)
             counts[state[0]] += 1
             counts["ill"] += state[1]
+    if no_pattern:
+        draws = sum(v for k, v in counts.items() if k != "ill")
+        if not draws:
+            report.problems.append(f"cannot verify: no integer-field values found that the module accepts: "
+                                   f"{no_pattern[0]}")
+            return report
+        report.notes.append(f"{len(no_pattern)} trial{'s' if len(no_pattern) != 1 else ''} skipped: "
+                            f"{no_pattern[0]}")
     _conclude(spec, report, counts, roles[0])
     return report
 
@@ -341,19 +511,19 @@ def _conclude(spec, report, counts, in_values) -> None:
             f"{', '.join(sorted(in_values))}: its derivative was never tested")
 
 
-def _check_draw(mod, cls, names, shapes, sizes, kind, bounds, roles, rng, report, where):
+def _check_draw(mod, cls, names, shapes, sizes, kind, bounds, roles, rng, report, where, ints=None):
     """Run every check at one draw. Returns ``(state, ill)``: state is what the
     draw was (``"raised"``, ``"nonfinite"``: skipped, ``"finite"`` or
     ``"dense_nonzero"``), ill whether the J⁺ checks were set aside."""
-    p = sum(int(np.prod(s)) for s in shapes.values())
+    p = sum(int(np.prod(shapes[nm])) for nm in names)
     theta = draw(kind, rng, names, shapes, bounds)
     t = rng.standard_normal(p)
     try:
-        x = _call(spec_name(cls), _struct, cls, names, shapes, theta, sizes)
+        x = _call(spec_name(cls), _struct, cls, names, shapes, theta, sizes, ints)
         m, n = x.shape
         Y = rng.standard_normal((m, n))
         dense = np.asarray(_call("destructure", mod.destructure, x), dtype=float)
-        tx = _call(spec_name(cls), _struct, cls, names, shapes, t, sizes)
+        tx = _call(spec_name(cls), _struct, cls, names, shapes, t, sizes, ints)
         push = np.asarray(_call("destructure_pushforward", mod.destructure_pushforward, x, tx), dtype=float)
         pull = _vec(_call("destructure_pullback", mod.destructure_pullback, x, Y), names)
     except _Raised as r:
@@ -364,7 +534,7 @@ def _check_draw(mod, cls, names, shapes, sizes, kind, bounds, roles, rng, report
         return "raised", False
     if not _finite(dense, push, pull):
         return "nonfinite", False
-    pt = _Point(mod, cls, names, shapes, sizes, theta, x, t, Y, dense, push, pull, rng)
+    pt = _Point(mod, cls, names, shapes, sizes, theta, x, t, Y, dense, push, pull, rng, ints or {})
     in_conditions = roles[1]
     checks = []
     # The full direction may cross a condition's boundary (rows[k] == i at an

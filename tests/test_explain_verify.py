@@ -237,3 +237,182 @@ def test_verify_vandermonde_passes_with_zeros_drawn(tmp_path):
     proc = run_cli("verify", spec, "--out", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verified 1 module" in proc.stdout
+
+
+# -- integer fields (issue #16) ---------------------------------------------------
+
+INT_COO = """
+name: IntCoo
+sizes: [m, n, nnz]
+fields:
+  vals: [nnz]
+  rows: {shape: [nnz], dtype: int}
+  cols: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: sum(vals[k] for k in range(nnz) if rows[k] == i and cols[k] == j)
+"""
+
+INT_CSR = """
+name: IntCsr
+sizes: [m, n, nnz]
+fields:
+  vals: [nnz]
+  indptr: {shape: [m + 1], dtype: int}
+  cols: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: sum(vals[k] for k in range(indptr[i], indptr[i + 1]) if cols[k] == j)
+"""
+
+INT_PERMUTATION = """
+name: IntPermutation
+sizes: [n]
+fields:
+  d: [n]
+  perm: {shape: [n], dtype: int}
+size: [n, n]
+getindex: d[i] if j == perm[i] else 0
+"""
+
+INT_BLOCK_DIAGONAL = """
+name: IntBlockDiagonal
+sizes: [n, nb, bs]
+fields:
+  blocks: [nb, bs, bs]
+  offsets: {shape: [nb + 1], dtype: int}
+size: [n, n]
+getindex: >
+  sum(blocks[b, i - offsets[b], j - offsets[b]] for b in range(nb)
+      if offsets[b] <= i < offsets[b + 1] and offsets[b] <= j < offsets[b + 1])
+"""
+
+INT_PERM_DIAG = """
+name: IntPermDiag
+sizes: [n]
+fields:
+  d: [n]
+  perm: {shape: [n], dtype: int}
+size: [n, n]
+getindex: d[perm[i]] if i == j else 0
+"""
+
+INT_SPECS = {"int_coo": INT_COO, "int_csr": INT_CSR, "int_permutation": INT_PERMUTATION,
+             "int_block_diagonal": INT_BLOCK_DIAGONAL, "int_perm_diag": INT_PERM_DIAG}
+
+
+def _field_lines(out: str) -> tuple:
+    lines = out.splitlines()
+    fields = next(line for line in lines if line.startswith("  fields: "))
+    ints = next(line for line in lines if line.startswith("  integer fields "))
+    return fields, ints
+
+
+def test_explain_integer_fields_are_structure_with_their_checks(tmp_path):
+    outs = {name: explain(_write(tmp_path, name + ".yaml", text), instance=False)
+            for name, text in INT_SPECS.items()}
+    for name, out in outs.items():
+        # integer reads print as subscripts, never as calls or "Not supported" code
+        assert "Not supported" not in out and not re.search(r"\b(rows|cols|indptr|perm|offsets)\(", out), out
+    coo = outs["int_coo"]
+    fields, ints = _field_lines(coo)
+    assert fields == "  fields: vals [nnz]"
+    assert "not parameters" in ints and "rows [nnz], cols [nnz]" in ints
+    assert "    rows: every value in [0, m) (it is compared with i, a row index)" in coo
+    assert "    cols: every value in [0, n) (it is compared with j, a column index)" in coo
+    # the swapped nest: a loop over the stored elements, the indices read from them
+    nest = "\n".join(_regions(coo))
+    assert "for k in range(0, nnz)\n         i = rows[k]\n         j = cols[k]" in nest, nest
+    assert "Y[i, j] += vals[k]" in nest and "writes accumulate" in nest and "swapped into the nest" in nest
+    assert "∂/∂vals[k] = 1" in nest and "∂/∂rows" not in nest
+    assert "How J⁺ is applied: scatter:" in coo and "J Jᵀ = diag(u)" in coo and "J⁺ = Jᵀ diag(1/u)" in coo
+    assert "(the weights are cached per size)" not in coo
+    csr = outs["int_csr"]
+    assert "    indptr: every value in [0, nnz + 1) (it bounds the range of k, which subscripts vals)" in csr
+    assert "    indptr: non-decreasing" in csr
+    assert "for i in range(0, m)\n         for k in range(indptr[i], indptr[i + 1])\n           j = cols[k]" \
+        in "\n".join(_regions(csr))
+    assert "How J⁺ is applied: scatter:" in csr
+    perm = outs["int_permutation"]
+    assert "    perm: every value in [0, n) (it is compared with j, a column index)" in perm
+    assert "j = perm[i]" in perm and "Y[i, j] = d[i]" in perm and "+=" not in perm
+    assert "How J⁺ is applied: gather:" in perm
+    block = outs["int_block_diagonal"]
+    assert _field_lines(block)[0] == "  fields: blocks [nb, bs, bs]"
+    assert "    offsets: every value in [0, n + 1)" in block and "    offsets: non-decreasing" in block
+    assert "for b in range(0, nb)" in block and "Y[i, j] += blocks[b, i - offsets[b], j - offsets[b]]" in block
+    assert "∂/∂blocks[b, i - offsets[b], j - offsets[b]] = 1" in block
+    assert "    perm: every value in [0, n) (it subscripts d along axis 0)" in outs["int_perm_diag"]
+    assert "Y[i, j] = d[perm[i]]" in outs["int_perm_diag"]
+
+
+def test_explain_integer_fields_instance_and_latex(tmp_path):
+    spec = _write(tmp_path, "int_coo.yaml", INT_COO)
+    proc = run_cli("explain", spec)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    line = next(line for line in out.splitlines() if line.startswith("At a random instance"))
+    assert "integer fields rows=[" in line and "cols=[" in line, line
+    # J is over vals only, and the drawn pattern stores something
+    m = re.search(r"(\d+) field elements?, (\d+) of them used", out)
+    nnz = int(re.search(r"nnz=(\d+)", line).group(1))
+    assert int(m.group(1)) == nnz and int(m.group(2)) >= 1, out
+    assert "parametrisation:" in out
+    proc = run_cli("explain", _write(tmp_path, "int_perm_diag.yaml", INT_PERM_DIAG), "--latex")
+    assert proc.returncode == 0, proc.stderr
+    assert "{d}_{{perm}_{i}}" in proc.stdout and "perm(i)" not in proc.stdout
+
+
+def test_verify_draws_integer_fields_within_their_checks():
+    import numpy as np
+    from rulegen.spec import parse_spec
+    from rulegen.verify import _bounds, draw_ints, int_plan
+
+    rng = np.random.default_rng(1)
+    coo = parse_spec(INT_COO.lstrip())
+    plan = int_plan(coo)
+    assert [(p.name, p.monotone) for p in plan] == [("rows", False), ("cols", False)]
+    sizes = {"m": 3, "n": 2, "nnz": 5}
+    shapes = {"vals": (5,), "rows": (5,), "cols": (5,)}
+    repeated = 0
+    for _ in range(40):
+        ints = draw_ints(plan, rng, sizes, shapes, _bounds(coo, sizes, shapes))
+        assert ints["rows"].dtype == np.int64 and ints["rows"].shape == (5,)
+        assert ints["rows"].min() >= 0 and ints["rows"].max() < 3
+        assert ints["cols"].min() >= 0 and ints["cols"].max() < 2
+        repeated += len(set(zip(ints["rows"], ints["cols"]))) < 5
+    assert repeated >= 10           # positions stored twice
+    csr = parse_spec(INT_CSR.lstrip())
+    plan = int_plan(csr)
+    assert [(p.name, p.monotone) for p in plan] == [("indptr", True), ("cols", False)]
+    sizes = {"m": 4, "n": 3, "nnz": 6}
+    shapes = {"vals": (6,), "indptr": (5,), "cols": (6,)}
+    full = 0
+    for _ in range(40):
+        ints = draw_ints(plan, rng, sizes, shapes, _bounds(csr, sizes, shapes))
+        assert np.all(np.diff(ints["indptr"]) >= 0) and ints["indptr"].min() >= 0 and ints["indptr"].max() <= 6
+        assert ints["cols"].min() >= 0 and ints["cols"].max() < 3
+        full += ints["indptr"][0] == 0 and ints["indptr"][-1] == 6
+    assert full >= 10               # a CSR indptr from 0 to nnz
+
+
+def test_verify_modules_with_integer_fields(tmp_path):
+    specs = [_write(tmp_path, name + ".yaml", text) for name, text in INT_SPECS.items()]
+    out = _build(tmp_path, *specs)
+    proc = run_cli("verify", *specs, "--out", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verified 5 modules" in proc.stdout
+    report = verify_module(load(specs[0]), os.path.join(out, "int_coo.py"))
+    assert not report.problems and not report.failures(), (report.problems, report.errors)
+    # a non-zero matrix: the comparisons saw values, J⁺ included
+    assert {"destructure_pushforward", "destructure_pullback", "restructure_pushforward", "project",
+            "matvec", "diagonal"} <= report.tested
+    # a scatter module that forgets that a position may be stored twice (u = 1
+    # wherever something is stored) is caught: the draws repeat positions
+    path = os.path.join(out, "int_coo.py")
+    text = open(path, encoding="utf-8").read()
+    old = "    return _rt.inverse_weights((u,), dtype)[0]"
+    assert old in text
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "int_coo.py").write_text(text.replace(old, old.replace("(u,)", "(np.minimum(u, 1.0),)")))
+    report = verify_module(load(specs[0]), str(broken / "int_coo.py"))
+    assert "restructure_pushforward" in report.failures(), report.errors
