@@ -1148,3 +1148,10 @@ def check_read(field: str, axis: int, index, extent: int):
         raise IndexError(f"getindex reads {field} at index {int(bad)} along axis {axis}, outside "
                          f"[0, {extent}) (the integer fields point outside the stored fields)")
     return index
+
+
+def int_device(arrays):
+    """The device for an instance's integer-field tensors: its fields' (cpu
+    when there is none, or when a pytree transform rebuilds the instance
+    around placeholders such as torch.func.vmap's in_dims)."""
+    return next((a.device for a in arrays if isinstance(a, torch.Tensor)), torch.device("cpu"))

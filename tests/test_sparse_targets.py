@@ -270,8 +270,18 @@ def _jax():
     return pytest.importorskip("jax")
 
 
+_LOADED: dict = {}
+
+
+def _module(built, target, stem):
+    path = os.path.join(str(built), target, stem + ".py")
+    if path not in _LOADED:
+        _LOADED[path] = load_module(path)
+    return _LOADED[path]
+
+
 def jax_module(built, stem):
-    return load_module(os.path.join(str(built), "jax", stem + ".py"))
+    return _module(built, "jax", stem)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -280,7 +290,9 @@ def test_jax_every_map_against_the_oracle(built, case):
     import jax.numpy as jnp
     key, stem, cls_name, fields, ints, sizes, dense = case
     mod = jax_module(built, stem)
-    with jax.enable_x64(True):
+    # op by op (jit's compilation per pattern would dominate these tiny cases;
+    # test_jax_jit_vmap_grad_jvp runs the maps compiled)
+    with jax.enable_x64(True), jax.disable_jit():
         x = getattr(mod, cls_name)(**{k: jnp.asarray(v) for k, v in fields.items()}, **ints, **sizes)
         check_maps(mod, x, fields, dense, (jnp.asarray, np.asarray), seed=zlib.crc32(key.encode()))
 
@@ -293,7 +305,7 @@ def _torch():
 
 
 def torch_module(built, stem):
-    return load_module(os.path.join(str(built), "torch", stem + ".py"))
+    return _module(built, "torch", stem)
 
 
 def _tnp(t):
@@ -312,3 +324,91 @@ def test_torch_every_map_against_the_oracle(built, case):
         assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and not t.requires_grad
     check_maps(mod, x, fields, dense, (lambda a: torch.as_tensor(a, dtype=torch.float64), _tnp),
                seed=zlib.crc32(key.encode()))
+
+
+# ---------------------------------------------------------------------------
+# Transforms: JAX jit / vmap / grad / jvp, torch batches / autograd / torch.func
+
+FIRST = {}
+for _c in CASES:
+    FIRST.setdefault(_c[1], _c)
+TRANSFORM_CASES = list(FIRST.values())
+TRANSFORM_IDS = [c[1] for c in TRANSFORM_CASES]
+
+
+@pytest.mark.parametrize("case", TRANSFORM_CASES, ids=TRANSFORM_IDS)
+def test_jax_jit_vmap_grad_jvp(built, case):
+    jax = _jax()
+    import jax.numpy as jnp
+    key, stem, cls_name, fields, ints, sizes, dense = case
+    mod = jax_module(built, stem)
+    cls = getattr(mod, cls_name)
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(3)
+        insts = [cls(**{k: jnp.asarray(np.asarray(v) + 0.1 * b) for k, v in fields.items()}, **ints, **sizes)
+                 for b in range(3)]
+        x = insts[0]
+        W = jnp.asarray(rng.standard_normal(x.shape))
+        Ws = jnp.asarray(rng.standard_normal((3,) + x.shape))
+        t = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), x)
+        # the integer fields are static data: tree_map maps the real fields only and keeps the pattern
+        assert len(jax.tree_util.tree_leaves(x)) == len(fields)
+        for name in cls._ints:
+            np.testing.assert_array_equal(getattr(t, name), ints[name])
+        # grad of a loss through destructure is the structural pullback (no allow_int needed)
+        g = jax.grad(lambda x: jnp.sum(W * mod.destructure(x)))(x)
+        assert isinstance(g, cls)
+        for a, b in zip(g._arrays, mod.destructure_pullback(x, W)._arrays):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        _, dY = jax.jvp(mod.destructure, (x,), (t,))
+        np.testing.assert_allclose(dY, mod.destructure_pushforward(x, t), rtol=1e-12, atol=1e-12)
+        f = jax.jit(lambda x, W: mod.destructure_pushforward(x, mod.restructure_pushforward(x, W)))
+        np.testing.assert_allclose(f(x, W), mod.project(x, W), rtol=1e-9, atol=1e-12)
+        # vmap over a batch of instances that share the pattern
+        xb = cls._from_arrays(x._size_values, tuple(jnp.stack(a) for a in zip(*(i._arrays for i in insts))))
+        np.testing.assert_allclose(jax.vmap(mod.destructure)(xb), np.stack([mod.destructure(i) for i in insts]))
+        np.testing.assert_allclose(jax.vmap(mod.project)(xb, Ws),
+                                   np.stack([mod.project(i, w) for i, w in zip(insts, Ws)]), atol=1e-12)
+        np.testing.assert_allclose(jax.vmap(mod.matvec)(xb, Ws[:, 0, :x.shape[1]]),
+                                   np.stack([mod.matvec(i, w[0, :x.shape[1]]) for i, w in zip(insts, Ws)]),
+                                   atol=1e-12)
+        pb = jax.vmap(mod.destructure_pullback)(xb, Ws)
+        for name in fields:
+            np.testing.assert_allclose(getattr(pb, name),
+                                       np.stack([getattr(mod.destructure_pullback(i, w), name)
+                                                 for i, w in zip(insts, Ws)]), atol=1e-12)
+
+
+@pytest.mark.parametrize("case", TRANSFORM_CASES, ids=TRANSFORM_IDS)
+def test_torch_batches_autograd_and_func(built, case):
+    torch = _torch()
+    key, stem, cls_name, fields, ints, sizes, dense = case
+    mod = torch_module(built, stem)
+    cls = getattr(mod, cls_name)
+    rng = np.random.default_rng(4)
+    f64 = dict(dtype=torch.float64)
+    batch = {k: torch.as_tensor(np.stack([np.asarray(v) + 0.1 * b for b in range(3)]), **f64)
+             for k, v in fields.items()}
+    xb = cls(**batch, **ints, **sizes)
+    assert xb.batch_shape == (3,)
+    W = torch.as_tensor(rng.standard_normal((3,) + xb.shape), **f64)
+    singles = [cls(**{k: v[b] for k, v in batch.items()}, **ints, **sizes) for b in range(3)]
+    Yb = mod.destructure(xb)
+    for b, x in enumerate(singles):
+        np.testing.assert_allclose(_tnp(Yb[b]), dense(**{k: _tnp(v[b]) for k, v in batch.items()}), atol=1e-12)
+        np.testing.assert_allclose(_tnp(mod.project(xb, W)[b]), _tnp(mod.project(x, W[b])), atol=1e-12)
+    # autograd: backward gives the structural pullback
+    leaves = {k: v.clone().requires_grad_(True) for k, v in batch.items()}
+    (mod.destructure(cls(**leaves, **ints, **sizes)) * W).sum().backward()
+    pb = mod.destructure_pullback(xb, W)
+    for k in fields:
+        np.testing.assert_allclose(_tnp(leaves[k].grad), _tnp(getattr(pb, k)), atol=1e-12)
+    # torch.func: grad returns an instance with the pattern; vmap over instances equals the batch
+    x = singles[0]
+    g = torch.func.grad(lambda x: (mod.destructure(x) * W[0]).sum())(x)
+    assert isinstance(g, cls)
+    for name in cls._ints:
+        np.testing.assert_array_equal(_tnp(getattr(g, name)), ints[name])
+    _, dY = torch.func.jvp(mod.destructure, (x,), (x,))
+    np.testing.assert_allclose(_tnp(dY), _tnp(mod.destructure_pushforward(x, x)), atol=1e-12)
+    np.testing.assert_allclose(_tnp(torch.func.vmap(mod.destructure)(xb)), _tnp(Yb), atol=1e-12)
