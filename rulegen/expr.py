@@ -664,12 +664,22 @@ class _Translator:
                 raise _Refused(item, "slices are not supported; index one element")
             value = self.num(item)
             if not is_int(value):
-                raise _Refused(item, "index must be integer-valued",
-                               "use '//' for integer division" if value.has(sp.Rational) or value.is_rational else None)
+                raise _Refused(item, "index must be integer-valued", self._int_hint(value))
             idx.append(value)
         if name in self.scope.int_fields:
             return int_field(name)(*idx), "num"
         return field_base(name)[tuple(idx)], "num"
+
+    def _int_hint(self, value):
+        """Why a value is not an integer, and the fix."""
+        reads = sorted({a.base.label.name for a in value.atoms(sp.Indexed)})
+        if reads:
+            name = reads[0]
+            return (f"'{name}' is a real field (a parameter); a pattern read as an index must be an integer "
+                    f"field: declare it as {name}: {{shape: [...], dtype: int}}")
+        if value.has(sp.Rational) or value.is_rational:
+            return "use '//' for integer division"
+        return None
 
     def v_Call(self, node):
         if not isinstance(node.func, ast.Name):
@@ -735,7 +745,7 @@ class _Translator:
         bounds = [self.num(a) for a in it.args]
         for a, b in zip(it.args, bounds):
             if not is_int(b):
-                raise _Refused(a, "range bounds must be integer-valued")
+                raise _Refused(a, "range bounds must be integer-valued", self._int_hint(b))
         lo, hi = (sp.S.Zero, bounds[0]) if len(bounds) == 1 else bounds
         k = sp.Symbol(var, integer=True)
         self.bound[var] = k

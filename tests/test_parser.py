@@ -122,3 +122,37 @@ def test_complex_constructs_stay_opaque():
     assert tr("conj(conj(d[i]))") == d
     assert tr("conj(2 + 3j)") == 2 - 3 * sp.I
     assert tr("imag(d[i] + i)") == Im(d + I)
+
+
+# integer fields (issue #16): reads are IntRead functions that stand wherever an integer may
+INT_SCOPE = Scope(sizes={"n": n, "m": m}, fields={"d": 1, "A": 2, "p": 1, "q": 2}, indices=True,
+                  int_fields=frozenset({"p", "q"}))
+
+
+def tr_int(text):
+    errors = Collector()
+    out = parse(text, Pos("t", 1, 1, text), INT_SCOPE, errors, "getindex")
+    assert not errors.diagnostics, errors.diagnostics[0].format()
+    return out
+
+
+def test_integer_field_reads():
+    from rulegen.expr import IntRead, int_field
+
+    p, q = int_field("p"), int_field("q")
+    assert tr_int("d[p[i]]") == d[p(I)]
+    assert tr_int("A[p[i], q[j, 0]]") == A[p(I), q(J, 0)]
+    assert tr_int("d[i] if j == p[i] else 0") == sp.Piecewise((d[I], sp.Eq(J, p(I))), (0, True))
+    total = tr_int("sum(d[k] for k in range(p[i], p[i + 1]))")
+    assert total == sp.Sum(d[K], (K, p(I), p(I + 1) - 1))
+    assert isinstance(p(I), IntRead) and p(I).is_integer
+    assert sp.diff(tr_int("d[i] * p[i]"), sp.Symbol("x")) == 0
+
+
+def test_a_real_field_as_an_index_says_why_and_how():
+    errors = Collector()
+    parse("d[A[i, j]]", Pos("t", 1, 1, "d[A[i, j]]"), SCOPE, errors, "getindex")
+    (diag,) = errors.diagnostics
+    text = diag.format()
+    assert "index must be integer-valued" in text
+    assert "'A' is a real field" in text and "A: {shape: [...], dtype: int}" in text
