@@ -412,3 +412,86 @@ def test_torch_batches_autograd_and_func(built, case):
     _, dY = torch.func.jvp(mod.destructure, (x,), (x,))
     np.testing.assert_allclose(_tnp(dY), _tnp(mod.destructure_pushforward(x, x)), atol=1e-12)
     np.testing.assert_allclose(_tnp(torch.func.vmap(mod.destructure)(xb)), _tnp(Yb), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Hostile integer fields: clear errors at construction (or at the first read
+# of a field that the pattern points outside of)
+
+def _frameworks():
+    out = []
+    for name in ("jax", "torch"):
+        try:
+            __import__(name)
+            out.append(name)
+        except ImportError:
+            pass
+    return out
+
+
+def _make(built, fw, stem, cls_name, fields, ints, sizes):
+    mod = _module(built, fw, stem)
+    if fw == "jax":
+        import jax.numpy as jnp
+        conv = {k: jnp.asarray(np.asarray(v, float)) for k, v in fields.items()}
+    else:
+        import torch
+        conv = {k: torch.as_tensor(np.asarray(v, float)) for k, v in fields.items()}
+    return mod, getattr(mod, cls_name)(**conv, **ints, **sizes)
+
+
+COO = ("sparse_coo", "SparseCOO", dict(vals=[1.0, 2.0, 3.0]))
+CSR = ("sparse_csr", "SparseCSR", dict(vals=[1.0, 2.0, 3.0]))
+HOSTILE = [
+    ("float-rows", COO, dict(rows=np.array([0.0, 1.0, 2.0]), cols=[0, 1, 1]), dict(m=3, n=2),
+     TypeError, r"SparseCOO: integer field 'rows' must hold integers"),
+    ("negative-row", COO, dict(rows=[0, -1, 2], cols=[0, 1, 1]), dict(m=3, n=2),
+     ValueError, r"integer field 'rows'\[1\] = -1 is out of range.*\[0, 3\)"),
+    ("column-out-of-range", COO, dict(rows=[0, 1, 2], cols=[0, 2, 1]), dict(m=3, n=2),
+     ValueError, r"integer field 'cols'\[1\] = 2 is out of range.*\[0, 2\)"),
+    ("wrong-length", COO, dict(rows=[0, 1, 2, 0], cols=[0, 1, 1]), dict(m=3, n=2),
+     ValueError, r"'rows'"),
+    ("batched-pattern", COO, dict(rows=[[0, 1, 2], [0, 1, 2]], cols=[0, 1, 1]), dict(m=3, n=2),
+     ValueError, r"integer field 'rows' must be a 1-dimensional array"),
+    ("decreasing-indptr", CSR, dict(indptr=[0, 2, 1, 3], cols=[0, 1, 1]), dict(n=2),
+     ValueError, r"'indptr' must be non-decreasing.*indptr\[1\] = 2 > indptr\[2\] = 1"),
+    ("indptr-past-nnz", CSR, dict(indptr=[0, 1, 2, 4], cols=[0, 1, 1]), dict(n=2),
+     ValueError, r"integer field 'indptr'\[3\] = 4 is out of range"),
+    ("perm-out-of-range", ("permutation", "Permutation", dict(d=[1.0, 2.0])), dict(perm=[0, 2]), {},
+     ValueError, r"integer field 'perm'\[1\] = 2 is out of range"),
+]
+
+
+@pytest.mark.parametrize("fw", _frameworks())
+@pytest.mark.parametrize("case", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_integer_fields_are_refused(built, fw, case):
+    _, (stem, cls_name, fields), ints, sizes, exc, match = case
+    with pytest.raises(exc, match=match):
+        _make(built, fw, stem, cls_name, fields, ints, sizes)
+
+
+@pytest.mark.parametrize("fw", _frameworks())
+def test_a_float_tensor_pattern_a_foreign_pattern_and_blocks_past_bs(built, fw):
+    mod, x = _make(built, fw, *COO, dict(rows=[0, 1, 2], cols=[0, 1, 1]), dict(m=3, n=2))
+    _, other = _make(built, fw, *COO, dict(rows=[0, 1, 1], cols=[0, 1, 1]), dict(m=3, n=2))
+    # a tangent must carry x's pattern
+    with pytest.raises(ValueError, match=r"integer field 'rows' of x"):
+        mod.destructure_pushforward(x, other)
+    # a block longer than bs: the read of blocks is refused, never clamped
+    bmod, b = _make(built, fw, "block_diagonal", "BlockDiagonal", dict(blocks=np.ones((2, 2, 2))),
+                    dict(offsets=[0, 3, 4]), dict(n=4))
+    with pytest.raises(IndexError, match=r"getindex reads blocks at index 2 along axis 1"):
+        bmod.destructure(b)
+    if fw == "torch":
+        import torch
+        with pytest.raises(TypeError, match=r"integer field 'rows' must hold integers, got dtype torch.float32"):
+            mod.SparseCOO(vals=torch.ones(3), rows=torch.zeros(3), cols=torch.zeros(3, dtype=torch.int64),
+                          m=3, n=2)
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        def inside(r):
+            return mod.destructure(mod.SparseCOO(vals=jnp.ones(3), rows=r, cols=[0, 1, 1], m=3, n=2))
+        with pytest.raises(TypeError, match=r"integer field 'rows' is a traced JAX value"):
+            jax.jit(inside)(jnp.asarray([0, 1, 2]))
