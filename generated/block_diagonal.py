@@ -430,13 +430,13 @@ def diagonal_pullback(x, dbar):
 def _matvec_kernel(n, nb, bs, offsets, blocks, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for b in range(0, nb):
-            for i in range(max(0, offsets[_w(b, offsets.shape[0])]), min(n, offsets[_w(b + 1, offsets.shape[0])])):
-                _lo1 = max(0, offsets[_w(b, offsets.shape[0])])
-                _hi2 = min(n, offsets[_w(b + 1, offsets.shape[0])])
-                if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[_w(b, offsets.shape[0])] < blocks.shape[1] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[2] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[2]):
+            for i in range(max(0, offsets[b]), min(n, offsets[b + 1])):
+                _lo1 = max(0, offsets[b])
+                _hi2 = min(n, offsets[b + 1])
+                if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[b] < blocks.shape[1] and 0 <= _lo1 - offsets[b] < blocks.shape[2] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[2]):
                     _sum3 = 0.0
                     for j in range(_lo1, _hi2):
-                        _v4 = blocks[_u(b), _u(i - offsets[_w(b, offsets.shape[0])]), _u(j - offsets[_w(b, offsets.shape[0])])]
+                        _v4 = blocks[_u(b), _u(i - offsets[b]), _u(j - offsets[b])]
                         _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
                     _out[_u(i), _u(_c)] += _sum3
                 else:
@@ -446,12 +446,12 @@ def _matvec_kernel(n, nb, bs, offsets, blocks, _rhs, _out):
                             _a6 += blocks.shape[0]
                         if _a6 < 0 or _a6 >= blocks.shape[0]:
                             raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                        _a7 = i - offsets[_w(b, offsets.shape[0])]
+                        _a7 = i - offsets[b]
                         if _a7 < 0:
                             _a7 += blocks.shape[1]
                         if _a7 < 0 or _a7 >= blocks.shape[1]:
                             raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                        _a8 = j - offsets[_w(b, offsets.shape[0])]
+                        _a8 = j - offsets[b]
                         if _a8 < 0:
                             _a8 += blocks.shape[2]
                         if _a8 < 0 or _a8 >= blocks.shape[2]:
@@ -464,12 +464,12 @@ def _matvec_kernel(n, nb, bs, offsets, blocks, _rhs, _out):
 def _rmatvec_kernel(n, nb, bs, offsets, blocks, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for b in range(0, nb):
-            for i in range(max(0, offsets[_w(b, offsets.shape[0])]), min(n, offsets[_w(b + 1, offsets.shape[0])])):
-                _lo1 = max(0, offsets[_w(b, offsets.shape[0])])
-                _hi2 = min(n, offsets[_w(b + 1, offsets.shape[0])])
-                if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[_w(b, offsets.shape[0])] < blocks.shape[1] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[2] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[2]):
+            for i in range(max(0, offsets[b]), min(n, offsets[b + 1])):
+                _lo1 = max(0, offsets[b])
+                _hi2 = min(n, offsets[b + 1])
+                if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[b] < blocks.shape[1] and 0 <= _lo1 - offsets[b] < blocks.shape[2] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[2]):
                     for j in range(_lo1, _hi2):
-                        _v3 = blocks[_u(b), _u(i - offsets[_w(b, offsets.shape[0])]), _u(j - offsets[_w(b, offsets.shape[0])])]
+                        _v3 = blocks[_u(b), _u(i - offsets[b]), _u(j - offsets[b])]
                         _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
                 else:
                     for j in range(_lo1, _hi2):
@@ -478,12 +478,12 @@ def _rmatvec_kernel(n, nb, bs, offsets, blocks, _rhs, _out):
                             _a5 += blocks.shape[0]
                         if _a5 < 0 or _a5 >= blocks.shape[0]:
                             raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                        _a6 = i - offsets[_w(b, offsets.shape[0])]
+                        _a6 = i - offsets[b]
                         if _a6 < 0:
                             _a6 += blocks.shape[1]
                         if _a6 < 0 or _a6 >= blocks.shape[1]:
                             raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                        _a7 = j - offsets[_w(b, offsets.shape[0])]
+                        _a7 = j - offsets[b]
                         if _a7 < 0:
                             _a7 += blocks.shape[2]
                         if _a7 < 0 or _a7 >= blocks.shape[2]:
@@ -495,15 +495,15 @@ def _rmatvec_kernel(n, nb, bs, offsets, blocks, _rhs, _out):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, nb, bs, offsets, blocks, _left, _right, _g_blocks):
     for b in range(0, nb):
-        for i in range(max(0, offsets[_w(b, offsets.shape[0])]), min(n, offsets[_w(b + 1, offsets.shape[0])])):
-            _lo1 = max(0, offsets[_w(b, offsets.shape[0])])
-            _hi2 = min(n, offsets[_w(b + 1, offsets.shape[0])])
-            if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[_w(b, offsets.shape[0])] < blocks.shape[1] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[2] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[2]):
+        for i in range(max(0, offsets[b]), min(n, offsets[b + 1])):
+            _lo1 = max(0, offsets[b])
+            _hi2 = min(n, offsets[b + 1])
+            if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[b] < blocks.shape[1] and 0 <= _lo1 - offsets[b] < blocks.shape[2] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[2]):
                 for j in range(_lo1, _hi2):
                     _y = 0.0
                     for _c in range(_left.shape[1]):
                         _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
-                    _g_blocks[_u(b), _u(i - offsets[_w(b, offsets.shape[0])]), _u(j - offsets[_w(b, offsets.shape[0])])] += _y
+                    _g_blocks[_u(b), _u(i - offsets[b]), _u(j - offsets[b])] += _y
             else:
                 for j in range(_lo1, _hi2):
                     _y = 0.0
@@ -514,12 +514,12 @@ def _bilinear_kernel(n, nb, bs, offsets, blocks, _left, _right, _g_blocks):
                         _a5 += blocks.shape[0]
                     if _a5 < 0 or _a5 >= blocks.shape[0]:
                         raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                    _a6 = i - offsets[_w(b, offsets.shape[0])]
+                    _a6 = i - offsets[b]
                     if _a6 < 0:
                         _a6 += blocks.shape[1]
                     if _a6 < 0 or _a6 >= blocks.shape[1]:
                         raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                    _a7 = j - offsets[_w(b, offsets.shape[0])]
+                    _a7 = j - offsets[b]
                     if _a7 < 0:
                         _a7 += blocks.shape[2]
                     if _a7 < 0 or _a7 >= blocks.shape[2]:
@@ -530,12 +530,12 @@ def _bilinear_kernel(n, nb, bs, offsets, blocks, _left, _right, _g_blocks):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(n, nb, bs, offsets, blocks, _out):
     for b in range(0, nb):
-        _lo1 = max(0, offsets[_w(b, offsets.shape[0])])
-        _hi2 = min(n, offsets[_w(b + 1, offsets.shape[0])])
-        if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[1] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[1] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[2] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[2]):
+        _lo1 = max(0, offsets[b])
+        _hi2 = min(n, offsets[b + 1])
+        if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= _lo1 - offsets[b] < blocks.shape[1] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[1] and 0 <= _lo1 - offsets[b] < blocks.shape[2] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[2]):
             for i in range(_lo1, _hi2):
                 j = i
-                _v3 = blocks[_u(b), _u(i - offsets[_w(b, offsets.shape[0])]), _u(i - offsets[_w(b, offsets.shape[0])])]
+                _v3 = blocks[_u(b), _u(i - offsets[b]), _u(i - offsets[b])]
                 _out[_u(i)] += _v3
         else:
             for i in range(_lo1, _hi2):
@@ -545,12 +545,12 @@ def _diagonal_kernel(n, nb, bs, offsets, blocks, _out):
                     _a5 += blocks.shape[0]
                 if _a5 < 0 or _a5 >= blocks.shape[0]:
                     raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                _a6 = i - offsets[_w(b, offsets.shape[0])]
+                _a6 = i - offsets[b]
                 if _a6 < 0:
                     _a6 += blocks.shape[1]
                 if _a6 < 0 or _a6 >= blocks.shape[1]:
                     raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                _a7 = i - offsets[_w(b, offsets.shape[0])]
+                _a7 = i - offsets[b]
                 if _a7 < 0:
                     _a7 += blocks.shape[2]
                 if _a7 < 0 or _a7 >= blocks.shape[2]:
@@ -562,13 +562,13 @@ def _diagonal_kernel(n, nb, bs, offsets, blocks, _out):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(n, nb, bs, offsets, blocks, _dbar, _g_blocks):
     for b in range(0, nb):
-        _lo1 = max(0, offsets[_w(b, offsets.shape[0])])
-        _hi2 = min(n, offsets[_w(b + 1, offsets.shape[0])])
-        if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[1] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[1] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[2] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[2]):
+        _lo1 = max(0, offsets[b])
+        _hi2 = min(n, offsets[b + 1])
+        if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= _lo1 - offsets[b] < blocks.shape[1] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[1] and 0 <= _lo1 - offsets[b] < blocks.shape[2] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[2]):
             for i in range(_lo1, _hi2):
                 j = i
                 _y = _dbar[_u(i)]
-                _g_blocks[_u(b), _u(i - offsets[_w(b, offsets.shape[0])]), _u(i - offsets[_w(b, offsets.shape[0])])] += _y
+                _g_blocks[_u(b), _u(i - offsets[b]), _u(i - offsets[b])] += _y
         else:
             for i in range(_lo1, _hi2):
                 j = i
@@ -578,12 +578,12 @@ def _diagonal_pullback_kernel(n, nb, bs, offsets, blocks, _dbar, _g_blocks):
                     _a5 += blocks.shape[0]
                 if _a5 < 0 or _a5 >= blocks.shape[0]:
                     raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                _a6 = i - offsets[_w(b, offsets.shape[0])]
+                _a6 = i - offsets[b]
                 if _a6 < 0:
                     _a6 += blocks.shape[1]
                 if _a6 < 0 or _a6 >= blocks.shape[1]:
                     raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                _a7 = i - offsets[_w(b, offsets.shape[0])]
+                _a7 = i - offsets[b]
                 if _a7 < 0:
                     _a7 += blocks.shape[2]
                 if _a7 < 0 or _a7 >= blocks.shape[2]:
@@ -594,12 +594,12 @@ def _diagonal_pullback_kernel(n, nb, bs, offsets, blocks, _dbar, _g_blocks):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, nb, bs, offsets, blocks, _out):
     for b in range(0, nb):
-        for i in range(max(0, offsets[_w(b, offsets.shape[0])]), min(n, offsets[_w(b + 1, offsets.shape[0])])):
-            _lo1 = max(0, offsets[_w(b, offsets.shape[0])])
-            _hi2 = min(n, offsets[_w(b + 1, offsets.shape[0])])
-            if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[_w(b, offsets.shape[0])] < blocks.shape[1] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[2] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[2]):
+        for i in range(max(0, offsets[b]), min(n, offsets[b + 1])):
+            _lo1 = max(0, offsets[b])
+            _hi2 = min(n, offsets[b + 1])
+            if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[b] < blocks.shape[1] and 0 <= _lo1 - offsets[b] < blocks.shape[2] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[2]):
                 for j in range(_lo1, _hi2):
-                    _v3 = blocks[_u(b), _u(i - offsets[_w(b, offsets.shape[0])]), _u(j - offsets[_w(b, offsets.shape[0])])]
+                    _v3 = blocks[_u(b), _u(i - offsets[b]), _u(j - offsets[b])]
                     _out[_u(i), _u(j)] += _v3
             else:
                 for j in range(_lo1, _hi2):
@@ -608,12 +608,12 @@ def _destructure_kernel(n, nb, bs, offsets, blocks, _out):
                         _a5 += blocks.shape[0]
                     if _a5 < 0 or _a5 >= blocks.shape[0]:
                         raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                    _a6 = i - offsets[_w(b, offsets.shape[0])]
+                    _a6 = i - offsets[b]
                     if _a6 < 0:
                         _a6 += blocks.shape[1]
                     if _a6 < 0 or _a6 >= blocks.shape[1]:
                         raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                    _a7 = j - offsets[_w(b, offsets.shape[0])]
+                    _a7 = j - offsets[b]
                     if _a7 < 0:
                         _a7 += blocks.shape[2]
                     if _a7 < 0 or _a7 >= blocks.shape[2]:
@@ -625,12 +625,12 @@ def _destructure_kernel(n, nb, bs, offsets, blocks, _out):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, nb, bs, offsets, blocks, _d_blocks, _out):
     for b in range(0, nb):
-        for i in range(max(0, offsets[_w(b, offsets.shape[0])]), min(n, offsets[_w(b + 1, offsets.shape[0])])):
-            _lo1 = max(0, offsets[_w(b, offsets.shape[0])])
-            _hi2 = min(n, offsets[_w(b + 1, offsets.shape[0])])
-            if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[_w(b, offsets.shape[0])] < blocks.shape[1] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[2] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[2]):
+        for i in range(max(0, offsets[b]), min(n, offsets[b + 1])):
+            _lo1 = max(0, offsets[b])
+            _hi2 = min(n, offsets[b + 1])
+            if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[b] < blocks.shape[1] and 0 <= _lo1 - offsets[b] < blocks.shape[2] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[2]):
                 for j in range(_lo1, _hi2):
-                    _t_v3 = _d_blocks[_u(b), _u(i - offsets[_w(b, offsets.shape[0])]), _u(j - offsets[_w(b, offsets.shape[0])])]
+                    _t_v3 = _d_blocks[_u(b), _u(i - offsets[b]), _u(j - offsets[b])]
                     _out[_u(i), _u(j)] += _t_v3
             else:
                 for j in range(_lo1, _hi2):
@@ -639,12 +639,12 @@ def _pushforward_kernel(n, nb, bs, offsets, blocks, _d_blocks, _out):
                         _a5 += blocks.shape[0]
                     if _a5 < 0 or _a5 >= blocks.shape[0]:
                         raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                    _a6 = i - offsets[_w(b, offsets.shape[0])]
+                    _a6 = i - offsets[b]
                     if _a6 < 0:
                         _a6 += blocks.shape[1]
                     if _a6 < 0 or _a6 >= blocks.shape[1]:
                         raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                    _a7 = j - offsets[_w(b, offsets.shape[0])]
+                    _a7 = j - offsets[b]
                     if _a7 < 0:
                         _a7 += blocks.shape[2]
                     if _a7 < 0 or _a7 >= blocks.shape[2]:
@@ -656,13 +656,13 @@ def _pushforward_kernel(n, nb, bs, offsets, blocks, _d_blocks, _out):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, nb, bs, offsets, blocks, _ybar, _g_blocks):
     for b in range(0, nb):
-        for i in range(max(0, offsets[_w(b, offsets.shape[0])]), min(n, offsets[_w(b + 1, offsets.shape[0])])):
-            _lo1 = max(0, offsets[_w(b, offsets.shape[0])])
-            _hi2 = min(n, offsets[_w(b + 1, offsets.shape[0])])
-            if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[_w(b, offsets.shape[0])] < blocks.shape[1] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[2] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[2]):
+        for i in range(max(0, offsets[b]), min(n, offsets[b + 1])):
+            _lo1 = max(0, offsets[b])
+            _hi2 = min(n, offsets[b + 1])
+            if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[b] < blocks.shape[1] and 0 <= _lo1 - offsets[b] < blocks.shape[2] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[2]):
                 for j in range(_lo1, _hi2):
                     _y = _ybar[_u(i), _u(j)]
-                    _g_blocks[_u(b), _u(i - offsets[_w(b, offsets.shape[0])]), _u(j - offsets[_w(b, offsets.shape[0])])] += _y
+                    _g_blocks[_u(b), _u(i - offsets[b]), _u(j - offsets[b])] += _y
             else:
                 for j in range(_lo1, _hi2):
                     _y = _ybar[i, j]
@@ -671,12 +671,12 @@ def _pullback_kernel(n, nb, bs, offsets, blocks, _ybar, _g_blocks):
                         _a5 += blocks.shape[0]
                     if _a5 < 0 or _a5 >= blocks.shape[0]:
                         raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                    _a6 = i - offsets[_w(b, offsets.shape[0])]
+                    _a6 = i - offsets[b]
                     if _a6 < 0:
                         _a6 += blocks.shape[1]
                     if _a6 < 0 or _a6 >= blocks.shape[1]:
                         raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                    _a7 = j - offsets[_w(b, offsets.shape[0])]
+                    _a7 = j - offsets[b]
                     if _a7 < 0:
                         _a7 += blocks.shape[2]
                     if _a7 < 0 or _a7 >= blocks.shape[2]:
@@ -687,12 +687,12 @@ def _pullback_kernel(n, nb, bs, offsets, blocks, _ybar, _g_blocks):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, nb, bs, offsets, blocks, _w_blocks):
     for b in range(0, nb):
-        for i in range(max(0, offsets[_w(b, offsets.shape[0])]), min(n, offsets[_w(b + 1, offsets.shape[0])])):
-            _lo1 = max(0, offsets[_w(b, offsets.shape[0])])
-            _hi2 = min(n, offsets[_w(b + 1, offsets.shape[0])])
-            if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[_w(b, offsets.shape[0])] < blocks.shape[1] and 0 <= _lo1 - offsets[_w(b, offsets.shape[0])] < blocks.shape[2] and 0 <= _hi2 - offsets[_w(b, offsets.shape[0])] - 1 < blocks.shape[2]):
+        for i in range(max(0, offsets[b]), min(n, offsets[b + 1])):
+            _lo1 = max(0, offsets[b])
+            _hi2 = min(n, offsets[b + 1])
+            if _hi2 <= _lo1 or (0 <= b < blocks.shape[0] and 0 <= i - offsets[b] < blocks.shape[1] and 0 <= _lo1 - offsets[b] < blocks.shape[2] and 0 <= _hi2 - offsets[b] - 1 < blocks.shape[2]):
                 for j in range(_lo1, _hi2):
-                    _w_blocks[_u(b), _u(i - offsets[_w(b, offsets.shape[0])]), _u(j - offsets[_w(b, offsets.shape[0])])] += 1
+                    _w_blocks[_u(b), _u(i - offsets[b]), _u(j - offsets[b])] += 1
             else:
                 for j in range(_lo1, _hi2):
                     _a5 = b
@@ -700,12 +700,12 @@ def _weights_kernel(n, nb, bs, offsets, blocks, _w_blocks):
                         _a5 += blocks.shape[0]
                     if _a5 < 0 or _a5 >= blocks.shape[0]:
                         raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                    _a6 = i - offsets[_w(b, offsets.shape[0])]
+                    _a6 = i - offsets[b]
                     if _a6 < 0:
                         _a6 += blocks.shape[1]
                     if _a6 < 0 or _a6 >= blocks.shape[1]:
                         raise IndexError("BlockDiagonal: getindex reads blocks out of range")
-                    _a7 = j - offsets[_w(b, offsets.shape[0])]
+                    _a7 = j - offsets[b]
                     if _a7 < 0:
                         _a7 += blocks.shape[2]
                     if _a7 < 0 or _a7 >= blocks.shape[2]:

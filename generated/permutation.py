@@ -421,15 +421,15 @@ def _matvec_kernel(n, perm, d, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
         _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
             for i in range(_lo1, _hi2):
-                j = perm[_u(i)]
+                j = perm[i]
                 if (j >= 0) and (j < n):
                     _v3 = d[_u(i)]
                     _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
-                j = perm[_w(i, perm.shape[0])]
+                j = perm[i]
                 if (j >= 0) and (j < n):
                     _a5 = i
                     if _a5 < 0:
@@ -445,15 +445,15 @@ def _rmatvec_kernel(n, perm, d, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
         _hi2 = n
-        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
             for i in range(_lo1, _hi2):
-                j = perm[_u(i)]
+                j = perm[i]
                 if (j >= 0) and (j < n):
                     _v3 = d[_u(i)]
                     _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for i in range(_lo1, _hi2):
-                j = perm[_w(i, perm.shape[0])]
+                j = perm[i]
                 if (j >= 0) and (j < n):
                     _a5 = i
                     if _a5 < 0:
@@ -468,9 +468,9 @@ def _rmatvec_kernel(n, perm, d, _rhs, _out):
 def _bilinear_kernel(n, perm, d, _left, _right, _g_d):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
-            j = perm[_u(i)]
+            j = perm[i]
             if (j >= 0) and (j < n):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
@@ -478,7 +478,7 @@ def _bilinear_kernel(n, perm, d, _left, _right, _g_d):
                 _g_d[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
-            j = perm[_w(i, perm.shape[0])]
+            j = perm[i]
             if (j >= 0) and (j < n):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
@@ -495,16 +495,16 @@ def _bilinear_kernel(n, perm, d, _left, _right, _g_d):
 def _diagonal_kernel(n, perm, d, _out):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            if (i == perm[_u(i)]):
+            if (i == perm[i]):
                 _v3 = d[_u(i)]
                 _out[_u(i)] = _v3
     else:
         for i in range(_lo1, _hi2):
             j = i
-            if (i == perm[_w(i, perm.shape[0])]):
+            if (i == perm[i]):
                 _a5 = i
                 if _a5 < 0:
                     _a5 += d.shape[0]
@@ -518,16 +518,16 @@ def _diagonal_kernel(n, perm, d, _out):
 def _diagonal_pullback_kernel(n, perm, d, _dbar, _g_d):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
             j = i
-            if (i == perm[_u(i)]):
+            if (i == perm[i]):
                 _y = _dbar[_u(i)]
                 _g_d[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
             j = i
-            if (i == perm[_w(i, perm.shape[0])]):
+            if (i == perm[i]):
                 _y = _dbar[i]
                 _a5 = i
                 if _a5 < 0:
@@ -541,15 +541,15 @@ def _diagonal_pullback_kernel(n, perm, d, _dbar, _g_d):
 def _destructure_kernel(n, perm, d, _out):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
-            j = perm[_u(i)]
+            j = perm[i]
             if (j >= 0) and (j < n):
                 _v3 = d[_u(i)]
                 _out[_u(i), _u(j)] = _v3
     else:
         for i in range(_lo1, _hi2):
-            j = perm[_w(i, perm.shape[0])]
+            j = perm[i]
             if (j >= 0) and (j < n):
                 _a5 = i
                 if _a5 < 0:
@@ -564,15 +564,15 @@ def _destructure_kernel(n, perm, d, _out):
 def _pushforward_kernel(n, perm, d, _d_d, _out):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
-            j = perm[_u(i)]
+            j = perm[i]
             if (j >= 0) and (j < n):
                 _t_v3 = _d_d[_u(i)]
                 _out[_u(i), _u(j)] = _t_v3
     else:
         for i in range(_lo1, _hi2):
-            j = perm[_w(i, perm.shape[0])]
+            j = perm[i]
             if (j >= 0) and (j < n):
                 _a5 = i
                 if _a5 < 0:
@@ -587,15 +587,15 @@ def _pushforward_kernel(n, perm, d, _d_d, _out):
 def _pullback_kernel(n, perm, d, _ybar, _g_d):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
-            j = perm[_u(i)]
+            j = perm[i]
             if (j >= 0) and (j < n):
                 _y = _ybar[_u(i), _u(j)]
                 _g_d[_u(i)] += _y
     else:
         for i in range(_lo1, _hi2):
-            j = perm[_w(i, perm.shape[0])]
+            j = perm[i]
             if (j >= 0) and (j < n):
                 _y = _ybar[i, j]
                 _a5 = i
@@ -610,14 +610,14 @@ def _pullback_kernel(n, perm, d, _ybar, _g_d):
 def _weights_kernel(n, perm, d, _w_d):
     _lo1 = 0
     _hi2 = n
-    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0] and 0 <= _lo1 < perm.shape[0] and 0 <= _hi2 - 1 < perm.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < d.shape[0] and 0 <= _hi2 - 1 < d.shape[0]):
         for i in range(_lo1, _hi2):
-            j = perm[_u(i)]
+            j = perm[i]
             if (j >= 0) and (j < n):
                 _w_d[_u(i)] += 1
     else:
         for i in range(_lo1, _hi2):
-            j = perm[_w(i, perm.shape[0])]
+            j = perm[i]
             if (j >= 0) and (j < n):
                 _a5 = i
                 if _a5 < 0:

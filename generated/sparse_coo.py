@@ -416,17 +416,17 @@ def _matvec_kernel(m, n, nnz, rows, cols, vals, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
         _hi2 = nnz
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0] and 0 <= _lo1 < rows.shape[0] and 0 <= _hi2 - 1 < rows.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
             for k in range(_lo1, _hi2):
-                i = rows[_u(k)]
-                j = cols[_u(k)]
+                i = rows[k]
+                j = cols[k]
                 if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                     _v3 = vals[_u(k)]
                     _out[_u(i), _u(_c)] += (_v3) * _rhs[_u(j), _u(_c)]
         else:
             for k in range(_lo1, _hi2):
-                i = rows[_w(k, rows.shape[0])]
-                j = cols[_w(k, cols.shape[0])]
+                i = rows[k]
+                j = cols[k]
                 if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                     _a5 = k
                     if _a5 < 0:
@@ -442,17 +442,17 @@ def _rmatvec_kernel(m, n, nnz, rows, cols, vals, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         _lo1 = 0
         _hi2 = nnz
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0] and 0 <= _lo1 < rows.shape[0] and 0 <= _hi2 - 1 < rows.shape[0]):
+        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
             for k in range(_lo1, _hi2):
-                i = rows[_u(k)]
-                j = cols[_u(k)]
+                i = rows[k]
+                j = cols[k]
                 if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                     _v3 = vals[_u(k)]
                     _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
         else:
             for k in range(_lo1, _hi2):
-                i = rows[_w(k, rows.shape[0])]
-                j = cols[_w(k, cols.shape[0])]
+                i = rows[k]
+                j = cols[k]
                 if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                     _a5 = k
                     if _a5 < 0:
@@ -467,10 +467,10 @@ def _rmatvec_kernel(m, n, nnz, rows, cols, vals, _rhs, _out):
 def _bilinear_kernel(m, n, nnz, rows, cols, vals, _left, _right, _g_vals):
     _lo1 = 0
     _hi2 = nnz
-    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0] and 0 <= _lo1 < rows.shape[0] and 0 <= _hi2 - 1 < rows.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
         for k in range(_lo1, _hi2):
-            i = rows[_u(k)]
-            j = cols[_u(k)]
+            i = rows[k]
+            j = cols[k]
             if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
@@ -478,8 +478,8 @@ def _bilinear_kernel(m, n, nnz, rows, cols, vals, _left, _right, _g_vals):
                 _g_vals[_u(k)] += _y
     else:
         for k in range(_lo1, _hi2):
-            i = rows[_w(k, rows.shape[0])]
-            j = cols[_w(k, cols.shape[0])]
+            i = rows[k]
+            j = cols[k]
             if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                 _y = 0.0
                 for _c in range(_left.shape[1]):
@@ -496,18 +496,18 @@ def _bilinear_kernel(m, n, nnz, rows, cols, vals, _left, _right, _g_vals):
 def _diagonal_kernel(m, n, nnz, rows, cols, vals, _out):
     _lo1 = 0
     _hi2 = nnz
-    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0] and 0 <= _lo1 < rows.shape[0] and 0 <= _hi2 - 1 < rows.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
         for k in range(_lo1, _hi2):
-            i = rows[_u(k)]
-            j = rows[_u(k)]
-            if (j == cols[_u(k)]) and (j >= 0) and (j < m) and (j < n):
+            i = rows[k]
+            j = rows[k]
+            if (j == cols[k]) and (j >= 0) and (j < m) and (j < n):
                 _v3 = vals[_u(k)]
                 _out[_u(i)] += _v3
     else:
         for k in range(_lo1, _hi2):
-            i = rows[_w(k, rows.shape[0])]
-            j = rows[_w(k, rows.shape[0])]
-            if (j == cols[_w(k, cols.shape[0])]) and (j >= 0) and (j < m) and (j < n):
+            i = rows[k]
+            j = rows[k]
+            if (j == cols[k]) and (j >= 0) and (j < m) and (j < n):
                 _a5 = k
                 if _a5 < 0:
                     _a5 += vals.shape[0]
@@ -521,18 +521,18 @@ def _diagonal_kernel(m, n, nnz, rows, cols, vals, _out):
 def _diagonal_pullback_kernel(m, n, nnz, rows, cols, vals, _dbar, _g_vals):
     _lo1 = 0
     _hi2 = nnz
-    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0] and 0 <= _lo1 < rows.shape[0] and 0 <= _hi2 - 1 < rows.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
         for k in range(_lo1, _hi2):
-            i = rows[_u(k)]
-            j = rows[_u(k)]
-            if (j == cols[_u(k)]) and (j >= 0) and (j < m) and (j < n):
+            i = rows[k]
+            j = rows[k]
+            if (j == cols[k]) and (j >= 0) and (j < m) and (j < n):
                 _y = _dbar[_u(i)]
                 _g_vals[_u(k)] += _y
     else:
         for k in range(_lo1, _hi2):
-            i = rows[_w(k, rows.shape[0])]
-            j = rows[_w(k, rows.shape[0])]
-            if (j == cols[_w(k, cols.shape[0])]) and (j >= 0) and (j < m) and (j < n):
+            i = rows[k]
+            j = rows[k]
+            if (j == cols[k]) and (j >= 0) and (j < m) and (j < n):
                 _y = _dbar[i]
                 _a5 = k
                 if _a5 < 0:
@@ -544,37 +544,28 @@ def _diagonal_pullback_kernel(m, n, nnz, rows, cols, vals, _dbar, _g_vals):
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _entry_weights_kernel(m, n, nnz, rows, cols, _out):
-    _lo1 = 0
-    _hi2 = nnz
-    if _hi2 <= _lo1 or (0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0] and 0 <= _lo1 < rows.shape[0] and 0 <= _hi2 - 1 < rows.shape[0]):
-        for k in range(_lo1, _hi2):
-            i = rows[_u(k)]
-            j = cols[_u(k)]
-            if (i >= 0) and (j >= 0) and (i < m) and (j < n):
-                _out[_u(i), _u(j)] += 1
-    else:
-        for k in range(_lo1, _hi2):
-            i = rows[_w(k, rows.shape[0])]
-            j = cols[_w(k, cols.shape[0])]
-            if (i >= 0) and (j >= 0) and (i < m) and (j < n):
-                _out[i, j] += 1
+    for k in range(0, nnz):
+        i = rows[k]
+        j = cols[k]
+        if (i >= 0) and (j >= 0) and (i < m) and (j < n):
+            _out[i, j] += 1
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(m, n, nnz, rows, cols, vals, _out):
     _lo1 = 0
     _hi2 = nnz
-    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0] and 0 <= _lo1 < rows.shape[0] and 0 <= _hi2 - 1 < rows.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
         for k in range(_lo1, _hi2):
-            i = rows[_u(k)]
-            j = cols[_u(k)]
+            i = rows[k]
+            j = cols[k]
             if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                 _v3 = vals[_u(k)]
                 _out[_u(i), _u(j)] += _v3
     else:
         for k in range(_lo1, _hi2):
-            i = rows[_w(k, rows.shape[0])]
-            j = cols[_w(k, cols.shape[0])]
+            i = rows[k]
+            j = cols[k]
             if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                 _a5 = k
                 if _a5 < 0:
@@ -589,17 +580,17 @@ def _destructure_kernel(m, n, nnz, rows, cols, vals, _out):
 def _pushforward_kernel(m, n, nnz, rows, cols, vals, _d_vals, _out):
     _lo1 = 0
     _hi2 = nnz
-    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0] and 0 <= _lo1 < rows.shape[0] and 0 <= _hi2 - 1 < rows.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
         for k in range(_lo1, _hi2):
-            i = rows[_u(k)]
-            j = cols[_u(k)]
+            i = rows[k]
+            j = cols[k]
             if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                 _t_v3 = _d_vals[_u(k)]
                 _out[_u(i), _u(j)] += _t_v3
     else:
         for k in range(_lo1, _hi2):
-            i = rows[_w(k, rows.shape[0])]
-            j = cols[_w(k, cols.shape[0])]
+            i = rows[k]
+            j = cols[k]
             if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                 _a5 = k
                 if _a5 < 0:
@@ -614,17 +605,17 @@ def _pushforward_kernel(m, n, nnz, rows, cols, vals, _d_vals, _out):
 def _pullback_kernel(m, n, nnz, rows, cols, vals, _ybar, _g_vals):
     _lo1 = 0
     _hi2 = nnz
-    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0] and 0 <= _lo1 < rows.shape[0] and 0 <= _hi2 - 1 < rows.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
         for k in range(_lo1, _hi2):
-            i = rows[_u(k)]
-            j = cols[_u(k)]
+            i = rows[k]
+            j = cols[k]
             if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                 _y = _ybar[_u(i), _u(j)]
                 _g_vals[_u(k)] += _y
     else:
         for k in range(_lo1, _hi2):
-            i = rows[_w(k, rows.shape[0])]
-            j = cols[_w(k, cols.shape[0])]
+            i = rows[k]
+            j = cols[k]
             if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                 _y = _ybar[i, j]
                 _a5 = k
@@ -639,16 +630,16 @@ def _pullback_kernel(m, n, nnz, rows, cols, vals, _ybar, _g_vals):
 def _weights_kernel(m, n, nnz, rows, cols, vals, _w_vals):
     _lo1 = 0
     _hi2 = nnz
-    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0] and 0 <= _lo1 < rows.shape[0] and 0 <= _hi2 - 1 < rows.shape[0]):
+    if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0]):
         for k in range(_lo1, _hi2):
-            i = rows[_u(k)]
-            j = cols[_u(k)]
+            i = rows[k]
+            j = cols[k]
             if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                 _w_vals[_u(k)] += 1
     else:
         for k in range(_lo1, _hi2):
-            i = rows[_w(k, rows.shape[0])]
-            j = cols[_w(k, cols.shape[0])]
+            i = rows[k]
+            j = cols[k]
             if (i >= 0) and (j >= 0) and (i < m) and (j < n):
                 _a5 = k
                 if _a5 < 0:

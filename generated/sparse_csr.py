@@ -419,8 +419,8 @@ def diagonal_pullback(x, dbar):
 def _matvec_kernel(m, n, nnz, indptr, cols, vals, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, m):
-            _lo1 = indptr[_w(i, indptr.shape[0])]
-            _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+            _lo1 = indptr[i]
+            _hi2 = indptr[i + 1]
             if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
                 _sum3 = 0.0
                 for k in range(_lo1, _hi2):
@@ -446,8 +446,8 @@ def _matvec_kernel(m, n, nnz, indptr, cols, vals, _rhs, _out):
 def _rmatvec_kernel(m, n, nnz, indptr, cols, vals, _rhs, _out):
     for _c in range(_rhs.shape[1]):
         for i in range(0, m):
-            _lo1 = indptr[_w(i, indptr.shape[0])]
-            _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+            _lo1 = indptr[i]
+            _hi2 = indptr[i + 1]
             if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
                 for k in range(_lo1, _hi2):
                     j = cols[_u(k)]
@@ -470,8 +470,8 @@ def _rmatvec_kernel(m, n, nnz, indptr, cols, vals, _rhs, _out):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(m, n, nnz, indptr, cols, vals, _left, _right, _g_vals):
     for i in range(0, m):
-        _lo1 = indptr[_w(i, indptr.shape[0])]
-        _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+        _lo1 = indptr[i]
+        _hi2 = indptr[i + 1]
         if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
                 j = cols[_u(k)]
@@ -544,8 +544,8 @@ def _diagonal_pullback_kernel(m, n, nnz, indptr, cols, vals, _dbar, _g_vals):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _entry_weights_kernel(m, n, nnz, indptr, cols, _out):
     for i in range(0, m):
-        _lo1 = indptr[_w(i, indptr.shape[0])]
-        _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+        _lo1 = indptr[i]
+        _hi2 = indptr[i + 1]
         if _hi2 <= _lo1 or (0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
                 j = cols[_u(k)]
@@ -561,8 +561,8 @@ def _entry_weights_kernel(m, n, nnz, indptr, cols, _out):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(m, n, nnz, indptr, cols, vals, _out):
     for i in range(0, m):
-        _lo1 = indptr[_w(i, indptr.shape[0])]
-        _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+        _lo1 = indptr[i]
+        _hi2 = indptr[i + 1]
         if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
                 j = cols[_u(k)]
@@ -585,8 +585,8 @@ def _destructure_kernel(m, n, nnz, indptr, cols, vals, _out):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(m, n, nnz, indptr, cols, vals, _d_vals, _out):
     for i in range(0, m):
-        _lo1 = indptr[_w(i, indptr.shape[0])]
-        _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+        _lo1 = indptr[i]
+        _hi2 = indptr[i + 1]
         if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
                 j = cols[_u(k)]
@@ -609,8 +609,8 @@ def _pushforward_kernel(m, n, nnz, indptr, cols, vals, _d_vals, _out):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(m, n, nnz, indptr, cols, vals, _ybar, _g_vals):
     for i in range(0, m):
-        _lo1 = indptr[_w(i, indptr.shape[0])]
-        _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+        _lo1 = indptr[i]
+        _hi2 = indptr[i + 1]
         if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
                 j = cols[_u(k)]
@@ -633,8 +633,8 @@ def _pullback_kernel(m, n, nnz, indptr, cols, vals, _ybar, _g_vals):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(m, n, nnz, indptr, cols, vals, _w_vals):
     for i in range(0, m):
-        _lo1 = indptr[_w(i, indptr.shape[0])]
-        _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+        _lo1 = indptr[i]
+        _hi2 = indptr[i + 1]
         if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
             for k in range(_lo1, _hi2):
                 j = cols[_u(k)]

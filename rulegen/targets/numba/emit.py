@@ -48,7 +48,7 @@ def _open_nest(low: Lowerer, steps, depth: int = 1) -> int:
 _NONLINEAR = (sp.Mod, IntDiv, sp.Min, sp.Max, sp.Abs, sp.Piecewise, sp.Sum)
 
 
-def _hoistable(steps, value):
+def _hoistable(steps, value, exclude=()):
     """(position of the innermost loop, reads whose indices are affine in its
     variable) when there are such reads, else None."""
     fors = [k for k, st in enumerate(steps) if st[0] == "for"]
@@ -60,8 +60,8 @@ def _hoistable(steps, value):
     # integer-field reads at the innermost loop's index (rows[k], cols[k]): checked with the others
     found = set(value.atoms(IntRead)).union(*[e.atoms(IntRead) for st in steps[k + 1:] for e in st[1:]
                                               if isinstance(e, sp.Basic)])
-    ints = sorted((r for r in found if all(_affine(e, v) for e in r.args) and any(e.has(v) for e in r.args)),
-                  key=sp.default_sort_key)
+    ints = sorted((r for r in found if r not in exclude and all(_affine(e, v) for e in r.args)
+                   and any(e.has(v) for e in r.args)), key=sp.default_sort_key)
     reads = []
     for acc in outside_sums(value, sp.Indexed):
         idx = []
@@ -159,11 +159,62 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     not move (``outputs``: key -> the loop variables its target uses, see
     ``Lowerer.accumulate``) go through a local accumulator, added once after the loop.
     """
-    plan = _hoistable(r.steps, r.value)
+    low.static_ints = _static_ints(low.spec, r.steps, r.value)
+    try:
+        _hoisted(low, r, body, base, outputs)
+    finally:
+        low.static_ints = {}
+
+
+def _static_ints(spec, steps, value) -> dict:
+    """Integer-field reads that the loop bounds keep inside the field's declared
+    shape (``indptr[i + 1]`` for i in range(m), indptr of shape m + 1: the
+    constructor checked the shape), as unchecked loads: read -> symbol."""
+    bounds = {st[1]: (st[2], st[3]) for st in steps if st[0] == "for"}
+    found = set(value.atoms(IntRead)).union(*[e.atoms(IntRead) for st in steps for e in st[1:]
+                                              if isinstance(e, sp.Basic)])
+    sizes = set(spec.sizes)
+    out = {}
+    for r in sorted(found, key=sp.default_sort_key):
+        shape = spec.field(type(r).__name__).shape
+        ok = bool(r.args)
+        for d, e in enumerate(r.args):
+            lo_e = hi_e = e
+            if e.has(IntRead) or e.free_symbols - sizes - set(bounds) or not _affine_all(e, bounds):
+                ok = False
+                break
+            for v in bounds:
+                if not e.has(v):
+                    continue
+                lo_v, hi_v = bounds[v]
+                if lo_v.free_symbols - sizes or hi_v.free_symbols - sizes or lo_v.has(IntRead) or hi_v.has(IntRead):
+                    ok = False
+                    break
+                a = sp.diff(e, v)
+                lo_e = lo_e.xreplace({v: lo_v if a > 0 else hi_v - 1})
+                hi_e = hi_e.xreplace({v: hi_v - 1 if a > 0 else lo_v})
+            if not ok or not (sp.expand(lo_e).is_nonnegative and sp.expand(shape[d] - 1 - hi_e).is_nonnegative):
+                ok = False
+                break
+        if ok:
+            out[r] = sp.Symbol(f"{type(r).__name__}[{', '.join(code(e) for e in r.args)}]", integer=True)
+    return out
+
+
+def _affine_all(e, bounds) -> bool:
+    return all(_affine(e, v) for v in bounds if e.has(v)) and not any(
+        sp.diff(e, v).has(w) for v in bounds for w in bounds if e.has(v))
+
+
+def _hoisted(low: Lowerer, r, body, base: int, outputs) -> None:
+    plan = _hoistable(r.steps, r.value, exclude=low.static_ints)
     if plan is None:
         body(_open_nest(low, r.steps, base))
         return
     k, reads, ints = plan
+    if low.static_ints:     # the reads as the lowerer sees them (static integer reads are loads)
+        reads = [(acc.xreplace(low.static_ints), tuple(e.xreplace(low.static_ints) for e in idx))
+                 for acc, idx in reads]
     _, v, lo, hi = r.steps[k]
     depth = _open_nest(low, r.steps[:k], base)
     lo_t, hi_t = sp.Symbol(low.fresh("lo"), integer=True), sp.Symbol(low.fresh("hi"), integer=True)

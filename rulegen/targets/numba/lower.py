@@ -43,6 +43,7 @@ class Lowerer:
         self.sinks = {}              # read (or key) -> local accumulator, flushed after the loop
         self.sink_used = {}          # read -> array prefix it was scattered into
         self.int_subs = {}           # integer-field reads checked before the loop -> unchecked loads
+        self.static_ints = {}        # integer-field reads that the loop bounds keep in range -> unchecked loads
 
     # -- small pieces -----------------------------------------------------
 
@@ -98,8 +99,8 @@ class Lowerer:
     def _symbolize(self, e):
         """``(F, sums, reads)``: e with its top-level sums and then its reads
         replaced by fresh real symbols."""
-        if self.int_subs:
-            e = e.xreplace(self.int_subs)
+        if self.int_subs or self.static_ints:
+            e = e.xreplace({**self.static_ints, **self.int_subs})
         sums = [(sp.Symbol(self.fresh("s"), real=True), s) for s in _top_sums(e)]
         f = e.xreplace({s: sym for sym, s in sums}) if sums else e
         reads = [(sp.Symbol(self.fresh("v"), real=True), acc) for acc in outside_sums(f, sp.Indexed)]
