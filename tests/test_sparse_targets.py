@@ -1,6 +1,6 @@
 """Integer fields and data-dependent sparse patterns (issue #16) in the JAX
-and PyTorch targets: SparseCOO, SparseCSR, Permutation, BlockDiagonal and a
-permuted diagonal, with duplicates, empty rows, nnz = 0 and one element, every
+and PyTorch targets: SparseCOO, SparseCSR, Permutation, BlockDiagonal, a
+permuted diagonal and a diagonal shifted by a scalar integer field, with duplicates, empty rows, nnz = 0 and one element, every
 map against an independent dense oracle written here in numpy (J column by
 column over the real fields, numpy.linalg.pinv), the derived operations
 against the dense matrix, the parametrisation class, jit / vmap / grad
@@ -55,6 +55,15 @@ size: [n, n]
 getindex: >
   sum(blocks[b, i - offsets[b], j - offsets[b]] for b in range(nb)
       if offsets[b] <= i < offsets[b + 1] and offsets[b] <= j < offsets[b + 1])
+""",
+    "shift_diag.yaml": """\
+name: ShiftDiag
+sizes: [n]
+fields:
+  d: [n]
+  s: {shape: [], dtype: int}
+size: [n, n]
+getindex: d[i] if j == i + s else 0
 """,
     "perm_diag.yaml": """\
 name: PermDiag
@@ -182,6 +191,9 @@ def _cases():
     pm = np.array([0, 0, 2, 1, 5, 5])
     out.append(("pdiag", "perm_diag", "PermDiag", dict(d=rng.standard_normal(6)), dict(perm=pm), {},
                 lambda d: dense_pdiag(d, pm)))
+    # a scalar integer field in the loop bounds: d[2:] on the second subdiagonal (d[0], d[1] unused)
+    out.append(("shift", "shift_diag", "ShiftDiag", dict(d=rng.standard_normal(5)), dict(s=-2), {},
+                lambda d: np.diag(d[2:], -2)))
     return out
 
 

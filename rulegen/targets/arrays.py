@@ -63,7 +63,7 @@ def emit(e, names: dict, xp: str, real: bool = True) -> str:
         return names.get(e, e.name)
     if isinstance(e, IntRead):
         # an integer field: a numpy array (static), read by numpy index arrays
-        return f"{e.field}[{', '.join(p(a) for a in e.args)}]"
+        return f"{e.field}[{', '.join(p(a) for a in e.args) or '()'}]"
     if e.is_Integer:
         return str(int(e))
     if e.is_Rational:
