@@ -13,7 +13,18 @@ A nest (``derive``'s steps: ``for``, ``let``, ``if``) becomes one of
   ``O(rows · width)``, not ``O(N)``;
 * **points**: one loop (an index pinned, ``i == j``) or none: a vector of
   ``i`` and the pinned ``j`` computed from it, placed by a scatter of
-  ``O(length)``.
+  ``O(length)``;
+* **data points**: a nest whose pattern is data (integer fields in its
+  bounds, pins or tests, or loops over a swapped sum's variables: COO's
+  ``for k: i = rows[k], j = cols[k]``, CSR's ragged
+  ``for i: for k in range(indptr[i], indptr[i + 1])``, block offsets). The
+  integer fields are static (concrete numpy arrays when the code runs or is
+  traced), so its points are enumerated exactly with numpy, loop by loop
+  (``Writer._points``): O(stored) index arrays, no mask over a bounding box,
+  no data-dependent shape under ``jit`` (a pattern is part of the static
+  type). Its writes are scatters that add up, as ``derive.accumulates``
+  requires; reads whose subscripts go through an integer field use index
+  arrays computed the same way, checked against the field's extent.
 
 A sum ``Σ_k E`` adds a trailing axis for ``k`` over the extreme values of
 its bounds, masked where ``k`` is outside them, reduced after. Reads become
