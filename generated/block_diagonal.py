@@ -112,8 +112,9 @@ class BlockDiagonal:
         _sizes = "n={n}, nb={nb}, bs={bs}".format(n=n, nb=nb, bs=bs, )
         _rt.check_field_shape("BlockDiagonal", "blocks", blocks, 3, (nb, bs, bs), "(nb, bs, bs)", _sizes)
         _rt.check_shape("BlockDiagonal", "offsets", offsets, (nb + 1,), "(nb + 1,)", _sizes)
-        _rt.check_int_range("BlockDiagonal", "offsets", offsets, 0, n + 1, "it is compared with j, a column index (a range bound)", _sizes)
+        _rt.check_int_range("BlockDiagonal", "offsets", offsets, 0, n + 1, "it is compared with i, a row index (a range bound)", _sizes)
         _rt.check_monotone("BlockDiagonal", "offsets", offsets)
+        _rt.check_int_steps("BlockDiagonal", "offsets", offsets, bs, "i - offsets[e] subscripts blocks along axis 1, of length bs", _sizes)
         self._set((n, nb, bs, offsets, ),
                   _rt.settle("BlockDiagonal", self._fields, _given, (blocks, ), _RANKS))
 

@@ -118,22 +118,86 @@ def _sum_bounds(spec, total, out):
                                      f"it bounds the range of {k}, which subscripts {name}", _select(spec, r)))
 
 
+def _atoms(e, kind) -> list:
+    return sorted(e.atoms(kind), key=sp.default_sort_key)
+
+
+def _key(b):
+    return (b.field, sp.default_sort_key(b.lo), sp.default_sort_key(b.hi), str(b.select), b.why)
+
+
 def bounds(spec) -> tuple:
-    """The value ranges that getindex implies for the integer fields (see the module doc)."""
+    """The value ranges that getindex implies for the integer fields (see the
+    module doc), in a fixed order (the generated code must not depend on the hash seed)."""
     out = []
     e = spec.entry
-    for acc in e.atoms(sp.Indexed):
+    for acc in _atoms(e, sp.Indexed):
         _subscript_bounds(spec, acc.base.label.name, acc.indices, out)
-    for r in e.atoms(IntRead):
+    for r in _atoms(e, IntRead):
         _subscript_bounds(spec, type(r).__name__, r.args, out)
-    for atom in e.atoms(sp.core.relational.Relational):
+    for atom in _atoms(e, sp.core.relational.Relational):
         _relation_bounds(spec, atom, out)
-    for total in e.atoms(sp.Sum):
+    for total in _atoms(e, sp.Sum):
         _sum_bounds(spec, total, out)
     seen, unique = set(), []
-    for b in out:
+    for b in sorted(out, key=_key):
         key = (b.field, b.lo, b.hi, b.select)
         if key not in seen:
             seen.add(key)
             unique.append(b)
-    return tuple(sorted(unique, key=lambda b: (b.field, sp.default_sort_key(b.lo), sp.default_sort_key(b.hi))))
+    return tuple(unique)
+
+
+@dataclass(frozen=True)
+class Step:
+    field: str
+    most: sp.Expr        # F[e + 1] - F[e] may be at most this
+    why: str
+
+
+def _upper(atom, v):
+    """The exclusive upper bound that ``atom`` puts on ``v``, or None."""
+    rel = sp.core.relational
+    if isinstance(atom, rel.StrictLessThan) and atom.lhs == v:
+        return atom.rhs
+    if isinstance(atom, rel.StrictGreaterThan) and atom.rhs == v:
+        return atom.lhs
+    if isinstance(atom, rel.LessThan) and atom.lhs == v:
+        return atom.rhs + 1
+    if isinstance(atom, rel.GreaterThan) and atom.rhs == v:
+        return atom.lhs + 1
+    return None
+
+
+def steps(spec) -> tuple:
+    """Block sizes: a read ``G[..., v - F[e] + c, ...]`` where ``v < F[e + 1] + c2``
+    reaches ``F[e + 1] - F[e] + c + c2 - 1``, so a block may be at most
+    ``len - c - c2`` long (BlockDiagonal: offsets[b + 1] - offsets[b] <= bs)."""
+    e = spec.entry
+    sizes = set(spec.sizes)
+    rels = _atoms(e, sp.core.relational.Relational)
+    out = {}
+    for acc in _atoms(e, sp.Indexed):
+        name = acc.base.label.name
+        for axis, comp in enumerate(acc.indices):
+            split = _split(sp.expand(comp))
+            if split is None or split[1] != -1:
+                continue
+            r, _, rest = split
+            if len(r.args) != 1:
+                continue
+            for v in (I, J):
+                c = sp.expand(rest - v)
+                if c.has(v) or c.free_symbols - sizes:
+                    continue
+                nxt = type(r)(r.args[0] + 1)
+                for atom in rels:
+                    hi = _upper(atom, v)
+                    c2 = None if hi is None else sp.expand(hi - nxt)
+                    if c2 is None or c2.has(IntRead) or c2.free_symbols - sizes:
+                        continue
+                    most = sp.expand(_extent(spec, name, axis) - c - c2)
+                    field = type(r).__name__
+                    out.setdefault((field, most), Step(field, most, f"{v} - {field}[e] subscripts {name} along "
+                                                                    f"axis {axis}, of length {_extent(spec, name, axis)}"))
+    return tuple(out[k] for k in sorted(out, key=lambda k: (k[0], sp.default_sort_key(k[1]))))

@@ -415,6 +415,19 @@ def check_int_range(owner: str, name: str, arr: np.ndarray, lo: int, hi: int, wh
                          f"(with {sizes})")
 
 
+def check_int_steps(owner: str, name: str, arr: np.ndarray, most: int, why: str, sizes: str) -> None:
+    """``arr[e + 1] - arr[e] <= most`` along the last axis (a block fits its storage)."""
+    if arr.size > 1:
+        step = np.diff(arr, axis=-1)
+        bad = step > most
+        if bad.any():
+            k = np.unravel_index(int(np.argmax(bad.ravel())), bad.shape)
+            nxt = k[:-1] + (k[-1] + 1,)
+            pos = lambda t: ", ".join(str(int(i)) for i in t)  # noqa: E731
+            raise ValueError(f"{owner}: integer field '{name}' steps from {name}[{pos(k)}] = {int(arr[k])} to "
+                             f"{name}[{pos(nxt)}] = {int(arr[nxt])}, more than {most}: {why} (with {sizes})")
+
+
 def check_monotone(owner: str, name: str, arr: np.ndarray) -> None:
     """Integer field ``name`` non-decreasing (it bounds ranges F[e] .. F[e + 1])."""
     if arr.size > 1:

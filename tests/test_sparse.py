@@ -129,6 +129,62 @@ getindex: "sum(exp(vals[k]) for k in range(nnz) if r[k] == i and c[k] == j)"
 }
 
 
+CSC = """name: SparseCSC
+sizes: [m, n, nnz]
+fields:
+  vals: [nnz]
+  indptr: {shape: [n + 1], dtype: int}
+  rows: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: sum(3 * vals[k] for k in range(indptr[j], indptr[j + 1]) if rows[k] == i)
+"""
+
+ROW_GATHER = """name: RowGather
+sizes: [m, n, r]
+fields:
+  A: [r, n]
+  sel: {shape: [m], dtype: int}
+size: [m, n]
+getindex: A[sel[i], j] * 2
+"""
+
+TWO_AXES = """name: ShiftedPairs
+sizes: [n]
+fields:
+  d: [n]
+  s: {shape: [], dtype: int}
+  pairs: {shape: [n, 2], dtype: int}
+size: [n, n]
+getindex: "d[(i + s) % n] * (pairs[i, 0] + 1) if j == pairs[i, 1] else 0"
+"""
+
+
+def test_held_out_column_compressed_row_gather_and_two_axis_fields(build_once):
+    rng = np.random.default_rng(12)
+    mod = build_once(CSC)
+    indptr, rows = np.array([0, 2, 2, 5, 6, 6]), np.array([1, 1, 0, 3, 0, 2])
+    cols = np.repeat(np.arange(5), np.diff(indptr))
+    check_all_maps(mod, mod.SparseCSC, dict(vals=rng.standard_normal(6)), dict(indptr=indptr, rows=rows, m=4),
+                   lambda f: coo_dense(3 * f["vals"], rows, cols, 4, 5), ["vals"])
+    assert mod._KIND == "scatter"
+    mod = build_once(ROW_GATHER)
+    sel = np.array([2, 0, 2, 1, 1])
+    check_all_maps(mod, mod.RowGather, dict(A=rng.standard_normal((3, 4))), dict(sel=sel),
+                   lambda f: 2 * f["A"][sel], ["A"])
+    mod = build_once(TWO_AXES)
+    pairs = np.array([[0, 1], [2, 2], [1, 0], [0, 3]])
+
+    def dense(f):
+        Y = np.zeros((4, 4))
+        Y[np.arange(4), pairs[:, 1]] = f["d"][(np.arange(4) + 1) % 4] * (pairs[:, 0] + 1)
+        return Y
+    check_all_maps(mod, mod.ShiftedPairs, dict(d=rng.standard_normal(4)), dict(s=1, pairs=pairs), dense, ["d"])
+    # only the column that getindex compares with j is checked: the other is arithmetic
+    mod.ShiftedPairs(d=np.ones(4), s=1, pairs=pairs + [7, 0])
+    with pytest.raises(ValueError, match=r"'pairs'\[1, 1\] = 4 is out of range"):
+        mod.ShiftedPairs(d=np.ones(4), s=1, pairs=pairs + [0, 2])
+
+
 def test_permuted_diagonal_weights_follow_the_data(build_once):
     mod = build_once(PERMUTED_DIAGONAL)
     rng = np.random.default_rng(5)
@@ -227,6 +283,8 @@ def test_hostile_csr_and_block_offsets():
         P.Permutation(d=[1.0, 2.0, 3.0], perm=[3, 0, 1])
     with pytest.raises(ValueError, match="'offsets' must be non-decreasing"):
         B.BlockDiagonal(blocks=np.zeros((2, 2, 2)), offsets=[0, 2, 1], n=3)
+    with pytest.raises(ValueError, match=r"'offsets' steps from offsets\[0\] = 0 to offsets\[1\] = 3, more than 2"):
+        B.BlockDiagonal(blocks=np.zeros((2, 2, 2)), offsets=[0, 3, 4], n=4)
     with pytest.raises(TypeError, match="missing integer field 'perm'"):
         P.Permutation(d=[1.0])
 

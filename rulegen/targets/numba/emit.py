@@ -15,7 +15,7 @@ import sympy as sp
 
 from ... import __version__
 from ...derive import Derivation, Region, accumulates, monotone_fields
-from ...pattern import bounds as pattern_bounds
+from ...pattern import bounds as pattern_bounds, steps as pattern_steps
 from ...expr import I, J, Conj, IntDiv, IntRead, derivative, has_complex, is_int, ordering_of_values, outside_sums
 from ...printer import code, recording_imports, value_code
 from ..common import environment, shape_code, shape_text, doc_text, file_label, size_plan
@@ -510,11 +510,13 @@ def _wrapper(k: Kernel, n_sizes: int) -> dict:
 
 def _int_checks(d: Derivation) -> list:
     """What the constructor checks of the integer fields' values (rulegen.pattern)."""
-    out = [dict(field=b.field, lo=code(b.lo), hi=code(b.hi), why=b.why, monotone=False,
+    out = [dict(field=b.field, lo=code(b.lo), hi=code(b.hi), why=b.why, monotone=False, step=False,
                 select="" if not b.select else
                 ", (" + "".join("None, " if a is None else code(a) + ", " for a in b.select) + ")")
            for b in pattern_bounds(d.spec)]
-    return out + [dict(field=name, monotone=True) for name in monotone_fields(d.regions)]
+    out += [dict(field=name, monotone=True, step=False) for name in monotone_fields(d.regions)]
+    return out + [dict(field=st.field, most=code(st.most), why=st.why, monotone=False, step=True)
+                  for st in pattern_steps(d.spec)]
 
 
 def render(d: Derivation, spec_file: str) -> str:
