@@ -9,6 +9,7 @@ element; hostile integer fields; scipy interop; agreement with PyTorch's
 not installed); the 10⁶ × 10⁶ COO matrix under a 6 GiB cap."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -183,6 +184,105 @@ def test_held_out_column_compressed_row_gather_and_two_axis_fields(build_once):
     mod.ShiftedPairs(d=np.ones(4), s=1, pairs=pairs + [7, 0])
     with pytest.raises(ValueError, match=r"'pairs'\[1, 1\] = 4 is out of range"):
         mod.ShiftedPairs(d=np.ones(4), s=1, pairs=pairs + [0, 2])
+
+
+# more held-out patterns (spec text, its class, fields, integer fields and sizes, dense oracle, order)
+_R, _C = np.array([0, 2, 2, 1, 0]), np.array([1, 0, 0, 2, 1])
+
+
+def _scatter_rows(B, rows, m):
+    Y = np.zeros((m,) + B.shape[1:])
+    np.add.at(Y, rows, B)
+    return Y
+
+
+MORE = {
+    "colperm": ("""name: ColPerm
+sizes: [m, n]
+fields:
+  A: [m, n]
+  p: {shape: [n], dtype: int}
+size: [m, n]
+getindex: A[i, p[j]]
+""", dict(A=(3, 4)), dict(p=np.array([2, 0, 0, 1])), lambda f: f["A"][:, [2, 0, 0, 1]]),
+    "masked": ("""name: MaskedDiag
+sizes: [n]
+fields:
+  d: [n]
+  mask: {shape: [n], dtype: int}
+size: [n, n]
+getindex: d[i] if mask[i] > 0 and i == j else 0
+""", dict(d=(4,)), dict(mask=np.array([1, 0, 2, -1])), lambda f: np.diag(np.where(np.array([1, 0, 2, -1]) > 0, f["d"], 0))),
+    "cooscaled": ("""name: CooScaled
+sizes: [m, n, nnz]
+fields:
+  vals: [nnz]
+  w: [m]
+  s: []
+  rows: {shape: [nnz], dtype: int}
+  cols: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: s * sum(vals[k] * w[i] for k in range(nnz) if rows[k] == i and cols[k] == j)
+""", dict(vals=(5,), w=(3,), s=()), dict(rows=_R, cols=_C, n=3), lambda f: f["s"] * coo_dense(f["vals"] * f["w"][_R], _R, _C, 3, 3)),
+    "flagged": ("""name: Flagged
+sizes: [m, n, nnz]
+fields:
+  vals: [nnz]
+  rows: {shape: [nnz], dtype: int}
+  cols: {shape: [nnz], dtype: int}
+  flag: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: sum(vals[k] for k in range(nnz) if rows[k] == i and cols[k] == j and flag[k] == 1)
+""", dict(vals=(5,)), dict(rows=_R, cols=_C, flag=np.array([1, 0, 1, 1, 5]), m=3, n=3), lambda f: coo_dense(np.where(np.array([1, 0, 1, 1, 5]) == 1, f["vals"], 0), _R, _C, 3, 3)),
+    "rowsparse": ("""name: RowSparse
+sizes: [m, n, nnz]
+fields:
+  B: [nnz, n]
+  rows: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: sum(B[k, j] for k in range(nnz) if rows[k] == i)
+""", dict(B=(5, 3)), dict(rows=_R, m=4), lambda f: _scatter_rows(f["B"], _R, 4)),
+    "lens": ("""name: PrefixDiag
+sizes: [n]
+fields:
+  d: [n]
+  lens: {shape: [n], dtype: int}
+size: [n, n]
+getindex: sum(d[k] for k in range(lens[i])) if i == j else 0
+""", dict(d=(4,)), dict(lens=np.array([0, 3, 1, 4])), lambda f: np.diag([f["d"][:n].sum() for n in (0, 3, 1, 4)])),
+    "bcoo": ("""name: Bcoo
+sizes: [m, n, nnz]
+fields:
+  data: [nnz]
+  idx: {shape: [nnz, 2], dtype: int}
+size: [m, n]
+getindex: sum(data[k] for k in range(nnz) if idx[k, 0] == i and idx[k, 1] == j)
+""", dict(data=(5,)), dict(idx=np.stack([_R, _C], 1), m=3, n=3), lambda f: coo_dense(f["data"], _R, _C, 3, 3)),
+    "offset": ("""name: OffsetPerm
+sizes: [n]
+fields:
+  d: [n]
+  p: {shape: [n], dtype: int}
+size: [n, n]
+getindex: d[p[i] - 1] if j == p[i] - 1 else 0
+""", dict(d=(4,)), dict(p=np.array([1, 3, 3, 4])), lambda f: _offset_dense(f["d"], np.array([1, 3, 3, 4]))),
+}
+
+
+def _offset_dense(d, p):
+    Y = np.zeros((4, 4))
+    Y[np.arange(4), p - 1] = d[p - 1]
+    return Y
+
+
+@pytest.mark.parametrize("case", sorted(MORE))
+def test_more_held_out_patterns_against_the_oracle(case, build_once):
+    text, shapes, extra, dense = MORE[case]
+    mod = build_once(text)
+    cls = getattr(mod, re.search(r"name: (\w+)", text).group(1))
+    rng = np.random.default_rng(13)
+    fields = {k: rng.standard_normal(shape) for k, shape in shapes.items()}
+    check_all_maps(mod, cls, fields, extra, dense, list(shapes), atol=1e-8)
 
 
 def test_permuted_diagonal_weights_follow_the_data(build_once):
