@@ -22,7 +22,7 @@ from jax import lax
 from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims, check_instance,  # noqa: F401 (re-exported)
                       check_shape, given_size, parametrisation_class, solve_size)
-from .runtime import check_int_range, check_monotone  # noqa: F401 (re-exported: integer fields)
+from .runtime import check_int_range, check_int_steps, check_monotone  # noqa: F401 (re-exported: integer fields)
 
 
 def _default_float():

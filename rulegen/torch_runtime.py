@@ -26,7 +26,7 @@ from .runtime import _broadcast, batch_shape  # noqa: F401 (batch_shape re-expor
 from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims,  # noqa: F401 (re-exported)
                       given_size, parametrisation_class, solve_size)
-from .runtime import check_int_range, check_monotone  # noqa: F401 (re-exported: integer fields)
+from .runtime import check_int_range, check_int_steps, check_monotone  # noqa: F401 (re-exported: integer fields)
 from .runtime import check_shape as check_int_shape  # noqa: F401 (an integer field: no batch dimensions)
 
 

@@ -357,8 +357,9 @@ def test_jax_jit_vmap_grad_jvp(built, case):
     cls = getattr(mod, cls_name)
     with jax.enable_x64(True):
         rng = np.random.default_rng(3)
-        insts = [cls(**{k: jnp.asarray(np.asarray(v) + 0.1 * b) for k, v in fields.items()}, **ints, **sizes)
-                 for b in range(3)]
+        # the pattern given as JAX integer arrays (concrete): read back as numpy
+        insts = [cls(**{k: jnp.asarray(np.asarray(v) + 0.1 * b) for k, v in fields.items()},
+                     **{k: jnp.asarray(v) for k, v in ints.items()}, **sizes) for b in range(3)]
         x = insts[0]
         W = jnp.asarray(rng.standard_normal(x.shape))
         Ws = jnp.asarray(rng.standard_normal((3,) + x.shape))
@@ -489,11 +490,17 @@ def test_a_float_tensor_pattern_a_foreign_pattern_and_blocks_past_bs(built, fw):
     # a tangent must carry x's pattern
     with pytest.raises(ValueError, match=r"integer field 'rows' of x"):
         mod.destructure_pushforward(x, other)
-    # a block longer than bs: the read of blocks is refused, never clamped
+    # a block longer than bs: refused at construction, never clamped
+    with pytest.raises(ValueError, match=r"integer field 'offsets' steps from offsets\[0\] = 0 to "
+                                         r"offsets\[1\] = 3, more than 2"):
+        _make(built, fw, "block_diagonal", "BlockDiagonal", dict(blocks=np.ones((2, 2, 2))),
+              dict(offsets=[0, 3, 4]), dict(n=4))
+    # and a read through the pattern outside a field, were it to get past the checks, raises
     bmod, b = _make(built, fw, "block_diagonal", "BlockDiagonal", dict(blocks=np.ones((2, 2, 2))),
-                    dict(offsets=[0, 3, 4]), dict(n=4))
+                    dict(offsets=[0, 2, 4]), dict(n=4))
+    bad = type(b)._from_arrays(b._size_values[:3] + (type(b._size_values[3])(np.array([0, 3, 4])),), b._arrays)
     with pytest.raises(IndexError, match=r"getindex reads blocks at index 2 along axis 1"):
-        bmod.destructure(b)
+        bmod.destructure(bad)
     if fw == "torch":
         import torch
         with pytest.raises(TypeError, match=r"integer field 'rows' must hold integers, got dtype torch.float32"):
