@@ -7,6 +7,7 @@ against the dense matrix, the parametrisation class, jit / vmap / grad
 (JAX) and batches / autograd / torch.func (PyTorch), and hostile integer
 fields. Each framework skips when it is not installed."""
 
+import hashlib
 import os
 import zlib
 
@@ -65,6 +66,26 @@ fields:
 size: [n, n]
 getindex: d[i] if j == i + s else 0
 """,
+    "sparse_csc.yaml": """\
+name: SparseCSC
+sizes: [m, n, nnz]
+fields:
+  vals: [nnz]
+  indptr: {shape: [n + 1], dtype: int}
+  rows: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: sum(3 * vals[k] for k in range(indptr[j], indptr[j + 1]) if rows[k] == i)
+""",
+    "shifted_pairs.yaml": """\
+name: ShiftedPairs
+sizes: [n]
+fields:
+  d: [n]
+  s: {shape: [], dtype: int}
+  pairs: {shape: [n, 2], dtype: int}
+size: [n, n]
+getindex: "d[(i + s) % n] * (pairs[i, 0] + 1) if j == pairs[i, 1] else 0"
+""",
     "perm_diag.yaml": """\
 name: PermDiag
 sizes: [n]
@@ -79,11 +100,12 @@ getindex: d[perm[i]] if i == j else 0
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, request):
-    """The five specs built for JAX and PyTorch, once (kept in pytest's cache
-    per compiler version like conftest's builds)."""
+    """The specs built for JAX and PyTorch, once (kept in pytest's cache per
+    compiler version and spec texts, like conftest's builds)."""
     from conftest import _build_into, _rulegen_digest     # noqa: F401 (the same cache layout)
     cache = getattr(request.config, "cache", None)
-    folder = (cache.mkdir("rulegen-built") / _rulegen_digest() / "sparse-targets") if cache else \
+    digest = hashlib.sha256(repr(sorted(SPECS.items())).encode()).hexdigest()[:16]
+    folder = (cache.mkdir("rulegen-built") / _rulegen_digest() / f"sparse-targets-{digest}") if cache else \
         tmp_path_factory.mktemp("sparse") / "b"
     out = folder / "out"
     if not out.is_dir():
@@ -194,6 +216,21 @@ def _cases():
     # a scalar integer field in the loop bounds: d[2:] on the second subdiagonal (d[0], d[1] unused)
     out.append(("shift", "shift_diag", "ShiftDiag", dict(d=rng.standard_normal(5)), dict(s=-2), {},
                 lambda d: np.diag(d[2:], -2)))
+    # column-compressed with a coefficient 3 (u = 9 per element): ragged over j, an empty column
+    cptr, crows = np.array([0, 2, 2, 5, 6, 6]), np.array([1, 1, 0, 3, 0, 2])
+    ccol = np.repeat(np.arange(5), np.diff(cptr))
+    out.append(("csc", "sparse_csc", "SparseCSC", dict(vals=rng.standard_normal(6)),
+                dict(indptr=cptr, rows=crows), dict(m=4),
+                lambda vals: dense_coo(3 * vals, crows, ccol, 4, 5)))
+    # a two-axis integer field (one column compared with j, one in arithmetic) and a scalar one
+    pairs = np.array([[0, 1], [2, 2], [1, 0], [0, 3]])
+
+    def shifted(d):
+        Y = np.zeros((4, 4))
+        Y[np.arange(4), pairs[:, 1]] = d[(np.arange(4) + 1) % 4] * (pairs[:, 0] + 1)
+        return Y
+    out.append(("pairs", "shifted_pairs", "ShiftedPairs", dict(d=rng.standard_normal(4)),
+                dict(s=1, pairs=pairs), {}, shifted))
     return out
 
 
