@@ -551,3 +551,35 @@ def test_a_float_tensor_pattern_a_foreign_pattern_and_blocks_past_bs(built, fw):
             return mod.destructure(mod.SparseCOO(vals=jnp.ones(3), rows=r, cols=[0, 1, 1], m=3, n=2))
         with pytest.raises(TypeError, match=r"integer field 'rows' is a traced JAX value"):
             jax.jit(inside)(jnp.asarray([0, 1, 2]))
+
+
+@pytest.mark.parametrize("fw", _frameworks())
+def test_derived_operations_never_form_the_dense_matrix(built, fw):
+    """A 10⁶ × 10⁶ COO and CSR with a handful of elements: matvec, rmatvec,
+    diagonal and bilinear_pullback cost O(nnz·k + m + n), never m·n."""
+    m = n = 10 ** 6
+    rows, cols = np.array([0, 5, 5, m - 1, 7]), np.array([3, 5, 5, n - 1, 0])
+    vals = np.array([1.0, 2.0, -1.0, 4.0, 0.5])
+    order = np.argsort(rows, kind="stable")
+    indptr = np.searchsorted(rows[order], np.arange(m + 1))
+    v, u = np.zeros(n), np.zeros(m)
+    v[[3, 5, n - 1, 0]] = [1.0, 2.0, 3.0, 4.0]
+    u[[0, 5, m - 1, 7]] = [5.0, 6.0, 7.0, 8.0]
+    Yv, Ytu, diag = np.zeros(m), np.zeros(n), {}
+    for a, r, c in zip(vals, rows, cols):
+        Yv[r] += a * v[c]
+        Ytu[c] += a * u[r]
+        if r == c:
+            diag[r] = diag.get(r, 0.0) + a
+    for mod, x in (
+            _make(built, fw, "sparse_coo", "SparseCOO", dict(vals=vals), dict(rows=rows, cols=cols), dict(m=m, n=n)),
+            _make(built, fw, "sparse_csr", "SparseCSR", dict(vals=vals[order]), dict(indptr=indptr, cols=cols[order]),
+                  dict(n=n))):
+        conv = (lambda a: a) if fw == "jax" else __import__("torch").as_tensor
+        np.testing.assert_allclose(_tnp(mod.matvec(x, conv(v))), Yv, rtol=1e-6)
+        np.testing.assert_allclose(_tnp(mod.rmatvec(x, conv(u))), Ytu, rtol=1e-6)
+        d = _tnp(mod.diagonal(x))
+        assert d.shape == (m,) and np.count_nonzero(d) == len(diag) and np.isclose(d[5], diag[5])
+        g = _tnp(mod.bilinear_pullback(x, conv(u[:, None]), conv(v[:, None])).vals)
+        want = np.array([u[r] * v[c] for r, c in zip(rows, cols)])
+        np.testing.assert_allclose(g, want if mod is _module(built, fw, "sparse_coo") else want[order], rtol=1e-6)
