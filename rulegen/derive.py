@@ -107,6 +107,7 @@ class Derivation:
     row: tuple = ()             # (steps, value) restricted to i == 0 (toeplitz) or i == m - 1 (hankel)
     hankel: bool = False        # the entry depends on i + j only
     covers: bool = False        # the regions tile the whole matrix (no entry is a structural zero)
+    factors: tuple = ()         # (F, G) when Y = F Gᵀ exactly (see _factor_product): J⁺ in closed form
 
     @property
     def rows(self):
@@ -331,7 +332,35 @@ def derive(spec: Spec) -> Derivation:
     # becomes 0 once an index is pinned ((i - j) * d[i] where i == j) writes nothing.
     covers = (all(v != 0 for _, v in cases) and not zero_nests
               and not any(c.has(sp.Indexed, sp.Sum) for c, _ in cases))
-    return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag, toeplitz, column, row, hankel, covers)
+    factors = _factor_product(spec, regions, ops) if kind == "general" else ()
+    return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag, toeplitz, column, row, hankel, covers,
+                      factors)
+
+
+def _factor_product(spec, regions, ops) -> tuple:
+    """``(F, G)`` when the entry is exactly ``Σ_{k < r} F[i, k] · G[j, k]`` over
+    the whole matrix, F of shape (rows, r) and G (cols, r) two distinct real
+    fields and the only ones: Y = F Gᵀ, whose J⁺ has a closed form (the
+    tangent space of rank-r matrices; rulegen.runtime.factor_pinv)."""
+    if len(regions) != 1 or len(ops) != 1 or ops[0].separable is None or len(spec.fields) != 2:
+        return ()
+    sep = ops[0].separable
+    if sep.limit is None or sep.i_bounds != (0, spec.size[0]) or sep.j_bounds != (0, spec.size[1]):
+        return ()
+    k, lo, hi = sep.limit
+    a, b = sep.alpha, sep.beta
+    if not (isinstance(a, sp.Indexed) and isinstance(b, sp.Indexed) and lo == 0):
+        return ()
+    f, g = spec.field(_field_of(a)), spec.field(_field_of(b))
+    if f.name == g.name or f.integer or g.integer or f.ndim != 2 or g.ndim != 2:
+        return ()
+    if a.indices != (I, k) or b.indices != (J, k):
+        return ()
+    r = hi + 1
+    if sp.expand(f.shape[0] - spec.size[0]) != 0 or sp.expand(g.shape[0] - spec.size[1]) != 0 \
+            or sp.expand(f.shape[1] - r) != 0 or sp.expand(g.shape[1] - r) != 0:
+        return ()
+    return (f.name, g.name)
 
 
 def _terms(e, kind):

@@ -566,6 +566,101 @@ def blocks_class(blocks: tuple, n_entries: int) -> str:
 # J is never built: only the generated pushforward (J·v) and pullback (Jᵀ·y)
 # kernels are called, and the extra memory is O(N + p).
 
+# -- Y = F Gᵀ: J⁺ in closed form --------------------------------------------------------
+# J(dF, dG) = dF Gᵀ + F dGᵀ. With F = Qf Rf, G = Qg Rg (QR) of full column rank,
+# every least-squares solution is dF = (I - P_F) Ẏ G (GᵀG)⁻¹ + F X, dG = Ẏᵀ F (FᵀF)⁻¹ - G Xᵀ
+# (X any r × r: the null space (F X, -G Xᵀ) has dimension r²), and the one of
+# minimum norm has (FᵀF) X + X (GᵀG) = (FᵀF)⁻¹ Fᵀ Ẏ G, a Sylvester equation solved
+# in the eigenbases of the two Gram matrices. Its transpose (restructure_pullback):
+# Ȳ = (I - P_F) F̄ (GᵀG)⁻¹ Gᵀ + F (FᵀF)⁻¹ Ḡᵀ + F (FᵀF)⁻¹ S(Fᵀ F̄ - Ḡᵀ G) Gᵀ, S the
+# Sylvester solve (self-adjoint). Cost O((m + n)·r² + r³) plus two products with Ẏ.
+
+FACTOR_COND = 1e6       # beyond this condition number of F or G: LSQR instead
+
+
+def _t(a):
+    return np.swapaxes(a, -1, -2)
+
+
+def _factor_setup(F, G):
+    m, r = F.shape[-2:]
+    n = G.shape[-2]
+    if r == 0 or r > m or r > n or not (np.all(np.isfinite(F)) and np.all(np.isfinite(G))):
+        return None
+    qr = [_cholesky_qr(F), _cholesky_qr(G)]
+    if any(f is None for f in qr):
+        return None
+    (Qf, Rf), (Qg, Rg) = qr
+    lf, Ef = np.linalg.eigh(_t(Rf) @ Rf)
+    lg, Eg = np.linalg.eigh(_t(Rg) @ Rg)
+    return Qf, Rf, Qg, Rg, lf, Ef, lg, Eg
+
+
+def _cholesky_qr(A):
+    """(Q, R) with A = Q R, Q orthonormal columns, by CholeskyQR2 (two Cholesky
+    factorisations of r × r Gram matrices: O(m·r²) in matrix products, where
+    LAPACK's Householder QR of a tall thin matrix is far slower here); None
+    when A is not of full column rank within FACTOR_COND."""
+    try:
+        R1 = _t(np.linalg.cholesky(_t(A) @ A))
+    except np.linalg.LinAlgError:
+        return None
+    s = np.linalg.svd(R1, compute_uv=False)
+    if not np.all(s[..., -1] * FACTOR_COND > s[..., 0]):
+        return None
+    Q1 = _t(np.linalg.solve(_t(R1), _t(A)))
+    try:
+        R2 = _t(np.linalg.cholesky(_t(Q1) @ Q1))
+    except np.linalg.LinAlgError:
+        return None
+    return _t(np.linalg.solve(_t(R2), _t(Q1))), R2 @ R1
+
+
+def _sylvester(setup, C):
+    """X with (FᵀF) X + X (GᵀG) = C."""
+    _, _, _, _, lf, Ef, lg, Eg = setup
+    return Ef @ ((_t(Ef) @ C @ Eg) / (lf[..., :, None] + lg[..., None, :])) @ _t(Eg)
+
+
+def factor_pinv(F, G, ydot, dtype):
+    """J⁺ vec(Ẏ) for Y = F Gᵀ as (dF, dG) in ``dtype``, or None when F or G
+    is not of full column rank (well conditioned), complex, or r > min(m, n)."""
+    if is_complex(F.dtype) or is_complex(G.dtype) or is_complex(ydot.dtype):
+        return None
+    F, G = F.astype(np.float64, copy=False), G.astype(np.float64, copy=False)
+    batch = np.broadcast_shapes(F.shape[:-2], G.shape[:-2], ydot.shape[:-2])
+    F = np.broadcast_to(F, batch + F.shape[-2:])
+    G = np.broadcast_to(G, batch + G.shape[-2:])
+    Y = np.broadcast_to(ydot.astype(np.float64, copy=False), batch + ydot.shape[-2:])
+    setup = _factor_setup(F, G)
+    if setup is None:
+        return None
+    Qf, Rf, Qg, Rg = setup[:4]
+    YQg = Y @ Qg
+    A = YQg - Qf @ (_t(Qf) @ YQg)
+    dF = _t(np.linalg.solve(Rg, _t(A)))
+    dG = _t(np.linalg.solve(Rf, _t(_t(Y) @ Qf)))
+    X = _sylvester(setup, np.linalg.solve(Rf, _t(Qf) @ YQg @ Rg))
+    return (dF + F @ X).astype(dtype, copy=False), (dG - G @ _t(X)).astype(dtype, copy=False)
+
+
+def factor_pinv_adjoint(F, G, Fbar, Gbar, dtype):
+    """(J⁺)ᵀ (F̄, Ḡ) for Y = F Gᵀ as a dense matrix in ``dtype``, or None (see factor_pinv)."""
+    if any(is_complex(a.dtype) for a in (F, G, Fbar, Gbar)):
+        return None
+    batch = np.broadcast_shapes(F.shape[:-2], G.shape[:-2], Fbar.shape[:-2], Gbar.shape[:-2])
+    F, G, Fbar, Gbar = (np.broadcast_to(a.astype(np.float64, copy=False), batch + a.shape[-2:])
+                        for a in (F, G, Fbar, Gbar))
+    setup = _factor_setup(F, G)
+    if setup is None:
+        return None
+    Qf, Rf, Qg, Rg = setup[:4]
+    first = (Fbar - Qf @ (_t(Qf) @ Fbar)) @ np.linalg.solve(Rg, _t(Qg))
+    FGi = _t(np.linalg.solve(Rf, _t(Qf)))          # F (FᵀF)⁻¹
+    S = _sylvester(setup, _t(F) @ Fbar - _t(Gbar) @ G)
+    return (first + FGi @ _t(Gbar) + FGi @ S @ _t(G)).astype(dtype, copy=False)
+
+
 class ConvergenceWarning(RuntimeWarning):
     """A matrix-free pseudo-inverse solve stopped before reaching its tolerance."""
 

@@ -508,6 +508,14 @@ def _wrapper(k: Kernel, n_sizes: int) -> dict:
                 inputs=inputs, outputs=outputs, index=index, args=args)
 
 
+def _factors(d: Derivation) -> dict | None:
+    """Y = F Gᵀ (derive._factor_product): the factors' names and positions among the fields."""
+    if not d.factors:
+        return None
+    names = [f.name for f in real_fields(d.spec)]
+    return dict(F=d.factors[0], G=d.factors[1], f=names.index(d.factors[0]), g=names.index(d.factors[1]))
+
+
 def _int_checks(d: Derivation) -> list:
     """What the constructor checks of the integer fields' values (rulegen.pattern)."""
     out = [dict(field=b.field, lo=code(b.lo), hi=code(b.hi), why=b.why, monotone=False, step=False,
@@ -575,5 +583,6 @@ def render(d: Derivation, spec_file: str) -> str:
         kron=[dict(P=code(k.P), Q=code(k.Q), p=code(k.p), q=code(k.q), f=str(k.f), g=str(k.g))
               for k in kron_terms(d)],
         kron_only=bool(d.op_regions) and all(r.kron is not None for r in d.op_regions),
+        factors=_factors(d),
     )
     return environment().get_template("numba_module.py.j2").render(**context)
