@@ -1067,8 +1067,9 @@ class _Pinv(torch.autograd.Function):
 # shape: a batch shares its pattern) in the size values, never a leaf of the
 # pytree, never requiring grad; the attribute (x.rows) is an int64 tensor on
 # the fields' device. The index tensors of the sparse grids are computed from
-# the numpy copy (exact, O(stored)) and copied to the device: one host-to-device
-# copy of O(stored) integers per call, no device-to-host synchronisation.
+# the numpy copy (exact, O(stored)) on the host and kept on the device per
+# content (index_tensor): no device-to-host synchronisation, and a pattern is
+# copied to a GPU once.
 
 class IntField:
     """A validated integer field: compares and hashes by its values (the hash
@@ -1155,3 +1156,26 @@ def int_device(arrays):
     when there is none, or when a pytree transform rebuilds the instance
     around placeholders such as torch.func.vmap's in_dims)."""
     return next((a.device for a in arrays if isinstance(a, torch.Tensor)), torch.device("cpu"))
+
+
+_INDEX_CACHE: dict = {}
+_INDEX_CACHE_SIZE = 256
+
+
+def index_tensor(arr: np.ndarray, device):
+    """A numpy index array of a data pattern as an int64 tensor on ``device``:
+    on the CPU the array itself (no copy); elsewhere kept per content and
+    device, so that calls with the same pattern copy nothing to the device
+    and never wait for it (a copy from host memory synchronises the stream)."""
+    arr = np.ascontiguousarray(arr, np.int64)
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    import hashlib
+    key = (str(device), arr.shape, hashlib.blake2b(arr.tobytes(), digest_size=16).digest())
+    t = _INDEX_CACHE.get(key)
+    if t is None:
+        t = torch.from_numpy(arr.copy()).to(device)
+        if len(_INDEX_CACHE) >= _INDEX_CACHE_SIZE:
+            _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+        _INDEX_CACHE[key] = t
+    return t

@@ -234,6 +234,10 @@ class Writer:
         """An index expression (``let``) as an array."""
         return f"{self.xp}.asarray({text})"
 
+    def index_array(self, name: str) -> str:
+        """A numpy index array of a data pattern (see ``_points``) on the device."""
+        return self.asarray(name)
+
     def scalar(self, name: str, ctx: Ctx) -> str:
         """A field of shape () read over the grid."""
         return name
@@ -407,7 +411,7 @@ class Writer:
                     keep = self.let("keep", f"_np.broadcast_to({numpy(sp.And(*now))}, ({count},))")
                     select(keep)
         for v, name in np_vars.items():
-            ctx.names[v] = self.let(v.name, self.asarray(name))
+            ctx.names[v] = self.let(v.name, self.index_array(name))
         ctx.np_names = dict(np_vars)
         for g in guards:
             self._and_mask(ctx, g)
@@ -444,7 +448,7 @@ class Writer:
     def _int_var(self, text: str, ctx: Ctx):
         d = sp.Dummy("q", integer=True)
         ctx.np_names[d] = self.let("nq", text)
-        ctx.names[d] = self.let("q", self.asarray(ctx.np_names[d]))
+        ctx.names[d] = self.let("q", self.index_array(ctx.np_names[d]))
         return d
 
     def int_reads(self, f, ctx: Ctx):

@@ -54,6 +54,9 @@ class TorchWriter(Writer):
     def asarray(self, text):
         return f"torch.as_tensor({text}, device=_dev)"
 
+    def index_array(self, name):
+        return f"_rt.index_tensor({name}, _dev)"
+
     def scalar(self, name, ctx):
         return f"{name}[..., {', '.join(['None'] * ctx.ndim)}]" if ctx.ndim else name
 
