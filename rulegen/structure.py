@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from .expr import I, J
+from .expr import I, J, IntRead
 from .loops import build_nest
 
 MAX_CANDIDATES = 64        # bounds kept per region while maximising over its loops
@@ -219,6 +219,10 @@ def analyse(d) -> Structure:
         ku = _band_side(d, J - I)
     except Exception:                       # sympy gave up somewhere: no band
         kl = ku = None
+    # a bound that depends on data (an integer field, a swapped sum's variable) is no fixed band
+    allowed = set(spec.sizes)
+    kl = None if kl is not None and (kl.has(IntRead) or kl.free_symbols - allowed) else kl
+    ku = None if ku is not None and (ku.has(IntRead) or ku.free_symbols - allowed) else ku
     if kl is not None and _is_full(kl, rows):
         kl = None
     if ku is not None and _is_full(ku, cols):
