@@ -159,15 +159,18 @@ def test_iterative_solve_warns_when_it_stops_short(monkeypatch):
 
     import rulegen.runtime as rt
 
-    mod = generated("low_rank")
+    # (LowRank's J⁺ has a closed form now: DiagonalPlusLowRank still goes through LSQR)
+    mod = generated("diagonal_plus_low_rank")
     rng = np.random.default_rng(7)
-    x = mod.LowRank(U=rng.standard_normal((8, 3)), V=rng.standard_normal((7, 3)))
-    Y = rng.standard_normal((8, 7))
+    x = mod.DiagonalPlusLowRank(d=rng.standard_normal(7), U=rng.standard_normal((7, 3)),
+                                V=rng.standard_normal((7, 3)))
+    Y = rng.standard_normal((7, 7))
     with warnings.catch_warnings():
         warnings.simplefilter("error")          # converged: no warning at all
         mod.restructure_pushforward(x, Y)
     monkeypatch.setattr(rt.Iterative, "iteration_cap", lambda self, shape: 2)
-    with pytest.warns(rt.ConvergenceWarning, match=r"LowRank: J⁺: LSQR stopped at the iteration cap after 2"):
+    with pytest.warns(rt.ConvergenceWarning,
+                      match=r"DiagonalPlusLowRank: J⁺: LSQR stopped at the iteration cap after 2"):
         mod.restructure_pushforward(x, Y)
 
 
