@@ -222,21 +222,29 @@ def _linearisation(x, batch):
 
 def _pinv(x, ydot):
     dtype = _rt.result_dtype(x.dtype, _rt.real_dtype(ydot.dtype)) if not _rt.is_complex(x.dtype) else ydot.dtype
-    # Y = U Vᵀ: J⁺ in closed form when both factors have full column rank
-    # (rulegen.runtime.factor_pinv), else LSQR
+    # Y = U Vᵀ: J⁺ in closed form for the instances whose factors have full
+    # column rank (rulegen.runtime.factor_pinv), LSQR for the others
     fast = _rt.factor_pinv(x._arrays[0], x._arrays[1], ydot, dtype)
     if fast is not None:
-        return fast
+        *parts, ok = fast
+        parts = parts
+        if ok.all():
+            return tuple(parts)
+        slow = _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, dtype)
+        return tuple(np.where(ok.reshape(ok.shape + (1,) * (a.ndim - ok.ndim)), a, b) for a, b in zip(parts, slow))
     return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, dtype)
 
 
 def _pinv_adjoint(x, arrays, dtype):
     fast = _rt.factor_pinv_adjoint(x._arrays[0], x._arrays[1], arrays[0],
                                    arrays[1], _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
-    if fast is not None:
-        return fast
+    if fast is not None and fast[1].all():
+        return fast[0]
     batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
-    return _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
+    slow = _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
+    if fast is not None:
+        return np.where(fast[1][..., None, None], fast[0], slow)
+    return slow
 
 
 def _classify(x):

@@ -583,82 +583,88 @@ def _t(a):
 
 
 def _factor_setup(F, G):
+    """(setup, ok): the factorisations of every instance, and which instances
+    they serve (finite, of full column rank within FACTOR_COND); the others
+    are factorised as if F and G had orthonormal columns, for shape's sake."""
     m, r = F.shape[-2:]
     n = G.shape[-2]
-    if r == 0 or r > m or r > n or not (np.all(np.isfinite(F)) and np.all(np.isfinite(G))):
-        return None
-    qr = [_cholesky_qr(F), _cholesky_qr(G)]
-    if any(f is None for f in qr):
-        return None
-    (Qf, Rf), (Qg, Rg) = qr
+    if r == 0 or r > m or r > n:
+        return None, None
+    ok = np.ones(F.shape[:-2], bool)
+    served = []
+    for A in (F, G):
+        fine = np.all(np.isfinite(A), axis=(-2, -1))
+        A = np.where(fine[..., None, None], A, 0.0)
+        lam = np.linalg.eigvalsh(_t(A) @ A)             # σ² of A, ascending
+        fine &= lam[..., 0] * FACTOR_COND ** 2 > lam[..., -1]
+        # instances that the closed form does not serve get I-like columns (their result is discarded)
+        spare = np.zeros(A.shape[-2:])
+        spare[np.arange(r), np.arange(r)] = 1.0
+        served.append(np.where(fine[..., None, None], A, spare))
+        ok &= fine
+    F, G = served
+    Qf, Rf = _cholesky_qr(F)
+    Qg, Rg = _cholesky_qr(G)
     lf, Ef = np.linalg.eigh(_t(Rf) @ Rf)
     lg, Eg = np.linalg.eigh(_t(Rg) @ Rg)
-    return Qf, Rf, Qg, Rg, lf, Ef, lg, Eg
+    return (F, G, Qf, Rf, Qg, Rg, lf, Ef, lg, Eg), ok
 
 
 def _cholesky_qr(A):
     """(Q, R) with A = Q R, Q orthonormal columns, by CholeskyQR2 (two Cholesky
     factorisations of r × r Gram matrices: O(m·r²) in matrix products, where
-    LAPACK's Householder QR of a tall thin matrix is far slower here); None
-    when A is not of full column rank within FACTOR_COND."""
-    try:
-        R1 = _t(np.linalg.cholesky(_t(A) @ A))
-    except np.linalg.LinAlgError:
-        return None
-    s = np.linalg.svd(R1, compute_uv=False)
-    if not np.all(s[..., -1] * FACTOR_COND > s[..., 0]):
-        return None
+    LAPACK's Householder QR of a tall thin matrix is far slower here); A of
+    full column rank (condition number at most FACTOR_COND)."""
+    R1 = _t(np.linalg.cholesky(_t(A) @ A))
     Q1 = _t(np.linalg.solve(_t(R1), _t(A)))
-    try:
-        R2 = _t(np.linalg.cholesky(_t(Q1) @ Q1))
-    except np.linalg.LinAlgError:
-        return None
+    R2 = _t(np.linalg.cholesky(_t(Q1) @ Q1))
     return _t(np.linalg.solve(_t(R2), _t(Q1))), R2 @ R1
 
 
 def _sylvester(setup, C):
     """X with (FᵀF) X + X (GᵀG) = C."""
-    _, _, _, _, lf, Ef, lg, Eg = setup
+    lf, Ef, lg, Eg = setup[-4:]
     return Ef @ ((_t(Ef) @ C @ Eg) / (lf[..., :, None] + lg[..., None, :])) @ _t(Eg)
 
 
+def _factor_operands(arrays):
+    batch = np.broadcast_shapes(*(a.shape[:-2] for a in arrays))
+    return [np.broadcast_to(a.astype(np.float64, copy=False), batch + a.shape[-2:]) for a in arrays]
+
+
 def factor_pinv(F, G, ydot, dtype):
-    """J⁺ vec(Ẏ) for Y = F Gᵀ as (dF, dG) in ``dtype``, or None when F or G
-    is not of full column rank (well conditioned), complex, or r > min(m, n)."""
+    """J⁺ vec(Ẏ) for Y = F Gᵀ: ``(dF, dG, ok)`` in ``dtype``, ``ok`` the
+    instances of the batch that the closed form serves (the caller solves the
+    others by LSQR); None when it serves none of them: complex numbers, or
+    r > min(m, n)."""
     if is_complex(F.dtype) or is_complex(G.dtype) or is_complex(ydot.dtype):
         return None
-    F, G = F.astype(np.float64, copy=False), G.astype(np.float64, copy=False)
-    batch = np.broadcast_shapes(F.shape[:-2], G.shape[:-2], ydot.shape[:-2])
-    F = np.broadcast_to(F, batch + F.shape[-2:])
-    G = np.broadcast_to(G, batch + G.shape[-2:])
-    Y = np.broadcast_to(ydot.astype(np.float64, copy=False), batch + ydot.shape[-2:])
-    setup = _factor_setup(F, G)
-    if setup is None:
+    F, G, Y = _factor_operands((F, G, ydot))
+    setup, ok = _factor_setup(F, G)
+    if setup is None or not ok.any():
         return None
-    Qf, Rf, Qg, Rg = setup[:4]
+    F, G, Qf, Rf, Qg, Rg = setup[:6]
     YQg = Y @ Qg
     A = YQg - Qf @ (_t(Qf) @ YQg)
     dF = _t(np.linalg.solve(Rg, _t(A)))
     dG = _t(np.linalg.solve(Rf, _t(_t(Y) @ Qf)))
     X = _sylvester(setup, np.linalg.solve(Rf, _t(Qf) @ YQg @ Rg))
-    return (dF + F @ X).astype(dtype, copy=False), (dG - G @ _t(X)).astype(dtype, copy=False)
+    return (dF + F @ X).astype(dtype, copy=False), (dG - G @ _t(X)).astype(dtype, copy=False), ok
 
 
 def factor_pinv_adjoint(F, G, Fbar, Gbar, dtype):
-    """(J⁺)ᵀ (F̄, Ḡ) for Y = F Gᵀ as a dense matrix in ``dtype``, or None (see factor_pinv)."""
+    """(J⁺)ᵀ (F̄, Ḡ) for Y = F Gᵀ: ``(Ȳ, ok)`` with Ȳ dense in ``dtype``, or None (see factor_pinv)."""
     if any(is_complex(a.dtype) for a in (F, G, Fbar, Gbar)):
         return None
-    batch = np.broadcast_shapes(F.shape[:-2], G.shape[:-2], Fbar.shape[:-2], Gbar.shape[:-2])
-    F, G, Fbar, Gbar = (np.broadcast_to(a.astype(np.float64, copy=False), batch + a.shape[-2:])
-                        for a in (F, G, Fbar, Gbar))
-    setup = _factor_setup(F, G)
-    if setup is None:
+    F, G, Fbar, Gbar = _factor_operands((F, G, Fbar, Gbar))
+    setup, ok = _factor_setup(F, G)
+    if setup is None or not ok.any():
         return None
-    Qf, Rf, Qg, Rg = setup[:4]
+    F, G, Qf, Rf, Qg, Rg = setup[:6]
     first = (Fbar - Qf @ (_t(Qf) @ Fbar)) @ np.linalg.solve(Rg, _t(Qg))
     FGi = _t(np.linalg.solve(Rf, _t(Qf)))          # F (FᵀF)⁻¹
     S = _sylvester(setup, _t(F) @ Fbar - _t(Gbar) @ G)
-    return (first + FGi @ _t(Gbar) + FGi @ S @ _t(G)).astype(dtype, copy=False)
+    return (first + FGi @ _t(Gbar) + FGi @ S @ _t(G)).astype(dtype, copy=False), ok
 
 
 class ConvergenceWarning(RuntimeWarning):

@@ -64,8 +64,8 @@ def test_falls_back_to_lsqr(case):
         U[:, 1] = 2 * U[:, 0]
     elif case == "r > n":
         U, V = rng.standard_normal((5, 3)), rng.standard_normal((2, 3))
-    assert runtime.factor_pinv(U, V, rng.standard_normal((U.shape[0], V.shape[0])), np.float64) is None \
-        or case == "complex"
+    fast = runtime.factor_pinv(U, V, rng.standard_normal((U.shape[0], V.shape[0])), np.float64)
+    assert fast is None or case == "complex"
     if case == "complex":
         Uc = U + 1j * rng.standard_normal(U.shape)
         assert runtime.factor_pinv(Uc, V, np.zeros((5, 4)), np.complex128) is None
@@ -123,3 +123,21 @@ size: [m, n]
 getindex: "{entry}"
 """
     assert derive(parse_spec(text)).factors == ()
+
+
+def test_a_batch_mixes_the_closed_form_and_lsqr():
+    rng = np.random.default_rng(5)
+    U, V = rng.standard_normal((3, 6, 2)), rng.standard_normal((3, 5, 2))
+    U[1, :, 1] = U[1, :, 0]                    # instance 1 is rank-deficient: LSQR there only
+    fast = runtime.factor_pinv(U, V, np.zeros((6, 5)), np.float64)
+    assert fast[-1].tolist() == [True, False, True]
+    x = L.LowRank(U=U, V=V)
+    ydot = rng.standard_normal((3, 6, 5))
+    t = L.restructure_pushforward(x, ydot)
+    tb = L.LowRank(U=rng.standard_normal((3, 6, 2)), V=rng.standard_normal((3, 5, 2)))
+    yb = L.restructure_pullback(x, tb)
+    for b in range(3):
+        P = _pinv_oracle(U[b], V[b])
+        np.testing.assert_allclose(np.concatenate([t.U[b].ravel(), t.V[b].ravel()]), P @ ydot[b].ravel(), atol=1e-8)
+        np.testing.assert_allclose(yb[b].ravel(), P.T @ np.concatenate([tb.U[b].ravel(), tb.V[b].ravel()]),
+                                   atol=1e-8)
