@@ -242,9 +242,7 @@ def _pinv_adjoint(x, arrays, dtype):
         return fast[0]
     batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
     slow = _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
-    if fast is not None:
-        return np.where(fast[1][..., None, None], fast[0], slow)
-    return slow
+    return slow if fast is None else np.where(fast[1][..., None, None], fast[0], slow)
 
 
 def _classify(x):

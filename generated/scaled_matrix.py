@@ -222,8 +222,7 @@ def _pinv(x, ydot):
 
 def _pinv_adjoint(x, arrays, dtype):
     batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
-    slow = _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
-    return slow
+    return _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def _classify(x):
