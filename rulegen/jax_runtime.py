@@ -22,7 +22,7 @@ from jax import lax
 from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims, check_instance,  # noqa: F401 (re-exported)
                       check_shape, given_size, parametrisation_class, solve_size)
-from .runtime import check_int_range, check_int_steps, check_monotone  # noqa: F401 (re-exported: integer fields)
+from .runtime import IntField, check_int_range, check_int_steps, check_monotone  # noqa: F401 (re-exported: integer fields)
 
 
 def _default_float():
@@ -426,33 +426,6 @@ class Iterative:
 # tangent or cotangent carries its primal's pattern unchanged, and the index
 # arrays of the sparse grids are computed with numpy at trace time (exact,
 # O(stored)). A new pattern is a new static value: jit traces again for it.
-
-class IntField:
-    """A validated integer field as hashable static data: compares and hashes
-    by its values (the hash computed once), and reads as the numpy array."""
-
-    __slots__ = ("array", "_hash")
-
-    def __init__(self, array: np.ndarray):
-        self.array = array
-        self._hash = hash((array.shape, array.tobytes()))
-
-    def __hash__(self):
-        return self._hash
-
-    def __eq__(self, other):
-        if self is other:
-            return True
-        if not isinstance(other, IntField):
-            return NotImplemented
-        return self._hash == other._hash and np.array_equal(self.array, other.array)
-
-    def __array__(self, dtype=None, copy=None):
-        return self.array if dtype is None else self.array.astype(dtype)
-
-    def __repr__(self):
-        return repr(self.array)
-
 
 def as_int_field(owner: str, name: str, value, rank: int) -> np.ndarray:
     """An integer field as a read-only int64 numpy array of rank ``rank``

@@ -370,6 +370,34 @@ def check_instance(func: str, name: str, value, cls, like=None):
 # The pattern of a sparse or permuted type: int64 arrays of exactly their declared
 # shape (no batch dimensions: a batch shares its pattern), never differentiated.
 
+class IntField:
+    """A validated integer field as hashable data (the JAX and PyTorch targets
+    keep it with the sizes, as static data): compares and hashes by its values
+    (the hash computed once), and reads as the numpy array."""
+
+    __slots__ = ("array", "_hash")
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self._hash = hash((array.shape, array.tobytes()))
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if not isinstance(other, IntField):
+            return NotImplemented
+        return self._hash == other._hash and np.array_equal(self.array, other.array)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.array if dtype is None else self.array.astype(dtype)
+
+    def __repr__(self):
+        return repr(self.array)
+
+
 def as_int_field(owner: str, name: str, value, rank: int) -> np.ndarray:
     """An integer field as a read-only C-contiguous int64 array of rank ``rank``."""
     if value is None:

@@ -26,6 +26,7 @@ from .runtime import _broadcast, batch_shape  # noqa: F401 (batch_shape re-expor
 from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims,  # noqa: F401 (re-exported)
                       given_size, parametrisation_class, solve_size)
+from .runtime import IntField as _IntField
 from .runtime import check_int_range, check_int_steps, check_monotone  # noqa: F401 (re-exported: integer fields)
 from .runtime import check_shape as check_int_shape  # noqa: F401 (an integer field: no batch dimensions)
 
@@ -1071,15 +1072,14 @@ class _Pinv(torch.autograd.Function):
 # content (index_tensor): no device-to-host synchronisation, and a pattern is
 # copied to a GPU once.
 
-class IntField:
-    """A validated integer field: compares and hashes by its values (the hash
-    computed once); ``tensor(device)`` its int64 tensor, kept per device."""
+class IntField(_IntField):
+    """A validated integer field (rulegen.runtime.IntField: compares and hashes
+    by its values); ``tensor(device)`` its int64 tensor, kept per device."""
 
-    __slots__ = ("array", "_hash", "_tensors")
+    __slots__ = ("_tensors",)
 
     def __init__(self, array: np.ndarray):
-        self.array = array
-        self._hash = hash((array.shape, array.tobytes()))
+        super().__init__(array)
         self._tensors = {}
 
     def tensor(self, device):
@@ -1087,22 +1087,6 @@ class IntField:
         if t is None:
             t = self._tensors[str(device)] = torch.from_numpy(self.array.copy()).to(device)
         return t
-
-    def __hash__(self):
-        return self._hash
-
-    def __eq__(self, other):
-        if self is other:
-            return True
-        if not isinstance(other, IntField):
-            return NotImplemented
-        return self._hash == other._hash and np.array_equal(self.array, other.array)
-
-    def __array__(self, dtype=None, copy=None):
-        return self.array if dtype is None else self.array.astype(dtype)
-
-    def __repr__(self):
-        return repr(self.array)
 
 
 def as_int_field(owner: str, name: str, value, rank: int) -> np.ndarray:
