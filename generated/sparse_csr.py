@@ -421,25 +421,13 @@ def _matvec_kernel(m, n, nnz, indptr, cols, vals, _rhs, _out):
         for i in range(0, m):
             _lo1 = indptr[i]
             _hi2 = indptr[i + 1]
-            if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
-                _sum3 = 0.0
-                for k in range(_lo1, _hi2):
-                    j = cols[_u(k)]
-                    if (j >= 0) and (j < n):
-                        _v4 = vals[_u(k)]
-                        _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
-                _out[_u(i), _u(_c)] += _sum3
-            else:
-                for k in range(_lo1, _hi2):
-                    j = cols[_w(k, cols.shape[0])]
-                    if (j >= 0) and (j < n):
-                        _a6 = k
-                        if _a6 < 0:
-                            _a6 += vals.shape[0]
-                        if _a6 < 0 or _a6 >= vals.shape[0]:
-                            raise IndexError("SparseCSR: getindex reads vals out of range")
-                        _v5 = vals[_a6]
-                        _out[i, _c] += (_v5) * _rhs[j, _c]
+            _sum3 = 0.0
+            for k in range(_lo1, _hi2):
+                j = cols[_u(k)]
+                if (j >= 0) and (j < n):
+                    _v4 = vals[_u(k)]
+                    _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
+            _out[_u(i), _u(_c)] += _sum3
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -448,23 +436,11 @@ def _rmatvec_kernel(m, n, nnz, indptr, cols, vals, _rhs, _out):
         for i in range(0, m):
             _lo1 = indptr[i]
             _hi2 = indptr[i + 1]
-            if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
-                for k in range(_lo1, _hi2):
-                    j = cols[_u(k)]
-                    if (j >= 0) and (j < n):
-                        _v3 = vals[_u(k)]
-                        _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
-            else:
-                for k in range(_lo1, _hi2):
-                    j = cols[_w(k, cols.shape[0])]
-                    if (j >= 0) and (j < n):
-                        _a5 = k
-                        if _a5 < 0:
-                            _a5 += vals.shape[0]
-                        if _a5 < 0 or _a5 >= vals.shape[0]:
-                            raise IndexError("SparseCSR: getindex reads vals out of range")
-                        _v4 = vals[_a5]
-                        _out[j, _c] += (_v4) * _rhs[i, _c]
+            for k in range(_lo1, _hi2):
+                j = cols[_u(k)]
+                if (j >= 0) and (j < n):
+                    _v3 = vals[_u(k)]
+                    _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -472,27 +448,13 @@ def _bilinear_kernel(m, n, nnz, indptr, cols, vals, _left, _right, _g_vals):
     for i in range(0, m):
         _lo1 = indptr[i]
         _hi2 = indptr[i + 1]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
-            for k in range(_lo1, _hi2):
-                j = cols[_u(k)]
-                if (j >= 0) and (j < n):
-                    _y = 0.0
-                    for _c in range(_left.shape[1]):
-                        _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
-                    _g_vals[_u(k)] += _y
-        else:
-            for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
-                if (j >= 0) and (j < n):
-                    _y = 0.0
-                    for _c in range(_left.shape[1]):
-                        _y += _left[i, _c] * _right[j, _c]
-                    _a5 = k
-                    if _a5 < 0:
-                        _a5 += vals.shape[0]
-                    if _a5 < 0 or _a5 >= vals.shape[0]:
-                        raise IndexError("SparseCSR: getindex reads vals out of range")
-                    _g_vals[_a5] += _y
+        for k in range(_lo1, _hi2):
+            j = cols[_u(k)]
+            if (j >= 0) and (j < n):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+                _g_vals[_u(k)] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -501,21 +463,10 @@ def _diagonal_kernel(m, n, nnz, indptr, cols, vals, _out):
         j = i
         _lo1 = indptr[_w(i, indptr.shape[0])]
         _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
-            for k in range(_lo1, _hi2):
-                if (i == cols[_u(k)]):
-                    _v3 = vals[_u(k)]
-                    _out[_u(i)] += _v3
-        else:
-            for k in range(_lo1, _hi2):
-                if (i == cols[_w(k, cols.shape[0])]):
-                    _a5 = k
-                    if _a5 < 0:
-                        _a5 += vals.shape[0]
-                    if _a5 < 0 or _a5 >= vals.shape[0]:
-                        raise IndexError("SparseCSR: getindex reads vals out of range")
-                    _v4 = vals[_a5]
-                    _out[i] += _v4
+        for k in range(_lo1, _hi2):
+            if (i == cols[_u(k)]):
+                _v3 = vals[_u(k)]
+                _out[_u(i)] += _v3
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -524,21 +475,10 @@ def _diagonal_pullback_kernel(m, n, nnz, indptr, cols, vals, _dbar, _g_vals):
         j = i
         _lo1 = indptr[_w(i, indptr.shape[0])]
         _hi2 = indptr[_w(i + 1, indptr.shape[0])]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
-            for k in range(_lo1, _hi2):
-                if (i == cols[_u(k)]):
-                    _y = _dbar[_u(i)]
-                    _g_vals[_u(k)] += _y
-        else:
-            for k in range(_lo1, _hi2):
-                if (i == cols[_w(k, cols.shape[0])]):
-                    _y = _dbar[i]
-                    _a5 = k
-                    if _a5 < 0:
-                        _a5 += vals.shape[0]
-                    if _a5 < 0 or _a5 >= vals.shape[0]:
-                        raise IndexError("SparseCSR: getindex reads vals out of range")
-                    _g_vals[_a5] += _y
+        for k in range(_lo1, _hi2):
+            if (i == cols[_u(k)]):
+                _y = _dbar[_u(i)]
+                _g_vals[_u(k)] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -546,16 +486,10 @@ def _entry_weights_kernel(m, n, nnz, indptr, cols, _out):
     for i in range(0, m):
         _lo1 = indptr[i]
         _hi2 = indptr[i + 1]
-        if _hi2 <= _lo1 or (0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
-            for k in range(_lo1, _hi2):
-                j = cols[_u(k)]
-                if (j >= 0) and (j < n):
-                    _out[_u(i), _u(j)] += 1
-        else:
-            for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
-                if (j >= 0) and (j < n):
-                    _out[i, j] += 1
+        for k in range(_lo1, _hi2):
+            j = cols[_u(k)]
+            if (j >= 0) and (j < n):
+                _out[_u(i), _u(j)] += 1
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -563,23 +497,11 @@ def _destructure_kernel(m, n, nnz, indptr, cols, vals, _out):
     for i in range(0, m):
         _lo1 = indptr[i]
         _hi2 = indptr[i + 1]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
-            for k in range(_lo1, _hi2):
-                j = cols[_u(k)]
-                if (j >= 0) and (j < n):
-                    _v3 = vals[_u(k)]
-                    _out[_u(i), _u(j)] += _v3
-        else:
-            for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
-                if (j >= 0) and (j < n):
-                    _a5 = k
-                    if _a5 < 0:
-                        _a5 += vals.shape[0]
-                    if _a5 < 0 or _a5 >= vals.shape[0]:
-                        raise IndexError("SparseCSR: getindex reads vals out of range")
-                    _v4 = vals[_a5]
-                    _out[i, j] += _v4
+        for k in range(_lo1, _hi2):
+            j = cols[_u(k)]
+            if (j >= 0) and (j < n):
+                _v3 = vals[_u(k)]
+                _out[_u(i), _u(j)] += _v3
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -587,23 +509,11 @@ def _pushforward_kernel(m, n, nnz, indptr, cols, vals, _d_vals, _out):
     for i in range(0, m):
         _lo1 = indptr[i]
         _hi2 = indptr[i + 1]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
-            for k in range(_lo1, _hi2):
-                j = cols[_u(k)]
-                if (j >= 0) and (j < n):
-                    _t_v3 = _d_vals[_u(k)]
-                    _out[_u(i), _u(j)] += _t_v3
-        else:
-            for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
-                if (j >= 0) and (j < n):
-                    _a5 = k
-                    if _a5 < 0:
-                        _a5 += vals.shape[0]
-                    if _a5 < 0 or _a5 >= vals.shape[0]:
-                        raise IndexError("SparseCSR: getindex reads vals out of range")
-                    _t_v4 = _d_vals[_a5]
-                    _out[i, j] += _t_v4
+        for k in range(_lo1, _hi2):
+            j = cols[_u(k)]
+            if (j >= 0) and (j < n):
+                _t_v3 = _d_vals[_u(k)]
+                _out[_u(i), _u(j)] += _t_v3
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -611,23 +521,11 @@ def _pullback_kernel(m, n, nnz, indptr, cols, vals, _ybar, _g_vals):
     for i in range(0, m):
         _lo1 = indptr[i]
         _hi2 = indptr[i + 1]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
-            for k in range(_lo1, _hi2):
-                j = cols[_u(k)]
-                if (j >= 0) and (j < n):
-                    _y = _ybar[_u(i), _u(j)]
-                    _g_vals[_u(k)] += _y
-        else:
-            for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
-                if (j >= 0) and (j < n):
-                    _y = _ybar[i, j]
-                    _a5 = k
-                    if _a5 < 0:
-                        _a5 += vals.shape[0]
-                    if _a5 < 0 or _a5 >= vals.shape[0]:
-                        raise IndexError("SparseCSR: getindex reads vals out of range")
-                    _g_vals[_a5] += _y
+        for k in range(_lo1, _hi2):
+            j = cols[_u(k)]
+            if (j >= 0) and (j < n):
+                _y = _ybar[_u(i), _u(j)]
+                _g_vals[_u(k)] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -635,21 +533,10 @@ def _weights_kernel(m, n, nnz, indptr, cols, vals, _w_vals):
     for i in range(0, m):
         _lo1 = indptr[i]
         _hi2 = indptr[i + 1]
-        if _hi2 <= _lo1 or (0 <= _lo1 < vals.shape[0] and 0 <= _hi2 - 1 < vals.shape[0] and 0 <= _lo1 < cols.shape[0] and 0 <= _hi2 - 1 < cols.shape[0]):
-            for k in range(_lo1, _hi2):
-                j = cols[_u(k)]
-                if (j >= 0) and (j < n):
-                    _w_vals[_u(k)] += 1
-        else:
-            for k in range(_lo1, _hi2):
-                j = cols[_w(k, cols.shape[0])]
-                if (j >= 0) and (j < n):
-                    _a5 = k
-                    if _a5 < 0:
-                        _a5 += vals.shape[0]
-                    if _a5 < 0 or _a5 >= vals.shape[0]:
-                        raise IndexError("SparseCSR: getindex reads vals out of range")
-                    _w_vals[_a5] += 1
+        for k in range(_lo1, _hi2):
+            j = cols[_u(k)]
+            if (j >= 0) and (j < n):
+                _w_vals[_u(k)] += 1
 
 
 # Batched wrappers: instance b of the flat batch reads input a at index

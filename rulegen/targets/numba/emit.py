@@ -201,6 +201,63 @@ def _static_ints(spec, steps, value) -> dict:
     return out
 
 
+def _validated_span(spec, lo, hi):
+    """``(first, last)``: sympy bounds in the sizes of a loop from ``lo`` to
+    ``hi`` whose bounds read integer fields, from the value ranges that the
+    constructor checks (rulegen.pattern: CSR's indptr lies in [0, nnz], so
+    ``range(indptr[i], indptr[i + 1])`` stays in [0, nnz - 1]); or None."""
+    ranges = {}
+    for b in pattern_bounds(spec):
+        if not b.select:
+            old = ranges.get(b.field)
+            ranges[b.field] = (b.lo, b.hi) if old is None else (sp.Max(old[0], b.lo), sp.Min(old[1], b.hi))
+    sizes = set(spec.sizes)
+
+    def bound(e, upper):
+        if not e.free_symbols - sizes and not e.has(IntRead):
+            return e
+        if isinstance(e, sp.Max if not upper else sp.Min):
+            for a in e.args:
+                got = bound(a, upper)
+                if got is not None:
+                    return got
+            return None
+        split = _int_plus(e, sizes)
+        if split is None or split[0] not in ranges:
+            return None
+        field, c = split
+        return ranges[field][1] - 1 + c if upper else ranges[field][0] + c
+
+    if not (lo.has(IntRead) or hi.has(IntRead)):
+        return None         # loops over sizes keep their checks (hoisted to the ends of the loop)
+    first, end = bound(lo, False), bound(hi, True)
+    return None if first is None or end is None else (first, end - 1)
+
+
+def _int_plus(e, sizes):
+    """``(F, c)`` when ``e`` is ``F[...] + c``, c made of sizes and numbers."""
+    reads = list(e.atoms(IntRead))
+    if len(reads) != 1:
+        return None
+    c = sp.expand(e - reads[0])
+    return None if c.has(IntRead) or c.free_symbols - sizes else (type(reads[0]).__name__, c)
+
+
+def _inside(spec, name, idx, v, span) -> bool:
+    """Whether every index of ``name[idx]`` stays inside the field's declared
+    shape for v in ``span`` (each index v + c, or free of v and the loops)."""
+    sizes = set(spec.sizes)
+    shape = spec.field(name).shape
+    for d, e in enumerate(idx):
+        c = sp.expand(e - v)
+        if c.has(v) or c.has(IntRead) or c.free_symbols - sizes:
+            return False
+        first, last = span
+        if not (sp.expand(first + c).is_nonnegative and sp.expand(shape[d] - 1 - last - c).is_nonnegative):
+            return False
+    return True
+
+
 def _affine_all(e, bounds) -> bool:
     return all(_affine(e, v) for v in bounds if e.has(v)) and not any(
         sp.diff(e, v).has(w) for v in bounds for w in bounds if e.has(v))
@@ -221,18 +278,18 @@ def _hoisted(low: Lowerer, r, body, base: int, outputs) -> None:
     low.add(depth, f"{lo_t.name} = {low.condition(depth, lo)}")
     low.add(depth, f"{hi_t.name} = {low.condition(depth, hi)}")
     checks = []
-    for acc, idx in reads:
-        name = acc.base.label.name
+    span = _validated_span(low.spec, lo, hi)
+    for name, idx in [(acc.base.label.name, idx) for acc, idx in reads] + [(type(ir).__name__, ir.args)
+                                                                          for ir in ints]:
+        if span is not None and _inside(low.spec, name, idx, v, span):
+            continue        # the constructor's checks keep it in range
         for d, e in enumerate(idx):
             for end in (e.xreplace({v: lo_t}), e.xreplace({v: hi_t - 1})):
                 checks.append(f"0 <= {code(end)} < {name}.shape[{d}]")
-    for ir in ints:
-        name = type(ir).__name__
-        for d, e in enumerate(ir.args):
-            for end in (e.xreplace({v: lo_t}), e.xreplace({v: hi_t - 1})):
-                checks.append(f"0 <= {code(end)} < {name}.shape[{d}]")
     checks = list(dict.fromkeys(checks))
-    low.add(depth, f"if {hi_t.name} <= {lo_t.name} or ({' and '.join(checks)}):")
+    fd = depth + 1 if checks else depth       # no checks left: the unchecked loop alone
+    if checks:
+        low.add(depth, f"if {hi_t.name} <= {lo_t.name} or ({' and '.join(checks)}):")
     inner = (("for", v, lo_t, hi_t),) + tuple(r.steps[k + 1:])
     let_vars = {st[1] for st in r.steps[k + 1:] if st[0] == "let"}
     # accumulators for what the unchecked loop does not move
@@ -242,24 +299,25 @@ def _hoisted(low: Lowerer, r, body, base: int, outputs) -> None:
         if v not in uses and not (uses & let_vars):
             sinks[key] = low.fresh("sum")
     for name in sinks.values():
-        low.add(depth + 1, f"{name} = 0.0")
+        low.add(fd, f"{name} = 0.0")
     low.trusted = frozenset(acc for acc, _ in reads)
     low.fast = True
     low.int_subs = {ir: sp.Symbol(f"{type(ir).__name__}[{low.subscript(code(e) for e in ir.args)}]", integer=True)
                     for ir in ints}
     low.sinks, low.sink_used = sinks, {}
-    body(_open_nest(low, inner, depth + 1))
+    body(_open_nest(low, inner, fd))
     used = low.sink_used
     low.trusted, low.sinks, low.sink_used, low.fast, low.int_subs = frozenset(), {}, {}, False, {}
     for key, prefix in used.items():
         if key in fixed:
             name = key.base.label.name
             index = ", ".join(code(e) for e in fixed[key]) if low.spec.field(name).ndim else "0"
-            low.add(depth + 1, f"{prefix}{name}[{index}] += {sinks[key]}")
+            low.add(fd, f"{prefix}{name}[{index}] += {sinks[key]}")
         else:
-            low.add(depth + 1, f"{prefix} += {sinks[key]}")
-    low.add(depth, "else:")
-    body(_open_nest(low, inner, depth + 1))
+            low.add(fd, f"{prefix} += {sinks[key]}")
+    if checks:
+        low.add(depth, "else:")
+        body(_open_nest(low, inner, depth + 1))
 
 
 @dataclass(frozen=True)
