@@ -443,6 +443,18 @@ def check_int_range(owner: str, name: str, arr: np.ndarray, lo: int, hi: int, wh
                          f"(with {sizes})")
 
 
+def check_read(field: str, axis: int, index, extent: int):
+    """The index of a read that the pattern computes (numpy, at trace time),
+    as Python reads it: a negative index counts from the end; an IndexError
+    naming the field when it lies outside [-extent, extent)."""
+    index = np.asarray(index)
+    if index.size and (int(index.min()) < -extent or int(index.max()) >= extent):
+        bad = index[(index < -extent) | (index >= extent)][0]
+        raise IndexError(f"getindex reads {field} at index {int(bad)} along axis {axis}, outside "
+                         f"[-{extent}, {extent}) (the integer fields point outside the stored fields)")
+    return np.where(index < 0, index + extent, index) if index.size and int(index.min()) < 0 else index
+
+
 def check_int_steps(owner: str, name: str, arr: np.ndarray, most: int, why: str, sizes: str) -> None:
     """``arr[e + 1] - arr[e] <= most`` along the last axis (a block fits its storage)."""
     if arr.size > 1:

@@ -27,7 +27,7 @@ from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims,  # noqa: F401 (re-exported)
                       given_size, parametrisation_class, solve_size)
 from .runtime import IntField as _IntField
-from .runtime import check_int_range, check_int_steps, check_monotone  # noqa: F401 (re-exported: integer fields)
+from .runtime import check_int_range, check_int_steps, check_monotone, check_read  # noqa: F401 (re-exported: integer fields)
 from .runtime import check_shape as check_int_shape  # noqa: F401 (an integer field: no batch dimensions)
 
 
@@ -1122,17 +1122,6 @@ def expand_range(lo, hi, count: int):
 def points(values, count: int):
     """An index expression over the points as an int64 array of length ``count``."""
     return np.array(np.broadcast_to(np.asarray(values, np.int64), (count,)))
-
-
-def check_read(field: str, axis: int, index, extent: int):
-    """The index of a read that the pattern computes must lie in the field:
-    an IndexError naming the field otherwise."""
-    index = np.asarray(index)
-    if index.size and (int(index.min()) < 0 or int(index.max()) >= extent):
-        bad = index[(index < 0) | (index >= extent)][0]
-        raise IndexError(f"getindex reads {field} at index {int(bad)} along axis {axis}, outside "
-                         f"[0, {extent}) (the integer fields point outside the stored fields)")
-    return index
 
 
 def int_device(arrays):

@@ -531,3 +531,42 @@ def test_scipy_round_trip_and_peers_on_the_framework_targets(target):
 
 def _host(a):
     return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+WRAP = """name: WrapInt
+sizes: [n]
+fields:
+  h: [n]
+  s: {shape: [n], dtype: int}
+size: [n, n]
+getindex: h[i - s[j]]
+"""
+
+
+def test_an_index_through_an_integer_field_follows_python_in_every_target(tmp_path):
+    """h[i - s[j]] may be negative: like any index it counts from the end
+    (numba, JAX and PyTorch alike); the oracle is numpy's own indexing."""
+    from helpers import load_module, run_cli
+
+    (tmp_path / "w.yaml").write_text(WRAP)
+    proc = run_cli("build", str(tmp_path / "w.yaml"), "--target", "numba", "--target", "jax", "--target", "torch",
+                   "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    h, s = np.array([0.0, 1.0, 2.0]), np.array([0, 1, 2])
+    want = np.array([[h[i - s[j]] for j in range(3)] for i in range(3)])
+    ybar = np.arange(9.0).reshape(3, 3)
+    gwant = np.zeros(3)
+    for i in range(3):
+        for j in range(3):
+            gwant[(i - s[j]) % 3] += ybar[i, j]
+    targets = [("numba", "")] + [(t, t + "/") for t in ("jax", "torch") if _installed(t)]
+    for target, sub in targets:
+        mod = load_module(str(tmp_path / "out" / f"{sub}wrap_int.py"))
+        x = mod.WrapInt(h=h, s=s)
+        np.testing.assert_allclose(_host(mod.destructure(x)), want, err_msg=target)
+        np.testing.assert_allclose(_host(mod.destructure_pullback(x, ybar).h), gwant, err_msg=target)
+
+
+def _installed(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
