@@ -38,7 +38,6 @@ import numpy as np
 from numba import uint64 as _u
 
 from rulegen import runtime as _rt
-from rulegen.targets.numba.tiles import wrap_index as _w
 
 # numba's on-disk cache records each kernel's module name and imports it when
 # the kernel is loaded again. Give this module one stable name, whatever name
@@ -414,6 +413,16 @@ def diagonal_pullback(x, dbar):
     else:
         _diagonal_pullback_kernel(*x._size_values, *fields, dbar, *grads)
     return Permutation._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
+
+
+@numba.njit(inline="always")
+def _w_perm(k, n):
+    """An index into integer field perm as Python reads it, or IndexError."""
+    if k < 0:
+        k += n
+    if k < 0 or k >= n:
+        raise IndexError("Permutation: getindex reads integer field 'perm' out of range")
+    return k
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")

@@ -38,7 +38,6 @@ import numpy as np
 from numba import uint64 as _u
 
 from rulegen import runtime as _rt
-from rulegen.targets.numba.tiles import wrap_index as _w
 
 # numba's on-disk cache records each kernel's module name and imports it when
 # the kernel is loaded again. Give this module one stable name, whatever name
@@ -415,6 +414,26 @@ def diagonal_pullback(x, dbar):
     return SparseCSR._from_arrays(x._size_values, _rt.project_to(grads, x.dtype))
 
 
+@numba.njit(inline="always")
+def _w_indptr(k, n):
+    """An index into integer field indptr as Python reads it, or IndexError."""
+    if k < 0:
+        k += n
+    if k < 0 or k >= n:
+        raise IndexError("SparseCSR: getindex reads integer field 'indptr' out of range")
+    return k
+
+
+@numba.njit(inline="always")
+def _w_cols(k, n):
+    """An index into integer field cols as Python reads it, or IndexError."""
+    if k < 0:
+        k += n
+    if k < 0 or k >= n:
+        raise IndexError("SparseCSR: getindex reads integer field 'cols' out of range")
+    return k
+
+
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(m, n, nnz, indptr, cols, vals, _rhs, _out):
     for _c in range(_rhs.shape[1]):
@@ -461,8 +480,8 @@ def _bilinear_kernel(m, n, nnz, indptr, cols, vals, _left, _right, _g_vals):
 def _diagonal_kernel(m, n, nnz, indptr, cols, vals, _out):
     for i in range(0, min(m, n)):
         j = i
-        _lo1 = indptr[_w(i, indptr.shape[0])]
-        _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+        _lo1 = indptr[_w_indptr(i, indptr.shape[0])]
+        _hi2 = indptr[_w_indptr(i + 1, indptr.shape[0])]
         for k in range(_lo1, _hi2):
             if (i == cols[_u(k)]):
                 _v3 = vals[_u(k)]
@@ -473,8 +492,8 @@ def _diagonal_kernel(m, n, nnz, indptr, cols, vals, _out):
 def _diagonal_pullback_kernel(m, n, nnz, indptr, cols, vals, _dbar, _g_vals):
     for i in range(0, min(m, n)):
         j = i
-        _lo1 = indptr[_w(i, indptr.shape[0])]
-        _hi2 = indptr[_w(i + 1, indptr.shape[0])]
+        _lo1 = indptr[_w_indptr(i, indptr.shape[0])]
+        _hi2 = indptr[_w_indptr(i + 1, indptr.shape[0])]
         for k in range(_lo1, _hi2):
             if (i == cols[_u(k)]):
                 _y = _dbar[_u(i)]

@@ -83,7 +83,7 @@ class NumbaPrinter(PythonCodePrinter):
         name = type(expr).__name__
         if not expr.args:           # a scalar integer field: a 0-d array
             return f"{name}[()]"
-        parts = ", ".join(f"_w({self._print(a)}, {name}.shape[{d}])" for d, a in enumerate(expr.args))
+        parts = ", ".join(f"_w_{name}({self._print(a)}, {name}.shape[{d}])" for d, a in enumerate(expr.args))
         return f"{name}[{parts}]"
 
     def _print_IntDiv(self, expr):

@@ -570,3 +570,20 @@ def test_an_index_through_an_integer_field_follows_python_in_every_target(tmp_pa
 def _installed(name):
     import importlib.util
     return importlib.util.find_spec(name) is not None
+
+
+READS_PAST = """name: ReadsPast
+sizes: [n]
+fields:
+  d: [n]
+  p: {shape: [n], dtype: int}
+size: [n, n]
+getindex: "d[i] * (p[i + 1] + 1) if i == j else 0"
+"""
+
+
+def test_an_integer_field_read_out_of_range_names_the_type_and_field(build_once):
+    mod = build_once(READS_PAST)
+    x = mod.ReadsPast(d=np.ones(3), p=np.array([0, 1, 2]))
+    with pytest.raises(IndexError, match="ReadsPast: getindex reads integer field 'p' out of range"):
+        mod.destructure(x)

@@ -18,7 +18,6 @@ that both tiles lie inside the arrays (no checks here).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -142,14 +141,3 @@ def _accumulator(n, like):
     if isinstance(like, types.Array) and isinstance(like.dtype, types.Complex):
         return lambda n, like: np.zeros(n, np.complex128)
     return lambda n, like: np.zeros(n, np.float64)
-
-
-@numba.njit(inline="always")
-def wrap_index(k, n):
-    """An index into an axis of length ``n`` as Python reads it (negative from
-    the end), or IndexError: reads of integer fields in the kernels."""
-    if k < 0:
-        k += n
-    if k < 0 or k >= n:
-        raise IndexError("getindex reads an integer field out of range")
-    return k
