@@ -77,6 +77,18 @@ FD_STEP = 1e-6
 SMOOTH = 1e-11
 
 
+def _as_nat(a) -> np.ndarray:
+    """A natural-space array as numbers: complex where the module's dense
+    matrices are (an imaginary constant in getindex), float otherwise."""
+    a = np.asarray(a)
+    return a.astype(complex) if a.dtype.kind == "c" else a.astype(float)
+
+
+def _re_dot(a, b) -> float:
+    """Re⟨a, b⟩: the real inner product of the natural space (ChainRules' pairing)."""
+    return float(np.real(np.vdot(np.asarray(a), np.asarray(b))))
+
+
 @dataclass
 class Report:
     module: str
@@ -89,7 +101,7 @@ class Report:
     def record(self, name: str, got, want, scale=None) -> None:
         """Relative error of ``got`` against ``want``; ``scale`` (for a dot
         product: the size of its terms) replaces the norms as denominator."""
-        got, want = np.ravel(np.asarray(got, dtype=float)), np.ravel(np.asarray(want, dtype=float))
+        got, want = np.ravel(_as_nat(got)), np.ravel(_as_nat(want))
         if got.shape != want.shape:
             self.errors[name] = float("inf")
             self.problems.append(f"{name}: {got.size} numbers where {want.size} were expected")
@@ -284,7 +296,7 @@ def draw_pattern(plan, mod, cls, names, shapes, sizes, bounds, rng) -> dict:
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                dense = np.asarray(mod.destructure(x), dtype=float)
+                dense = _as_nat(mod.destructure(x))
         except Exception as exc:    # noqa: BLE001 - an index check of a kernel: another pattern
             why = f"the kernels refused each pattern drawn, the last: {type(exc).__name__}: {exc}"
             continue
@@ -375,7 +387,7 @@ def _call(name, fn, *args):
 
 
 def _finite(*arrays) -> bool:
-    return all(np.all(np.isfinite(np.asarray(a, dtype=float))) for a in arrays)
+    return all(np.all(np.isfinite(_as_nat(a))) for a in arrays)
 
 
 @dataclass
@@ -401,8 +413,8 @@ class _Point:
         return _call(spec_name(self.cls), _struct, self.cls, self.names, self.shapes, vec, self.sizes, self.ints)
 
     def J(self, vec):
-        return np.asarray(_call("destructure_pushforward", self.mod.destructure_pushforward, self.x,
-                                self.struct(vec)), dtype=float)
+        return _as_nat(_call("destructure_pushforward", self.mod.destructure_pushforward, self.x,
+                             self.struct(vec)))
 
     def Jp(self, mat):
         return _vec(_call("restructure_pushforward", self.mod.restructure_pushforward, self.x, mat), self.names)
@@ -522,9 +534,11 @@ def _check_draw(mod, cls, names, shapes, sizes, kind, bounds, roles, rng, report
         x = _call(spec_name(cls), _struct, cls, names, shapes, theta, sizes, ints)
         m, n = x.shape
         Y = rng.standard_normal((m, n))
-        dense = np.asarray(_call("destructure", mod.destructure, x), dtype=float)
+        if getattr(mod, "_COMPLEX_OUTPUT", False):      # an imaginary constant: complex dense matrices
+            Y = Y + 1j * rng.standard_normal((m, n))
+        dense = _as_nat(_call("destructure", mod.destructure, x))
         tx = _call(spec_name(cls), _struct, cls, names, shapes, t, sizes, ints)
-        push = np.asarray(_call("destructure_pushforward", mod.destructure_pushforward, x, tx), dtype=float)
+        push = _as_nat(_call("destructure_pushforward", mod.destructure_pushforward, x, tx))
         pull = _vec(_call("destructure_pullback", mod.destructure_pullback, x, Y), names)
     except _Raised as r:
         report.fail_raised(r.name, r.exc, where)
@@ -592,8 +606,8 @@ def _check_fd(pt, direction, report):
     destructure, at the entries where destructure is smooth at the point."""
     D = pt.mod.destructure
     got = pt.J(direction)
-    fp = np.asarray(_call("destructure", D, pt.struct(pt.theta + FD_STEP * direction)), dtype=float)
-    fm = np.asarray(_call("destructure", D, pt.struct(pt.theta - FD_STEP * direction)), dtype=float)
+    fp = _as_nat(_call("destructure", D, pt.struct(pt.theta + FD_STEP * direction)))
+    fm = _as_nat(_call("destructure", D, pt.struct(pt.theta - FD_STEP * direction)))
     fd = (fp - fm) / (2 * FD_STEP)
     smooth = np.isfinite(fp) & np.isfinite(fm) & \
         (np.abs(fp - 2 * pt.dense + fm) <= SMOOTH * (1 + np.abs(pt.dense) + np.abs(fd)))
@@ -603,7 +617,7 @@ def _check_fd(pt, direction, report):
 def _check_dot(pt, report):
     """⟨Jθ̇, Ȳ⟩ = ⟨θ̇, JᵀȲ⟩, relative to the size of the terms."""
     nrm = np.linalg.norm
-    report.record("destructure_pullback", np.dot(pt.t, pt.pull), np.sum(pt.push * pt.Y),
+    report.record("destructure_pullback", np.dot(pt.t, pt.pull), _re_dot(pt.push, pt.Y),
                   scale=nrm(pt.t) * nrm(pt.pull) + nrm(pt.push) * nrm(pt.Y))
 
 
@@ -617,13 +631,13 @@ def _check_pinv(pt, report):
     report.record("restructure_pushforward", np.dot(a, s), np.dot(pt.t, b),                # J⁺J symmetric
                   scale=nrm(a) * nrm(s) + nrm(pt.t) * nrm(b))
     # restructure_pullback: the adjoint of restructure_pushforward
-    rp = np.asarray(_call("restructure_pullback", pt.mod.restructure_pullback, pt.x, pt.struct(pt.t)), dtype=float)
-    report.record("restructure_pullback", np.sum(rp * pt.Y), np.dot(pt.t, jp),
+    rp = _as_nat(_call("restructure_pullback", pt.mod.restructure_pullback, pt.x, pt.struct(pt.t)))
+    report.record("restructure_pullback", _re_dot(rp, pt.Y), np.dot(pt.t, jp),
                   scale=nrm(rp) * nrm(pt.Y) + nrm(pt.t) * nrm(jp))
 
 
 def _check_project(pt, report):
-    P = np.asarray(_call("project", pt.mod.project, pt.x, pt.Y), dtype=float)
+    P = _as_nat(_call("project", pt.mod.project, pt.x, pt.Y))
     report.record("project", P, pt.J(pt.Jp(pt.Y)))                                       # J J⁺
     report.record("project", _call("project", pt.mod.project, pt.x, P), P)               # idempotent
 

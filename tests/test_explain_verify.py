@@ -416,3 +416,17 @@ def test_verify_modules_with_integer_fields(tmp_path):
     (broken / "int_coo.py").write_text(text.replace(old, old.replace("(u,)", "(np.minimum(u, 1.0),)")))
     report = verify_module(load(specs[0]), str(broken / "int_coo.py"))
     assert "restructure_pushforward" in report.failures(), report.errors
+
+
+def test_verify_an_imaginary_constant_with_real_fields(tmp_path):
+    """The dense matrices are complex although the fields are real: verify
+    compares them as complex numbers (it used to drop the imaginary part
+    and report restructure_pushforward and project wrong)."""
+    spec = tmp_path / "idiag.yaml"
+    spec.write_text("name: IDiag\nsizes: [n]\nfields:\n  d: [n]\nsize: [n, n]\n"
+                    "getindex: (1 + 1j) * d[i] if i == j else 0\n")
+    out = tmp_path / "out"
+    assert run_cli("build", str(spec), "--out", str(out)).returncode == 0
+    proc = run_cli("verify", str(spec), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "IDiag" in proc.stdout and "ok" in proc.stdout
