@@ -43,7 +43,8 @@ IDENTITIES = {
              "projects, and destructure_pullback ∘ restructure_pullback is the identity only on "
              "cotangents that destructure_pullback produces."),
     "deficient": ("only the Penrose identities: J J⁺ J = J, J⁺ J J⁺ = J⁺, J J⁺ and J⁺ J symmetric "
-                  "(a scale or rotation can move between fields)."),
+                  "(some change of the fields leaves Y as it is: a scale or rotation moving between "
+                  "fields, two elements stored at one position, ...)."),
 }
 
 KINDS = {
@@ -60,7 +61,8 @@ KINDS = {
                 "J Jᵀ = diag(u), u[i, j] = Σ c² over the elements stored at (i, j), and J⁺ = Jᵀ diag(1/u) "
                 "(1/0 := 0): a change of an entry is split among its elements in proportion to c; "
                 "u depends on the integer fields only."),
-    "general": ("general: J depends on x and couples many elements; J⁺ is applied by LSQR from zero "
+    "general": ("general: no entry-wise or element-wise Gram structure was found (entries read several "
+                "elements, or elements reach several entries); J⁺ is applied by LSQR from zero "
                 "(the minimum-norm least-squares solution), calling only the pushforward and pullback kernels."),
 }
 
