@@ -528,6 +528,10 @@ def explain(path: str, latex: bool = False, plot: str | None = None, instance: b
     out.append("")
     kind = "bordered-alone" if d.kind == "bordered" and not d.coupled else d.kind
     out.append("How J⁺ is applied: " + KINDS[kind].format(coupled=", ".join(d.coupled)))
+    if d.factors:
+        out.append(f"  Y = {d.factors[0]} {d.factors[1]}ᵀ: on the numba target J⁺ has a closed form (the tangent "
+                   f"space of rank-r matrices: CholeskyQR2 and an r × r Sylvester equation); LSQR only when "
+                   f"{d.factors[0]} or {d.factors[1]} is rank-deficient, r > min(m, n), or complex.")
     out.append("")
     n = len(d.regions)
     if not n:
