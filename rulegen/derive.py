@@ -433,14 +433,15 @@ def _sparse_kind(regions, monotone) -> str:
     entry reads at most one element (the nest's visits determine (i, j)
     one-to-one), "scatter" when each element is read by at most one entry
     (the visits are determined by the read's index, so JJᵀ is diagonal),
-    both with one region whose value is const + c·θ[idx], c a real constant;
+    both with one region whose value is const + c·θ[idx], c a real constant
+    (made of numbers, sizes, indices and integer-field reads);
     otherwise "general"."""
     if len(regions) != 1 or not regions[0].gather or len(regions[0].reads) != 1:
         return "general"
     r = regions[0]
     loop_vars = {st[1] for st in r.steps if st[0] == "for"}
     coef = derivative(r.value, r.reads[0])
-    if coef.has(sp.I) or coef.atoms(sp.Function) - coef.atoms(IntDiv, sp.Mod):
+    if coef.has(sp.I) or coef.atoms(sp.Function) - coef.atoms(IntDiv, sp.Mod, IntRead):
         return "general"
     if _closure(r.steps, {I, J}, monotone) >= loop_vars:
         return "gather"

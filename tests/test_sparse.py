@@ -266,6 +266,17 @@ fields:
 size: [n, n]
 getindex: d[p[i] - 1] if j == p[i] - 1 else 0
 """, dict(d=(4,)), dict(p=np.array([1, 3, 3, 4])), lambda f: _offset_dense(f["d"], np.array([1, 3, 3, 4]))),
+    "weighted": ("""name: WeightedCoo
+sizes: [m, n, nnz]
+fields:
+  vals: [nnz]
+  rows: {shape: [nnz], dtype: int}
+  cols: {shape: [nnz], dtype: int}
+  mult: {shape: [nnz], dtype: int}
+size: [m, n]
+getindex: sum(mult[k] * vals[k] for k in range(nnz) if rows[k] == i and cols[k] == j)
+""", dict(vals=(5,)), dict(rows=_R, cols=_C, mult=np.array([2, 0, -1, 3, 1]), m=3, n=3),
+        lambda f: coo_dense(np.array([2, 0, -1, 3, 1]) * f["vals"], _R, _C, 3, 3)),
 }
 
 
@@ -283,6 +294,8 @@ def test_more_held_out_patterns_against_the_oracle(case, build_once):
     rng = np.random.default_rng(13)
     fields = {k: rng.standard_normal(shape) for k, shape in shapes.items()}
     check_all_maps(mod, cls, fields, extra, dense, list(shapes), atol=1e-8)
+    if case == "weighted":      # integer-field coefficients keep the closed form
+        assert mod._KIND == "scatter"
 
 
 def test_permuted_diagonal_weights_follow_the_data(build_once):
