@@ -23,6 +23,7 @@ from .runtime import block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims, check_instance,  # noqa: F401 (re-exported)
                       check_shape, given_size, parametrisation_class, solve_size)
 from .runtime import IntField, check_read, check_int_range, check_int_steps, check_monotone  # noqa: F401 (re-exported: integer fields)
+from .runtime import expand_range, points, static_values  # noqa: F401 (re-exported: data patterns)
 
 
 def _default_float():
@@ -440,26 +441,3 @@ def as_int_field(owner: str, name: str, value, rank: int) -> np.ndarray:
         value = np.asarray(value)
     from .runtime import as_int_field as _as_int_field
     return _as_int_field(owner, name, value, rank)
-
-
-def static_values(size_values) -> tuple:
-    """The sizes and integer fields as the generated functions read them (numpy arrays)."""
-    return tuple(v.array if isinstance(v, IntField) else v for v in size_values)
-
-
-def expand_range(lo, hi, count: int):
-    """A ragged loop at trace time: for each of ``count`` points, the values of
-    a loop variable from ``lo`` to ``hi`` (arrays over the points, or scalars):
-    ``(rep, v)`` with ``rep`` the point each new point comes from. O(total)."""
-    lo = np.broadcast_to(np.asarray(lo, np.int64), (count,))
-    hi = np.broadcast_to(np.asarray(hi, np.int64), (count,))
-    counts = np.maximum(hi - lo, 0)
-    rep = np.repeat(np.arange(count), counts)
-    starts = np.cumsum(counts) - counts
-    v = lo[rep] + np.arange(int(counts.sum()), dtype=np.int64) - starts[rep]
-    return rep, v
-
-
-def points(values, count: int):
-    """An index expression over the points as an int64 array of length ``count``."""
-    return np.array(np.broadcast_to(np.asarray(values, np.int64), (count,)))

@@ -455,6 +455,32 @@ def check_read(field: str, axis: int, index, extent: int):
     return np.where(index < 0, index + extent, index) if index.size and int(index.min()) < 0 else index
 
 
+# The array targets enumerate a data pattern with numpy, exactly (O(stored)):
+
+def static_values(size_values) -> tuple:
+    """The sizes and integer fields as the generated functions read them (numpy arrays)."""
+    return tuple(v.array if isinstance(v, IntField) else v for v in size_values)
+
+
+def expand_range(lo, hi, count: int):
+    """A ragged loop (numpy; at trace time for JAX): for each of ``count``
+    points, the values of a loop variable from ``lo`` to ``hi`` (arrays over
+    the points, or scalars): ``(rep, v)`` with ``rep`` the point each new
+    point comes from. O(total)."""
+    lo = np.broadcast_to(np.asarray(lo, np.int64), (count,))
+    hi = np.broadcast_to(np.asarray(hi, np.int64), (count,))
+    counts = np.maximum(hi - lo, 0)
+    rep = np.repeat(np.arange(count), counts)
+    starts = np.cumsum(counts) - counts
+    v = lo[rep] + np.arange(int(counts.sum()), dtype=np.int64) - starts[rep]
+    return rep, v
+
+
+def points(values, count: int):
+    """An index expression over the points as an int64 array of length ``count``."""
+    return np.array(np.broadcast_to(np.asarray(values, np.int64), (count,)))
+
+
 def check_int_steps(owner: str, name: str, arr: np.ndarray, most: int, why: str, sizes: str) -> None:
     """``arr[e + 1] - arr[e] <= most`` along the last axis (a block fits its storage)."""
     if arr.size > 1:

@@ -28,6 +28,7 @@ from .runtime import (ConvergenceWarning, bad_arguments, check_dims,  # noqa: F4
                       given_size, parametrisation_class, solve_size)
 from .runtime import IntField as _IntField
 from .runtime import check_int_range, check_int_steps, check_monotone, check_read  # noqa: F401 (re-exported: integer fields)
+from .runtime import expand_range, points, static_values  # noqa: F401 (re-exported: data patterns)
 from .runtime import check_shape as check_int_shape  # noqa: F401 (an integer field: no batch dimensions)
 
 
@@ -1099,29 +1100,6 @@ def as_int_field(owner: str, name: str, value, rank: int) -> np.ndarray:
         value = value.detach().cpu().numpy()
     from .runtime import as_int_field as _as_int_field
     return _as_int_field(owner, name, value, rank)
-
-
-def static_values(size_values) -> tuple:
-    """The sizes and integer fields as the generated functions read them (numpy arrays)."""
-    return tuple(v.array if isinstance(v, IntField) else v for v in size_values)
-
-
-def expand_range(lo, hi, count: int):
-    """A ragged loop: for each of ``count`` points, the values of a loop
-    variable from ``lo`` to ``hi`` (numpy arrays over the points, or
-    scalars): ``(rep, v)`` with ``rep`` the point each new point comes from."""
-    lo = np.broadcast_to(np.asarray(lo, np.int64), (count,))
-    hi = np.broadcast_to(np.asarray(hi, np.int64), (count,))
-    counts = np.maximum(hi - lo, 0)
-    rep = np.repeat(np.arange(count), counts)
-    starts = np.cumsum(counts) - counts
-    v = lo[rep] + np.arange(int(counts.sum()), dtype=np.int64) - starts[rep]
-    return rep, v
-
-
-def points(values, count: int):
-    """An index expression over the points as an int64 array of length ``count``."""
-    return np.array(np.broadcast_to(np.asarray(values, np.int64), (count,)))
 
 
 def int_device(arrays):
