@@ -357,7 +357,7 @@ def _dense(_sv, _arrays):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _ni3 = _rt.expand_range(0, n, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _nj5 = _rt.points(perm[_ni3], len(_pts4))
+    _nj5 = _rt.points(perm[_rt.check_read('perm', 0, _ni3, perm.shape[0])], len(_pts4))
     _keep6 = _np.broadcast_to(_np.logical_and((_nj5 >= 0), (_nj5 < n)), (len(_pts4),))
     _ni7 = _ni3[_keep6]
     _nj8 = _nj5[_keep6]
@@ -379,7 +379,7 @@ def _matvec(_sv, _arrays, _rhs):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _ni3 = _rt.expand_range(0, n, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _nj5 = _rt.points(perm[_ni3], len(_pts4))
+    _nj5 = _rt.points(perm[_rt.check_read('perm', 0, _ni3, perm.shape[0])], len(_pts4))
     _keep6 = _np.broadcast_to(_np.logical_and((_nj5 >= 0), (_nj5 < n)), (len(_pts4),))
     _ni7 = _ni3[_keep6]
     _nj8 = _nj5[_keep6]
@@ -401,7 +401,7 @@ def _rmatvec(_sv, _arrays, _rhs):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _ni3 = _rt.expand_range(0, n, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _nj5 = _rt.points(perm[_ni3], len(_pts4))
+    _nj5 = _rt.points(perm[_rt.check_read('perm', 0, _ni3, perm.shape[0])], len(_pts4))
     _keep6 = _np.broadcast_to(_np.logical_and((_nj5 >= 0), (_nj5 < n)), (len(_pts4),))
     _ni7 = _ni3[_keep6]
     _nj8 = _nj5[_keep6]
@@ -424,7 +424,7 @@ def _diagonal(_sv, _arrays):
     _rep2, _ni3 = _rt.expand_range(0, n, len(_pts1))
     _pts4 = _pts1[_rep2]
     _nj5 = _rt.points(_ni3, len(_pts4))
-    _keep6 = _np.broadcast_to((_ni3 == perm[_ni3]), (len(_pts4),))
+    _keep6 = _np.broadcast_to((_ni3 == perm[_rt.check_read('perm', 0, _ni3, perm.shape[0])]), (len(_pts4),))
     _ni7 = _ni3[_keep6]
     _nj8 = _nj5[_keep6]
     _pts9 = _pts4[_keep6]

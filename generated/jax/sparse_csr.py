@@ -351,10 +351,10 @@ def _dense(_sv, _arrays):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _ni3 = _rt.expand_range(0, m, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _rep5, _nk6 = _rt.expand_range(indptr[_ni3], indptr[(1 + _ni3)], len(_pts4))
+    _rep5, _nk6 = _rt.expand_range(indptr[_rt.check_read('indptr', 0, _ni3, indptr.shape[0])], indptr[_rt.check_read('indptr', 0, (1 + _ni3), indptr.shape[0])], len(_pts4))
     _ni7 = _ni3[_rep5]
     _pts8 = _pts4[_rep5]
-    _nj9 = _rt.points(cols[_nk6], len(_pts8))
+    _nj9 = _rt.points(cols[_rt.check_read('cols', 0, _nk6, cols.shape[0])], len(_pts8))
     _keep10 = _np.broadcast_to(_np.logical_and((_nj9 >= 0), (_nj9 < n)), (len(_pts8),))
     _ni11 = _ni7[_keep10]
     _nk12 = _nk6[_keep10]
@@ -378,10 +378,10 @@ def _matvec(_sv, _arrays, _rhs):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _ni3 = _rt.expand_range(0, m, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _rep5, _nk6 = _rt.expand_range(indptr[_ni3], indptr[(1 + _ni3)], len(_pts4))
+    _rep5, _nk6 = _rt.expand_range(indptr[_rt.check_read('indptr', 0, _ni3, indptr.shape[0])], indptr[_rt.check_read('indptr', 0, (1 + _ni3), indptr.shape[0])], len(_pts4))
     _ni7 = _ni3[_rep5]
     _pts8 = _pts4[_rep5]
-    _nj9 = _rt.points(cols[_nk6], len(_pts8))
+    _nj9 = _rt.points(cols[_rt.check_read('cols', 0, _nk6, cols.shape[0])], len(_pts8))
     _keep10 = _np.broadcast_to(_np.logical_and((_nj9 >= 0), (_nj9 < n)), (len(_pts8),))
     _ni11 = _ni7[_keep10]
     _nk12 = _nk6[_keep10]
@@ -405,10 +405,10 @@ def _rmatvec(_sv, _arrays, _rhs):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _ni3 = _rt.expand_range(0, m, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _rep5, _nk6 = _rt.expand_range(indptr[_ni3], indptr[(1 + _ni3)], len(_pts4))
+    _rep5, _nk6 = _rt.expand_range(indptr[_rt.check_read('indptr', 0, _ni3, indptr.shape[0])], indptr[_rt.check_read('indptr', 0, (1 + _ni3), indptr.shape[0])], len(_pts4))
     _ni7 = _ni3[_rep5]
     _pts8 = _pts4[_rep5]
-    _nj9 = _rt.points(cols[_nk6], len(_pts8))
+    _nj9 = _rt.points(cols[_rt.check_read('cols', 0, _nk6, cols.shape[0])], len(_pts8))
     _keep10 = _np.broadcast_to(_np.logical_and((_nj9 >= 0), (_nj9 < n)), (len(_pts8),))
     _ni11 = _ni7[_keep10]
     _nk12 = _nk6[_keep10]
@@ -433,11 +433,11 @@ def _diagonal(_sv, _arrays):
     _rep2, _ni3 = _rt.expand_range(0, _np.minimum(m, n), len(_pts1))
     _pts4 = _pts1[_rep2]
     _nj5 = _rt.points(_ni3, len(_pts4))
-    _rep6, _nk7 = _rt.expand_range(indptr[_ni3], indptr[(1 + _ni3)], len(_pts4))
+    _rep6, _nk7 = _rt.expand_range(indptr[_rt.check_read('indptr', 0, _ni3, indptr.shape[0])], indptr[_rt.check_read('indptr', 0, (1 + _ni3), indptr.shape[0])], len(_pts4))
     _ni8 = _ni3[_rep6]
     _nj9 = _nj5[_rep6]
     _pts10 = _pts4[_rep6]
-    _keep11 = _np.broadcast_to((_ni8 == cols[_nk7]), (len(_pts10),))
+    _keep11 = _np.broadcast_to((_ni8 == cols[_rt.check_read('cols', 0, _nk7, cols.shape[0])]), (len(_pts10),))
     _ni12 = _ni8[_keep11]
     _nj13 = _nj9[_keep11]
     _nk14 = _nk7[_keep11]

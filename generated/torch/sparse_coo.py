@@ -365,8 +365,8 @@ def _dense(_sv, _arrays, _B):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _nk3 = _rt.expand_range(0, nnz, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _ni5 = _rt.points(rows[_nk3], len(_pts4))
-    _nj6 = _rt.points(cols[_nk3], len(_pts4))
+    _ni5 = _rt.points(rows[_rt.check_read('rows', 0, _nk3, rows.shape[0])], len(_pts4))
+    _nj6 = _rt.points(cols[_rt.check_read('cols', 0, _nk3, cols.shape[0])], len(_pts4))
     _keep7 = _np.broadcast_to(_np.logical_and(_np.logical_and(_np.logical_and((_ni5 >= 0), (_nj6 >= 0)), (_ni5 < m)), (_nj6 < n)), (len(_pts4),))
     _nk8 = _nk3[_keep7]
     _ni9 = _ni5[_keep7]
@@ -392,8 +392,8 @@ def _matvec(_sv, _arrays, _rhs, _B):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _nk3 = _rt.expand_range(0, nnz, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _ni5 = _rt.points(rows[_nk3], len(_pts4))
-    _nj6 = _rt.points(cols[_nk3], len(_pts4))
+    _ni5 = _rt.points(rows[_rt.check_read('rows', 0, _nk3, rows.shape[0])], len(_pts4))
+    _nj6 = _rt.points(cols[_rt.check_read('cols', 0, _nk3, cols.shape[0])], len(_pts4))
     _keep7 = _np.broadcast_to(_np.logical_and(_np.logical_and(_np.logical_and((_ni5 >= 0), (_nj6 >= 0)), (_ni5 < m)), (_nj6 < n)), (len(_pts4),))
     _nk8 = _nk3[_keep7]
     _ni9 = _ni5[_keep7]
@@ -418,8 +418,8 @@ def _rmatvec(_sv, _arrays, _rhs, _B):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _nk3 = _rt.expand_range(0, nnz, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _ni5 = _rt.points(rows[_nk3], len(_pts4))
-    _nj6 = _rt.points(cols[_nk3], len(_pts4))
+    _ni5 = _rt.points(rows[_rt.check_read('rows', 0, _nk3, rows.shape[0])], len(_pts4))
+    _nj6 = _rt.points(cols[_rt.check_read('cols', 0, _nk3, cols.shape[0])], len(_pts4))
     _keep7 = _np.broadcast_to(_np.logical_and(_np.logical_and(_np.logical_and((_ni5 >= 0), (_nj6 >= 0)), (_ni5 < m)), (_nj6 < n)), (len(_pts4),))
     _nk8 = _nk3[_keep7]
     _ni9 = _ni5[_keep7]
@@ -443,9 +443,9 @@ def _diagonal(_sv, _arrays, _B):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _nk3 = _rt.expand_range(0, nnz, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _ni5 = _rt.points(rows[_nk3], len(_pts4))
-    _nj6 = _rt.points(rows[_nk3], len(_pts4))
-    _keep7 = _np.broadcast_to(_np.logical_and(_np.logical_and(_np.logical_and((_nj6 >= 0), (_nj6 < m)), (_nj6 < n)), (_nj6 == cols[_nk3])), (len(_pts4),))
+    _ni5 = _rt.points(rows[_rt.check_read('rows', 0, _nk3, rows.shape[0])], len(_pts4))
+    _nj6 = _rt.points(rows[_rt.check_read('rows', 0, _nk3, rows.shape[0])], len(_pts4))
+    _keep7 = _np.broadcast_to(_np.logical_and(_np.logical_and(_np.logical_and((_nj6 >= 0), (_nj6 < m)), (_nj6 < n)), (_nj6 == cols[_rt.check_read('cols', 0, _nk3, cols.shape[0])])), (len(_pts4),))
     _nk8 = _nk3[_keep7]
     _ni9 = _ni5[_keep7]
     _pts11 = _pts4[_keep7]
@@ -465,8 +465,8 @@ def _tangent(_sv, _arrays, _B):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _nk3 = _rt.expand_range(0, nnz, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _ni5 = _rt.points(rows[_nk3], len(_pts4))
-    _nj6 = _rt.points(cols[_nk3], len(_pts4))
+    _ni5 = _rt.points(rows[_rt.check_read('rows', 0, _nk3, rows.shape[0])], len(_pts4))
+    _nj6 = _rt.points(cols[_rt.check_read('cols', 0, _nk3, cols.shape[0])], len(_pts4))
     _keep7 = _np.broadcast_to(_np.logical_and(_np.logical_and(_np.logical_and((_ni5 >= 0), (_nj6 >= 0)), (_ni5 < m)), (_nj6 < n)), (len(_pts4),))
     _nk8 = _nk3[_keep7]
     _ni9 = _ni5[_keep7]
@@ -490,8 +490,8 @@ def _transpose(_sv, _W, _B):
     _pts1 = _np.zeros(1, _np.int64)
     _rep2, _nk3 = _rt.expand_range(0, nnz, len(_pts1))
     _pts4 = _pts1[_rep2]
-    _ni5 = _rt.points(rows[_nk3], len(_pts4))
-    _nj6 = _rt.points(cols[_nk3], len(_pts4))
+    _ni5 = _rt.points(rows[_rt.check_read('rows', 0, _nk3, rows.shape[0])], len(_pts4))
+    _nj6 = _rt.points(cols[_rt.check_read('cols', 0, _nk3, cols.shape[0])], len(_pts4))
     _keep7 = _np.broadcast_to(_np.logical_and(_np.logical_and(_np.logical_and((_ni5 >= 0), (_nj6 >= 0)), (_ni5 < m)), (_nj6 < n)), (len(_pts4),))
     _nk8 = _nk3[_keep7]
     _ni9 = _ni5[_keep7]

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from ..derive import _cases
+from ..derive import _cases, accumulates
 from ..expr import I, J, Conj, Im, IntDiv, IntRead, Modulus, Re, Where, is_int, outside_sums, unwhere
 from ..printer import code as py_code
 
@@ -74,7 +74,10 @@ def emit(e, names: dict, xp: str, real: bool = True) -> str:
         return names.get(e, e.name)
     if isinstance(e, IntRead):
         # an integer field: a numpy array (static), read by numpy index arrays
-        return f"{e.field}[{', '.join(p(a) for a in e.args) or '()'}]"
+        if not e.args:
+            return f"{e.field}[()]"
+        return f"{e.field}[" + ", ".join(f"_rt.check_read('{e.field}', {d}, {p(a)}, {e.field}.shape[{d}])"
+                                         for d, a in enumerate(e.args)) + "]"
     if e.is_Integer:
         return str(int(e))
     if e.is_Rational:
@@ -561,8 +564,7 @@ class Writer:
 def data_nest(steps) -> bool:
     """Whether a nest's pattern is data: it loops over more than i, j (a
     swapped sum) or its bounds, pins or tests read an integer field."""
-    return any((st[0] == "for" and st[1] not in (I, J)) or
-               any(isinstance(a, sp.Basic) and a.has(IntRead) for a in st[1:]) for st in steps)
+    return accumulates(steps) or any(isinstance(a, sp.Basic) and a.has(IntRead) for st in steps for a in st[1:])
 
 
 def _shape_of(ctx: Ctx) -> str:
