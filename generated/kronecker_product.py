@@ -11,14 +11,11 @@ Six maps between the fields θ (structural) and the dense matrix Y (natural),
 with J = ∂vec(Y)/∂θ and J⁺ its Moore–Penrose pseudo-inverse at x. J is never
 built: every map is a loop over the entries the type stores.
 
-KroneckerProduct is a general type: J depends on x and couples many elements, so
-J⁺ is applied by a matrix-free least-squares solve (LSQR started from zero,
-which converges to the minimum-norm solution; scipy's iteration, vectorised
-over a batch) that calls only the pushforward and pullback kernels.
-Tolerance: atol = btol = 1e-12,
-at most 2·min(N, p) + 100 iterations; a solve that stops there with a
-relative residual above 1e-10 warns with rulegen.runtime.ConvergenceWarning,
-naming the type and the residual.
+KroneckerProduct is an outer product: every entry is A[α] · B[β] and each pair of
+elements meets in exactly one entry, so Y is vec(A) vec(B)ᵀ with its entries
+rearranged and J θ̇ = ȧ bᵀ + a ḃᵀ (rearranged). JᵀJ has a closed-form
+pseudo-inverse (its null space is the scale (a, -b) moving between the two):
+J⁺ = (JᵀJ)⁺ Jᵀ costs one pullback plus O(p), (J⁺)ᵀ one pushforward plus O(p).
 Which identities hold depends on x: see parametrisation.
 
 Batches are leading dimensions, as in the PyTorch target: every field may
@@ -213,30 +210,22 @@ def _pushforward(x, arrays, dtype):
     return out
 
 
-_COUPLED = (False, False, )
-
-
-def _linearisation(x, batch):
-    """J at x for each instance of ``batch`` as the runtime's solver: matrix-free LSQR, in float64.
-
-    Products with J and Jᵀ are batched kernel calls."""
-    out = _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT)
-    return _rt.Iterative("KroneckerProduct", x._size_values, x._arrays, _KRANKS, batch, x.shape,
-                         _pushforward_batched, _pullback_batched, _weights_batched, out)
+# Y holds each product A[α] · B[β] once (derive._outer_product): J θ̇ = ȧ bᵀ + a ḃᵀ
+# after a fixed rearrangement of the entries, and JᵀJ has a closed-form pseudo-inverse
+# (rulegen.runtime.outer_gram_pinv, O(p)): J⁺ = (JᵀJ)⁺ Jᵀ costs one pullback, (J⁺)ᵀ one pushforward.
 
 
 def _pinv(x, ydot):
     dtype = _rt.result_dtype(x.dtype, _rt.real_dtype(ydot.dtype)) if not _rt.is_complex(x.dtype) else ydot.dtype
-    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, dtype)
+    return _rt.outer_gram_pinv(x._arrays, _pullback(x, ydot), _KRANKS, dtype)
 
 
 def _pinv_adjoint(x, arrays, dtype):
-    batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
-    return _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
+    return _pushforward(x, _rt.outer_gram_pinv(x._arrays, arrays, _KRANKS, dtype), _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def _classify(x):
-    return _linearisation(x, x.batch_shape).classify()
+    return _rt.outer_class("KroneckerProduct", x._arrays, _KRANKS, x.shape[0] * x.shape[1])
 
 
 def destructure(x):
@@ -278,7 +267,7 @@ def restructure_pushforward(x, ydot):
     """θ̇ = J⁺ vec(Ẏ): natural tangent -> structural tangent.
 
     The minimum-norm least-squares fields; unused storage gets zero.
-    Cost: one pushforward and one pullback per LSQR iteration.
+    Cost: one pullback plus O(p).
     """
     _rt.check_instance("restructure_pushforward", "x", x, KroneckerProduct)
     ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x, _COMPLEX_OUTPUT)
@@ -288,7 +277,7 @@ def restructure_pushforward(x, ydot):
 def restructure_pullback(x, xbar):
     """Ȳ = (J⁺)ᵀ θ̄: structural cotangent -> natural cotangent.
 
-    Cost: one pushforward and one pullback per LSQR iteration.
+    Cost: one pushforward plus O(p).
     """
     _rt.check_instance("restructure_pullback", "x", x, KroneckerProduct)
     dtype = _rt.check_like("restructure_pullback", "xbar", xbar, KroneckerProduct, x)
@@ -312,9 +301,8 @@ def parametrisation(x):
     With r = rank J, p_a the number of field elements whose column of J is
     not zero at x and N = m·n: exact r = p_a = N; under r = p_a < N;
     over r = N < p_a; deficient otherwise.
-    Decided by two random probes through the solver: r = p_a iff
-    (I - J⁺J) z = 0 for a random z on the used elements, r = N iff
-    (I - J J⁺) y = 0 for a random y (relative tolerance 1e-6).
+    For an outer product r = p_a + p_b - 1 when neither factor vanishes (the scale
+    between them), else the elements that multiply the non-zero factor.
     """
     _rt.check_instance("parametrisation", "x", x, KroneckerProduct)
     return _classify(x)

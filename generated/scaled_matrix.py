@@ -11,12 +11,12 @@ Six maps between the fields θ (structural) and the dense matrix Y (natural),
 with J = ∂vec(Y)/∂θ and J⁺ its Moore–Penrose pseudo-inverse at x. J is never
 built: every map is a loop over the entries the type stores.
 
-ScaledMatrix is a bordered type: J depends on x, and every entry reads at most
-one element of the fields outside scale (G), so
-JᵀJ = [[diag(w), B], [Bᵀ, C]] where C is the Gram matrix of the few coupled
-elements. J⁺ = (JᵀJ)⁺ Jᵀ is exact: the Schur complement S = C - Bᵀ diag(1/w) B
-is a small dense matrix, its null space gives the null space of J. Which
-identities hold depends on x: see parametrisation.
+ScaledMatrix is an outer product: every entry is scale[α] · data[β] and each pair of
+elements meets in exactly one entry, so Y is vec(scale) vec(data)ᵀ with its entries
+rearranged and J θ̇ = ȧ bᵀ + a ḃᵀ (rearranged). JᵀJ has a closed-form
+pseudo-inverse (its null space is the scale (a, -b) moving between the two):
+J⁺ = (JᵀJ)⁺ Jᵀ costs one pullback plus O(p), (J⁺)ᵀ one pushforward plus O(p).
+Which identities hold depends on x: see parametrisation.
 
 Batches are leading dimensions, as in the PyTorch target: every field may
 carry batch dimensions before its declared shape; they broadcast together
@@ -198,35 +198,22 @@ def _pushforward(x, arrays, dtype):
     return out
 
 
-_COUPLED = (True, False, )
-
-
-def _linearisation(x, batch):
-    """J at x for each instance of ``batch`` as the runtime's solver: Schur complement on the coupled fields, in float64.
-
-    Products with J and Jᵀ are batched kernel calls."""
-    out = _rt.out_dtype(x.dtype, _COMPLEX_OUTPUT)
-    if _rt.is_complex(x.dtype):
-        # a complex element is two real parameters that the entry may mix: the
-        # diagonal-plus-border structure of JᵀJ is not kept; LSQR over real pairs
-        return _rt.Iterative("ScaledMatrix", x._size_values, x._arrays, _KRANKS, batch, x.shape,
-                             _pushforward_batched, _pullback_batched, _weights_batched, out)
-    return _rt.Bordered("ScaledMatrix", x._size_values, x._arrays, _KRANKS, batch, x.shape,
-                        _pushforward_batched, _pullback_batched, _weights_batched, _COUPLED, out)
+# Y holds each product scale[α] · data[β] once (derive._outer_product): J θ̇ = ȧ bᵀ + a ḃᵀ
+# after a fixed rearrangement of the entries, and JᵀJ has a closed-form pseudo-inverse
+# (rulegen.runtime.outer_gram_pinv, O(p)): J⁺ = (JᵀJ)⁺ Jᵀ costs one pullback, (J⁺)ᵀ one pushforward.
 
 
 def _pinv(x, ydot):
     dtype = _rt.result_dtype(x.dtype, _rt.real_dtype(ydot.dtype)) if not _rt.is_complex(x.dtype) else ydot.dtype
-    return _linearisation(x, _rt.broadcast(x.batch_shape, ydot.shape[:-2])).pinv(ydot, dtype)
+    return _rt.outer_gram_pinv(x._arrays, _pullback(x, ydot), _KRANKS, dtype)
 
 
 def _pinv_adjoint(x, arrays, dtype):
-    batch = _rt.broadcast(x.batch_shape, _rt.batch_of(arrays, _KRANKS))
-    return _linearisation(x, batch).pinv_adjoint(arrays, _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
+    return _pushforward(x, _rt.outer_gram_pinv(x._arrays, arrays, _KRANKS, dtype), _rt.out_dtype(dtype, _COMPLEX_OUTPUT))
 
 
 def _classify(x):
-    return _linearisation(x, x.batch_shape).classify()
+    return _rt.outer_class("ScaledMatrix", x._arrays, _KRANKS, x.shape[0] * x.shape[1])
 
 
 def destructure(x):
@@ -268,7 +255,7 @@ def restructure_pushforward(x, ydot):
     """θ̇ = J⁺ vec(Ẏ): natural tangent -> structural tangent.
 
     The minimum-norm least-squares fields; unused storage gets zero.
-    Cost: a few passes over the pattern (one per coupled element) plus O(p).
+    Cost: one pullback plus O(p).
     """
     _rt.check_instance("restructure_pushforward", "x", x, ScaledMatrix)
     ydot = _rt.as_dense("restructure_pushforward", "ydot", ydot, x.shape, x, _COMPLEX_OUTPUT)
@@ -278,7 +265,7 @@ def restructure_pushforward(x, ydot):
 def restructure_pullback(x, xbar):
     """Ȳ = (J⁺)ᵀ θ̄: structural cotangent -> natural cotangent.
 
-    Cost: a few passes over the pattern (one per coupled element) plus O(p).
+    Cost: one pushforward plus O(p).
     """
     _rt.check_instance("restructure_pullback", "x", x, ScaledMatrix)
     dtype = _rt.check_like("restructure_pullback", "xbar", xbar, ScaledMatrix, x)
@@ -302,7 +289,8 @@ def parametrisation(x):
     With r = rank J, p_a the number of field elements whose column of J is
     not zero at x and N = m·n: exact r = p_a = N; under r = p_a < N;
     over r = N < p_a; deficient otherwise.
-    For a bordered type r = (used G elements) + rank of the Schur complement.
+    For an outer product r = p_a + p_b - 1 when neither factor vanishes (the scale
+    between them), else the elements that multiply the non-zero factor.
     """
     _rt.check_instance("parametrisation", "x", x, ScaledMatrix)
     return _classify(x)

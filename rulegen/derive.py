@@ -108,6 +108,7 @@ class Derivation:
     hankel: bool = False        # the entry depends on i + j only
     covers: bool = False        # the regions tile the whole matrix (no entry is a structural zero)
     factors: tuple = ()         # (F, G) when Y = F Gᵀ exactly (see _factor_product): J⁺ in closed form
+    product: tuple = ()         # (a, b) when Y is a rearranged a ⊗ b (see _outer_product): (JᵀJ)⁺ in closed form
 
     @property
     def rows(self):
@@ -333,8 +334,9 @@ def derive(spec: Spec) -> Derivation:
     covers = (all(v != 0 for _, v in cases) and not zero_nests
               and not any(c.has(sp.Indexed, sp.Sum) for c, _ in cases))
     factors = _factor_product(spec, regions, ops) if kind == "general" else ()
+    product = _outer_product(spec, regions) if kind in ("general", "bordered") else ()
     return Derivation(spec, tuple(regions), kind, coupled or (), ops, diag, toeplitz, column, row, hankel, covers,
-                      factors)
+                      factors, product)
 
 
 def _factor_product(spec, regions, ops) -> tuple:
@@ -361,6 +363,81 @@ def _factor_product(spec, regions, ops) -> tuple:
             or sp.expand(f.shape[1] - r) != 0 or sp.expand(g.shape[1] - r) != 0:
         return ()
     return (f.name, g.name)
+
+
+def _outer_product(spec, regions) -> tuple:
+    """``(a, b)`` when ``Y[i, j] = a[α(i, j)] · b[β(i, j)]`` over the whole
+    matrix, a and b the only fields (real-valued, distinct), and (i, j) ->
+    (α, β) a bijection onto the pairs of their elements: every product
+    ``a_e · b_f`` is one entry, so Y is ``vec(a) vec(b)ᵀ`` with its entries
+    rearranged (ScaledMatrix ``s · A[i, j]``; KroneckerProduct
+    ``A[i // q, j // s] · B[i % q, j % s]``). JᵀJ is then that of a rank-one
+    ``F Gᵀ``, whose pseudo-inverse has a closed form
+    (rulegen.runtime.outer_gram_pinv), and J⁺ = (JᵀJ)⁺ Jᵀ costs a pullback.
+
+    The bijection is proved: the element counts agree, every index is a
+    non-negative integer (no negative index wraps around), and i and j can
+    be recovered from the indices (``_recoverable``). A read past a field's
+    end is refused by the kernels at run time, so the map is onto."""
+    if len(regions) != 1 or len(spec.fields) != 2 or any(f.integer for f in spec.fields):
+        return ()
+    r = regions[0]
+    rows, cols = spec.size
+    loops = {s[1]: (s[2], s[3]) for s in r.steps if s[0] == "for"}
+    if len(r.steps) != 2 or loops != {I: (0, rows), J: (0, cols)} or r.over or r.summed:
+        return ()
+    v = r.value
+    if not isinstance(v, sp.Mul) or len(v.args) != 2 or not all(isinstance(a, sp.Indexed) for a in v.args):
+        return ()
+    a, b = v.args
+    fa, fb = spec.field(_field_of(a)), spec.field(_field_of(b))
+    if fa.name == fb.name:
+        return ()
+    count = sp.Mul(*fa.shape) * sp.Mul(*fb.shape)
+    if sp.expand(count - rows * cols) != 0:
+        return ()
+    index = [e for read, f in ((a, fa), (b, fb)) if f.ndim for e in read.indices]
+    if not all(_nonneg(e) for e in index) or not _recoverable(index) >= {I, J}:
+        return ()
+    return (fa.name, fb.name) if spec.fields[0].name == fa.name else (fb.name, fa.name)
+
+
+def _nonneg(e) -> bool:
+    """Whether the integer index ``e`` is provably non-negative for 0 <= i, j
+    and sizes >= 0 (so that it never wraps around as a negative index)."""
+    if e.is_Integer or e in (I, J) or (e.is_Symbol and e.is_nonnegative):
+        return e.is_Integer is False or e >= 0
+    if isinstance(e, (sp.Add, sp.Mul)):
+        return all(_nonneg(t) for t in e.args)
+    if isinstance(e, IntDiv):
+        return _nonneg(e.args[0]) and _nonneg(e.args[1])
+    if isinstance(e, sp.Mod):
+        return _nonneg(e.args[1]) and not e.args[1].has(I, J)     # Python's % takes the divisor's sign
+    return False
+
+
+def _recoverable(index) -> set:
+    """The loop indices that the values of ``index`` determine: one that an
+    index is affine in (an integer coefficient) once the others are known, or
+    ``x`` of ``x // d`` and ``x % d`` both present (x = d·(x // d) + x % d)."""
+    known: set = set()
+    exprs = list(index)
+    pairs = {(e.args[0], e.args[1]) for e in index if isinstance(e, IntDiv)} \
+        & {(e.args[0], e.args[1]) for e in index if isinstance(e, sp.Mod)}
+    exprs += [x for x, d in pairs if not d.has(I, J)]
+    grew = True
+    while grew:
+        grew = False
+        for e in exprs:
+            unknown = (e.free_symbols & {I, J}) - known
+            if len(unknown) != 1 or e.has(IntDiv, sp.Mod):
+                continue
+            (v,) = unknown
+            poly = sp.Poly(sp.expand(e), I, J)
+            if poly.total_degree() == 1 and poly.coeff_monomial(v).is_Integer and poly.coeff_monomial(v) != 0:
+                known.add(v)
+                grew = True
+    return known
 
 
 def _terms(e, kind):

@@ -11,6 +11,7 @@ the FFT products, so a generated module loads fast.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import sys
 import warnings
@@ -731,6 +732,77 @@ def factor_pinv_adjoint(F, G, Fbar, Gbar, dtype):
     FGi = _t(np.linalg.solve(Rf, _t(Qf)))          # F (FᵀF)⁻¹
     S = _sylvester(setup, _t(F) @ Fbar - _t(Gbar) @ G)
     return (first + FGi @ _t(Gbar) + FGi @ S @ _t(G)).astype(dtype, copy=False), ok
+
+
+# -- a rearranged outer product a ⊗ b (derive._outer_product) ---------------------
+# Y holds each product a_e b_f once, so J θ̇ = ȧ bᵀ + a ḃᵀ after a fixed
+# rearrangement of the entries, and JᵀJ (ẋ, ẏ) = (β ẋ + a (bᴴẏ), α ẏ + b (aᴴẋ))
+# with α = ‖a‖², β = ‖b‖². Its null space is (a, -b) (a scale moves between the
+# two); on the complement of span{(a, 0), (0, b)} it is β on the a part and α on
+# the b part, and on that span [[β, ‖a‖‖b‖], [‖a‖‖b‖, α]] has eigenvalues 0 and
+# α + β. Hence the pseudo-inverse below, O(p) per instance; complex fields
+# alike (J is complex-linear: its real pseudo-inverse is the complex one).
+
+def _vectors(arrays, ranks):
+    """Each kernel array as (*batch, p) (its field's elements flattened)."""
+    return [a.reshape(a.shape[:a.ndim - k] + (-1,)) for a, k in zip(arrays, ranks)]
+
+
+def _outer_norms(a, b):
+    """α, β, and which of them count as zero: below eps·max(p)·(α + β), as
+    numpy's matrix_rank would judge J's singular values √α and √β."""
+    alpha, beta = _dot(a, a).real, _dot(b, b).real
+    tol = np.finfo(np.float64).eps * max(a.shape[-1], b.shape[-1], 1) * (alpha + beta)
+    return alpha, beta, alpha <= tol, beta <= tol
+
+
+def _dot(a, x):
+    """aᴴx along the last axis, without a temporary for real arrays."""
+    return np.einsum("...i,...i->...", np.conj(a) if is_complex(a.dtype) else a, x)
+
+
+def outer_gram_pinv(fields, arrays, ranks, dtype):
+    """(JᵀJ)⁺ applied to the structural arrays ``arrays`` (the fields' kernel
+    arrays, in the fields' order a, b) for the entry a ⊗ b rearranged, at the
+    fields ``fields``; computed in double precision, returned in ``dtype``.
+    Two passes over each pair (ẋ, a): aᴴẋ with ‖a‖², then ẋ·s + a·t."""
+    from .targets.numba import outer
+    wide = complex_dtype(_FLOAT64) if any(is_complex(t.dtype) for t in (*fields, *arrays)) else _FLOAT64
+    vecs = _vectors([t.astype(wide, copy=False) for t in (*fields, *arrays)], ranks + ranks)
+    batch = np.broadcast_shapes(*(v.shape[:-1] for v in vecs))
+    rows = math.prod(batch)
+    a, b, x, y = (np.broadcast_to(v, batch + v.shape[-1:]).reshape(rows, v.shape[-1]) for v in vecs)
+    alpha, xi = outer.dots(a, x)                     # ‖a‖², aᴴẋ
+    beta, eta = outer.dots(b, y)
+    tol = np.finfo(np.float64).eps * max(a.shape[-1], b.shape[-1], 1) * (alpha + beta)
+    a0, b0 = alpha <= tol, beta <= tol
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s1 = np.where(b0, 0, 1 / beta)
+        t1 = np.where(a0, 0, 1 / alpha)
+        both = ~(a0 | b0)
+        s2 = np.where(both, (beta * xi / alpha + eta) / (alpha + beta) ** 2 - xi / (alpha * beta), 0)
+        t2 = np.where(both, (xi + alpha * eta / beta) / (alpha + beta) ** 2 - eta / (alpha * beta), 0)
+    # a = 0 (b ≠ 0): J θ̇ = ȧ bᵀ only and (JᵀJ)⁺ = (ẋ/β, 0); b = 0 alike; both: J = 0
+    return tuple(outer.combine(v, c1, w, c2).reshape(batch + f.shape[f.ndim - k:]).astype(dtype, copy=False)
+                 for v, c1, w, c2, f, k in ((x, s1, a, s2, fields[0], ranks[0]), (y, t1, b, t2, fields[1], ranks[1])))
+
+
+def outer_class(owner: str, fields, ranks, n_entries: int):
+    """parametrisation_class of each instance for the entry a ⊗ b rearranged:
+    rank J = p_a + p_b - 1 when a, b ≠ 0 (the scale between them), p_a when
+    only b ≠ 0 (columns ȧ bᵀ), p_b when only a ≠ 0, 0 when both vanish; a
+    column of J is non-zero when the other factor is."""
+    if not all(np.isfinite(f).all() for f in fields):
+        raise ValueError(f"parametrisation: x ({owner}) has NaN or infinite field values, so rank J is undefined")
+    a, b = _vectors(fields, ranks)
+    _, _, a0, b0 = _outer_norms(a, b)
+    a0, b0 = np.broadcast_arrays(a0, b0)
+    out = np.empty(a0.shape, object)
+    for index in np.ndindex(a0.shape):
+        za, zb = bool(a0[index]), bool(b0[index])
+        used = (0 if zb else a.shape[-1]) + (0 if za else b.shape[-1])
+        out[index] = parametrisation_class(used - (not za and not zb), used, n_entries)
+    return out.tolist() if out.ndim else out.item()
 
 
 class ConvergenceWarning(RuntimeWarning):

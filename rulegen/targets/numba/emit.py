@@ -642,5 +642,6 @@ def render(d: Derivation, spec_file: str) -> str:
               for k in kron_terms(d)],
         kron_only=bool(d.op_regions) and all(r.kron is not None for r in d.op_regions),
         factors=_factors(d),
+        product=dict(a=d.product[0], b=d.product[1]) if d.product else None,
     )
     return environment().get_template("numba_module.py.j2").render(**context)
