@@ -112,7 +112,7 @@ class Circulant:
         self._arrays = _arrays
         n = self.n = _size_values[0]
         self.c = _arrays[0]
-        self.shape = _rt.check_dims("Circulant", (n, n), "n={n}".format(n=n, ))
+        self.shape = _rt.check_dims("Circulant", (n, n), "n={n}", {"n": n})
         self.batch_shape = _rt.batch_of(_arrays, _KRANKS)
         self.dtype = _arrays[0].dtype
 
@@ -174,7 +174,7 @@ def _pullback(x, ybar):
         grads = _rt.zeros(batch, _kernel_shapes(x._size_values), ybar.dtype)
         _rt.call(_pullback_batched, batch, x._size_values, arrays + (ybar,), _KRANKS + (2,), grads)
     else:
-        grads = tuple(np.zeros_like(a) for a in arrays)
+        grads = tuple([np.zeros(a.shape, a.dtype) for a in arrays])
         _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
     return _rt.project_to(grads, x.dtype)
 
@@ -365,7 +365,7 @@ def _product(x, rhs, out, batched, kernel):
 def matvec(x, v):
     """x @ v for v of shape (n,), (n, k) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, Circulant)
-    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x", x, _COMPLEX_OUTPUT)
     if min(x.shape) >= FFT_MIN:
         c, r = _edges(x, rhs.dtype)
         out = _rt.toeplitz_matmul(c, r, rhs).astype(rhs.dtype, copy=False)
@@ -379,7 +379,7 @@ def matvec(x, v):
 def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,), (m, k) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, Circulant)
-    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x", x, _COMPLEX_OUTPUT)
     if min(x.shape) >= FFT_MIN:
         c, r = _edges(x, rhs.dtype)
         out = _rt.toeplitz_matmul(r, c, rhs).astype(rhs.dtype, copy=False)
@@ -396,8 +396,8 @@ def bilinear_pullback(x, U, V):
     cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)
     (complex numbers: bilinear_pullback(x, ȳ, conj(v)) and conj(rmatvec(x, conj(ȳ))))."""
     _rt.check_instance("bilinear_pullback", "x", x, Circulant)
-    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
-    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x", x, _COMPLEX_OUTPUT)
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x", x, _COMPLEX_OUTPUT)
     if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[-1]} and {right.shape[-1]}")

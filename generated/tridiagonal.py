@@ -118,7 +118,7 @@ class Tridiagonal:
         self.dl = _arrays[0]
         self.d = _arrays[1]
         self.du = _arrays[2]
-        self.shape = _rt.check_dims("Tridiagonal", (n, n), "n={n}".format(n=n, ))
+        self.shape = _rt.check_dims("Tridiagonal", (n, n), "n={n}", {"n": n})
         self.batch_shape = _rt.batch_of(_arrays, _KRANKS)
         self.dtype = _arrays[0].dtype
 
@@ -180,7 +180,7 @@ def _pullback(x, ybar):
         grads = _rt.zeros(batch, _kernel_shapes(x._size_values), ybar.dtype)
         _rt.call(_pullback_batched, batch, x._size_values, arrays + (ybar,), _KRANKS + (2,), grads)
     else:
-        grads = tuple(np.zeros_like(a) for a in arrays)
+        grads = tuple([np.zeros(a.shape, a.dtype) for a in arrays])
         _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
     return _rt.project_to(grads, x.dtype)
 
@@ -351,7 +351,7 @@ def _product(x, rhs, out, batched, kernel):
 def matvec(x, v):
     """x @ v for v of shape (n,), (n, k) or (..., n, k), without forming the dense matrix."""
     _rt.check_instance("matvec", "x", x, Tridiagonal)
-    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
+    rhs, vector = _rt.as_operand("matvec", "v", v, x.shape[1], "n = columns of x", x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = np.zeros(batch + (x.shape[0], rhs.shape[-1]), rhs.dtype)
     out = _product(x, rhs, out, _matvec_batched, _matvec_kernel)
@@ -361,7 +361,7 @@ def matvec(x, v):
 def rmatvec(x, u):
     """xᵀ @ u for u of shape (m,), (m, k) or (..., m, k), without forming the dense matrix."""
     _rt.check_instance("rmatvec", "x", x, Tridiagonal)
-    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
+    rhs, vector = _rt.as_operand("rmatvec", "u", u, x.shape[0], "m = rows of x", x, _COMPLEX_OUTPUT)
     batch = _rt.broadcast(x.batch_shape, rhs.shape[:-2])
     out = np.zeros(batch + (x.shape[1], rhs.shape[-1]), rhs.dtype)
     out = _product(x, rhs, out, _rmatvec_batched, _rmatvec_kernel)
@@ -374,8 +374,8 @@ def bilinear_pullback(x, U, V):
     cotangent of y = x @ v is bilinear_pullback(x, ȳ, v); that of v is rmatvec(x, ȳ)
     (complex numbers: bilinear_pullback(x, ȳ, conj(v)) and conj(rmatvec(x, conj(ȳ))))."""
     _rt.check_instance("bilinear_pullback", "x", x, Tridiagonal)
-    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x = %d" % x.shape[0], x, _COMPLEX_OUTPUT)
-    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x = %d" % x.shape[1], x, _COMPLEX_OUTPUT)
+    left, _ = _rt.as_operand("bilinear_pullback", "U", U, x.shape[0], "m = rows of x", x, _COMPLEX_OUTPUT)
+    right, _ = _rt.as_operand("bilinear_pullback", "V", V, x.shape[1], "n = columns of x", x, _COMPLEX_OUTPUT)
     if left.shape[-1] != right.shape[-1]:
         raise ValueError(f"bilinear_pullback: U and V must have the same number of columns, "
                          f"got {left.shape[-1]} and {right.shape[-1]}")

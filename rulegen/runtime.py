@@ -83,9 +83,9 @@ def project_to(arrays: tuple, dtype) -> tuple:
     """Structural arrays for an instance of ``dtype``: a real instance keeps
     the real part of a complex result (ChainRulesCore's ProjectTo: the
     cotangent of a real number is real)."""
-    if is_complex(dtype):
+    if is_complex(dtype) or all(a.dtype.kind != "c" for a in arrays):
         return arrays
-    return tuple(a.real.copy() if a.dtype.kind == "c" else a for a in arrays)
+    return tuple([a.real.copy() if a.dtype.kind == "c" else a for a in arrays])
 
 
 def _weak(given, arr):
@@ -96,8 +96,10 @@ def _weak(given, arr):
 def cast(arrays: tuple, dtype) -> tuple:
     """``arrays`` in ``dtype`` (the same arrays when they have it already; a
     complex array cast to a real dtype keeps its real part)."""
-    return tuple(a if a.dtype == dtype else (a.real if a.dtype.kind == "c" and not is_complex(dtype) else a)
-                 .astype(dtype) for a in arrays)
+    if all(a.dtype == dtype for a in arrays):
+        return arrays
+    return tuple([a if a.dtype == dtype else (a.real if a.dtype.kind == "c" and not is_complex(dtype) else a)
+                  .astype(dtype) for a in arrays])
 
 
 # -- batches ----------------------------------------------------------------------
@@ -253,9 +255,12 @@ def check_shape(owner: str, name: str, arr: np.ndarray, expected: tuple, formula
                          f"(with {sizes}), got {arr.shape}")
 
 
-def check_dims(owner: str, shape: tuple, sizes: str) -> tuple:
-    if any(d < 0 for d in shape):
-        raise ValueError(f"{owner}: sizes {sizes} give the negative matrix shape {shape}")
+def check_dims(owner: str, shape: tuple, sizes: str, values=None) -> tuple:
+    """``shape`` if neither dimension is negative; ``sizes`` names the sizes
+    (``str.format`` with ``values``, formatted only for the error)."""
+    if shape[0] < 0 or shape[1] < 0:
+        raise ValueError(f"{owner}: sizes {sizes.format(**values) if values else sizes} give the negative "
+                         f"matrix shape {shape}")
     return shape
 
 
@@ -276,8 +281,10 @@ def as_dense(func: str, name: str, value, shape: tuple, x, complex_output: bool 
     argument; a complex argument of a real matrix (real x, no imaginary
     constant in the entry: ``complex_output``) keeps its real part
     (ChainRulesCore's ProjectTo)."""
-    arr = _real_array(func, name, value)
     target = out_dtype(x.dtype, complex_output)
+    if type(value) is np.ndarray and value.shape == shape and value.dtype == target and value.flags.c_contiguous:
+        return value            # already what the kernels take: no further checks or copies
+    arr = _real_array(func, name, value)
     if arr.dtype.kind == "c" and not is_complex(target):
         arr = arr.real
     k = len(shape)
@@ -293,16 +300,18 @@ def as_operand(func: str, name: str, value, rows: int, what: str, x, complex_out
     """A vector ``(rows,)`` or a (batch of) matrices ``(..., rows, k)`` as an
     array of at least 2 dimensions (a vector as ``(rows, 1)``), C-contiguous,
     in ``result_dtype`` of x's dense matrices and the operand; and whether it
-    was a vector."""
+    was a vector. ``what`` names ``rows`` in the error (its value is appended)."""
+    target = out_dtype(x.dtype, complex_output)
+    if type(value) is np.ndarray and value.shape == (rows,) and value.dtype == target and value.flags.c_contiguous:
+        return value.reshape(rows, 1), True
     arr = _real_array(func, name, value)
     if arr.ndim == 0 or arr.shape[-1 if arr.ndim == 1 else -2] != rows:
         raise ValueError(f"{func}: argument '{name}' must have shape ({rows},) or ({rows}, k) or "
-                         f"(..., {rows}, k) ({what}), got {arr.shape}")
+                         f"(..., {rows}, k) ({what} = {rows}), got {arr.shape}")
     vector = arr.ndim == 1
     if arr.ndim > 2:
         batch_shape(func, [("x", x.batch_shape), (f"argument '{name}'", arr.shape[:-2])])
     arr = arr.reshape(rows, 1) if vector else arr
-    target = out_dtype(x.dtype, complex_output)
     return np.ascontiguousarray(arr, target if arr.dtype == target else result_dtype(target, arr)), vector
 
 
