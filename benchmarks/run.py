@@ -436,6 +436,8 @@ def main():
     lines += kron_section(args.quick)
     from sparse import section as sparse_section  # benchmarks/sparse.py: sparse patterns against scipy
     lines += sparse_section(args.quick)
+    from issue17 import section as issue17_section  # benchmarks/issue17.py: each of #17's rows with its target
+    lines += issue17_section(args.quick)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write("\n".join(lines))
