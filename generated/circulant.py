@@ -463,44 +463,107 @@ def diagonal_pullback(x, dbar):
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _matvec_kernel(n, c, _rhs, _out):
     for _c in range(_rhs.shape[1]):
-        for i in range(0, n):
-            for j in range(0, n):
-                _a2 = ((i - j) % (n))
-                if _a2 < 0:
-                    _a2 += c.shape[0]
-                if _a2 < 0 or _a2 >= c.shape[0]:
-                    raise IndexError("Circulant: getindex reads c out of range")
-                _v1 = c[_a2]
-                _out[i, _c] += (_v1) * _rhs[j, _c]
+        if (n >= 8):
+            for i in range(0, n):
+                for _wrap0 in range(-((i) // (n)), 1 - ((i - n + 1) // (n))):
+                    _lo1 = max(0, _wrap0*n + i - n + 1)
+                    _hi2 = min(n, _wrap0*n + i + 1)
+                    if _hi2 <= _lo1 or (0 <= -_lo1 + _wrap0*n + i < c.shape[0] and 0 <= -_hi2 + _wrap0*n + i + 1 < c.shape[0]):
+                        _sum3 = 0.0
+                        for j in range(_lo1, _hi2):
+                            _v4 = c[_u(_wrap0*n + i - j)]
+                            _sum3 += (_v4) * _rhs[_u(j), _u(_c)]
+                        _out[_u(i), _u(_c)] += _sum3
+                    else:
+                        for j in range(_lo1, _hi2):
+                            _a6 = _wrap0*n + i - j
+                            if _a6 < 0:
+                                _a6 += c.shape[0]
+                            if _a6 < 0 or _a6 >= c.shape[0]:
+                                raise IndexError("Circulant: getindex reads c out of range")
+                            _v5 = c[_a6]
+                            _out[i, _c] += (_v5) * _rhs[j, _c]
+        if (n < 8):
+            for i in range(0, n):
+                for j in range(0, n):
+                    _a8 = ((i - j) % (n))
+                    if _a8 < 0:
+                        _a8 += c.shape[0]
+                    if _a8 < 0 or _a8 >= c.shape[0]:
+                        raise IndexError("Circulant: getindex reads c out of range")
+                    _v7 = c[_a8]
+                    _out[i, _c] += (_v7) * _rhs[j, _c]
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rmatvec_kernel(n, c, _rhs, _out):
     for _c in range(_rhs.shape[1]):
-        for i in range(0, n):
-            for j in range(0, n):
-                _a2 = ((i - j) % (n))
-                if _a2 < 0:
-                    _a2 += c.shape[0]
-                if _a2 < 0 or _a2 >= c.shape[0]:
-                    raise IndexError("Circulant: getindex reads c out of range")
-                _v1 = c[_a2]
-                _out[j, _c] += (_v1) * _rhs[i, _c]
+        if (n >= 8):
+            for i in range(0, n):
+                for _wrap0 in range(-((i) // (n)), 1 - ((i - n + 1) // (n))):
+                    _lo1 = max(0, _wrap0*n + i - n + 1)
+                    _hi2 = min(n, _wrap0*n + i + 1)
+                    if _hi2 <= _lo1 or (0 <= -_lo1 + _wrap0*n + i < c.shape[0] and 0 <= -_hi2 + _wrap0*n + i + 1 < c.shape[0]):
+                        for j in range(_lo1, _hi2):
+                            _v3 = c[_u(_wrap0*n + i - j)]
+                            _out[_u(j), _u(_c)] += (_v3) * _rhs[_u(i), _u(_c)]
+                    else:
+                        for j in range(_lo1, _hi2):
+                            _a5 = _wrap0*n + i - j
+                            if _a5 < 0:
+                                _a5 += c.shape[0]
+                            if _a5 < 0 or _a5 >= c.shape[0]:
+                                raise IndexError("Circulant: getindex reads c out of range")
+                            _v4 = c[_a5]
+                            _out[j, _c] += (_v4) * _rhs[i, _c]
+        if (n < 8):
+            for i in range(0, n):
+                for j in range(0, n):
+                    _a7 = ((i - j) % (n))
+                    if _a7 < 0:
+                        _a7 += c.shape[0]
+                    if _a7 < 0 or _a7 >= c.shape[0]:
+                        raise IndexError("Circulant: getindex reads c out of range")
+                    _v6 = c[_a7]
+                    _out[j, _c] += (_v6) * _rhs[i, _c]
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _bilinear_kernel(n, c, _left, _right, _g_c):
-    for i in range(0, n):
-        for j in range(0, n):
-            _y = 0.0
-            for _c in range(_left.shape[1]):
-                _y += _left[i, _c] * _right[j, _c]
-            _a2 = ((i - j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _g_c[_a2] += _y
+    if (n >= 8):
+        for i in range(0, n):
+            for _wrap0 in range(-((i) // (n)), 1 - ((i - n + 1) // (n))):
+                _lo1 = max(0, _wrap0*n + i - n + 1)
+                _hi2 = min(n, _wrap0*n + i + 1)
+                if _hi2 <= _lo1 or (0 <= -_lo1 + _wrap0*n + i < c.shape[0] and 0 <= -_hi2 + _wrap0*n + i + 1 < c.shape[0]):
+                    for j in range(_lo1, _hi2):
+                        _y = 0.0
+                        for _c in range(_left.shape[1]):
+                            _y += _left[_u(i), _u(_c)] * _right[_u(j), _u(_c)]
+                        _g_c[_u(_wrap0*n + i - j)] += _y
+                else:
+                    for j in range(_lo1, _hi2):
+                        _y = 0.0
+                        for _c in range(_left.shape[1]):
+                            _y += _left[i, _c] * _right[j, _c]
+                        _a5 = _wrap0*n + i - j
+                        if _a5 < 0:
+                            _a5 += c.shape[0]
+                        if _a5 < 0 or _a5 >= c.shape[0]:
+                            raise IndexError("Circulant: getindex reads c out of range")
+                        _g_c[_a5] += _y
+    if (n < 8):
+        for i in range(0, n):
+            for j in range(0, n):
+                _y = 0.0
+                for _c in range(_left.shape[1]):
+                    _y += _left[i, _c] * _right[j, _c]
+                _a7 = ((i - j) % (n))
+                if _a7 < 0:
+                    _a7 += c.shape[0]
+                if _a7 < 0 or _a7 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _g_c[_a7] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -550,109 +613,263 @@ def _diagonal_pullback_kernel(n, c, _dbar, _g_c):
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _column_kernel(n, c, _out):
-    j = 0
-    if (0 < n):
-        for i in range(0, n):
-            _a2 = ((i) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _v1 = c[_a2]
-            _out[i] = _v1
+    if (n >= 8):
+        j = 0
+        if (0 < n):
+            for _wrap0 in range(0, ((n - 1) // (n)) + 1):
+                _lo1 = max(0, _wrap0*n)
+                _hi2 = min(n, _wrap0*n + n)
+                if _hi2 <= _lo1 or (0 <= _lo1 - _wrap0*n < c.shape[0] and 0 <= _hi2 - _wrap0*n - 1 < c.shape[0]):
+                    for i in range(_lo1, _hi2):
+                        _v3 = c[_u(-_wrap0*n + i)]
+                        _out[_u(i)] = _v3
+                else:
+                    for i in range(_lo1, _hi2):
+                        _a5 = -_wrap0*n + i
+                        if _a5 < 0:
+                            _a5 += c.shape[0]
+                        if _a5 < 0 or _a5 >= c.shape[0]:
+                            raise IndexError("Circulant: getindex reads c out of range")
+                        _v4 = c[_a5]
+                        _out[i] = _v4
+    if (n < 8):
+        j = 0
+        if (0 < n):
+            for i in range(0, n):
+                _a7 = ((i) % (n))
+                if _a7 < 0:
+                    _a7 += c.shape[0]
+                if _a7 < 0 or _a7 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _v6 = c[_a7]
+                _out[i] = _v6
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _column_pullback_kernel(n, c, _bar, _g_c):
-    j = 0
-    if (0 < n):
-        for i in range(0, n):
-            _y = _bar[i]
-            _a2 = ((i) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _g_c[_a2] += _y
+    if (n >= 8):
+        j = 0
+        if (0 < n):
+            for _wrap0 in range(0, ((n - 1) // (n)) + 1):
+                _lo1 = max(0, _wrap0*n)
+                _hi2 = min(n, _wrap0*n + n)
+                if _hi2 <= _lo1 or (0 <= _lo1 - _wrap0*n < c.shape[0] and 0 <= _hi2 - _wrap0*n - 1 < c.shape[0]):
+                    for i in range(_lo1, _hi2):
+                        _y = _bar[_u(i)]
+                        _g_c[_u(-_wrap0*n + i)] += _y
+                else:
+                    for i in range(_lo1, _hi2):
+                        _y = _bar[i]
+                        _a5 = -_wrap0*n + i
+                        if _a5 < 0:
+                            _a5 += c.shape[0]
+                        if _a5 < 0 or _a5 >= c.shape[0]:
+                            raise IndexError("Circulant: getindex reads c out of range")
+                        _g_c[_a5] += _y
+    if (n < 8):
+        j = 0
+        if (0 < n):
+            for i in range(0, n):
+                _y = _bar[i]
+                _a7 = ((i) % (n))
+                if _a7 < 0:
+                    _a7 += c.shape[0]
+                if _a7 < 0 or _a7 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _g_c[_a7] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _row_kernel(n, c, _out):
-    i = 0
-    if (0 < n):
-        for j in range(0, n):
-            _a2 = ((-j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _v1 = c[_a2]
-            _out[j] = _v1
+    if (n >= 8):
+        i = 0
+        if (0 < n):
+            for _wrap0 in range(0, 1 - ((1 - n) // (n))):
+                _lo1 = max(0, _wrap0*n - n + 1)
+                _hi2 = min(n, _wrap0*n + 1)
+                if _hi2 <= _lo1 or (0 <= -_lo1 + _wrap0*n < c.shape[0] and 0 <= -_hi2 + _wrap0*n + 1 < c.shape[0]):
+                    for j in range(_lo1, _hi2):
+                        _v3 = c[_u(_wrap0*n - j)]
+                        _out[_u(j)] = _v3
+                else:
+                    for j in range(_lo1, _hi2):
+                        _a5 = _wrap0*n - j
+                        if _a5 < 0:
+                            _a5 += c.shape[0]
+                        if _a5 < 0 or _a5 >= c.shape[0]:
+                            raise IndexError("Circulant: getindex reads c out of range")
+                        _v4 = c[_a5]
+                        _out[j] = _v4
+    if (n < 8):
+        i = 0
+        if (0 < n):
+            for j in range(0, n):
+                _a7 = ((-j) % (n))
+                if _a7 < 0:
+                    _a7 += c.shape[0]
+                if _a7 < 0 or _a7 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _v6 = c[_a7]
+                _out[j] = _v6
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _row_pullback_kernel(n, c, _bar, _g_c):
-    i = 0
-    if (0 < n):
-        for j in range(0, n):
-            _y = _bar[j]
-            _a2 = ((-j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _g_c[_a2] += _y
+    if (n >= 8):
+        i = 0
+        if (0 < n):
+            for _wrap0 in range(0, 1 - ((1 - n) // (n))):
+                _lo1 = max(0, _wrap0*n - n + 1)
+                _hi2 = min(n, _wrap0*n + 1)
+                if _hi2 <= _lo1 or (0 <= -_lo1 + _wrap0*n < c.shape[0] and 0 <= -_hi2 + _wrap0*n + 1 < c.shape[0]):
+                    for j in range(_lo1, _hi2):
+                        _y = _bar[_u(j)]
+                        _g_c[_u(_wrap0*n - j)] += _y
+                else:
+                    for j in range(_lo1, _hi2):
+                        _y = _bar[j]
+                        _a5 = _wrap0*n - j
+                        if _a5 < 0:
+                            _a5 += c.shape[0]
+                        if _a5 < 0 or _a5 >= c.shape[0]:
+                            raise IndexError("Circulant: getindex reads c out of range")
+                        _g_c[_a5] += _y
+    if (n < 8):
+        i = 0
+        if (0 < n):
+            for j in range(0, n):
+                _y = _bar[j]
+                _a7 = ((-j) % (n))
+                if _a7 < 0:
+                    _a7 += c.shape[0]
+                if _a7 < 0 or _a7 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _g_c[_a7] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, c, _out):
-    for i in range(0, n):
-        for j in range(0, n):
-            _a2 = ((i - j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _v1 = c[_a2]
-            _out[i, j] = _v1
+    if (n >= 8):
+        for i in range(0, n):
+            for _wrap0 in range(-((i) // (n)), 1 - ((i - n + 1) // (n))):
+                _lo1 = max(0, _wrap0*n + i - n + 1)
+                _hi2 = min(n, _wrap0*n + i + 1)
+                if _hi2 <= _lo1 or (0 <= -_lo1 + _wrap0*n + i < c.shape[0] and 0 <= -_hi2 + _wrap0*n + i + 1 < c.shape[0]):
+                    for j in range(_lo1, _hi2):
+                        _v3 = c[_u(_wrap0*n + i - j)]
+                        _out[_u(i), _u(j)] = _v3
+                else:
+                    for j in range(_lo1, _hi2):
+                        _a5 = _wrap0*n + i - j
+                        if _a5 < 0:
+                            _a5 += c.shape[0]
+                        if _a5 < 0 or _a5 >= c.shape[0]:
+                            raise IndexError("Circulant: getindex reads c out of range")
+                        _v4 = c[_a5]
+                        _out[i, j] = _v4
+    if (n < 8):
+        for i in range(0, n):
+            for j in range(0, n):
+                _a7 = ((i - j) % (n))
+                if _a7 < 0:
+                    _a7 += c.shape[0]
+                if _a7 < 0 or _a7 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _v6 = c[_a7]
+                _out[i, j] = _v6
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(n, c, _d_c, _out):
-    for i in range(0, n):
-        for j in range(0, n):
-            _a2 = ((i - j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _t_v1 = _d_c[_a2]
-            _out[i, j] = _t_v1
+    if (n >= 8):
+        for i in range(0, n):
+            for _wrap0 in range(-((i) // (n)), 1 - ((i - n + 1) // (n))):
+                _lo1 = max(0, _wrap0*n + i - n + 1)
+                _hi2 = min(n, _wrap0*n + i + 1)
+                if _hi2 <= _lo1 or (0 <= -_lo1 + _wrap0*n + i < c.shape[0] and 0 <= -_hi2 + _wrap0*n + i + 1 < c.shape[0]):
+                    for j in range(_lo1, _hi2):
+                        _t_v3 = _d_c[_u(_wrap0*n + i - j)]
+                        _out[_u(i), _u(j)] = _t_v3
+                else:
+                    for j in range(_lo1, _hi2):
+                        _a5 = _wrap0*n + i - j
+                        if _a5 < 0:
+                            _a5 += c.shape[0]
+                        if _a5 < 0 or _a5 >= c.shape[0]:
+                            raise IndexError("Circulant: getindex reads c out of range")
+                        _t_v4 = _d_c[_a5]
+                        _out[i, j] = _t_v4
+    if (n < 8):
+        for i in range(0, n):
+            for j in range(0, n):
+                _a7 = ((i - j) % (n))
+                if _a7 < 0:
+                    _a7 += c.shape[0]
+                if _a7 < 0 or _a7 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _t_v6 = _d_c[_a7]
+                _out[i, j] = _t_v6
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(n, c, _ybar, _g_c):
-    for i in range(0, n):
-        for j in range(0, n):
-            _y = _ybar[i, j]
-            _a2 = ((i - j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _g_c[_a2] += _y
+    if (n >= 8):
+        for i in range(0, n):
+            for _wrap0 in range(-((i) // (n)), 1 - ((i - n + 1) // (n))):
+                _lo1 = max(0, _wrap0*n + i - n + 1)
+                _hi2 = min(n, _wrap0*n + i + 1)
+                if _hi2 <= _lo1 or (0 <= -_lo1 + _wrap0*n + i < c.shape[0] and 0 <= -_hi2 + _wrap0*n + i + 1 < c.shape[0]):
+                    for j in range(_lo1, _hi2):
+                        _y = _ybar[_u(i), _u(j)]
+                        _g_c[_u(_wrap0*n + i - j)] += _y
+                else:
+                    for j in range(_lo1, _hi2):
+                        _y = _ybar[i, j]
+                        _a5 = _wrap0*n + i - j
+                        if _a5 < 0:
+                            _a5 += c.shape[0]
+                        if _a5 < 0 or _a5 >= c.shape[0]:
+                            raise IndexError("Circulant: getindex reads c out of range")
+                        _g_c[_a5] += _y
+    if (n < 8):
+        for i in range(0, n):
+            for j in range(0, n):
+                _y = _ybar[i, j]
+                _a7 = ((i - j) % (n))
+                if _a7 < 0:
+                    _a7 += c.shape[0]
+                if _a7 < 0 or _a7 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _g_c[_a7] += _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(n, c, _w_c):
-    for i in range(0, n):
-        for j in range(0, n):
-            _a2 = ((i - j) % (n))
-            if _a2 < 0:
-                _a2 += c.shape[0]
-            if _a2 < 0 or _a2 >= c.shape[0]:
-                raise IndexError("Circulant: getindex reads c out of range")
-            _w_c[_a2] += 1
+    if (n >= 8):
+        for i in range(0, n):
+            for _wrap0 in range(-((i) // (n)), 1 - ((i - n + 1) // (n))):
+                _lo1 = max(0, _wrap0*n + i - n + 1)
+                _hi2 = min(n, _wrap0*n + i + 1)
+                if _hi2 <= _lo1 or (0 <= -_lo1 + _wrap0*n + i < c.shape[0] and 0 <= -_hi2 + _wrap0*n + i + 1 < c.shape[0]):
+                    for j in range(_lo1, _hi2):
+                        _w_c[_u(_wrap0*n + i - j)] += 1
+                else:
+                    for j in range(_lo1, _hi2):
+                        _a5 = _wrap0*n + i - j
+                        if _a5 < 0:
+                            _a5 += c.shape[0]
+                        if _a5 < 0 or _a5 >= c.shape[0]:
+                            raise IndexError("Circulant: getindex reads c out of range")
+                        _w_c[_a5] += 1
+    if (n < 8):
+        for i in range(0, n):
+            for j in range(0, n):
+                _a7 = ((i - j) % (n))
+                if _a7 < 0:
+                    _a7 += c.shape[0]
+                if _a7 < 0 or _a7 >= c.shape[0]:
+                    raise IndexError("Circulant: getindex reads c out of range")
+                _w_c[_a7] += 1
 
 
 # Batched wrappers: instance b of the flat batch reads input a at index

@@ -567,183 +567,486 @@ def _kron0_pullback_kernel(ma, na, mb, nb, A, B, _bar_F, _bar_G, _g_A, _g_B):
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_kernel(ma, na, mb, nb, A, B, _out):
-    for i in range(0, min(ma*mb, na*nb)):
-        j = i
-        _a3 = ((i) // (mb))
-        if _a3 < 0:
-            _a3 += A.shape[0]
-        if _a3 < 0 or _a3 >= A.shape[0]:
-            raise IndexError("KroneckerProduct: getindex reads A out of range")
-        _a4 = ((i) // (nb))
-        if _a4 < 0:
-            _a4 += A.shape[1]
-        if _a4 < 0 or _a4 >= A.shape[1]:
-            raise IndexError("KroneckerProduct: getindex reads A out of range")
-        _v1 = A[_a3, _a4]
-        _a5 = ((i) % (mb))
-        if _a5 < 0:
-            _a5 += B.shape[0]
-        if _a5 < 0 or _a5 >= B.shape[0]:
-            raise IndexError("KroneckerProduct: getindex reads B out of range")
-        _a6 = ((i) % (nb))
-        if _a6 < 0:
-            _a6 += B.shape[1]
-        if _a6 < 0 or _a6 >= B.shape[1]:
-            raise IndexError("KroneckerProduct: getindex reads B out of range")
-        _v2 = B[_a5, _a6]
-        _out[i] = _v1*_v2
+    if (nb >= 8):
+        if (mb >= 8):
+            for _wrap0 in range(0, ((min(ma*mb, na*nb) - 1) // (mb)) + 1):
+                for _wrap1 in range(((max(0, _wrap0*mb)) // (nb)), ((min(min(ma*mb, na*nb), _wrap0*mb + mb) - 1) // (nb)) + 1):
+                    _lo1 = max(max(0, _wrap0*mb), _wrap1*nb)
+                    _hi2 = min(min(min(ma*mb, na*nb), _wrap0*mb + mb), _wrap1*nb + nb)
+                    if _hi2 <= _lo1 or (0 <= _wrap0 < A.shape[0] and 0 <= _wrap1 < A.shape[1] and 0 <= _lo1 - _wrap0*mb < B.shape[0] and 0 <= _hi2 - _wrap0*mb - 1 < B.shape[0] and 0 <= _lo1 - _wrap1*nb < B.shape[1] and 0 <= _hi2 - _wrap1*nb - 1 < B.shape[1]):
+                        _sum3 = 0.0
+                        for i in range(_lo1, _hi2):
+                            j = i
+                            _v4 = A[_u(_wrap0), _u(_wrap1)]
+                            _v5 = B[_u(-_wrap0*mb + i), _u(-_wrap1*nb + i)]
+                            _out[_u(i)] = _v4*_v5
+                    else:
+                        for i in range(_lo1, _hi2):
+                            j = i
+                            _a8 = _wrap0
+                            if _a8 < 0:
+                                _a8 += A.shape[0]
+                            if _a8 < 0 or _a8 >= A.shape[0]:
+                                raise IndexError("KroneckerProduct: getindex reads A out of range")
+                            _a9 = _wrap1
+                            if _a9 < 0:
+                                _a9 += A.shape[1]
+                            if _a9 < 0 or _a9 >= A.shape[1]:
+                                raise IndexError("KroneckerProduct: getindex reads A out of range")
+                            _v6 = A[_a8, _a9]
+                            _a10 = -_wrap0*mb + i
+                            if _a10 < 0:
+                                _a10 += B.shape[0]
+                            if _a10 < 0 or _a10 >= B.shape[0]:
+                                raise IndexError("KroneckerProduct: getindex reads B out of range")
+                            _a11 = -_wrap1*nb + i
+                            if _a11 < 0:
+                                _a11 += B.shape[1]
+                            if _a11 < 0 or _a11 >= B.shape[1]:
+                                raise IndexError("KroneckerProduct: getindex reads B out of range")
+                            _v7 = B[_a10, _a11]
+                            _out[i] = _v6*_v7
+    if (nb < 8):
+        if (mb >= 8):
+            for _wrap0 in range(0, ((min(ma*mb, na*nb) - 1) // (mb)) + 1):
+                for i in range(max(0, _wrap0*mb), min(min(ma*mb, na*nb), _wrap0*mb + mb)):
+                    j = i
+                    _a14 = _wrap0
+                    if _a14 < 0:
+                        _a14 += A.shape[0]
+                    if _a14 < 0 or _a14 >= A.shape[0]:
+                        raise IndexError("KroneckerProduct: getindex reads A out of range")
+                    _a15 = ((i) // (nb))
+                    if _a15 < 0:
+                        _a15 += A.shape[1]
+                    if _a15 < 0 or _a15 >= A.shape[1]:
+                        raise IndexError("KroneckerProduct: getindex reads A out of range")
+                    _v12 = A[_a14, _a15]
+                    _a16 = -_wrap0*mb + i
+                    if _a16 < 0:
+                        _a16 += B.shape[0]
+                    if _a16 < 0 or _a16 >= B.shape[0]:
+                        raise IndexError("KroneckerProduct: getindex reads B out of range")
+                    _a17 = ((i) % (nb))
+                    if _a17 < 0:
+                        _a17 += B.shape[1]
+                    if _a17 < 0 or _a17 >= B.shape[1]:
+                        raise IndexError("KroneckerProduct: getindex reads B out of range")
+                    _v13 = B[_a16, _a17]
+                    _out[i] = _v12*_v13
+    if (mb < 8):
+        for i in range(0, min(ma*mb, na*nb)):
+            j = i
+            _a20 = ((i) // (mb))
+            if _a20 < 0:
+                _a20 += A.shape[0]
+            if _a20 < 0 or _a20 >= A.shape[0]:
+                raise IndexError("KroneckerProduct: getindex reads A out of range")
+            _a21 = ((i) // (nb))
+            if _a21 < 0:
+                _a21 += A.shape[1]
+            if _a21 < 0 or _a21 >= A.shape[1]:
+                raise IndexError("KroneckerProduct: getindex reads A out of range")
+            _v18 = A[_a20, _a21]
+            _a22 = ((i) % (mb))
+            if _a22 < 0:
+                _a22 += B.shape[0]
+            if _a22 < 0 or _a22 >= B.shape[0]:
+                raise IndexError("KroneckerProduct: getindex reads B out of range")
+            _a23 = ((i) % (nb))
+            if _a23 < 0:
+                _a23 += B.shape[1]
+            if _a23 < 0 or _a23 >= B.shape[1]:
+                raise IndexError("KroneckerProduct: getindex reads B out of range")
+            _v19 = B[_a22, _a23]
+            _out[i] = _v18*_v19
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _diagonal_pullback_kernel(ma, na, mb, nb, A, B, _dbar, _g_A, _g_B):
-    for i in range(0, min(ma*mb, na*nb)):
-        j = i
-        _y = _dbar[i]
-        _a3 = ((i) // (mb))
-        if _a3 < 0:
-            _a3 += A.shape[0]
-        if _a3 < 0 or _a3 >= A.shape[0]:
-            raise IndexError("KroneckerProduct: getindex reads A out of range")
-        _a4 = ((i) // (nb))
-        if _a4 < 0:
-            _a4 += A.shape[1]
-        if _a4 < 0 or _a4 >= A.shape[1]:
-            raise IndexError("KroneckerProduct: getindex reads A out of range")
-        _v1 = A[_a3, _a4]
-        _a5 = ((i) % (mb))
-        if _a5 < 0:
-            _a5 += B.shape[0]
-        if _a5 < 0 or _a5 >= B.shape[0]:
-            raise IndexError("KroneckerProduct: getindex reads B out of range")
-        _a6 = ((i) % (nb))
-        if _a6 < 0:
-            _a6 += B.shape[1]
-        if _a6 < 0 or _a6 >= B.shape[1]:
-            raise IndexError("KroneckerProduct: getindex reads B out of range")
-        _v2 = B[_a5, _a6]
-        _g_A[_a3, _a4] += ((_v2).conjugate()) * _y
-        _g_B[_a5, _a6] += ((_v1).conjugate()) * _y
+    if (nb >= 8):
+        if (mb >= 8):
+            for _wrap0 in range(0, ((min(ma*mb, na*nb) - 1) // (mb)) + 1):
+                for _wrap1 in range(((max(0, _wrap0*mb)) // (nb)), ((min(min(ma*mb, na*nb), _wrap0*mb + mb) - 1) // (nb)) + 1):
+                    _lo1 = max(max(0, _wrap0*mb), _wrap1*nb)
+                    _hi2 = min(min(min(ma*mb, na*nb), _wrap0*mb + mb), _wrap1*nb + nb)
+                    if _hi2 <= _lo1 or (0 <= _wrap0 < A.shape[0] and 0 <= _wrap1 < A.shape[1] and 0 <= _lo1 - _wrap0*mb < B.shape[0] and 0 <= _hi2 - _wrap0*mb - 1 < B.shape[0] and 0 <= _lo1 - _wrap1*nb < B.shape[1] and 0 <= _hi2 - _wrap1*nb - 1 < B.shape[1]):
+                        _sum3 = 0.0
+                        for i in range(_lo1, _hi2):
+                            j = i
+                            _y = _dbar[_u(i)]
+                            _v4 = A[_u(_wrap0), _u(_wrap1)]
+                            _v5 = B[_u(-_wrap0*mb + i), _u(-_wrap1*nb + i)]
+                            _sum3 += ((_v5).conjugate()) * _y
+                            _g_B[_u(-_wrap0*mb + i), _u(-_wrap1*nb + i)] += ((_v4).conjugate()) * _y
+                        _g_A[_wrap0, _wrap1] += _sum3
+                    else:
+                        for i in range(_lo1, _hi2):
+                            j = i
+                            _y = _dbar[i]
+                            _a8 = _wrap0
+                            if _a8 < 0:
+                                _a8 += A.shape[0]
+                            if _a8 < 0 or _a8 >= A.shape[0]:
+                                raise IndexError("KroneckerProduct: getindex reads A out of range")
+                            _a9 = _wrap1
+                            if _a9 < 0:
+                                _a9 += A.shape[1]
+                            if _a9 < 0 or _a9 >= A.shape[1]:
+                                raise IndexError("KroneckerProduct: getindex reads A out of range")
+                            _v6 = A[_a8, _a9]
+                            _a10 = -_wrap0*mb + i
+                            if _a10 < 0:
+                                _a10 += B.shape[0]
+                            if _a10 < 0 or _a10 >= B.shape[0]:
+                                raise IndexError("KroneckerProduct: getindex reads B out of range")
+                            _a11 = -_wrap1*nb + i
+                            if _a11 < 0:
+                                _a11 += B.shape[1]
+                            if _a11 < 0 or _a11 >= B.shape[1]:
+                                raise IndexError("KroneckerProduct: getindex reads B out of range")
+                            _v7 = B[_a10, _a11]
+                            _g_A[_a8, _a9] += ((_v7).conjugate()) * _y
+                            _g_B[_a10, _a11] += ((_v6).conjugate()) * _y
+    if (nb < 8):
+        if (mb >= 8):
+            for _wrap0 in range(0, ((min(ma*mb, na*nb) - 1) // (mb)) + 1):
+                for i in range(max(0, _wrap0*mb), min(min(ma*mb, na*nb), _wrap0*mb + mb)):
+                    j = i
+                    _y = _dbar[i]
+                    _a14 = _wrap0
+                    if _a14 < 0:
+                        _a14 += A.shape[0]
+                    if _a14 < 0 or _a14 >= A.shape[0]:
+                        raise IndexError("KroneckerProduct: getindex reads A out of range")
+                    _a15 = ((i) // (nb))
+                    if _a15 < 0:
+                        _a15 += A.shape[1]
+                    if _a15 < 0 or _a15 >= A.shape[1]:
+                        raise IndexError("KroneckerProduct: getindex reads A out of range")
+                    _v12 = A[_a14, _a15]
+                    _a16 = -_wrap0*mb + i
+                    if _a16 < 0:
+                        _a16 += B.shape[0]
+                    if _a16 < 0 or _a16 >= B.shape[0]:
+                        raise IndexError("KroneckerProduct: getindex reads B out of range")
+                    _a17 = ((i) % (nb))
+                    if _a17 < 0:
+                        _a17 += B.shape[1]
+                    if _a17 < 0 or _a17 >= B.shape[1]:
+                        raise IndexError("KroneckerProduct: getindex reads B out of range")
+                    _v13 = B[_a16, _a17]
+                    _g_A[_a14, _a15] += ((_v13).conjugate()) * _y
+                    _g_B[_a16, _a17] += ((_v12).conjugate()) * _y
+    if (mb < 8):
+        for i in range(0, min(ma*mb, na*nb)):
+            j = i
+            _y = _dbar[i]
+            _a20 = ((i) // (mb))
+            if _a20 < 0:
+                _a20 += A.shape[0]
+            if _a20 < 0 or _a20 >= A.shape[0]:
+                raise IndexError("KroneckerProduct: getindex reads A out of range")
+            _a21 = ((i) // (nb))
+            if _a21 < 0:
+                _a21 += A.shape[1]
+            if _a21 < 0 or _a21 >= A.shape[1]:
+                raise IndexError("KroneckerProduct: getindex reads A out of range")
+            _v18 = A[_a20, _a21]
+            _a22 = ((i) % (mb))
+            if _a22 < 0:
+                _a22 += B.shape[0]
+            if _a22 < 0 or _a22 >= B.shape[0]:
+                raise IndexError("KroneckerProduct: getindex reads B out of range")
+            _a23 = ((i) % (nb))
+            if _a23 < 0:
+                _a23 += B.shape[1]
+            if _a23 < 0 or _a23 >= B.shape[1]:
+                raise IndexError("KroneckerProduct: getindex reads B out of range")
+            _v19 = B[_a22, _a23]
+            _g_A[_a20, _a21] += ((_v19).conjugate()) * _y
+            _g_B[_a22, _a23] += ((_v18).conjugate()) * _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(ma, na, mb, nb, A, B, _out):
-    for i in range(0, ma*mb):
-        for j in range(0, na*nb):
-            _a3 = ((i) // (mb))
-            if _a3 < 0:
-                _a3 += A.shape[0]
-            if _a3 < 0 or _a3 >= A.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _a4 = ((j) // (nb))
-            if _a4 < 0:
-                _a4 += A.shape[1]
-            if _a4 < 0 or _a4 >= A.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _v1 = A[_a3, _a4]
-            _a5 = ((i) % (mb))
-            if _a5 < 0:
-                _a5 += B.shape[0]
-            if _a5 < 0 or _a5 >= B.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _a6 = ((j) % (nb))
-            if _a6 < 0:
-                _a6 += B.shape[1]
-            if _a6 < 0 or _a6 >= B.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _v2 = B[_a5, _a6]
-            _out[i, j] = _v1*_v2
+    if (nb >= 8):
+        for i in range(0, ma*mb):
+            for _wrap0 in range(0, ((na*nb - 1) // (nb)) + 1):
+                _lo1 = max(0, _wrap0*nb)
+                _hi2 = min(na*nb, _wrap0*nb + nb)
+                if _hi2 <= _lo1 or (0 <= ((i) // (mb)) < A.shape[0] and 0 <= _wrap0 < A.shape[1] and 0 <= ((i) % (mb)) < B.shape[0] and 0 <= _lo1 - _wrap0*nb < B.shape[1] and 0 <= _hi2 - _wrap0*nb - 1 < B.shape[1]):
+                    _sum3 = 0.0
+                    for j in range(_lo1, _hi2):
+                        _v4 = A[_u(((i) // (mb))), _u(_wrap0)]
+                        _v5 = B[_u(((i) % (mb))), _u(-_wrap0*nb + j)]
+                        _out[_u(i), _u(j)] = _v4*_v5
+                else:
+                    for j in range(_lo1, _hi2):
+                        _a8 = ((i) // (mb))
+                        if _a8 < 0:
+                            _a8 += A.shape[0]
+                        if _a8 < 0 or _a8 >= A.shape[0]:
+                            raise IndexError("KroneckerProduct: getindex reads A out of range")
+                        _a9 = _wrap0
+                        if _a9 < 0:
+                            _a9 += A.shape[1]
+                        if _a9 < 0 or _a9 >= A.shape[1]:
+                            raise IndexError("KroneckerProduct: getindex reads A out of range")
+                        _v6 = A[_a8, _a9]
+                        _a10 = ((i) % (mb))
+                        if _a10 < 0:
+                            _a10 += B.shape[0]
+                        if _a10 < 0 or _a10 >= B.shape[0]:
+                            raise IndexError("KroneckerProduct: getindex reads B out of range")
+                        _a11 = -_wrap0*nb + j
+                        if _a11 < 0:
+                            _a11 += B.shape[1]
+                        if _a11 < 0 or _a11 >= B.shape[1]:
+                            raise IndexError("KroneckerProduct: getindex reads B out of range")
+                        _v7 = B[_a10, _a11]
+                        _out[i, j] = _v6*_v7
+    if (nb < 8):
+        for i in range(0, ma*mb):
+            for j in range(0, na*nb):
+                _a14 = ((i) // (mb))
+                if _a14 < 0:
+                    _a14 += A.shape[0]
+                if _a14 < 0 or _a14 >= A.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _a15 = ((j) // (nb))
+                if _a15 < 0:
+                    _a15 += A.shape[1]
+                if _a15 < 0 or _a15 >= A.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _v12 = A[_a14, _a15]
+                _a16 = ((i) % (mb))
+                if _a16 < 0:
+                    _a16 += B.shape[0]
+                if _a16 < 0 or _a16 >= B.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _a17 = ((j) % (nb))
+                if _a17 < 0:
+                    _a17 += B.shape[1]
+                if _a17 < 0 or _a17 >= B.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _v13 = B[_a16, _a17]
+                _out[i, j] = _v12*_v13
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pushforward_kernel(ma, na, mb, nb, A, B, _d_A, _d_B, _out):
-    for i in range(0, ma*mb):
-        for j in range(0, na*nb):
-            _a3 = ((i) // (mb))
-            if _a3 < 0:
-                _a3 += A.shape[0]
-            if _a3 < 0 or _a3 >= A.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _a4 = ((j) // (nb))
-            if _a4 < 0:
-                _a4 += A.shape[1]
-            if _a4 < 0 or _a4 >= A.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _v1 = A[_a3, _a4]
-            _t_v1 = _d_A[_a3, _a4]
-            _a5 = ((i) % (mb))
-            if _a5 < 0:
-                _a5 += B.shape[0]
-            if _a5 < 0 or _a5 >= B.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _a6 = ((j) % (nb))
-            if _a6 < 0:
-                _a6 += B.shape[1]
-            if _a6 < 0 or _a6 >= B.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _v2 = B[_a5, _a6]
-            _t_v2 = _d_B[_a5, _a6]
-            _out[i, j] = _t_v1*_v2 + _t_v2*_v1
+    if (nb >= 8):
+        for i in range(0, ma*mb):
+            for _wrap0 in range(0, ((na*nb - 1) // (nb)) + 1):
+                _lo1 = max(0, _wrap0*nb)
+                _hi2 = min(na*nb, _wrap0*nb + nb)
+                if _hi2 <= _lo1 or (0 <= ((i) // (mb)) < A.shape[0] and 0 <= _wrap0 < A.shape[1] and 0 <= ((i) % (mb)) < B.shape[0] and 0 <= _lo1 - _wrap0*nb < B.shape[1] and 0 <= _hi2 - _wrap0*nb - 1 < B.shape[1]):
+                    _sum3 = 0.0
+                    for j in range(_lo1, _hi2):
+                        _v4 = A[_u(((i) // (mb))), _u(_wrap0)]
+                        _t_v4 = _d_A[_u(((i) // (mb))), _u(_wrap0)]
+                        _v5 = B[_u(((i) % (mb))), _u(-_wrap0*nb + j)]
+                        _t_v5 = _d_B[_u(((i) % (mb))), _u(-_wrap0*nb + j)]
+                        _out[_u(i), _u(j)] = _t_v4*_v5 + _t_v5*_v4
+                else:
+                    for j in range(_lo1, _hi2):
+                        _a8 = ((i) // (mb))
+                        if _a8 < 0:
+                            _a8 += A.shape[0]
+                        if _a8 < 0 or _a8 >= A.shape[0]:
+                            raise IndexError("KroneckerProduct: getindex reads A out of range")
+                        _a9 = _wrap0
+                        if _a9 < 0:
+                            _a9 += A.shape[1]
+                        if _a9 < 0 or _a9 >= A.shape[1]:
+                            raise IndexError("KroneckerProduct: getindex reads A out of range")
+                        _v6 = A[_a8, _a9]
+                        _t_v6 = _d_A[_a8, _a9]
+                        _a10 = ((i) % (mb))
+                        if _a10 < 0:
+                            _a10 += B.shape[0]
+                        if _a10 < 0 or _a10 >= B.shape[0]:
+                            raise IndexError("KroneckerProduct: getindex reads B out of range")
+                        _a11 = -_wrap0*nb + j
+                        if _a11 < 0:
+                            _a11 += B.shape[1]
+                        if _a11 < 0 or _a11 >= B.shape[1]:
+                            raise IndexError("KroneckerProduct: getindex reads B out of range")
+                        _v7 = B[_a10, _a11]
+                        _t_v7 = _d_B[_a10, _a11]
+                        _out[i, j] = _t_v6*_v7 + _t_v7*_v6
+    if (nb < 8):
+        for i in range(0, ma*mb):
+            for j in range(0, na*nb):
+                _a14 = ((i) // (mb))
+                if _a14 < 0:
+                    _a14 += A.shape[0]
+                if _a14 < 0 or _a14 >= A.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _a15 = ((j) // (nb))
+                if _a15 < 0:
+                    _a15 += A.shape[1]
+                if _a15 < 0 or _a15 >= A.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _v12 = A[_a14, _a15]
+                _t_v12 = _d_A[_a14, _a15]
+                _a16 = ((i) % (mb))
+                if _a16 < 0:
+                    _a16 += B.shape[0]
+                if _a16 < 0 or _a16 >= B.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _a17 = ((j) % (nb))
+                if _a17 < 0:
+                    _a17 += B.shape[1]
+                if _a17 < 0 or _a17 >= B.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _v13 = B[_a16, _a17]
+                _t_v13 = _d_B[_a16, _a17]
+                _out[i, j] = _t_v12*_v13 + _t_v13*_v12
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _pullback_kernel(ma, na, mb, nb, A, B, _ybar, _g_A, _g_B):
-    for i in range(0, ma*mb):
-        for j in range(0, na*nb):
-            _y = _ybar[i, j]
-            _a3 = ((i) // (mb))
-            if _a3 < 0:
-                _a3 += A.shape[0]
-            if _a3 < 0 or _a3 >= A.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _a4 = ((j) // (nb))
-            if _a4 < 0:
-                _a4 += A.shape[1]
-            if _a4 < 0 or _a4 >= A.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _v1 = A[_a3, _a4]
-            _a5 = ((i) % (mb))
-            if _a5 < 0:
-                _a5 += B.shape[0]
-            if _a5 < 0 or _a5 >= B.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _a6 = ((j) % (nb))
-            if _a6 < 0:
-                _a6 += B.shape[1]
-            if _a6 < 0 or _a6 >= B.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _v2 = B[_a5, _a6]
-            _g_A[_a3, _a4] += ((_v2).conjugate()) * _y
-            _g_B[_a5, _a6] += ((_v1).conjugate()) * _y
+    if (nb >= 8):
+        for i in range(0, ma*mb):
+            for _wrap0 in range(0, ((na*nb - 1) // (nb)) + 1):
+                _lo1 = max(0, _wrap0*nb)
+                _hi2 = min(na*nb, _wrap0*nb + nb)
+                if _hi2 <= _lo1 or (0 <= ((i) // (mb)) < A.shape[0] and 0 <= _wrap0 < A.shape[1] and 0 <= ((i) % (mb)) < B.shape[0] and 0 <= _lo1 - _wrap0*nb < B.shape[1] and 0 <= _hi2 - _wrap0*nb - 1 < B.shape[1]):
+                    _sum3 = 0.0
+                    for j in range(_lo1, _hi2):
+                        _y = _ybar[_u(i), _u(j)]
+                        _v4 = A[_u(((i) // (mb))), _u(_wrap0)]
+                        _v5 = B[_u(((i) % (mb))), _u(-_wrap0*nb + j)]
+                        _sum3 += ((_v5).conjugate()) * _y
+                        _g_B[_u(((i) % (mb))), _u(-_wrap0*nb + j)] += ((_v4).conjugate()) * _y
+                    _g_A[((i) // (mb)), _wrap0] += _sum3
+                else:
+                    for j in range(_lo1, _hi2):
+                        _y = _ybar[i, j]
+                        _a8 = ((i) // (mb))
+                        if _a8 < 0:
+                            _a8 += A.shape[0]
+                        if _a8 < 0 or _a8 >= A.shape[0]:
+                            raise IndexError("KroneckerProduct: getindex reads A out of range")
+                        _a9 = _wrap0
+                        if _a9 < 0:
+                            _a9 += A.shape[1]
+                        if _a9 < 0 or _a9 >= A.shape[1]:
+                            raise IndexError("KroneckerProduct: getindex reads A out of range")
+                        _v6 = A[_a8, _a9]
+                        _a10 = ((i) % (mb))
+                        if _a10 < 0:
+                            _a10 += B.shape[0]
+                        if _a10 < 0 or _a10 >= B.shape[0]:
+                            raise IndexError("KroneckerProduct: getindex reads B out of range")
+                        _a11 = -_wrap0*nb + j
+                        if _a11 < 0:
+                            _a11 += B.shape[1]
+                        if _a11 < 0 or _a11 >= B.shape[1]:
+                            raise IndexError("KroneckerProduct: getindex reads B out of range")
+                        _v7 = B[_a10, _a11]
+                        _g_A[_a8, _a9] += ((_v7).conjugate()) * _y
+                        _g_B[_a10, _a11] += ((_v6).conjugate()) * _y
+    if (nb < 8):
+        for i in range(0, ma*mb):
+            for j in range(0, na*nb):
+                _y = _ybar[i, j]
+                _a14 = ((i) // (mb))
+                if _a14 < 0:
+                    _a14 += A.shape[0]
+                if _a14 < 0 or _a14 >= A.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _a15 = ((j) // (nb))
+                if _a15 < 0:
+                    _a15 += A.shape[1]
+                if _a15 < 0 or _a15 >= A.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _v12 = A[_a14, _a15]
+                _a16 = ((i) % (mb))
+                if _a16 < 0:
+                    _a16 += B.shape[0]
+                if _a16 < 0 or _a16 >= B.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _a17 = ((j) % (nb))
+                if _a17 < 0:
+                    _a17 += B.shape[1]
+                if _a17 < 0 or _a17 >= B.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _v13 = B[_a16, _a17]
+                _g_A[_a14, _a15] += ((_v13).conjugate()) * _y
+                _g_B[_a16, _a17] += ((_v12).conjugate()) * _y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _weights_kernel(ma, na, mb, nb, A, B, _w_A, _w_B):
-    for i in range(0, ma*mb):
-        for j in range(0, na*nb):
-            _a3 = ((i) // (mb))
-            if _a3 < 0:
-                _a3 += A.shape[0]
-            if _a3 < 0 or _a3 >= A.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _a4 = ((j) // (nb))
-            if _a4 < 0:
-                _a4 += A.shape[1]
-            if _a4 < 0 or _a4 >= A.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads A out of range")
-            _v1 = A[_a3, _a4]
-            _a5 = ((i) % (mb))
-            if _a5 < 0:
-                _a5 += B.shape[0]
-            if _a5 < 0 or _a5 >= B.shape[0]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _a6 = ((j) % (nb))
-            if _a6 < 0:
-                _a6 += B.shape[1]
-            if _a6 < 0 or _a6 >= B.shape[1]:
-                raise IndexError("KroneckerProduct: getindex reads B out of range")
-            _v2 = B[_a5, _a6]
-            _w_A[_a3, _a4] += _v2**2
-            _w_B[_a5, _a6] += _v1**2
+    if (nb >= 8):
+        for i in range(0, ma*mb):
+            for _wrap0 in range(0, ((na*nb - 1) // (nb)) + 1):
+                _lo1 = max(0, _wrap0*nb)
+                _hi2 = min(na*nb, _wrap0*nb + nb)
+                if _hi2 <= _lo1 or (0 <= ((i) // (mb)) < A.shape[0] and 0 <= _wrap0 < A.shape[1] and 0 <= ((i) % (mb)) < B.shape[0] and 0 <= _lo1 - _wrap0*nb < B.shape[1] and 0 <= _hi2 - _wrap0*nb - 1 < B.shape[1]):
+                    _sum3 = 0.0
+                    for j in range(_lo1, _hi2):
+                        _v4 = A[_u(((i) // (mb))), _u(_wrap0)]
+                        _v5 = B[_u(((i) % (mb))), _u(-_wrap0*nb + j)]
+                        _sum3 += _v5**2
+                        _w_B[_u(((i) % (mb))), _u(-_wrap0*nb + j)] += _v4**2
+                    _w_A[((i) // (mb)), _wrap0] += _sum3
+                else:
+                    for j in range(_lo1, _hi2):
+                        _a8 = ((i) // (mb))
+                        if _a8 < 0:
+                            _a8 += A.shape[0]
+                        if _a8 < 0 or _a8 >= A.shape[0]:
+                            raise IndexError("KroneckerProduct: getindex reads A out of range")
+                        _a9 = _wrap0
+                        if _a9 < 0:
+                            _a9 += A.shape[1]
+                        if _a9 < 0 or _a9 >= A.shape[1]:
+                            raise IndexError("KroneckerProduct: getindex reads A out of range")
+                        _v6 = A[_a8, _a9]
+                        _a10 = ((i) % (mb))
+                        if _a10 < 0:
+                            _a10 += B.shape[0]
+                        if _a10 < 0 or _a10 >= B.shape[0]:
+                            raise IndexError("KroneckerProduct: getindex reads B out of range")
+                        _a11 = -_wrap0*nb + j
+                        if _a11 < 0:
+                            _a11 += B.shape[1]
+                        if _a11 < 0 or _a11 >= B.shape[1]:
+                            raise IndexError("KroneckerProduct: getindex reads B out of range")
+                        _v7 = B[_a10, _a11]
+                        _w_A[_a8, _a9] += _v7**2
+                        _w_B[_a10, _a11] += _v6**2
+    if (nb < 8):
+        for i in range(0, ma*mb):
+            for j in range(0, na*nb):
+                _a14 = ((i) // (mb))
+                if _a14 < 0:
+                    _a14 += A.shape[0]
+                if _a14 < 0 or _a14 >= A.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _a15 = ((j) // (nb))
+                if _a15 < 0:
+                    _a15 += A.shape[1]
+                if _a15 < 0 or _a15 >= A.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads A out of range")
+                _v12 = A[_a14, _a15]
+                _a16 = ((i) % (mb))
+                if _a16 < 0:
+                    _a16 += B.shape[0]
+                if _a16 < 0 or _a16 >= B.shape[0]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _a17 = ((j) % (nb))
+                if _a17 < 0:
+                    _a17 += B.shape[1]
+                if _a17 < 0 or _a17 >= B.shape[1]:
+                    raise IndexError("KroneckerProduct: getindex reads B out of range")
+                _v13 = B[_a16, _a17]
+                _w_A[_a14, _a15] += _v13**2
+                _w_B[_a16, _a17] += _v12**2
 
 
 # Batched wrappers: instance b of the flat batch reads input a at index

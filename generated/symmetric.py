@@ -170,13 +170,12 @@ def _kernel_shapes(_size_values):
 def _pullback(x, ybar):
     """Jᵀ vec(Ȳ) as kernel arrays, for ybar (*batch, m, n) in the call's dtype."""
     batch = _rt.broadcast(x.batch_shape, ybar.shape[:-2])
-    arrays = _rt.cast(x._arrays, ybar.dtype)
+    # gather form (rulegen.transpose): each element sums the entries that read it, written once
+    grads = tuple(np.empty(batch + shape, ybar.dtype) for shape in _kernel_shapes(x._size_values))
     if batch:
-        grads = _rt.zeros(batch, _kernel_shapes(x._size_values), ybar.dtype)
-        _rt.call(_pullback_batched, batch, x._size_values, arrays + (ybar,), _KRANKS + (2,), grads)
+        _rt.call(_gather_pullback_batched, batch, x._size_values, (ybar,), (2,), grads)
     else:
-        grads = tuple([np.zeros(a.shape, a.dtype) for a in arrays])
-        _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
+        _gather_pullback_kernel(*x._size_values, ybar, *grads)
     return _rt.project_to(grads, x.dtype)
 
 
@@ -272,8 +271,9 @@ def destructure_pushforward(x, dx):
 def destructure_pullback(x, ybar):
     """θ̄ = Jᵀ vec(Ȳ): natural cotangent ybar -> structural cotangent.
 
-    The transpose of the pushforward: the same loops, gather turned into scatter.
-    Cost: one pass over the stored pattern (reads only the entries it needs).
+    The transpose of the pushforward in gather form: each field element sums,
+    in one write, the entries that read it (each region's index map inverted).
+    Cost: one write of the fields plus a read of the entries they need.
     """
     _rt.check_instance("destructure_pullback", "x", x, Symmetric)
     ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
@@ -308,6 +308,15 @@ def project(x, ybar):
     """
     _rt.check_instance("project", "x", x, Symmetric)
     ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
+    if _rt.is_complex(x.dtype) or not _rt.is_complex(ybar.dtype):
+        # one pass (rulegen.transpose): each entry reads the entries that share its element, 1/w folded in
+        batch = _rt.broadcast(x.batch_shape, ybar.shape[:-2])
+        out = np.empty(batch + x.shape, ybar.dtype)
+        if batch:
+            _rt.call(_project_batched, batch, x._size_values, (ybar,), (2,), (out,))
+        else:
+            _project_kernel(*x._size_values, ybar, out)
+        return out
     return _pushforward(x, _pinv(x, ybar), ybar.dtype)
 
 
@@ -619,6 +628,383 @@ def _diagonal_pullback_kernel(n, data, _dbar, _g_data):
             if _a6 < 0 or _a6 >= data.shape[1]:
                 raise IndexError("Symmetric: getindex reads data out of range")
             _g_data[_a5, _a6] += _y
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _gather_pullback_kernel(n, _ybar, _g_data):
+    for i in range(0, n):
+        for j in range(0, min(i, n)):
+            _g_data[_u(i), _u(j)] = 0
+    for i in range(0, n):
+        _lo1 = i
+        _hi2 = min(n, i + 1)
+        if _hi2 <= _lo1 or (0 <= i < _ybar.shape[0] and 0 <= _lo1 < _ybar.shape[1] and 0 <= _hi2 - 1 < _ybar.shape[1]):
+            for j in range(_lo1, _hi2):
+                _v3 = _ybar[_u(i), _u(j)]
+                _g_data[_u(i), _u(j)] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += _ybar.shape[0]
+                if _a5 < 0 or _a5 >= _ybar.shape[0]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += _ybar.shape[1]
+                if _a6 < 0 or _a6 >= _ybar.shape[1]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _v4 = _ybar[_a5, _a6]
+                _g_data[_u(i), _u(j)] = _v4
+    _ti6 = 0 + max(n - (0), 0) // 4 * 4
+    for _i01 in range(0, _ti6, 4):
+        _jl3 = max(_i01 + 1, _i01 + 2, _i01 + 3, _i01 + 4)
+        _jh4 = min(n, n, n, n)
+        _jt5 = _jl3 + max(_jh4 - _jl3, 0) // 4 * 4
+        if _jt5 > _jl3 and not (0 <= _jl3 and _jt5 <= _ybar.shape[0] and 0 <= _i01 and _i01 + 4 <= _ybar.shape[1] and _i01 + 4 <= _ybar.shape[0] and _jt5 <= _ybar.shape[1]):
+            _jt5 = _jl3
+        for _j02 in range(_jl3, _jt5, 4):
+            _tiles.tsum4(_ybar, _j02, _i01, _g_data, _i01, _j02, 1.0, _i01, _j02, 1.0)
+        for i in range(_i01, _i01 + 4):
+            _lo7 = i + 1
+            _hi8 = min(_jl3, n)
+            if _hi8 <= _lo7 or (0 <= i < _ybar.shape[0] and 0 <= _lo7 < _ybar.shape[1] and 0 <= _hi8 - 1 < _ybar.shape[1] and 0 <= _lo7 < _ybar.shape[0] and 0 <= _hi8 - 1 < _ybar.shape[0] and 0 <= i < _ybar.shape[1]):
+                for j in range(_lo7, _hi8):
+                    _v9 = _ybar[_u(i), _u(j)]
+                    _v10 = _ybar[_u(j), _u(i)]
+                    _g_data[_u(i), _u(j)] = _v10 + _v9
+            else:
+                for j in range(_lo7, _hi8):
+                    _a13 = i
+                    if _a13 < 0:
+                        _a13 += _ybar.shape[0]
+                    if _a13 < 0 or _a13 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a14 = j
+                    if _a14 < 0:
+                        _a14 += _ybar.shape[1]
+                    if _a14 < 0 or _a14 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v11 = _ybar[_a13, _a14]
+                    _a15 = j
+                    if _a15 < 0:
+                        _a15 += _ybar.shape[0]
+                    if _a15 < 0 or _a15 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a16 = i
+                    if _a16 < 0:
+                        _a16 += _ybar.shape[1]
+                    if _a16 < 0 or _a16 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v12 = _ybar[_a15, _a16]
+                    _g_data[_u(i), _u(j)] = _v11 + _v12
+        for i in range(_i01, _i01 + 4):
+            _lo17 = max(_jt5, i + 1)
+            _hi18 = n
+            if _hi18 <= _lo17 or (0 <= i < _ybar.shape[0] and 0 <= _lo17 < _ybar.shape[1] and 0 <= _hi18 - 1 < _ybar.shape[1] and 0 <= _lo17 < _ybar.shape[0] and 0 <= _hi18 - 1 < _ybar.shape[0] and 0 <= i < _ybar.shape[1]):
+                for j in range(_lo17, _hi18):
+                    _v19 = _ybar[_u(i), _u(j)]
+                    _v20 = _ybar[_u(j), _u(i)]
+                    _g_data[_u(i), _u(j)] = _v19 + _v20
+            else:
+                for j in range(_lo17, _hi18):
+                    _a23 = i
+                    if _a23 < 0:
+                        _a23 += _ybar.shape[0]
+                    if _a23 < 0 or _a23 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a24 = j
+                    if _a24 < 0:
+                        _a24 += _ybar.shape[1]
+                    if _a24 < 0 or _a24 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v21 = _ybar[_a23, _a24]
+                    _a25 = j
+                    if _a25 < 0:
+                        _a25 += _ybar.shape[0]
+                    if _a25 < 0 or _a25 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a26 = i
+                    if _a26 < 0:
+                        _a26 += _ybar.shape[1]
+                    if _a26 < 0 or _a26 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v22 = _ybar[_a25, _a26]
+                    _g_data[_u(i), _u(j)] = _v21 + _v22
+    for i in range(_ti6, n):
+        _lo27 = i + 1
+        _hi28 = n
+        if _hi28 <= _lo27 or (0 <= i < _ybar.shape[0] and 0 <= _lo27 < _ybar.shape[1] and 0 <= _hi28 - 1 < _ybar.shape[1] and 0 <= _lo27 < _ybar.shape[0] and 0 <= _hi28 - 1 < _ybar.shape[0] and 0 <= i < _ybar.shape[1]):
+            for j in range(_lo27, _hi28):
+                _v29 = _ybar[_u(i), _u(j)]
+                _v30 = _ybar[_u(j), _u(i)]
+                _g_data[_u(i), _u(j)] = _v29 + _v30
+        else:
+            for j in range(_lo27, _hi28):
+                _a33 = i
+                if _a33 < 0:
+                    _a33 += _ybar.shape[0]
+                if _a33 < 0 or _a33 >= _ybar.shape[0]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _a34 = j
+                if _a34 < 0:
+                    _a34 += _ybar.shape[1]
+                if _a34 < 0 or _a34 >= _ybar.shape[1]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _v31 = _ybar[_a33, _a34]
+                _a35 = j
+                if _a35 < 0:
+                    _a35 += _ybar.shape[0]
+                if _a35 < 0 or _a35 >= _ybar.shape[0]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _a36 = i
+                if _a36 < 0:
+                    _a36 += _ybar.shape[1]
+                if _a36 < 0 or _a36 >= _ybar.shape[1]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _v32 = _ybar[_a35, _a36]
+                _g_data[_u(i), _u(j)] = _v31 + _v32
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _project_kernel(n, _ybar, _out):
+    for i in range(0, n):
+        _lo1 = i
+        _hi2 = min(n, i + 1)
+        if _hi2 <= _lo1 or (0 <= i < _ybar.shape[0] and 0 <= _lo1 < _ybar.shape[1] and 0 <= _hi2 - 1 < _ybar.shape[1]):
+            for j in range(_lo1, _hi2):
+                _v3 = _ybar[_u(i), _u(j)]
+                _out[_u(i), _u(j)] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += _ybar.shape[0]
+                if _a5 < 0 or _a5 >= _ybar.shape[0]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += _ybar.shape[1]
+                if _a6 < 0 or _a6 >= _ybar.shape[1]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _v4 = _ybar[_a5, _a6]
+                _out[_u(i), _u(j)] = _v4
+    _ti6 = 0 + max(n - (0), 0) // 4 * 4
+    for _i01 in range(0, _ti6, 4):
+        _jl3 = max(_i01 + 1, _i01 + 2, _i01 + 3, _i01 + 4)
+        _jh4 = min(n, n, n, n)
+        _jt5 = _jl3 + max(_jh4 - _jl3, 0) // 4 * 4
+        if _jt5 > _jl3 and not (0 <= _jl3 and _jt5 <= _ybar.shape[0] and 0 <= _i01 and _i01 + 4 <= _ybar.shape[1] and _i01 + 4 <= _ybar.shape[0] and _jt5 <= _ybar.shape[1]):
+            _jt5 = _jl3
+        for _j02 in range(_jl3, _jt5, 4):
+            _tiles.tsum4(_ybar, _j02, _i01, _out, _i01, _j02, 0.5, _i01, _j02, 0.5)
+        for i in range(_i01, _i01 + 4):
+            _lo7 = i + 1
+            _hi8 = min(_jl3, n)
+            if _hi8 <= _lo7 or (0 <= i < _ybar.shape[0] and 0 <= _lo7 < _ybar.shape[1] and 0 <= _hi8 - 1 < _ybar.shape[1] and 0 <= _lo7 < _ybar.shape[0] and 0 <= _hi8 - 1 < _ybar.shape[0] and 0 <= i < _ybar.shape[1]):
+                for j in range(_lo7, _hi8):
+                    _v9 = _ybar[_u(i), _u(j)]
+                    _v10 = _ybar[_u(j), _u(i)]
+                    _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v10 + ((1.0 / 2.0))*_v9
+            else:
+                for j in range(_lo7, _hi8):
+                    _a13 = i
+                    if _a13 < 0:
+                        _a13 += _ybar.shape[0]
+                    if _a13 < 0 or _a13 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a14 = j
+                    if _a14 < 0:
+                        _a14 += _ybar.shape[1]
+                    if _a14 < 0 or _a14 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v11 = _ybar[_a13, _a14]
+                    _a15 = j
+                    if _a15 < 0:
+                        _a15 += _ybar.shape[0]
+                    if _a15 < 0 or _a15 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a16 = i
+                    if _a16 < 0:
+                        _a16 += _ybar.shape[1]
+                    if _a16 < 0 or _a16 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v12 = _ybar[_a15, _a16]
+                    _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v11 + ((1.0 / 2.0))*_v12
+        for i in range(_i01, _i01 + 4):
+            _lo17 = max(_jt5, i + 1)
+            _hi18 = n
+            if _hi18 <= _lo17 or (0 <= i < _ybar.shape[0] and 0 <= _lo17 < _ybar.shape[1] and 0 <= _hi18 - 1 < _ybar.shape[1] and 0 <= _lo17 < _ybar.shape[0] and 0 <= _hi18 - 1 < _ybar.shape[0] and 0 <= i < _ybar.shape[1]):
+                for j in range(_lo17, _hi18):
+                    _v19 = _ybar[_u(i), _u(j)]
+                    _v20 = _ybar[_u(j), _u(i)]
+                    _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v19 + ((1.0 / 2.0))*_v20
+            else:
+                for j in range(_lo17, _hi18):
+                    _a23 = i
+                    if _a23 < 0:
+                        _a23 += _ybar.shape[0]
+                    if _a23 < 0 or _a23 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a24 = j
+                    if _a24 < 0:
+                        _a24 += _ybar.shape[1]
+                    if _a24 < 0 or _a24 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v21 = _ybar[_a23, _a24]
+                    _a25 = j
+                    if _a25 < 0:
+                        _a25 += _ybar.shape[0]
+                    if _a25 < 0 or _a25 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a26 = i
+                    if _a26 < 0:
+                        _a26 += _ybar.shape[1]
+                    if _a26 < 0 or _a26 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v22 = _ybar[_a25, _a26]
+                    _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v21 + ((1.0 / 2.0))*_v22
+    for i in range(_ti6, n):
+        _lo27 = i + 1
+        _hi28 = n
+        if _hi28 <= _lo27 or (0 <= i < _ybar.shape[0] and 0 <= _lo27 < _ybar.shape[1] and 0 <= _hi28 - 1 < _ybar.shape[1] and 0 <= _lo27 < _ybar.shape[0] and 0 <= _hi28 - 1 < _ybar.shape[0] and 0 <= i < _ybar.shape[1]):
+            for j in range(_lo27, _hi28):
+                _v29 = _ybar[_u(i), _u(j)]
+                _v30 = _ybar[_u(j), _u(i)]
+                _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v29 + ((1.0 / 2.0))*_v30
+        else:
+            for j in range(_lo27, _hi28):
+                _a33 = i
+                if _a33 < 0:
+                    _a33 += _ybar.shape[0]
+                if _a33 < 0 or _a33 >= _ybar.shape[0]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _a34 = j
+                if _a34 < 0:
+                    _a34 += _ybar.shape[1]
+                if _a34 < 0 or _a34 >= _ybar.shape[1]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _v31 = _ybar[_a33, _a34]
+                _a35 = j
+                if _a35 < 0:
+                    _a35 += _ybar.shape[0]
+                if _a35 < 0 or _a35 >= _ybar.shape[0]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _a36 = i
+                if _a36 < 0:
+                    _a36 += _ybar.shape[1]
+                if _a36 < 0 or _a36 >= _ybar.shape[1]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _v32 = _ybar[_a35, _a36]
+                _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v31 + ((1.0 / 2.0))*_v32
+    _ti6 = 0 + max(n - (0), 0) // 4 * 4
+    for _i01 in range(0, _ti6, 4):
+        _jl3 = max(0, 0, 0, 0)
+        _jh4 = min(min(_i01, n), min(n, _i01 + 1), min(n, _i01 + 2), min(n, _i01 + 3))
+        _jt5 = _jl3 + max(_jh4 - _jl3, 0) // 4 * 4
+        if _jt5 > _jl3 and not (0 <= _jl3 and _jt5 <= _ybar.shape[0] and 0 <= _i01 and _i01 + 4 <= _ybar.shape[1] and _i01 + 4 <= _ybar.shape[0] and _jt5 <= _ybar.shape[1]):
+            _jt5 = _jl3
+        for _j02 in range(_jl3, _jt5, 4):
+            _tiles.tsum4(_ybar, _j02, _i01, _out, _i01, _j02, 0.5, _i01, _j02, 0.5)
+        for i in range(_i01, _i01 + 4):
+            _lo7 = 0
+            _hi8 = min(min(_jl3, i), n)
+            if _hi8 <= _lo7 or (0 <= i < _ybar.shape[0] and 0 <= _lo7 < _ybar.shape[1] and 0 <= _hi8 - 1 < _ybar.shape[1] and 0 <= _lo7 < _ybar.shape[0] and 0 <= _hi8 - 1 < _ybar.shape[0] and 0 <= i < _ybar.shape[1]):
+                for j in range(_lo7, _hi8):
+                    _v9 = _ybar[_u(i), _u(j)]
+                    _v10 = _ybar[_u(j), _u(i)]
+                    _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v10 + ((1.0 / 2.0))*_v9
+            else:
+                for j in range(_lo7, _hi8):
+                    _a13 = i
+                    if _a13 < 0:
+                        _a13 += _ybar.shape[0]
+                    if _a13 < 0 or _a13 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a14 = j
+                    if _a14 < 0:
+                        _a14 += _ybar.shape[1]
+                    if _a14 < 0 or _a14 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v11 = _ybar[_a13, _a14]
+                    _a15 = j
+                    if _a15 < 0:
+                        _a15 += _ybar.shape[0]
+                    if _a15 < 0 or _a15 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a16 = i
+                    if _a16 < 0:
+                        _a16 += _ybar.shape[1]
+                    if _a16 < 0 or _a16 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v12 = _ybar[_a15, _a16]
+                    _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v11 + ((1.0 / 2.0))*_v12
+        for i in range(_i01, _i01 + 4):
+            _lo17 = max(0, _jt5)
+            _hi18 = min(i, n)
+            if _hi18 <= _lo17 or (0 <= i < _ybar.shape[0] and 0 <= _lo17 < _ybar.shape[1] and 0 <= _hi18 - 1 < _ybar.shape[1] and 0 <= _lo17 < _ybar.shape[0] and 0 <= _hi18 - 1 < _ybar.shape[0] and 0 <= i < _ybar.shape[1]):
+                for j in range(_lo17, _hi18):
+                    _v19 = _ybar[_u(i), _u(j)]
+                    _v20 = _ybar[_u(j), _u(i)]
+                    _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v19 + ((1.0 / 2.0))*_v20
+            else:
+                for j in range(_lo17, _hi18):
+                    _a23 = i
+                    if _a23 < 0:
+                        _a23 += _ybar.shape[0]
+                    if _a23 < 0 or _a23 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a24 = j
+                    if _a24 < 0:
+                        _a24 += _ybar.shape[1]
+                    if _a24 < 0 or _a24 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v21 = _ybar[_a23, _a24]
+                    _a25 = j
+                    if _a25 < 0:
+                        _a25 += _ybar.shape[0]
+                    if _a25 < 0 or _a25 >= _ybar.shape[0]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _a26 = i
+                    if _a26 < 0:
+                        _a26 += _ybar.shape[1]
+                    if _a26 < 0 or _a26 >= _ybar.shape[1]:
+                        raise IndexError("Symmetric: getindex reads _ybar out of range")
+                    _v22 = _ybar[_a25, _a26]
+                    _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v21 + ((1.0 / 2.0))*_v22
+    for i in range(_ti6, n):
+        _lo27 = 0
+        _hi28 = min(i, n)
+        if _hi28 <= _lo27 or (0 <= i < _ybar.shape[0] and 0 <= _lo27 < _ybar.shape[1] and 0 <= _hi28 - 1 < _ybar.shape[1] and 0 <= _lo27 < _ybar.shape[0] and 0 <= _hi28 - 1 < _ybar.shape[0] and 0 <= i < _ybar.shape[1]):
+            for j in range(_lo27, _hi28):
+                _v29 = _ybar[_u(i), _u(j)]
+                _v30 = _ybar[_u(j), _u(i)]
+                _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v29 + ((1.0 / 2.0))*_v30
+        else:
+            for j in range(_lo27, _hi28):
+                _a33 = i
+                if _a33 < 0:
+                    _a33 += _ybar.shape[0]
+                if _a33 < 0 or _a33 >= _ybar.shape[0]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _a34 = j
+                if _a34 < 0:
+                    _a34 += _ybar.shape[1]
+                if _a34 < 0 or _a34 >= _ybar.shape[1]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _v31 = _ybar[_a33, _a34]
+                _a35 = j
+                if _a35 < 0:
+                    _a35 += _ybar.shape[0]
+                if _a35 < 0 or _a35 >= _ybar.shape[0]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _a36 = i
+                if _a36 < 0:
+                    _a36 += _ybar.shape[1]
+                if _a36 < 0 or _a36 >= _ybar.shape[1]:
+                    raise IndexError("Symmetric: getindex reads _ybar out of range")
+                _v32 = _ybar[_a35, _a36]
+                _out[_u(i), _u(j)] = ((1.0 / 2.0))*_v31 + ((1.0 / 2.0))*_v32
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -1020,6 +1406,30 @@ def _diagonal_pullback_kernel_p(_nb, n, data, _dbar, _g_data, _ix_data, _ix__dba
 
 
 @numba.njit(cache=True)
+def _gather_pullback_kernel_s(_nb, n, _ybar, _g_data, _ix__ybar):
+    for _b in range(_nb):
+        _gather_pullback_kernel(n, _ybar[_ix__ybar[_b]], _g_data[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _gather_pullback_kernel_p(_nb, n, _ybar, _g_data, _ix__ybar):
+    for _b in numba.prange(_nb):
+        _gather_pullback_kernel(n, _ybar[_ix__ybar[_b]], _g_data[_b])
+
+
+@numba.njit(cache=True)
+def _project_kernel_s(_nb, n, _ybar, _out, _ix__ybar):
+    for _b in range(_nb):
+        _project_kernel(n, _ybar[_ix__ybar[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _project_kernel_p(_nb, n, _ybar, _out, _ix__ybar):
+    for _b in numba.prange(_nb):
+        _project_kernel(n, _ybar[_ix__ybar[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
 def _destructure_kernel_s(_nb, n, data, _out, _ix_data):
     for _b in range(_nb):
         _destructure_kernel(n, data[_ix_data[_b]], _out[_b])
@@ -1060,6 +1470,8 @@ _rmatvec_batched = (_rmatvec_kernel_s, _rmatvec_kernel_p)
 _bilinear_batched = (_bilinear_kernel_s, _bilinear_kernel_p)
 _diagonal_batched = (_diagonal_kernel_s, _diagonal_kernel_p)
 _diagonal_pullback_batched = (_diagonal_pullback_kernel_s, _diagonal_pullback_kernel_p)
+_gather_pullback_batched = (_gather_pullback_kernel_s, _gather_pullback_kernel_p)
+_project_batched = (_project_kernel_s, _project_kernel_p)
 _destructure_batched = (_destructure_kernel_s, _destructure_kernel_p)
 _pushforward_batched = (_pushforward_kernel_s, _pushforward_kernel_p)
 _pullback_batched = (_pullback_kernel_s, _pullback_kernel_p)

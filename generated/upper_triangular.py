@@ -169,13 +169,12 @@ def _kernel_shapes(_size_values):
 def _pullback(x, ybar):
     """Jᵀ vec(Ȳ) as kernel arrays, for ybar (*batch, m, n) in the call's dtype."""
     batch = _rt.broadcast(x.batch_shape, ybar.shape[:-2])
-    arrays = _rt.cast(x._arrays, ybar.dtype)
+    # gather form (rulegen.transpose): each element sums the entries that read it, written once
+    grads = tuple(np.empty(batch + shape, ybar.dtype) for shape in _kernel_shapes(x._size_values))
     if batch:
-        grads = _rt.zeros(batch, _kernel_shapes(x._size_values), ybar.dtype)
-        _rt.call(_pullback_batched, batch, x._size_values, arrays + (ybar,), _KRANKS + (2,), grads)
+        _rt.call(_gather_pullback_batched, batch, x._size_values, (ybar,), (2,), grads)
     else:
-        grads = tuple([np.zeros(a.shape, a.dtype) for a in arrays])
-        _pullback_kernel(*x._size_values, *arrays, ybar, *grads)
+        _gather_pullback_kernel(*x._size_values, ybar, *grads)
     return _rt.project_to(grads, x.dtype)
 
 
@@ -271,8 +270,9 @@ def destructure_pushforward(x, dx):
 def destructure_pullback(x, ybar):
     """θ̄ = Jᵀ vec(Ȳ): natural cotangent ybar -> structural cotangent.
 
-    The transpose of the pushforward: the same loops, gather turned into scatter.
-    Cost: one pass over the stored pattern (reads only the entries it needs).
+    The transpose of the pushforward in gather form: each field element sums,
+    in one write, the entries that read it (each region's index map inverted).
+    Cost: one write of the fields plus a read of the entries they need.
     """
     _rt.check_instance("destructure_pullback", "x", x, UpperTriangular)
     ybar = _rt.as_dense("destructure_pullback", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
@@ -307,6 +307,15 @@ def project(x, ybar):
     """
     _rt.check_instance("project", "x", x, UpperTriangular)
     ybar = _rt.as_dense("project", "ybar", ybar, x.shape, x, _COMPLEX_OUTPUT)
+    if _rt.is_complex(x.dtype) or not _rt.is_complex(ybar.dtype):
+        # one pass (rulegen.transpose): each entry reads the entries that share its element, 1/w folded in
+        batch = _rt.broadcast(x.batch_shape, ybar.shape[:-2])
+        out = np.zeros(batch + x.shape, ybar.dtype)
+        if batch:
+            _rt.call(_project_batched, batch, x._size_values, (ybar,), (2,), (out,))
+        else:
+            _project_kernel(*x._size_values, ybar, out)
+        return out
     return _pushforward(x, _pinv(x, ybar), ybar.dtype)
 
 
@@ -550,6 +559,59 @@ def _diagonal_pullback_kernel(n, data, _dbar, _g_data):
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _gather_pullback_kernel(n, _ybar, _g_data):
+    for i in range(0, n):
+        for j in range(0, min(i, n)):
+            _g_data[_u(i), _u(j)] = 0
+    for i in range(0, n):
+        _lo1 = i
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < _ybar.shape[0] and 0 <= _lo1 < _ybar.shape[1] and 0 <= _hi2 - 1 < _ybar.shape[1]):
+            for j in range(_lo1, _hi2):
+                _v3 = _ybar[_u(i), _u(j)]
+                _g_data[_u(i), _u(j)] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += _ybar.shape[0]
+                if _a5 < 0 or _a5 >= _ybar.shape[0]:
+                    raise IndexError("UpperTriangular: getindex reads _ybar out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += _ybar.shape[1]
+                if _a6 < 0 or _a6 >= _ybar.shape[1]:
+                    raise IndexError("UpperTriangular: getindex reads _ybar out of range")
+                _v4 = _ybar[_a5, _a6]
+                _g_data[_u(i), _u(j)] = _v4
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _project_kernel(n, _ybar, _out):
+    for i in range(0, n):
+        _lo1 = i
+        _hi2 = n
+        if _hi2 <= _lo1 or (0 <= i < _ybar.shape[0] and 0 <= _lo1 < _ybar.shape[1] and 0 <= _hi2 - 1 < _ybar.shape[1]):
+            for j in range(_lo1, _hi2):
+                _v3 = _ybar[_u(i), _u(j)]
+                _out[_u(i), _u(j)] = _v3
+        else:
+            for j in range(_lo1, _hi2):
+                _a5 = i
+                if _a5 < 0:
+                    _a5 += _ybar.shape[0]
+                if _a5 < 0 or _a5 >= _ybar.shape[0]:
+                    raise IndexError("UpperTriangular: getindex reads _ybar out of range")
+                _a6 = j
+                if _a6 < 0:
+                    _a6 += _ybar.shape[1]
+                if _a6 < 0 or _a6 >= _ybar.shape[1]:
+                    raise IndexError("UpperTriangular: getindex reads _ybar out of range")
+                _v4 = _ybar[_a5, _a6]
+                _out[_u(i), _u(j)] = _v4
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _destructure_kernel(n, data, _out):
     for i in range(0, n):
         _lo1 = i
@@ -713,6 +775,30 @@ def _diagonal_pullback_kernel_p(_nb, n, data, _dbar, _g_data, _ix_data, _ix__dba
 
 
 @numba.njit(cache=True)
+def _gather_pullback_kernel_s(_nb, n, _ybar, _g_data, _ix__ybar):
+    for _b in range(_nb):
+        _gather_pullback_kernel(n, _ybar[_ix__ybar[_b]], _g_data[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _gather_pullback_kernel_p(_nb, n, _ybar, _g_data, _ix__ybar):
+    for _b in numba.prange(_nb):
+        _gather_pullback_kernel(n, _ybar[_ix__ybar[_b]], _g_data[_b])
+
+
+@numba.njit(cache=True)
+def _project_kernel_s(_nb, n, _ybar, _out, _ix__ybar):
+    for _b in range(_nb):
+        _project_kernel(n, _ybar[_ix__ybar[_b]], _out[_b])
+
+
+@numba.njit(cache=True, parallel=True)
+def _project_kernel_p(_nb, n, _ybar, _out, _ix__ybar):
+    for _b in numba.prange(_nb):
+        _project_kernel(n, _ybar[_ix__ybar[_b]], _out[_b])
+
+
+@numba.njit(cache=True)
 def _destructure_kernel_s(_nb, n, data, _out, _ix_data):
     for _b in range(_nb):
         _destructure_kernel(n, data[_ix_data[_b]], _out[_b])
@@ -753,6 +839,8 @@ _rmatvec_batched = (_rmatvec_kernel_s, _rmatvec_kernel_p)
 _bilinear_batched = (_bilinear_kernel_s, _bilinear_kernel_p)
 _diagonal_batched = (_diagonal_kernel_s, _diagonal_kernel_p)
 _diagonal_pullback_batched = (_diagonal_pullback_kernel_s, _diagonal_pullback_kernel_p)
+_gather_pullback_batched = (_gather_pullback_kernel_s, _gather_pullback_kernel_p)
+_project_batched = (_project_kernel_s, _project_kernel_p)
 _destructure_batched = (_destructure_kernel_s, _destructure_kernel_p)
 _pushforward_batched = (_pushforward_kernel_s, _pushforward_kernel_p)
 _pullback_batched = (_pullback_kernel_s, _pullback_kernel_p)

@@ -219,3 +219,126 @@ def _build(atoms, rows, cols, order, data_pins=True):
     if any(s[0] == "if" and s[1] is sp.false for s in steps):
         return None
     return tuple(steps), pins
+
+
+# -- splitting a loop at the wrap points of % and // --------------------------
+
+WRAP_MIN = 8        # shortest period (per unit of the loop variable) worth a split
+WRAP_SPLITS = 2     # at most this many splits of one loop (each doubles its code)
+
+
+def split_wraps(steps, value, splits: int = WRAP_SPLITS) -> list:
+    """``[(steps, subs), ...]``: nests that together visit what ``steps`` visits,
+    with ``e % m`` and ``e // m`` in the innermost loop made affine.
+
+    Where the innermost loop variable ``v`` enters ``e % m`` or ``e // m`` as
+    ``e = a·v + b`` (``a`` a non-zero integer; ``m`` and ``b`` fixed in the loop),
+    ``floor(e / m)`` is a constant ``t`` on each segment of the loop where ``e``
+    lies in ``[t·m, (t + 1)·m)``. The loop becomes a loop over ``t`` (in the
+    order in which ``v`` meets the segments) around a loop over that segment
+    (``wrap_segment``), in which ``e // m`` is ``t`` and ``e % m`` is
+    ``e - t·m``: affine in ``v``, so the lowering checks the reads once per
+    segment and runs the segment unchecked and vectorised. This is
+    Python's floor semantics for any sign of ``e`` and any number of periods
+    in the loop's range (circulant's ``(i - j) % n``: t is -1 or 0; Kronecker's
+    ``j // nb``, ``j % nb``: one segment per block).
+
+    Only for ``m >= WRAP_MIN·|a|`` (shorter segments cost more than they save):
+    a constant ``m`` is decided here; otherwise the split nest runs under
+    ``if m >= WRAP_MIN·|a|`` and the original nest, unchanged, under the
+    opposite test, which keeps every other case (a zero or negative ``m``, a
+    short period) on the checked path as before.
+
+    ``subs`` is the list of replacements (atom -> affine form, applied in turn)
+    that hold inside the nest: the lowering applies them to whatever it
+    prints there (the entry, its tangent and adjoint), and they are applied to
+    the nest's own steps already. Up to ``splits`` groups ``(e, m)`` are split,
+    one inside the other.
+    """
+    fors = [k for k, st in enumerate(steps) if st[0] == "for"]
+    found = _wrap_group(steps, fors[-1], value) if fors and splits > 0 else None
+    if found is None:
+        return [(steps, [])]
+    atoms, a, b, m = found
+    k = fors[-1]
+    _, v, lo, hi = steps[k]
+    w = sp.Symbol(f"_wrap{sum(1 for st in steps if st[0] == 'for' and st[1].name.startswith('_wrap'))}",
+                  integer=True)
+    # the segments in the loop's own order (t = -w where e falls as v rises): the
+    # rows are then read front to back, which the hardware prefetcher follows
+    # (back to front segments cost circulant's pullback half as much again)
+    t = w if a > 0 else -w
+    first, last = (a * lo + b, a * (hi - 1) + b) if a > 0 else (a * (hi - 1) + b, a * lo + b)
+    t_first, t_last = IntDiv(first, m), IntDiv(last, m)
+    w_lo, w_hi = (t_first, t_last + 1) if a > 0 else (-t_last, -t_first + 1)
+    start, stop = wrap_segment(a, b, m, t)
+    subs = {atom: (t if isinstance(atom, IntDiv) else atom.args[0] - t * m) for atom in atoms}
+    inner = tuple(tuple(x.xreplace(subs) if p and isinstance(x, sp.Basic) else x for p, x in enumerate(st))
+                  for st in steps[k + 1:])
+    split = steps[:k] + (("for", w, w_lo, w_hi),
+                         ("for", v, sp.Max(lo, start), sp.Min(hi, stop))) + inner
+    guard = sp.Ge(m, WRAP_MIN * abs(a))
+    rest = []
+    if guard is not sp.true:
+        # the test where m is known: after the last step that binds one of its symbols
+        bound = [p for p, st in enumerate(steps[:k]) if st[0] in ("for", "let") and m.has(st[1])]
+        at = bound[-1] + 1 if bound else 0
+        split = split[:at] + (("if", guard),) + split[at:]
+        rest = [(steps[:at] + (("if", sp.Not(guard)),) + steps[at:], [])]
+    return [(s, [subs] + more) for s, more in split_wraps(split, value.xreplace(subs), splits - 1)] + rest
+
+
+def wrap_segment(a, b, m, t):
+    """``(start, stop)``: the ``v`` with ``t·m <= a·v + b < (t + 1)·m`` (``m > 0``)
+    form ``range(start, stop)``."""
+    if a > 0:       # v >= ceil((t·m - b) / a), v < ceil(((t + 1)·m - b) / a)
+        return IntDiv(t * m - b + a - 1, a), IntDiv(t * m + m - b + a - 1, a)
+    c = -a          # b - c·v in [t·m, (t + 1)·m): v in ((b - (t + 1)·m) / c, (b - t·m) / c]
+    return IntDiv(b - t * m - m, c) + 1, IntDiv(b - t * m, c) + 1
+
+
+def _wrap_group(steps, k, value):
+    """``(atoms, a, b, m)``: the ``%`` and ``//`` atoms after the loop at ``k``
+    (in the entry outside sums, and in the steps inside the loop) that share
+    one ``e = a·v + b`` and one ``m``, ``v`` the loop's variable; the first such
+    group in a stable order, or None."""
+    v = steps[k][1]
+    lets = [(st[1], st[2]) for st in steps[k + 1:] if st[0] == "let"]
+    inner = {v} | {w for w, _ in lets}
+    found = set(_outside_sums_wraps(value))
+    for st in steps[k + 1:]:
+        for x in st[1:]:
+            if isinstance(x, sp.Basic):
+                found |= set(_outside_sums_wraps(x))
+    groups = {}
+    for atom in sorted(found, key=sp.default_sort_key):
+        e, m = atom.args
+        for w, ew in reversed(lets):
+            e = e.xreplace({w: ew})
+        e = sp.expand(e)
+        if not (is_int(e) and is_int(m)) or m.free_symbols & inner or any(
+                x.has(sp.Indexed, IntRead, sp.Sum) for x in (e, m)):
+            continue
+        lin = _linear_in(e, v)      # the lets are substituted: b is free of the loop's variables
+        if lin is None:
+            continue
+        a, b = lin
+        if sp.Ge(m, WRAP_MIN * abs(a)) is sp.false:     # a short period, or m <= 0
+            continue
+        groups.setdefault((a, b, m), []).append(atom)
+    if not groups:
+        return None
+    (a, b, m), atoms = next(iter(groups.items()))
+    return tuple(atoms), a, b, m
+
+
+def _outside_sums_wraps(e):
+    """The ``%`` and ``//`` atoms of ``e`` outside sums (their variables are the nest's)."""
+    found, stack = [], [e]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (sp.Mod, IntDiv)):
+            found.append(node)
+        if isinstance(node, sp.Basic) and not isinstance(node, sp.Sum):
+            stack.extend(node.args)
+    return found

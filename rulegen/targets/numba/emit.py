@@ -15,6 +15,8 @@ import sympy as sp
 
 from ... import __version__
 from ...derive import Derivation, Region, accumulates, monotone_fields
+from ... import transpose
+from ...loops import split_wraps
 from ...pattern import bounds as pattern_bounds, steps as pattern_steps
 from ...expr import I, J, Conj, IntDiv, IntRead, derivative, has_complex, is_int, ordering_of_values, outside_sums
 from ...printer import code, recording_imports, value_code
@@ -103,17 +105,11 @@ def _transposed(spec, r):
     return field.name, coef, p, q
 
 
-def _tiled(low: Lowerer, r: Region, body, tile: str, base: int = 1) -> bool:
-    """Emit ``r`` (see ``_transposed``) in strips of four rows: where all four
-    rows share a column range, 4 × 4 tiles move through ``rulegen.tiles``
-    (vector loads, shuffles, vector stores); the ragged ends of each strip
-    and the last rows go through ``_region``. ``tile`` is "value" (destructure),
-    "tangent" (pushforward) or "adjoint" (pullback). False when ``r`` has not
-    that shape (nothing emitted)."""
-    shape = _transposed(low.spec, r)
-    if shape is None:
-        return False
-    name, coef, p, q = shape
+def _strips(low: Lowerer, r: Region, base: int) -> tuple:
+    """The head of a nest in strips of four rows (``_tiled``, ``_tiled_reads``):
+    ``for i0 in range(lo, ti, 4)`` with ``[jl, jt)`` the columns that all
+    four rows share, rounded down to whole tiles; the symbols
+    ``(i0, j0, jl, jt, ti)`` (j0 for the caller's tile loop)."""
     (_, _, lo_i, hi_i), (_, _, lo_j, hi_j) = r.steps
     sym = {k: sp.Symbol(low.fresh(k), integer=True) for k in ("i0", "j0", "jl", "jh", "jt", "ti")}
     i0, j0, jl, jh, jt, ti = sym.values()
@@ -126,6 +122,32 @@ def _tiled(low: Lowerer, r: Region, body, tile: str, base: int = 1) -> bool:
     low.add(d, f"{jl.name} = max({', '.join(los)})")
     low.add(d, f"{jh.name} = min({', '.join(his)})")
     low.add(d, f"{jt.name} = {jl.name} + max({jh.name} - {jl.name}, 0) // 4 * 4")
+    return i0, j0, jl, jt, ti
+
+
+def _strip_ends(low: Lowerer, r: Region, body, strip: tuple, base: int) -> None:
+    """The ragged ends of each strip of ``_strips`` and the rows after the
+    last strip, element by element through ``_region``."""
+    i0, jl, jt, ti = strip
+    (_, _, lo_i, hi_i), (_, _, lo_j, hi_j) = r.steps
+    for j_lo, j_hi in ((lo_j, sp.Min(hi_j, jl)), (sp.Max(lo_j, jt), hi_j)):
+        _region(low, _Nest((("for", I, i0, i0 + 4), ("for", J, j_lo, j_hi)), r.value), body, base=base + 1)
+    _region(low, _Nest((("for", I, ti, hi_i), ("for", J, lo_j, hi_j)), r.value), body, base=base)
+
+
+def _tiled(low: Lowerer, r: Region, body, tile: str, base: int = 1) -> bool:
+    """Emit ``r`` (see ``_transposed``) in strips of four rows: where all four
+    rows share a column range, 4 × 4 tiles move through ``rulegen.tiles``
+    (vector loads, shuffles, vector stores); the ragged ends of each strip
+    and the last rows go through ``_region``. ``tile`` is "value" (destructure),
+    "tangent" (pushforward) or "adjoint" (pullback). False when ``r`` has not
+    that shape (nothing emitted)."""
+    shape = _transposed(low.spec, r)
+    if shape is None:
+        return False
+    name, coef, p, q = shape
+    i0, j0, jl, jt, ti = _strips(low, r, base)
+    d = base + 1
     rows, cols = code(jl + p), code(jt + p)
     first = code(i0 + q)
     low.add(d, f"if {jt.name} > {jl.name} and not (0 <= {rows} and {cols} <= {name}.shape[0] "
@@ -140,9 +162,7 @@ def _tiled(low: Lowerer, r: Region, body, tile: str, base: int = 1) -> bool:
         low.add(d + 1, f"_tiles.tcopy4(_d_{name}, {src}, _out, {dst}, {c})")
     else:
         low.add(d + 1, f"_tiles.tadd4(_ybar, {dst}, _g_{name}, {src}, {c})")
-    for j_lo, j_hi in ((lo_j, sp.Min(hi_j, jl)), (sp.Max(lo_j, jt), hi_j)):
-        _region(low, _Nest((("for", I, i0, i0 + 4), ("for", J, j_lo, j_hi)), r.value), body, base=d)
-    _region(low, _Nest((("for", I, ti, hi_i), ("for", J, lo_j, hi_j)), r.value), body, base=base)
+    _strip_ends(low, r, body, (i0, jl, jt, ti), base)
     return True
 
 
@@ -158,12 +178,20 @@ def _region(low: Lowerer, r: Region, body, base: int = 1, outputs=None) -> None:
     move (a scalar field, ``col[i]`` in a ``j`` loop) and outputs that it does
     not move (``outputs``: key -> the loop variables its target uses, see
     ``Lowerer.accumulate``) go through a local accumulator, added once after the loop.
+
+    An innermost loop whose reads wrap with ``%`` or ``//`` is first split at
+    the wrap points (loops.split_wraps), so that its indices are affine there.
     """
-    low.static_ints = _static_ints(low.spec, r.steps, r.value)
-    try:
-        _hoisted(low, r, body, base, outputs)
-    finally:
-        low.static_ints = {}
+    for steps, subs in split_wraps(r.steps, r.value):
+        value = r.value
+        for s in subs:
+            value = value.xreplace(s)
+        low.wrap_subs = subs
+        low.static_ints = _static_ints(low.spec, steps, value)
+        try:
+            _hoisted(low, _Nest(steps, value), body, base, outputs)
+        finally:
+            low.static_ints, low.wrap_subs = {}, []
 
 
 def _static_ints(spec, steps, value) -> dict:
@@ -400,6 +428,10 @@ def _kernels(d: Derivation) -> tuple:
         _values(spec, ents, [_Nest(r.steps, _square(derivative(r.value, r.reads[0]))) for r in d.regions],
                 ("_out", "i", "j"))
         extra = (_kernel("_entry_weights_kernel", ents, sizes + ("_out",)),)
+    plan = transpose.plan(d)
+    if plan is not None:
+        extra += _transposing_kernels(plan, sizes, grads)
+        writes["project"] = plan.covers
     return tuple(_op_kernels(d, sizes, fields, grads)) + extra + (
         _kernel("_destructure_kernel", dest, sizes + fields + ("_out",)),
         _kernel("_pushforward_kernel", push, sizes + fields + tuple("_d_" + f for f in fields) + ("_out",)),
@@ -410,6 +442,107 @@ def _kernels(d: Derivation) -> tuple:
 
 def _square(c):
     return c ** 2
+
+
+def _transposing_kernels(plan, sizes: tuple, grads: tuple) -> tuple:
+    """The gather-form kernels of a gather type (rulegen.transpose):
+    ``_gather_pullback_kernel`` writes every element of every cotangent
+    array once (no zeroing), ``_project_kernel`` (when the weights fold)
+    writes J J⁺ vec(Ȳ) in one pass; transposed reads of Ȳ move in 4 × 4 tiles."""
+    pull = []
+    for name, nests in plan.pullback:
+        target = ("_g_" + name, "i", "j") if plan.spec.field(name).ndim == 2 else ("_g_" + name, "i")
+        _reads(plan.spec, pull, nests, target)
+    out = (_kernel("_gather_pullback_kernel", pull, sizes + (transpose.YBAR,) + grads),)
+    if plan.project is not None:
+        proj = []
+        _reads(plan.spec, proj, plan.project, ("_out", "i", "j"))
+        out += (_kernel("_project_kernel", proj, sizes + (transpose.YBAR, "_out")),)
+    return out
+
+
+def _reads(spec, lines: list, nests, target: tuple) -> None:
+    """``array[index] = value`` over each ``(steps, value)``, the value a sum
+    of reads of Ȳ; a nest over (i, j) that reads Ȳ across its rows moves in
+    4 × 4 tiles (``_tiled_reads``)."""
+    for steps, value in nests:
+        low = Lowerer(spec, lines)
+
+        def body(depth, low=low, value=value):
+            # the nests stay inside the output's shape (the field's, or the matrix's): unsigned indices
+            low.add(depth, f"{target[0]}[{', '.join(f'_u({v})' for v in target[1:])}] = {low.value(depth, value)}")
+        r = _Nest(steps, value)
+        if not (len(target) == 3 and _tiled_reads(low, r, body, target[0])):
+            _region(low, r, body)
+
+
+def _read_shapes(r):
+    """``[(transposed, coef, p, q)]`` when ``r`` is ``for i: for j: Σ coef · Ȳ[...]``
+    with each read ``Ȳ[i + p, j + q]`` (straight) or ``Ȳ[j + p, i + q]``
+    (transposed), real constant coefficients and at least one transposed read; else None."""
+    if len(r.steps) != 2 or any(st[0] != "for" for st in r.steps) or (r.steps[0][1], r.steps[1][1]) != (I, J):
+        return None
+    if any(b.has(sp.Indexed, sp.Sum, IntRead) for st in r.steps for b in st[2:]):
+        return None
+    shapes = []
+    for term in sp.Add.make_args(sp.expand(r.value)):
+        coef, acc = term.as_coeff_Mul()
+        if not isinstance(acc, sp.Indexed) or acc.base.label.name != transpose.YBAR or not coef.is_Rational:
+            return None
+        a, b = acc.indices
+        for transposed, (u, v) in ((False, (I, J)), (True, (J, I))):
+            p, q = sp.expand(a - u), sp.expand(b - v)
+            if not (p.has(I, J, sp.Indexed, IntRead) or q.has(I, J, sp.Indexed, IntRead)) and is_int(p) and is_int(q):
+                shapes.append((transposed, coef, p, q))
+                break
+        else:
+            return None
+    shapes.sort(key=lambda s: not s[0])         # a transposed read first: its tile move writes the tile
+    return shapes if shapes and shapes[0][0] else None
+
+
+def _tiled_reads(low: Lowerer, r, body, out: str, base: int = 1) -> bool:
+    """Emit ``r`` (see ``_read_shapes``) in strips of four rows, as ``_tiled``
+    does: in each 4 × 4 tile the first transposed read is moved with the
+    first straight one by ``tsum4`` (or alone by ``tcopy4``), further
+    transposed ones added by ``tadd4``, further straight ones element by
+    element; the ragged ends go through ``_region``. False when ``r`` has not that shape."""
+    shapes = _read_shapes(r)
+    if shapes is None:
+        return False
+    y = transpose.YBAR
+    i0, j0, jl, jt, ti = _strips(low, r, base)
+    d = base + 1
+    checks = []
+    for transposed, _, p, q in shapes:
+        (r0, r1), (c0, c1) = ((jl + p, jt + p), (i0 + q, i0 + q + 4)) if transposed else \
+            ((i0 + p, i0 + p + 4), (jl + q, jt + q))
+        checks += [f"0 <= {code(r0)}", f"{code(r1)} <= {y}.shape[0]", f"0 <= {code(c0)}", f"{code(c1)} <= {y}.shape[1]"]
+    low.add(d, f"if {jt.name} > {jl.name} and not ({' and '.join(dict.fromkeys(checks))}):")
+    low.add(d + 1, f"{jt.name} = {jl.name}")
+    low.add(d, f"for {j0.name} in range({jl.name}, {jt.name}, 4):")
+    def scale(coef):
+        return value_code(sp.Float(coef)) if coef != 1 else "1.0"
+    first = shapes.pop(0)
+    straight = next((s for s in shapes if not s[0]), None)
+    args = f"{y}, {code(j0 + first[2])}, {code(i0 + first[3])}, {out}, {i0.name}, {j0.name}, {scale(first[1])}"
+    if straight is not None:        # Y[i, j] ± Y[j, i]: both tiles in one move
+        shapes.remove(straight)
+        _, coef, p, q = straight
+        low.add(d + 1, f"_tiles.tsum4({args}, {code(i0 + p)}, {code(j0 + q)}, {scale(coef)})")
+    else:
+        low.add(d + 1, f"_tiles.tcopy4({args})")
+    for transposed, coef, p, q in shapes:
+        c = scale(coef)
+        if transposed:
+            low.add(d + 1, f"_tiles.tadd4({y}, {code(j0 + p)}, {code(i0 + q)}, {out}, {i0.name}, {j0.name}, {c})")
+        else:
+            low.add(d + 1, "for _a in range(4):")
+            low.add(d + 2, "for _b in range(4):")
+            low.add(d + 3, f"{out}[_u({i0.name} + _a), _u({j0.name} + _b)] += {c} * "
+                           f"{y}[_u({code(i0 + p)} + _a), _u({code(j0 + q)} + _b)]")
+    _strip_ends(low, r, body, (i0, jl, jt, ti), base)
+    return True
 
 
 def kernel_sizes(spec) -> tuple:
@@ -625,7 +758,8 @@ def render(d: Derivation, spec_file: str) -> str:
         field_ndim={f.name: f.ndim for f in spec.fields},
         # the tile moves, and the separable terms' accumulators (_tiles.accumulator)
         tiles=(any(_transposed(spec, r) is not None for r in d.regions)
-               or any(r.separable is not None for r in d.op_regions)),
+               or any(r.separable is not None for r in d.op_regions)
+               or any("_tiles." in text for k in kernels for _, text in k.lines)),
         uses_math="math" in modules,
         kind=d.kind,
         structure=structure_literal(d),
@@ -635,6 +769,10 @@ def render(d: Derivation, spec_file: str) -> str:
         fft=(d.toeplitz or d.hankel) and not all(r.separable is not None for r in d.op_regions),
         hankel=d.hankel,
         dest_alloc="np.empty" if writes["destructure"] else "np.zeros",
+        # the gather-form kernels of rulegen.transpose (a gather type whose index maps invert)
+        gather_pullback=any(k.name == "_gather_pullback_kernel" for k in kernels),
+        fused_project=any(k.name == "_project_kernel" for k in kernels),
+        project_alloc="np.empty" if writes.get("project") else "np.zeros",
         push_alloc="np.empty" if writes["pushforward"] else "np.zeros",
         coupled=[f.name in d.coupled for f in real_fields(spec)],
         coupled_names=", ".join(d.coupled) or "(none)",

@@ -44,6 +44,7 @@ class Lowerer:
         self.sink_used = {}          # read -> array prefix it was scattered into
         self.int_subs = {}           # integer-field reads checked before the loop -> unchecked loads
         self.static_ints = {}        # integer-field reads that the loop bounds keep in range -> unchecked loads
+        self.wrap_subs = []          # % and // made affine by a split loop (loops.split_wraps), applied in turn
 
     # -- small pieces -----------------------------------------------------
 
@@ -99,6 +100,8 @@ class Lowerer:
     def _symbolize(self, e):
         """``(F, sums, reads)``: e with its top-level sums and then its reads
         replaced by fresh real symbols."""
+        for subs in self.wrap_subs:
+            e = e.xreplace(subs)
         if self.int_subs or self.static_ints:
             e = e.xreplace({**self.static_ints, **self.int_subs})
         sums = [(sp.Symbol(self.fresh("s"), real=True), s) for s in _top_sums(e)]

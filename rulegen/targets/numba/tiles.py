@@ -9,6 +9,8 @@ vector stores (what XLA does for a transpose):
 
 * ``tcopy4(src, sr, sc, dst, dr, dc, c)``: ``dst[dr + a, dc + b] = c * src[sr + b, sc + a]``
 * ``tadd4(src, sr, sc, dst, dr, dc, c)``: ``dst[dr + a, dc + b] += c * src[sr + b, sc + a]``
+* ``tsum4(src, sr, sc, dst, dr, dc, c, pr, pc, d)``: ``dst[dr + a, dc + b] = c * src[sr + b, sc + a]
+  + d * src[pr + a, pc + b]`` (the gather-form pullback and project of rulegen.transpose)
 
 for ``a, b`` in ``0..3``. For C-contiguous matrices of one dtype, float64 or
 float32 (then ``c`` is rounded to float32), the vector code; for others
@@ -47,9 +49,9 @@ def _signature(src, sr, sc, dst, dr, dc, scale):
     return types.void(src, types.int64, types.int64, dst, types.int64, types.int64, types.float64)
 
 
-def _codegen(accumulate: bool):
+def _codegen(accumulate: bool, straight: bool = False):
     def codegen(context, builder, sig, args):
-        src_v, sr, sc, dst_v, dr, dc, scale = args
+        src_v, sr, sc, dst_v, dr, dc, scale = args[:7]
         src = context.make_array(sig.args[0])(context, builder, src_v)
         dst = context.make_array(sig.args[3])(context, builder, dst_v)
         element = _FLOATS[sig.args[0].dtype]
@@ -73,11 +75,22 @@ def _codegen(accumulate: bool):
                    builder.shuffle_vector(t1, t3, _mask(0, 1, 4, 5)),
                    builder.shuffle_vector(t0, t2, _mask(2, 3, 6, 7)),
                    builder.shuffle_vector(t1, t3, _mask(2, 3, 6, 7)))
-        factor = builder.insert_element(ir.Constant(vec4, ir.Undefined), scale, ir.Constant(_I32, 0))
-        factor = builder.shuffle_vector(factor, factor, _mask(0, 0, 0, 0))
+        def splat(x):
+            if element != x.type:
+                x = builder.fptrunc(x, element)
+            v = builder.insert_element(ir.Constant(vec4, ir.Undefined), x, ir.Constant(_I32, 0))
+            return builder.shuffle_vector(v, v, _mask(0, 0, 0, 0))
+
+        factor = splat(scale)
+        if straight:        # plus · src[pr + a, pc + b]: the same source, read along its rows
+            pr, pc, plus = args[7:]
+            plus = splat(plus)
         for k, col in enumerate(columns):
             ptr = row(dst, dst_cols, dr, dc, k)
             value = builder.fmul(col, factor)
+            if straight:
+                across = builder.load(row(src, src_cols, pr, pc, k), align=element_size)
+                value = builder.fadd(value, builder.fmul(across, plus))
             if accumulate:
                 value = builder.fadd(builder.load(ptr, align=element_size), value)
             builder.store(value, ptr, align=element_size)
@@ -95,6 +108,15 @@ def _tadd4_simd(typingctx, src, sr, sc, dst, dr, dc, scale):
     return _signature(src, sr, sc, dst, dr, dc, scale), _codegen(accumulate=True)
 
 
+@intrinsic
+def _tsum4_simd(typingctx, src, sr, sc, dst, dr, dc, scale, pr, pc, plus):
+    sig = _signature(src, sr, sc, dst, dr, dc, scale)
+    if not (isinstance(pr, types.Integer) and isinstance(pc, types.Integer)
+            and isinstance(plus, (types.Float, types.Integer))):
+        raise TypingError("tile moves need integer offsets and a real scale")
+    return types.void(*sig.args, types.int64, types.int64, types.float64), _codegen(accumulate=False, straight=True)
+
+
 def tcopy4(src, sr, sc, dst, dr, dc, scale):
     """dst[dr + a, dc + b] = scale * src[sr + b, sc + a] for a, b < 4."""
     for a in range(4):
@@ -107,6 +129,15 @@ def tadd4(src, sr, sc, dst, dr, dc, scale):
     for a in range(4):
         for b in range(4):
             dst[dr + a, dc + b] += scale * src[sr + b, sc + a]
+
+
+def tsum4(src, sr, sc, dst, dr, dc, scale, pr, pc, plus):
+    """dst[dr + a, dc + b] = scale * src[sr + b, sc + a] + plus * src[pr + a, pc + b]
+    for a, b < 4: a transposed tile and a straight one of the same matrix
+    (a symmetric or skew part, ``(Y + Yᵀ) / 2``), each loaded once."""
+    for a in range(4):
+        for b in range(4):
+            dst[dr + a, dc + b] = scale * src[sr + b, sc + a] + plus * src[pr + a, pc + b]
 
 
 def _simd(src, dst) -> bool:
@@ -127,6 +158,14 @@ def _tadd4(src, sr, sc, dst, dr, dc, scale):
     if _simd(src, dst):
         return lambda src, sr, sc, dst, dr, dc, scale: _tadd4_simd(src, sr, sc, dst, dr, dc, scale)
     return tadd4
+
+
+@overload(tsum4)
+def _tsum4(src, sr, sc, dst, dr, dc, scale, pr, pc, plus):
+    if _simd(src, dst):
+        return lambda src, sr, sc, dst, dr, dc, scale, pr, pc, plus: _tsum4_simd(src, sr, sc, dst, dr, dc, scale,
+                                                                                  pr, pc, plus)
+    return tsum4
 
 
 def accumulator(n, like):
