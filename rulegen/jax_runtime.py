@@ -3,9 +3,11 @@
 Argument conversion and checks (shapes are static under ``jit``, so every
 check runs at trace time and costs nothing per call), the small array helpers
 the emitted code uses, and the pseudo-inverse of J for the types whose J
-depends on x: the bordered Schur complement and a matrix-free LSQR in
-``lax.while_loop``. Everything here is plain ``jnp``/``lax``: it runs under
-``jit`` and ``vmap`` and on any device; no host callback.
+depends on x: closed forms for a rearranged outer product (``outer_gram_pinv``)
+and for Y = F Gᵀ (``factor_pinv``), the bordered Schur complement and a
+matrix-free LSQR in ``lax.while_loop``. Everything here is plain
+``jnp``/``lax``: it runs under ``jit`` and ``vmap`` and on any device; the
+only host callback is LSQR's ConvergenceWarning (``jax.debug.callback``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import warnings
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import jax.scipy.linalg
 import numpy as np
 from jax import lax
 
-from .runtime import block_counts as _block_counts, pinv2 as _pinv2
+from .runtime import FACTOR_COND as _FACTOR_COND, block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims, check_instance,  # noqa: F401 (re-exported)
                       check_shape, given_size, parametrisation_class, solve_size)
 from .runtime import IntField, check_read, check_int_range, check_int_steps, check_monotone  # noqa: F401 (re-exported: integer fields)
@@ -291,6 +294,184 @@ class Bordered:
             raise ValueError(f"parametrisation: x ({self.owner}) has NaN or infinite field values, "
                              "so rank J is undefined")
         return parametrisation_class(int(self.rank), int(jnp.count_nonzero(self.used)), self.n_entries)
+
+
+# -- Y = F Gᵀ: J⁺ in closed form (rulegen.runtime.factor_pinv, the same algebra) ---------
+# CholeskyQR2 of F and G and an r × r Sylvester equation in the Gram matrices'
+# eigenbases, in the fields' precision. Whether an instance is served (finite,
+# both factors of full column rank within factor_cond) is a traced value:
+# factor_pinv picks the closed form or the LSQR fallback with lax.cond, so that
+# outside vmap only one of them runs (under vmap, cond becomes a select and
+# both run). A while loop sits in the fallback branch, so reverse mode through
+# these maps is not available (as with LSQR alone); forward mode is.
+
+def factor_cond(dtype) -> float:
+    """The largest condition number of F or G that the closed form serves:
+    rulegen.runtime.FACTOR_COND in float64, and the same budget eps·cond² in a
+    lower precision (CholeskyQR and the Gram eigenvalues lose eps·cond²)."""
+    return _FACTOR_COND * float(np.sqrt(np.finfo(np.float64).eps / float(jnp.finfo(dtype).eps)))
+
+
+def factor_served(F, G, *operands) -> bool:
+    """Whether the closed form can serve these shapes and dtypes at all (decided
+    at trace time): real numbers and 0 < r <= min(m, n); else the solver."""
+    r = F.shape[-1]
+    return (0 < r <= min(F.shape[-2], G.shape[-2])
+            and not any(is_complex(a.dtype) for a in (F, G, *operands)))
+
+
+def _t(a):
+    return jnp.swapaxes(a, -1, -2)
+
+
+def _cholesky_qr(A):
+    """(Q, R), A = Q R by CholeskyQR2 (as rulegen.runtime._cholesky_qr)."""
+    R1 = _t(jnp.linalg.cholesky(_t(A) @ A))
+    Q1 = _t(jax.scipy.linalg.solve_triangular(R1, _t(A), trans="T", lower=False))
+    R2 = _t(jnp.linalg.cholesky(_t(Q1) @ Q1))
+    return _t(jax.scipy.linalg.solve_triangular(R2, _t(Q1), trans="T", lower=False)), R2 @ R1
+
+
+@jax.custom_jvp
+def sylvester(A, B, C):
+    """X with A X + X B = C for symmetric positive definite r × r A and B, in
+    their eigenbases. Its derivative is itself: dX = X(A, B, dC - dA X - X dB)
+    (custom_jvp), not that of eigh, which is infinite where eigenvalues repeat
+    (a factor with orthonormal columns); reverse mode transposes the solve,
+    which is linear in C."""
+    la, Ea = jnp.linalg.eigh(A)
+    lb, Eb = jnp.linalg.eigh(B)
+    return Ea @ ((_t(Ea) @ C @ Eb) / (la[..., :, None] + lb[..., None, :])) @ _t(Eb)
+
+
+@sylvester.defjvp
+def _sylvester_jvp(primals, tangents):
+    A, B, C = primals
+    dA, dB, dC = tangents
+    X = sylvester(A, B, C)
+    return X, sylvester(A, B, dC - dA @ X - X @ dB)
+
+
+def _factor_setup(F, G):
+    """(setup, ok) for one instance: the factorisations, and whether it is
+    served (finite, both factors of full column rank within factor_cond); an
+    instance that is not gets I-like factors, for shape's sake (its closed-form
+    result is never selected)."""
+    m, r = F.shape
+    limit = factor_cond(F.dtype)
+    ok = jnp.array(True)
+    served = []
+    for A in (F, G):
+        fine = jnp.all(jnp.isfinite(A))
+        A = jnp.where(fine, A, 0)
+        lam = jnp.linalg.eigvalsh(lax.stop_gradient(_t(A) @ A))     # σ² of A, ascending
+        fine &= lam[0] * limit ** 2 > lam[-1]
+        served.append(jnp.where(fine, A, jnp.eye(A.shape[0], r, dtype=A.dtype)))
+        ok &= fine
+    F, G = served
+    Qf, Rf = _cholesky_qr(F)
+    Qg, Rg = _cholesky_qr(G)
+    return (F, G, Qf, Rf, Qg, Rg), ok
+
+
+def _solve_upper(R, B):
+    return jax.scipy.linalg.solve_triangular(R, B, lower=False)
+
+
+def _factor_closed(setup, Y):
+    F, G, Qf, Rf, Qg, Rg = setup
+    YQg = Y @ Qg
+    A = YQg - Qf @ (_t(Qf) @ YQg)
+    dF = _t(_solve_upper(Rg, _t(A)))
+    dG = _t(_solve_upper(Rf, _t(_t(Y) @ Qf)))
+    X = sylvester(_t(Rf) @ Rf, _t(Rg) @ Rg, _solve_upper(Rf, _t(Qf) @ YQg @ Rg))
+    return dF + F @ X, dG - G @ _t(X)
+
+
+def _factor_closed_adjoint(setup, Fbar, Gbar):
+    F, G, Qf, Rf, Qg, Rg = setup
+    first = (Fbar - Qf @ (_t(Qf) @ Fbar)) @ _solve_upper(Rg, _t(Qg))
+    FGi = _t(_solve_upper(Rf, _t(Qf)))           # F (FᵀF)⁻¹
+    S = sylvester(_t(Rf) @ Rf, _t(Rg) @ Rg, _t(F) @ Fbar - _t(Gbar) @ G)
+    return first + FGi @ _t(Gbar) + FGi @ S @ _t(G)
+
+
+def factor_pinv(F, G, ydot, fallback):
+    """J⁺ vec(Ẏ) for Y = F Gᵀ as (dF, dG): the closed form, or ``fallback(ydot)``
+    (LSQR, returning (dF, dG) too) where the instance is not served (lax.cond)."""
+    setup, ok = _factor_setup(F, G)
+    return lax.cond(ok, lambda y: tuple(a.astype(F.dtype) for a in _factor_closed(setup, y)),
+                    lambda y: tuple(a.astype(F.dtype) for a in fallback(y)), ydot)
+
+
+def factor_pinv_adjoint(F, G, Fbar, Gbar, fallback):
+    """(J⁺)ᵀ (F̄, Ḡ) for Y = F Gᵀ, dense: the closed form, or ``fallback(F̄, Ḡ)``
+    where the instance is not served (lax.cond)."""
+    setup, ok = _factor_setup(F, G)
+    return lax.cond(ok, lambda a, b: _factor_closed_adjoint(setup, a, b).astype(F.dtype),
+                    lambda a, b: fallback(a, b).astype(F.dtype), Fbar, Gbar)
+
+
+# -- a rearranged outer product a ⊗ b (derive._outer_product) --------------------
+# (JᵀJ)⁺ in closed form, O(p): see rulegen.runtime above _vectors for the
+# algebra. J⁺ = (JᵀJ)⁺ J* costs one pullback, (J⁺)* one pushforward; there is
+# no solver and no fallback (exact for every x, a vanishing factor included).
+# jnp.where with guarded denominators: no Python branch on values, and no NaN
+# in a derivative from the branch not taken.
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+def _outer_coefficients(a, b, xi, eta, real):
+    """(s1, s2, t1, t2) of (JᵀJ)⁺(ẋ, ẏ) = (ẋ s1 + a s2, ẏ t1 + b t2), from
+    α = ‖a‖², β = ‖b‖², ξ = aᴴẋ, η = bᴴẏ. A factor counts as zero below
+    eps64 · max(p) · (α + β) (rulegen.runtime._outer_norms). ``real``: a real
+    field among the two, whose tangent has no imaginary part: the coupling
+    then acts on Re ξ, Re η only (the null space is the real scale (a, -b))."""
+    alpha, beta = _sq(a), _sq(b)
+    if real:
+        xi, eta = jnp.real(xi), jnp.real(eta)
+    tol = _EPS64 * max(a.size, b.size, 1) * (alpha + beta)
+    a0, b0 = alpha <= tol, beta <= tol
+    both = ~(a0 | b0)
+    sa, sb = jnp.where(a0, 1, alpha), jnp.where(b0, 1, beta)
+    sab = jnp.where(both, alpha + beta, 1) ** 2
+    s1, t1 = jnp.where(b0, 0, 1 / sb), jnp.where(a0, 0, 1 / sa)
+    # (β ξ/α + η)/(α + β)² - ξ/(αβ) of the runtime, without its cancellation when α ≪ β
+    s2 = jnp.where(both, (eta - xi * (alpha + 2 * beta) / sb) / sab, 0)
+    t2 = jnp.where(both, (xi - eta * (2 * alpha + beta) / sa) / sab, 0)
+    return s1, s2, t1, t2
+
+
+def _sq(a):
+    return jnp.sum(jnp.real(a) ** 2 + jnp.imag(a) ** 2) if is_complex(a.dtype) else jnp.sum(a * a)
+
+
+def outer_gram_pinv(fields, arrays):
+    """(JᵀJ)⁺ applied to the structural arrays ``arrays`` for the entry a ⊗ b
+    rearranged, at the fields ``fields`` (a, b in the fields' order); each
+    result in its field's dtype."""
+    (a, b), (x, y) = fields, arrays
+    real = not (is_complex(a.dtype) and is_complex(b.dtype))
+    s1, s2, t1, t2 = _outer_coefficients(a, b, jnp.vdot(a, x), jnp.vdot(b, y), real)
+    return ((x * s1 + a * s2).astype(a.dtype), (y * t1 + b * t2).astype(b.dtype))
+
+
+def outer_class(owner: str, fields, n_entries: int) -> str:
+    """parametrisation_class for the entry a ⊗ b rearranged, in real dimensions
+    (rulegen.runtime.outer_class): rank J = p_a + p_b minus the scale between
+    the factors (complex when both are) when neither vanishes, else the
+    elements that multiply the non-zero factor."""
+    a, b = fields
+    if not all(bool(jnp.all(jnp.isfinite(f))) for f in fields):
+        raise ValueError(f"parametrisation: x ({owner}) has NaN or infinite field values, so rank J is undefined")
+    alpha, beta = float(_sq(a)), float(_sq(b))
+    tol = _EPS64 * max(a.size, b.size, 1) * (alpha + beta)
+    za, zb = alpha <= tol, beta <= tol
+    da, db = (2 if is_complex(f.dtype) else 1 for f in fields)
+    used = (0 if zb else a.size * da) + (0 if za else b.size * db)
+    null = 0 if (za or zb) else (2 if da == db == 2 else 1)
+    return parametrisation_class(used - null, used, n_entries)
 
 
 def _warn(owner, what, bad, itn, rel):

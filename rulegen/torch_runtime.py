@@ -1,8 +1,9 @@
 """What generated PyTorch modules import (``generated/torch/<module>.py``).
 
 Argument conversion and checks, the small tensor helpers the emitted code
-uses, and the pseudo-inverse of J for the types whose J depends on x (the
-bordered Schur complement and a matrix-free LSQR). Everything is plain
+uses, and the pseudo-inverse of J for the types whose J depends on x (closed
+forms for a rearranged outer product and for Y = F Gᵀ, the bordered Schur
+complement and a matrix-free LSQR). Everything is plain
 torch: it runs on the fields' device in their precision, is differentiable
 by autograd (reverse and forward mode, to any order) and runs under
 ``torch.func.vmap``; there is no host round trip in any map.
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as _F
 
 from .runtime import _broadcast, batch_shape  # noqa: F401 (batch_shape re-exported: generated modules call it)
-from .runtime import block_counts as _block_counts, pinv2 as _pinv2
+from .runtime import FACTOR_COND as _FACTOR_COND, block_counts as _block_counts, pinv2 as _pinv2
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims,  # noqa: F401 (re-exported)
                       given_size, parametrisation_class, solve_size)
 from .runtime import IntField as _IntField
@@ -1061,6 +1062,185 @@ class _Pinv(torch.autograd.Function):
             q = dA(z, not T)
             return solve(e, T) + q - solve(op.apply(theta, q, T), T)
         return solve(e, T)
+
+
+# -- Y = F Gᵀ: J⁺ in closed form (rulegen.runtime.factor_pinv, the same algebra) ---------
+# CholeskyQR2 of F and G and an r × r Sylvester equation in the Gram matrices'
+# eigenbases, per instance of the batch, in the fields' precision; plain torch,
+# so autograd differentiates it (both modes, any order: see _Sylvester). The
+# generated module solves the instances it does not serve by LSQR.
+
+def factor_cond(dtype) -> float:
+    """The largest condition number of F or G that the closed form serves:
+    rulegen.runtime.FACTOR_COND in float64, and the same budget eps·cond² in a
+    lower precision (CholeskyQR and the Gram eigenvalues lose eps·cond²)."""
+    return _FACTOR_COND * math.sqrt(float(np.finfo(np.float64).eps) / torch.finfo(dtype).eps)
+
+
+def factor_served(F, G, *operands) -> bool:
+    """Whether the closed form can serve these shapes and dtypes at all: real
+    numbers and 0 < r <= min(m, n); else the solver, for the whole batch."""
+    r = F.shape[-1]
+    return 0 < r <= min(F.shape[-2], G.shape[-2]) and not any(a.is_complex() for a in (F, G, *operands))
+
+
+def _cholesky_qr(A):
+    """(Q, R), A = Q R by CholeskyQR2 (as rulegen.runtime._cholesky_qr)."""
+    R1 = torch.linalg.cholesky(A.mT @ A).mT
+    Q1 = torch.linalg.solve_triangular(R1, A, upper=True, left=False)
+    R2 = torch.linalg.cholesky(Q1.mT @ Q1).mT
+    return torch.linalg.solve_triangular(R2, Q1, upper=True, left=False), R2 @ R1
+
+
+class _Sylvester(torch.autograd.Function):
+    """X with A X + X B = C for symmetric positive definite r × r A and B, in
+    their eigenbases. Its derivatives are its own (dX = X(A, B, dC - dA X -
+    X dB); the solve is self-adjoint), not those of eigh, which are infinite
+    where eigenvalues repeat (a factor with orthonormal columns); written with
+    _Sylvester itself, so they are differentiable again."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A, B, C):
+        la, Ea = torch.linalg.eigh(A)
+        lb, Eb = torch.linalg.eigh(B)
+        return Ea @ ((Ea.mT @ C @ Eb) / (la[..., :, None] + lb[..., None, :])) @ Eb.mT
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        A, B, _ = inputs
+        ctx.save_for_backward(A, B, output)
+        ctx.save_for_forward(A, B, output)
+
+    @staticmethod
+    def backward(ctx, g):
+        A, B, X = ctx.saved_tensors
+        c = _Sylvester.apply(A, B, g)
+        return -c @ X.mT, -X.mT @ c, c
+
+    @staticmethod
+    def jvp(ctx, dA, dB, dC):
+        A, B, X = ctx.saved_tensors
+        e = _zeros_for(dC, X) - _zeros_for(dA, A) @ X - X @ _zeros_for(dB, B)
+        return _Sylvester.apply(A, B, e)
+
+
+def sylvester(A, B, C):
+    return _Sylvester.apply(*torch.broadcast_tensors(A, B, C))
+
+
+def _factor_setup(F, G):
+    """(setup, ok): the factorisations of every instance, and which instances
+    they serve (finite, both factors of full column rank within factor_cond);
+    the others get I-like factors, for shape's sake (their result is discarded)."""
+    r = F.shape[-1]
+    limit = factor_cond(F.dtype)
+    ok = None
+    served = []
+    for A in (F, G):
+        fine = torch.isfinite(A).all(-1).all(-1)
+        A = torch.where(fine[..., None, None], A, 0.0)
+        lam = torch.linalg.eigvalsh((A.mT @ A).detach())           # σ² of A, ascending
+        fine = fine & (lam[..., 0] * limit ** 2 > lam[..., -1])
+        spare = torch.eye(A.shape[-2], r, dtype=A.dtype, device=A.device)
+        served.append(torch.where(fine[..., None, None], A, spare))
+        ok = fine if ok is None else ok & fine
+    F, G = served
+    Qf, Rf = _cholesky_qr(F)
+    Qg, Rg = _cholesky_qr(G)
+    return (F, G, Qf, Rf, Qg, Rg), ok
+
+
+def factor_pinv(F, G, ydot):
+    """J⁺ vec(Ẏ) for Y = F Gᵀ in closed form: ``(dF, dG, ok)``, ``ok`` the
+    instances of the batch that it serves (the caller solves the others)."""
+    (F, G, Qf, Rf, Qg, Rg), ok = _factor_setup(F, G)
+    YQg = ydot @ Qg
+    A = YQg - Qf @ (Qf.mT @ YQg)
+    dF = torch.linalg.solve_triangular(Rg.mT, A, upper=False, left=False)
+    dG = torch.linalg.solve_triangular(Rf.mT, ydot.mT @ Qf, upper=False, left=False)
+    X = sylvester(Rf.mT @ Rf, Rg.mT @ Rg, torch.linalg.solve_triangular(Rf, Qf.mT @ YQg @ Rg, upper=True))
+    return dF + F @ X, dG - G @ X.mT, ok
+
+
+def factor_pinv_adjoint(F, G, Fbar, Gbar):
+    """(J⁺)ᵀ (F̄, Ḡ) for Y = F Gᵀ in closed form: ``(Ȳ, ok)`` (see factor_pinv)."""
+    (F, G, Qf, Rf, Qg, Rg), ok = _factor_setup(F, G)
+    first = (Fbar - Qf @ (Qf.mT @ Fbar)) @ torch.linalg.solve_triangular(Rg, Qg.mT, upper=True)
+    FGi = torch.linalg.solve_triangular(Rf.mT, Qf, upper=False, left=False)      # F (FᵀF)⁻¹
+    S = sylvester(Rf.mT @ Rf, Rg.mT @ Rg, F.mT @ Fbar - Gbar.mT @ G)
+    return first + FGi @ Gbar.mT + FGi @ S @ G.mT, ok
+
+
+def select(ok, fast, slow, rank: int):
+    """Per instance, ``fast`` where ``ok`` holds, else ``slow`` (``rank``: the
+    trailing dimensions that are not batch)."""
+    return torch.where(ok.reshape(tuple(ok.shape) + (1,) * rank), fast, slow)
+
+
+# -- a rearranged outer product a ⊗ b (derive._outer_product) --------------------
+# (JᵀJ)⁺ in closed form, O(p) per instance: see rulegen.runtime above _vectors
+# for the algebra. J⁺ = (JᵀJ)⁺ J* costs one pullback, (J⁺)* one pushforward;
+# there is no solver and no fallback (exact for every x, a vanishing factor
+# included). torch.where with guarded denominators: no branch on values (vmap),
+# and no NaN in a derivative from the branch not taken.
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+def _vectors(arrays, ranks):
+    """Each array as (*batch, p) (its field's elements flattened)."""
+    return [a.reshape(tuple(a.shape[:a.ndim - k]) + (-1,)) for a, k in zip(arrays, ranks)]
+
+
+def _sq(a):
+    """‖a‖² along the last axis, real, in one pass (no temporary)."""
+    return torch.linalg.vecdot(a, a).real
+
+
+def outer_gram_pinv(fields, arrays, ranks):
+    """(JᵀJ)⁺ applied to the structural arrays ``arrays`` for the entry a ⊗ b
+    rearranged, at the fields ``fields`` (a, b in the fields' order), for the
+    broadcast batch of both. With α = ‖a‖², β = ‖b‖², ξ = aᴴẋ, η = bᴴẏ it is
+    (ẋ s1 + a s2, ẏ t1 + b t2); a factor counts as zero below
+    eps64 · max(p) · (α + β) (rulegen.runtime._outer_norms)."""
+    a, b, x, y = _vectors((*fields, *arrays), ranks + ranks)
+    alpha, beta = _sq(a), _sq(b)
+    xi, eta = torch.linalg.vecdot(a, x), torch.linalg.vecdot(b, y)
+    tol = _EPS64 * max(a.shape[-1], b.shape[-1], 1) * (alpha + beta)
+    a0, b0 = alpha <= tol, beta <= tol
+    both = ~(a0 | b0)
+    sa, sb = torch.where(a0, 1.0, alpha), torch.where(b0, 1.0, beta)
+    sab = torch.where(both, alpha + beta, 1.0) ** 2
+    s1, t1 = torch.where(b0, 0.0, 1 / sb), torch.where(a0, 0.0, 1 / sa)
+    # (β ξ/α + η)/(α + β)² - ξ/(αβ) of the runtime, without its cancellation when α ≪ β
+    s2 = torch.where(both[..., None], ((eta - xi * (alpha + 2 * beta) / sb) / sab)[..., None], 0.0)
+    t2 = torch.where(both[..., None], ((xi - eta * (2 * alpha + beta) / sa) / sab)[..., None], 0.0)
+    out = []
+    for v, c1, w, c2, f, k in ((x, s1, a, s2, fields[0], ranks[0]), (y, t1, b, t2, fields[1], ranks[1])):
+        z = torch.addcmul(v * c1[..., None], w, c2)
+        out.append(z.reshape(tuple(z.shape[:-1]) + trailing(f, k)))
+    return tuple(out)
+
+
+def outer_class(owner: str, fields, ranks, n_entries: int):
+    """parametrisation_class of each instance for the entry a ⊗ b rearranged,
+    in real dimensions (rulegen.runtime.outer_class): rank J = p_a + p_b minus
+    the scale between the factors when neither vanishes, else the elements
+    that multiply the non-zero factor; nested like the batch."""
+    if not all(bool(torch.isfinite(f).all()) for f in fields):
+        raise ValueError(f"parametrisation: x ({owner}) has NaN or infinite field values, so rank J is undefined")
+    a, b = _vectors([f.detach() for f in fields], ranks)
+    alpha, beta = _sq(a), _sq(b)
+    tol = _EPS64 * max(a.shape[-1], b.shape[-1], 1) * (alpha + beta)
+    za, zb = torch.broadcast_tensors(alpha <= tol, beta <= tol)
+    per = 2 if fields[0].is_complex() else 1
+    names = []
+    for first, second in zip(za.reshape(-1).tolist(), zb.reshape(-1).tolist()):
+        used = per * ((0 if second else a.shape[-1]) + (0 if first else b.shape[-1]))
+        names.append(parametrisation_class(used - (0 if first or second else per), used, n_entries))
+    return nested(tuple(za.shape), names)
 
 
 # -- integer fields (the pattern of a sparse or permuted type) ----------------

@@ -13,13 +13,16 @@ leading axes on every field), jax.grad / jax.vjp and jax.jvp, to any order,
 on any device, in the fields' precision (float32 unless jax_enable_x64).
 
 destructure writes each additive term of the entry over its own grid (a box,
-a band or the points of a pinned index: see rulegen/targets/arrays.py); its
+a band or the points of a pinned index: see rulegen/targets/arrays.py; a
+Kronecker term F ⊗ G is the broadcast product of its small factors); its
 pushforward Ẏ = J θ̇ and pullback θ̄ = Jᵀ vec(Ȳ) are JAX's linearisation and
 transpose of that code, so they read and write only the stored pattern.
-J⁺ is applied by LSQR from zero in lax.while_loop (minimum-norm; tolerance
-1e-12 in float64, scaled to the precision; a ConvergenceWarning through
-jax.debug.callback if it stops at its cap). Differentiable in forward mode
-(jvp); reverse mode through the solve is not available (a while loop).
+KroneckerProduct is an outer product: every entry is A[α] · B[β] and each pair of
+elements meets in exactly one entry, so J θ̇ = ȧ bᵀ + a ḃᵀ (rearranged) and JᵀJ
+has a closed-form pseudo-inverse (rulegen.jax_runtime.outer_gram_pinv, O(p);
+its null space is the scale (a, -b) moving between the two): J⁺ = (JᵀJ)⁺ Jᵀ
+costs one pullback, (J⁺)ᵀ one pushforward. No solver: exact for every x, a
+vanishing factor included, and differentiable in both modes.
 """
 
 import functools
@@ -181,21 +184,21 @@ def _adjoint(x, ybar):
     return tuple(_rt.conj(g) for g in _pullback(x, _rt.conj(ybar)))
 
 
-def _linearisation(x):
-    return _rt.Iterative("KroneckerProduct", functools.partial(_pushforward, x), functools.partial(_adjoint, x),
-                         x._arrays, x.shape, _out_dtype(x))
+# Y holds each product A[α] · B[β] once (derive._outer_product): J θ̇ = ȧ bᵀ + a ḃᵀ
+# after a fixed rearrangement of the entries, and JᵀJ has a closed-form pseudo-inverse
+# (rulegen.jax_runtime.outer_gram_pinv, O(p)): J⁺ = (JᵀJ)⁺ J* costs one pullback, (J⁺)* one pushforward.
 
 
 def _pinv(x, ydot):
-    return _linearisation(x).pinv(ydot)
+    return _rt.outer_gram_pinv(x._arrays, _adjoint(x, ydot))
 
 
 def _pinv_adjoint(x, arrays):
-    return _linearisation(x).pinv_adjoint(arrays)
+    return _pushforward(x, _rt.outer_gram_pinv(x._arrays, arrays))
 
 
 def _classify(x):
-    return _linearisation(x).classify()
+    return _rt.outer_class("KroneckerProduct", x._arrays, _entries(x))
 
 
 def _entries(x):
@@ -321,15 +324,22 @@ def _dense(_sv, _arrays):
     _R, _C = ma*mb, na*nb
     _out = jnp.zeros((_R, _C), _dtype)
     _I01 = 0
-    _I12 = max(_I01, ma*mb)
+    _I12 = max(_I01, ma)
     _J03 = 0
-    _J14 = max(_J03, na*nb)
+    _J14 = max(_J03, na)
     _i5 = jnp.arange(_I01, _I12).reshape((-1, 1))
     _j7 = jnp.arange(_J03, _J14).reshape((1, -1))
-    _r9 = A[(_i5 // mb), (_j7 // nb)]
-    _r10 = B[(_i5 % mb), (_j7 % nb)]
-    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype)
-    _out = _out + _rt.pad_to(_c11, (_I01, _J03), (_R, _C))
+    _I09 = 0
+    _I110 = max(_I09, mb)
+    _J011 = 0
+    _J112 = max(_J011, nb)
+    _i13 = jnp.arange(_I09, _I110).reshape((-1, 1))
+    _j15 = jnp.arange(_J011, _J112).reshape((1, -1))
+    _r17 = (A[_I01:_I12, _J03:_J14] if 0 <= _I01 and _I12 <= A.shape[0] and 0 <= _J03 and _J14 <= A.shape[1] else A[_i5, _j7])
+    _k18 = _rt.cells(_r17, None, (_I12 - _I01, _J14 - _J03, ), _dtype)
+    _r19 = (B[_I09:_I110, _J011:_J112] if 0 <= _I09 and _I110 <= B.shape[0] and 0 <= _J011 and _J112 <= B.shape[1] else B[_i13, _j15])
+    _k20 = _rt.cells(_r19, None, (_I110 - _I09, _J112 - _J011, ), _dtype)
+    _out = _out + (_k18[:, None, :, None] * _k20[None, :, None, :]).reshape(_out.shape)
     return _out
 
 

@@ -16,10 +16,16 @@ destructure writes each additive term of the entry over its own grid (a box,
 a band or the points of a pinned index: see rulegen/targets/arrays.py); its
 pushforward Ẏ = J θ̇ and pullback θ̄ = Jᵀ vec(Ȳ) are JAX's linearisation and
 transpose of that code, so they read and write only the stored pattern.
+Y = U Vᵀ: J⁺ in closed form (rulegen.jax_runtime.factor_pinv: CholeskyQR2
+and an r × r Sylvester equation) when both factors have full column rank
+(condition number within rulegen.jax_runtime.factor_cond); otherwise, and for
+complex fields or r > min(m, n), by the solver below, chosen per instance with
+lax.cond (under vmap both run and a select keeps one).
 J⁺ is applied by LSQR from zero in lax.while_loop (minimum-norm; tolerance
 1e-12 in float64, scaled to the precision; a ConvergenceWarning through
 jax.debug.callback if it stops at its cap). Differentiable in forward mode
-(jvp); reverse mode through the solve is not available (a while loop).
+(jvp); reverse mode through the solve is not available (a while loop, also
+in the branch of lax.cond that the closed form does not take).
 """
 
 import functools
@@ -182,10 +188,20 @@ def _linearisation(x):
 
 
 def _pinv(x, ydot):
+    # Y = U Vᵀ: J⁺ in closed form where both factors have full column rank
+    # (rulegen.jax_runtime.factor_pinv), LSQR where not: lax.cond on the traced test
+    F, G = x._arrays[0], x._arrays[1]
+    if _rt.factor_served(F, G, ydot):
+        parts = _rt.factor_pinv(F, G, ydot, lambda y: _linearisation(x).pinv(y))
+        return parts
     return _linearisation(x).pinv(ydot)
 
 
 def _pinv_adjoint(x, arrays):
+    F, G = x._arrays[0], x._arrays[1]
+    if _rt.factor_served(F, G, *arrays):
+        return _rt.factor_pinv_adjoint(F, G, arrays[0], arrays[1],
+                                       lambda a, b: _linearisation(x).pinv_adjoint((a, b)))
     return _linearisation(x).pinv_adjoint(arrays)
 
 

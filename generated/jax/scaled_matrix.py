@@ -16,8 +16,12 @@ destructure writes each additive term of the entry over its own grid (a box,
 a band or the points of a pinned index: see rulegen/targets/arrays.py); its
 pushforward Ẏ = J θ̇ and pullback θ̄ = Jᵀ vec(Ȳ) are JAX's linearisation and
 transpose of that code, so they read and write only the stored pattern.
-J⁺ is exact through the c × c Schur complement on the coupled fields
-(scale) (bordered type).
+ScaledMatrix is an outer product: every entry is scale[α] · data[β] and each pair of
+elements meets in exactly one entry, so J θ̇ = ȧ bᵀ + a ḃᵀ (rearranged) and JᵀJ
+has a closed-form pseudo-inverse (rulegen.jax_runtime.outer_gram_pinv, O(p);
+its null space is the scale (a, -b) moving between the two): J⁺ = (JᵀJ)⁺ Jᵀ
+costs one pullback, (J⁺)ᵀ one pushforward. No solver: exact for every x, a
+vanishing factor included, and differentiable in both modes.
 """
 
 import functools
@@ -169,32 +173,21 @@ def _adjoint(x, ybar):
     return tuple(_rt.conj(g) for g in _pullback(x, _rt.conj(ybar)))
 
 
-_COUPLED = (True, False, )
-
-
-def _linearisation(x):
-    if any(_rt.is_complex(d) for d in _dtypes(x)):
-        # a complex element is two real parameters that the entry may mix: the
-        # diagonal-plus-border structure of JᵀJ is not kept; LSQR
-        return _rt.Iterative("ScaledMatrix", functools.partial(_pushforward, x), functools.partial(_adjoint, x),
-                             x._arrays, x.shape, _out_dtype(x))
-    # diag(J_Gᵀ J_G) on the elements G (each entry reads at most one of them)
-    ones = tuple(jnp.zeros_like(a) if c else jnp.ones_like(a) for a, c in zip(x._arrays, _COUPLED))
-    weights = _adjoint(x, _pushforward(x, ones))
-    return _rt.Bordered("ScaledMatrix", functools.partial(_pushforward, x), functools.partial(_adjoint, x),
-                        x._arrays, _COUPLED, weights, x.shape, _entries(x))
+# Y holds each product scale[α] · data[β] once (derive._outer_product): J θ̇ = ȧ bᵀ + a ḃᵀ
+# after a fixed rearrangement of the entries, and JᵀJ has a closed-form pseudo-inverse
+# (rulegen.jax_runtime.outer_gram_pinv, O(p)): J⁺ = (JᵀJ)⁺ J* costs one pullback, (J⁺)* one pushforward.
 
 
 def _pinv(x, ydot):
-    return _linearisation(x).pinv(ydot)
+    return _rt.outer_gram_pinv(x._arrays, _adjoint(x, ydot))
 
 
 def _pinv_adjoint(x, arrays):
-    return _linearisation(x).pinv_adjoint(arrays)
+    return _pushforward(x, _rt.outer_gram_pinv(x._arrays, arrays))
 
 
 def _classify(x):
-    return _linearisation(x).classify()
+    return _rt.outer_class("ScaledMatrix", x._arrays, _entries(x))
 
 
 def _entries(x):

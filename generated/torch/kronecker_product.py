@@ -16,19 +16,20 @@ returns the broadcast batch shape (x.batch_shape; x.shape is the matrix's).
 
 destructure, matvec, rmatvec and diagonal are plain torch code over grids of
 index tensors (a box, a band or the points of a pinned index: see
-rulegen/targets/arrays.py), differentiable by autograd in both modes, to any
+rulegen/targets/arrays.py; a Kronecker term F ⊗ G is the broadcast product of
+its small factors), differentiable by autograd in both modes, to any
 order, under torch.func.vmap / grad / jvp; so is every other map.
 
 destructure_pushforward Ẏ = J θ̇ is torch.func.jvp of destructure's code and
 destructure_pullback θ̄ = Jᵀ vec(Ȳ) the gradient of ⟨Ȳ, Y⟩ (_inner, which
 reads Ȳ only where the type stores entries), both differentiable again.
 
-J⁺ is applied by LSQR from zero (minimum-norm; tolerance 1e-12 in float64,
-scaled to the precision; a rulegen.runtime.ConvergenceWarning if it stops at
-its cap), per instance of the batch. Its derivatives in x are the
-pseudo-inverse's (rulegen.torch_runtime._Pinv: more LSQR solves), not those
-of the iterations. Under torch.func.vmap it runs to its cap (stopped
-instances frozen) and cannot warn.
+KroneckerProduct is an outer product: every entry is A[α] · B[β] and each pair of
+elements meets in exactly one entry, so J θ̇ = ȧ bᵀ + a ḃᵀ (rearranged) and JᵀJ
+has a closed-form pseudo-inverse (rulegen.torch_runtime.outer_gram_pinv, O(p)
+per instance; its null space is the scale (a, -b) moving between the two):
+J⁺ = (JᵀJ)⁺ Jᵀ costs one pullback, (J⁺)ᵀ one pushforward. No solver: exact for
+every x, a vanishing factor included; plain torch, so autograd differentiates it.
 """
 
 import numpy as _np
@@ -199,23 +200,21 @@ def _pullback(x, ybar, batch):
                         _rt.expand(x._arrays, _RANKS, batch), torch.ones(batch, dtype=ybar.dtype, device=x.device))
 
 
-def _operator(x, batch):
-    """J at x with J⁺ by LSQR."""
-    return _rt.Operator("KroneckerProduct", lambda a: _dense(x._size_values, a, batch),
-                        lambda a, W: _inner(x._size_values, a, W, batch), x._arrays, _RANKS, x.shape, batch,
-                        out_dtype=_out_dtype(x))
+# Y holds each product A[α] · B[β] once (derive._outer_product): J θ̇ = ȧ bᵀ + a ḃᵀ
+# after a fixed rearrangement of the entries, and JᵀJ has a closed-form pseudo-inverse
+# (rulegen.torch_runtime.outer_gram_pinv, O(p)): J⁺ = (JᵀJ)⁺ J* costs one pullback, (J⁺)* one pushforward.
 
 
 def _pinv(x, ydot, batch):
-    return _operator(x, batch).pinv(ydot)
+    return _rt.outer_gram_pinv(x._arrays, _pullback(x, ydot, batch), _RANKS)
 
 
 def _pinv_adjoint(x, arrays, batch):
-    return _operator(x, batch).pinv_adjoint(arrays)
+    return _pushforward(x, _rt.outer_gram_pinv(x._arrays, arrays, _RANKS), batch)
 
 
 def _classify(x):
-    return _operator(x, x.batch_shape).classify()
+    return _rt.outer_class("KroneckerProduct", x._arrays, _RANKS, _entries(x))
 
 
 def _entries(x):
@@ -340,15 +339,22 @@ def _dense(_sv, _arrays, _B):
     _dtype, _dev = _rt.out_dtype(_rt.dtype_of(_arrays), _COMPLEX_OUTPUT), _rt.device_of(_arrays)
     _R, _C = ma*mb, na*nb
     _I01 = 0
-    _I12 = max(_I01, ma*mb)
+    _I12 = max(_I01, ma)
     _J03 = 0
-    _J14 = max(_J03, na*nb)
+    _J14 = max(_J03, na)
     _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
     _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = _rt.take(A, ((_i5 // mb), (_j7 // nb),))
-    _r10 = _rt.take(B, ((_i5 % mb), (_j7 % nb),))
-    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
-    _out = _rt.pad_to(_c11, (_I01, _J03), (_R, _C))
+    _I09 = 0
+    _I110 = max(_I09, mb)
+    _J011 = 0
+    _J112 = max(_J011, nb)
+    _i13 = torch.arange(_I09, _I110, device=_dev).reshape((-1, 1))
+    _j15 = torch.arange(_J011, _J112, device=_dev).reshape((1, -1))
+    _r17 = (A[..., _I01:_I12, _J03:_J14] if 0 <= _I01 and _I12 <= A.shape[-2] and 0 <= _J03 and _J14 <= A.shape[-1] else (A[..., _i5, _j7] if _rt.affine_in(A.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _J03, _J14),), True) else _rt.take(A, (_i5, _j7,))))
+    _c18 = _rt.cells(_r17, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
+    _r19 = (B[..., _I09:_I110, _J011:_J112] if 0 <= _I09 and _I110 <= B.shape[-2] and 0 <= _J011 and _J112 <= B.shape[-1] else (B[..., _i13, _j15] if _rt.affine_in(B.shape[-2], 0, ((1, _I09, _I110),), True) and _rt.affine_in(B.shape[-1], 0, ((1, _J011, _J112),), True) else _rt.take(B, (_i13, _j15,))))
+    _c20 = _rt.cells(_r19, None, (_I110 - _I09, _J112 - _J011, ), _dtype, _dev)
+    _out = (_c18[..., :, None, :, None] * _c20[..., None, :, None, :]).flatten(-4, -3).flatten(-2, -1)
     return _rt.batched(_out, _B, 2)
 
 
@@ -433,13 +439,20 @@ def _inner(_sv, _arrays, _W, _B):
     _R, _C = ma*mb, na*nb
     _out = torch.zeros(_B, dtype=_dtype, device=_dev)
     _I01 = 0
-    _I12 = max(_I01, ma*mb)
+    _I12 = max(_I01, ma)
     _J03 = 0
-    _J14 = max(_J03, na*nb)
+    _J14 = max(_J03, na)
     _i5 = torch.arange(_I01, _I12, device=_dev).reshape((-1, 1))
     _j7 = torch.arange(_J03, _J14, device=_dev).reshape((1, -1))
-    _r9 = _rt.take(A, ((_i5 // mb), (_j7 // nb),))
-    _r10 = _rt.take(B, ((_i5 % mb), (_j7 % nb),))
-    _c11 = _rt.cells((_r9 * _r10), None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
-    _out = _out + (_c11 * _W[..., _I01:_I12, _J03:_J14]).sum(dim=(-2, -1))
+    _I09 = 0
+    _I110 = max(_I09, mb)
+    _J011 = 0
+    _J112 = max(_J011, nb)
+    _i13 = torch.arange(_I09, _I110, device=_dev).reshape((-1, 1))
+    _j15 = torch.arange(_J011, _J112, device=_dev).reshape((1, -1))
+    _r17 = (A[..., _I01:_I12, _J03:_J14] if 0 <= _I01 and _I12 <= A.shape[-2] and 0 <= _J03 and _J14 <= A.shape[-1] else (A[..., _i5, _j7] if _rt.affine_in(A.shape[-2], 0, ((1, _I01, _I12),), True) and _rt.affine_in(A.shape[-1], 0, ((1, _J03, _J14),), True) else _rt.take(A, (_i5, _j7,))))
+    _c18 = _rt.cells(_r17, None, (_I12 - _I01, _J14 - _J03, ), _dtype, _dev)
+    _r19 = (B[..., _I09:_I110, _J011:_J112] if 0 <= _I09 and _I110 <= B.shape[-2] and 0 <= _J011 and _J112 <= B.shape[-1] else (B[..., _i13, _j15] if _rt.affine_in(B.shape[-2], 0, ((1, _I09, _I110),), True) and _rt.affine_in(B.shape[-1], 0, ((1, _J011, _J112),), True) else _rt.take(B, (_i13, _j15,))))
+    _c20 = _rt.cells(_r19, None, (_I110 - _I09, _J112 - _J011, ), _dtype, _dev)
+    _out = _out + torch.einsum('...acbd,...ab,...cd->...', _W.unflatten(-1, (na, nb)).unflatten(-3, (ma, mb)), _c18, _c20)
     return _out

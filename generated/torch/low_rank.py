@@ -23,6 +23,12 @@ destructure_pushforward Ẏ = J θ̇ is torch.func.jvp of destructure's code and
 destructure_pullback θ̄ = Jᵀ vec(Ȳ) the gradient of ⟨Ȳ, Y⟩ (_inner, which
 reads Ȳ only where the type stores entries), both differentiable again.
 
+Y = U Vᵀ: J⁺ in closed form (rulegen.torch_runtime.factor_pinv: CholeskyQR2
+and an r × r Sylvester equation, plain torch that autograd differentiates)
+for the instances whose factors have full column rank (condition number
+within rulegen.torch_runtime.factor_cond); the others, and complex fields or
+r > min(m, n), by the solver below (under torch.func.vmap, where the test
+cannot be read, both run and a select keeps one per instance).
 J⁺ is applied by LSQR from zero (minimum-norm; tolerance 1e-12 in float64,
 scaled to the precision; a rulegen.runtime.ConvergenceWarning if it stops at
 its cap), per instance of the batch. Its derivatives in x are the
@@ -202,10 +208,26 @@ def _operator(x, batch):
 
 
 def _pinv(x, ydot, batch):
+    # Y = U Vᵀ: J⁺ in closed form for the instances whose factors have full
+    # column rank (rulegen.torch_runtime.factor_pinv), LSQR for the others
+    F, G = x._arrays[0], x._arrays[1]
+    if _rt.factor_served(F, G, ydot):
+        *parts, ok = _rt.factor_pinv(F, G, ydot)
+        parts = parts
+        if _rt.concrete(torch.all(ok)):
+            return tuple(parts)
+        slow = _operator(x, batch).pinv(ydot)
+        return tuple(_rt.select(ok, a, b, 2) for a, b in zip(parts, slow))
     return _operator(x, batch).pinv(ydot)
 
 
 def _pinv_adjoint(x, arrays, batch):
+    F, G = x._arrays[0], x._arrays[1]
+    if _rt.factor_served(F, G, *arrays):
+        fast, ok = _rt.factor_pinv_adjoint(F, G, arrays[0], arrays[1])
+        if _rt.concrete(torch.all(ok)):
+            return fast
+        return _rt.select(ok, fast, _operator(x, batch).pinv_adjoint(arrays), 2)
     return _operator(x, batch).pinv_adjoint(arrays)
 
 

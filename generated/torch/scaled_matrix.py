@@ -23,9 +23,12 @@ destructure_pushforward Ẏ = J θ̇ is torch.func.jvp of destructure's code and
 destructure_pullback θ̄ = Jᵀ vec(Ȳ) the gradient of ⟨Ȳ, Y⟩ (_inner, which
 reads Ȳ only where the type stores entries), both differentiable again.
 
-J⁺ is exact through the c × c Schur complement on the coupled fields
-(scale) (bordered type), per instance of the batch; its
-derivatives in x are the pseudo-inverse's (rulegen.torch_runtime._Pinv).
+ScaledMatrix is an outer product: every entry is scale[α] · data[β] and each pair of
+elements meets in exactly one entry, so J θ̇ = ȧ bᵀ + a ḃᵀ (rearranged) and JᵀJ
+has a closed-form pseudo-inverse (rulegen.torch_runtime.outer_gram_pinv, O(p)
+per instance; its null space is the scale (a, -b) moving between the two):
+J⁺ = (JᵀJ)⁺ Jᵀ costs one pullback, (J⁺)ᵀ one pushforward. No solver: exact for
+every x, a vanishing factor included; plain torch, so autograd differentiates it.
 """
 
 import numpy as _np
@@ -186,28 +189,21 @@ def _pullback(x, ybar, batch):
                         _rt.expand(x._arrays, _RANKS, batch), torch.ones(batch, dtype=ybar.dtype, device=x.device))
 
 
-_COUPLED = (True, False, )
-
-
-def _operator(x, batch):
-    """J at x with J⁺ by the Schur complement on the coupled fields; for
-    complex fields (two real parameters each, which the entry may mix: the
-    diagonal-plus-border structure of JᵀJ is not kept), by LSQR."""
-    return _rt.Operator("ScaledMatrix", lambda a: _dense(x._size_values, a, batch),
-                        lambda a, W: _inner(x._size_values, a, W, batch), x._arrays, _RANKS, x.shape, batch,
-                        coupled=None if x.dtype.is_complex else _COUPLED, out_dtype=_out_dtype(x))
+# Y holds each product scale[α] · data[β] once (derive._outer_product): J θ̇ = ȧ bᵀ + a ḃᵀ
+# after a fixed rearrangement of the entries, and JᵀJ has a closed-form pseudo-inverse
+# (rulegen.torch_runtime.outer_gram_pinv, O(p)): J⁺ = (JᵀJ)⁺ J* costs one pullback, (J⁺)* one pushforward.
 
 
 def _pinv(x, ydot, batch):
-    return _operator(x, batch).pinv(ydot)
+    return _rt.outer_gram_pinv(x._arrays, _pullback(x, ydot, batch), _RANKS)
 
 
 def _pinv_adjoint(x, arrays, batch):
-    return _operator(x, batch).pinv_adjoint(arrays)
+    return _pushforward(x, _rt.outer_gram_pinv(x._arrays, arrays, _RANKS), batch)
 
 
 def _classify(x):
-    return _operator(x, x.batch_shape).classify()
+    return _rt.outer_class("ScaledMatrix", x._arrays, _RANKS, _entries(x))
 
 
 def _entries(x):

@@ -680,3 +680,13 @@ def kron_of(d, steps, value):
         if r.kron is not None and r.steps == steps and r.value == value:
             return r.kron
     return None
+
+
+def factor_names(d) -> dict | None:
+    """Y = F Gᵀ (derive._factor_product): the factors' names and positions
+    among the real fields (the class's arrays), for the array targets'
+    closed-form J⁺; None for any other type."""
+    if not d.factors:
+        return None
+    names = [f.name for f in d.spec.fields if not f.integer]
+    return dict(F=d.factors[0], G=d.factors[1], f=names.index(d.factors[0]), g=names.index(d.factors[1]))

@@ -6,7 +6,9 @@ pullback of destructure, and the derivatives of matvec, are JAX's own
 linearisation and transpose of that code (``jax.jvp`` / ``jax.vjp``), so
 every map is plain ``jnp``/``lax``: it runs under ``jit``, ``vmap``, ``grad``
 and ``jvp``, to any order, on any device. The J⁺ strategy is the derivation's
-(gather: diag(JᵀJ); bordered: Schur complement; general: LSQR).
+(gather: diag(JᵀJ); bordered: Schur complement; general: LSQR), or a closed
+form where the entry is a rearranged outer product (derive._outer_product) or
+Y = F Gᵀ (derive._factor_product; LSQR where the factors are not of full rank).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .common import environment as _environment, shape_code as _shape_code, shap
 from ..structure import structure_literal
 from ..printer import code as py_code
 from ..expr import has_complex, ordering_of_values
-from .arrays import Unsupported, Writer, factor_grid, kron_nests, kron_of, terms
+from .arrays import Unsupported, Writer, factor_grid, factor_names, kron_nests, kron_of, terms
 from .numba.emit import _int_checks
 
 
@@ -55,6 +57,15 @@ def _dense(d: Derivation, scalars) -> _Function:
     _prologue(w, d.spec)
     w.add("_out = jnp.zeros((_R, _C), _dtype)")
     for steps, value, sep in terms(d):
+        kron = kron_of(d, steps, value)
+        factors = _kron_factors(w, kron) if kron is not None else None
+        if factors is not None:
+            # Y[a·p + c, b·q + d] = F[a, b] G[c, d]: a broadcast product of the small factors,
+            # whose linearisation and transpose (the pushforward and pullback) are products
+            # and sums over them, not gathers and scatters over the m × n grid
+            F, G = factors
+            w.add(f"_out = _out + ({F}[:, None, :, None] * {G}[None, :, None, :]).reshape(_out.shape)")
+            continue
         if sep is not None:
             from ..expr import I, J
             A, I0 = _factor(w, sep.alpha, I, sep.i_bounds, sep.limit)
@@ -75,14 +86,23 @@ def _dense(d: Derivation, scalars) -> _Function:
     return _Function("_dense", "_sv, _arrays", w)
 
 
+def _kron_factors(w: Writer, kron):
+    """The small factors ``(F, G)`` of a Kronecker term (derive.Kron) as arrays,
+    or None (nothing written) when a factor is no box."""
+    grids = [w.grid(steps) for steps in kron_nests(kron)]
+    if not all(g.box for g in grids):
+        return None
+    return tuple(w.let("k", f"_rt.cells({w.value(v, g.ctx)}, {g.ctx.mask}, {g.shape}, _dtype)")
+                 for g, v in zip(grids, (kron.f, kron.g)))
+
+
 def _kron_product(w: Writer, kron, transpose: bool) -> bool:
     """``_out += (F ⊗ G) @ _rhs`` (or ``(Fᵀ ⊗ Gᵀ) @ _rhs``) by the vec trick on the
     small factors (derive.Kron); False (nothing written) when a factor is no box."""
-    grids = [w.grid(steps) for steps in kron_nests(kron)]
-    if not all(g.box for g in grids):
+    factors = _kron_factors(w, kron)
+    if factors is None:
         return False
-    F, G = (w.let("k", f"_rt.cells({w.value(v, g.ctx)}, {g.ctx.mask}, {g.shape}, _dtype)")
-            for g, v in zip(grids, (kron.f, kron.g)))
+    F, G = factors
     Q, q = (kron.P, kron.p) if transpose else (kron.Q, kron.q)
     spec = "ab,ack,cd->bdk" if transpose else "ab,bdk,cd->ack"
     w.add(f"_out = _out + jnp.einsum('{spec}', {F}, _rhs.reshape(({py_code(Q)}, {py_code(q)}, _rhs.shape[1])), "
@@ -181,6 +201,8 @@ def render(d: Derivation, spec_file: str) -> str:
         complex_output=has_complex(spec.entry),
         ordering=ordering_of_values(spec.entry),
         ordering_repr=repr(ordering_of_values(spec.entry)),
+        factors=factor_names(d),
+        product=dict(a=d.product[0], b=d.product[1]) if d.product else None,
     )
     return _environment().get_template("jax_module.py.j2").render(**context)
 

@@ -18,7 +18,10 @@ Generated functions: ``_dense`` (destructure), ``_matvec``/``_rmatvec``,
 ``torch.func.vjp``) with J θ̇ by ``torch.func.jvp`` of ``_dense``. Everything
 is plain torch, so autograd differentiates every map (both modes, any
 order). The J⁺ strategy is the derivation's (gather: diag(JᵀJ); bordered:
-Schur complement; general: LSQR), from ``rulegen.torch_runtime``.
+Schur complement; general: LSQR), or a closed form where the entry is a
+rearranged outer product (derive._outer_product) or Y = F Gᵀ
+(derive._factor_product; LSQR for the instances whose factors are not of full
+rank), from ``rulegen.torch_runtime``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .common import environment as _environment, shape_code as _shape_code, shap
 from ..structure import structure_literal
 from ..expr import I, J, Conj, has_complex, ordering_of_values
 from ..printer import code as py_code
-from .arrays import Unsupported, Writer, _int_code, emit, factor_grid, kron_nests, kron_of, terms
+from .arrays import Unsupported, Writer, _int_code, emit, factor_grid, factor_names, kron_nests, kron_of, terms
 from .numba.emit import _int_checks
 
 
@@ -175,7 +178,8 @@ def _linear_part(e):
 
 def _function(d: Derivation, scalars, name: str, mode: str, linear: bool = False) -> _Function:
     """``_dense`` (mode "dense": the matrix, each term placed by padding, a
-    diagonal or a scatter) or ``_inner`` (mode "inner": ⟨_W, Y⟩ per instance,
+    diagonal or a scatter; a Kronecker term is the broadcast product of its
+    small factors) or ``_inner`` (mode "inner": ⟨_W, Y⟩ per instance,
     the terms contracted with _W where they lie: O(pattern), and its
     gradient in the fields, Jᵀ _W, too); ``linear`` keeps only the part of
     each term that moves with the fields (J θ̇ for a gather type)."""
@@ -202,6 +206,19 @@ def _function(d: Derivation, scalars, name: str, mode: str, linear: bool = False
         w.add(f"_out = {text}")
 
     for steps, value, sep in terms(d):
+        kron = kron_of(d, steps, value) if not linear else None
+        factors = _kron_factors(w, kron) if kron is not None else None
+        if factors is not None:
+            # Y[a·p + c, b·q + d] = F[a, b] G[c, d]: a broadcast product of the small factors
+            # (⟨_W, F ⊗ G⟩ a contraction with them), whose derivatives are products and
+            # sums over them, not gathers and scatters over the m × n grid
+            F, G = factors
+            if mode == "inner":
+                add(f"torch.einsum('...acbd,...ab,...cd->...', _W.unflatten(-1, ({py_code(kron.Q)}, {py_code(kron.q)}))"
+                    f".unflatten(-3, ({py_code(kron.P)}, {py_code(kron.p)})), {F}, {G})")
+            else:
+                add(f"({F}[..., :, None, :, None] * {G}[..., None, :, None, :]).flatten(-4, -3).flatten(-2, -1)")
+            continue
         if linear:
             value = _linear_part(value)
             if value == 0:
@@ -355,14 +372,24 @@ def _index_code(ix, ctx) -> str:
     return emit(ix, ctx.names, "_xp", real=False)
 
 
+def _kron_factors(w: Writer, kron):
+    """The small factors ``(F, G)`` of a Kronecker term (derive.Kron) as
+    tensors (with the fields' batch dimensions), or None (nothing written)
+    when a factor is no box."""
+    grids = [w.grid(steps) for steps in kron_nests(kron)]
+    if not all(g.box for g in grids):
+        return None
+    return tuple(_cells(w, g, v) for g, v in zip(grids, (kron.f, kron.g)))
+
+
 def _kron_product(w: Writer, kron, transpose: bool) -> bool:
     """``_out += (F ⊗ G) @ _rhs`` (or ``(Fᵀ ⊗ Gᵀ) @ _rhs``) by the vec trick on the
     small factors (derive.Kron), over the batch; False (nothing written) when a
     factor is no box."""
-    grids = [w.grid(steps) for steps in kron_nests(kron)]
-    if not all(g.box for g in grids):
+    factors = _kron_factors(w, kron)
+    if factors is None:
         return False
-    F, G = (_cells(w, g, v) for g, v in zip(grids, (kron.f, kron.g)))
+    F, G = factors
     Q, q = (kron.P, kron.p) if transpose else (kron.Q, kron.q)
     T = w.let("k", f"torch.promote_types({F}.dtype, _rhs.dtype)")
     tr, keep = (".mT", "") if transpose else ("", ".mT")
@@ -482,6 +509,8 @@ def render(d: Derivation, spec_file: str) -> str:
         complex_output=has_complex(spec.entry),
         ordering=ordering_of_values(spec.entry),
         ordering_repr=repr(ordering_of_values(spec.entry)),
+        factors=factor_names(d),
+        product=dict(a=d.product[0], b=d.product[1]) if d.product else None,
     )
     return _environment().get_template("torch_module.py.j2").render(**context)
 
