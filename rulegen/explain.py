@@ -381,7 +381,7 @@ def _costs(d) -> list:
         "general": "two passes (a pushforward and a pullback) per LSQR iteration",
     }[d.kind]
     if d.product:
-        pinv = "one pass (a pullback, or a pushforward; project both) plus two passes over the fields (numba)"
+        pinv = "one pass (a pullback, or a pushforward; project both) plus two passes over the fields"
     sep = sum(1 for r in d.op_regions if r.separable is not None)
     lines = [
         f"destructure, destructure_pushforward, destructure_pullback: {per}",
@@ -531,12 +531,12 @@ def explain(path: str, latex: bool = False, plot: str | None = None, instance: b
     kind = "bordered-alone" if d.kind == "bordered" and not d.coupled else d.kind
     out.append("How J⁺ is applied: " + KINDS[kind].format(coupled=", ".join(d.coupled)))
     if d.factors:
-        out.append(f"  Y = {d.factors[0]} {d.factors[1]}ᵀ: on the numba target J⁺ has a closed form (the tangent "
+        out.append(f"  Y = {d.factors[0]} {d.factors[1]}ᵀ: J⁺ has a closed form on every target (the tangent "
                    f"space of rank-r matrices: CholeskyQR2 and an r × r Sylvester equation); LSQR only when "
                    f"{d.factors[0]} or {d.factors[1]} is rank-deficient, r > min(m, n), or complex.")
     if d.product:
         out.append(f"  every entry is {d.product[0]}[α]·{d.product[1]}[β], each pair of elements once: Y is "
-                   f"vec({d.product[0]}) vec({d.product[1]})ᵀ rearranged; on the numba target J⁺ = (JᵀJ)⁺ Jᵀ in "
+                   f"vec({d.product[0]}) vec({d.product[1]})ᵀ rearranged; J⁺ = (JᵀJ)⁺ Jᵀ in "
                    f"closed form (one pullback plus O(p)), no solver.")
     out.append("")
     n = len(d.regions)
