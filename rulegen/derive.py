@@ -367,7 +367,8 @@ def _factor_product(spec, regions, ops) -> tuple:
 
 def _outer_product(spec, regions) -> tuple:
     """``(a, b)`` when ``Y[i, j] = a[α(i, j)] · b[β(i, j)]`` over the whole
-    matrix, a and b the only fields (real-valued, distinct), and (i, j) ->
+    matrix, a and b the only fields (distinct, not integer fields; their
+    values may be complex: J is complex-linear), and (i, j) ->
     (α, β) a bijection onto the pairs of their elements: every product
     ``a_e · b_f`` is one entry, so Y is ``vec(a) vec(b)ᵀ`` with its entries
     rearranged (ScaledMatrix ``s · A[i, j]``; KroneckerProduct
@@ -405,8 +406,10 @@ def _outer_product(spec, regions) -> tuple:
 def _nonneg(e) -> bool:
     """Whether the integer index ``e`` is provably non-negative for 0 <= i, j
     and sizes >= 0 (so that it never wraps around as a negative index)."""
-    if e.is_Integer or e in (I, J) or (e.is_Symbol and e.is_nonnegative):
-        return e.is_Integer is False or e >= 0
+    if e.is_Integer:
+        return bool(e >= 0)
+    if e in (I, J) or (e.is_Symbol and e.is_nonnegative):      # loop indices, sizes
+        return True
     if isinstance(e, (sp.Add, sp.Mul)):
         return all(_nonneg(t) for t in e.args)
     if isinstance(e, IntDiv):

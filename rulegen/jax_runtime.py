@@ -23,6 +23,7 @@ import numpy as np
 from jax import lax
 
 from .runtime import FACTOR_COND as _FACTOR_COND, block_counts as _block_counts, pinv2 as _pinv2
+from .runtime import outer_zero_tol as _outer_zero_tol
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims, check_instance,  # noqa: F401 (re-exported)
                       check_shape, given_size, parametrisation_class, solve_size)
 from .runtime import IntField, check_read, check_int_range, check_int_steps, check_monotone  # noqa: F401 (re-exported: integer fields)
@@ -419,19 +420,18 @@ def factor_pinv_adjoint(F, G, Fbar, Gbar, fallback):
 # jnp.where with guarded denominators: no Python branch on values, and no NaN
 # in a derivative from the branch not taken.
 
-_EPS64 = float(np.finfo(np.float64).eps)
 
 
 def _outer_coefficients(a, b, xi, eta, real):
     """(s1, s2, t1, t2) of (JᵀJ)⁺(ẋ, ẏ) = (ẋ s1 + a s2, ẏ t1 + b t2), from
     α = ‖a‖², β = ‖b‖², ξ = aᴴẋ, η = bᴴẏ. A factor counts as zero below
-    eps64 · max(p) · (α + β) (rulegen.runtime._outer_norms). ``real``: a real
+    rulegen.runtime.outer_zero_tol · (α + β). ``real``: a real
     field among the two, whose tangent has no imaginary part: the coupling
     then acts on Re ξ, Re η only (the null space is the real scale (a, -b))."""
     alpha, beta = _sq(a), _sq(b)
     if real:
         xi, eta = jnp.real(xi), jnp.real(eta)
-    tol = _EPS64 * max(a.size, b.size, 1) * (alpha + beta)
+    tol = _outer_zero_tol(a.size, b.size) * (alpha + beta)
     a0, b0 = alpha <= tol, beta <= tol
     both = ~(a0 | b0)
     sa, sb = jnp.where(a0, 1, alpha), jnp.where(b0, 1, beta)
@@ -466,7 +466,7 @@ def outer_class(owner: str, fields, n_entries: int) -> str:
     if not all(bool(jnp.all(jnp.isfinite(f))) for f in fields):
         raise ValueError(f"parametrisation: x ({owner}) has NaN or infinite field values, so rank J is undefined")
     alpha, beta = float(_sq(a)), float(_sq(b))
-    tol = _EPS64 * max(a.size, b.size, 1) * (alpha + beta)
+    tol = _outer_zero_tol(a.size, b.size) * (alpha + beta)
     za, zb = alpha <= tol, beta <= tol
     da, db = (2 if is_complex(f.dtype) else 1 for f in fields)
     used = (0 if zb else a.size * da) + (0 if za else b.size * db)

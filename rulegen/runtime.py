@@ -757,11 +757,17 @@ def _vectors(arrays, ranks):
     return [a.reshape(a.shape[:a.ndim - k] + (-1,)) for a, k in zip(arrays, ranks)]
 
 
+def outer_zero_tol(pa: int, pb: int) -> float:
+    """A factor of the outer product counts as zero when its squared norm is
+    at most this times α + β: numpy's matrix_rank drops a singular value below
+    eps·max(N, p)·σ_max, and J's are √α and √β with σ_max = √(α + β)."""
+    return (np.finfo(np.float64).eps * max(pa * pb, pa + pb, 1)) ** 2
+
+
 def _outer_norms(a, b):
-    """α, β, and which of them count as zero: below eps·max(p)·(α + β), as
-    numpy's matrix_rank would judge J's singular values √α and √β."""
+    """α, β, and which of them count as zero (outer_zero_tol)."""
     alpha, beta = _dot(a, a).real, _dot(b, b).real
-    tol = np.finfo(np.float64).eps * max(a.shape[-1], b.shape[-1], 1) * (alpha + beta)
+    tol = outer_zero_tol(a.shape[-1], b.shape[-1]) * (alpha + beta)
     return alpha, beta, alpha <= tol, beta <= tol
 
 
@@ -783,14 +789,15 @@ def outer_gram_pinv(fields, arrays, ranks, dtype):
     a, b, x, y = (np.broadcast_to(v, batch + v.shape[-1:]).reshape(rows, v.shape[-1]) for v in vecs)
     alpha, xi = outer.dots(a, x)                     # ‖a‖², aᴴẋ
     beta, eta = outer.dots(b, y)
-    tol = np.finfo(np.float64).eps * max(a.shape[-1], b.shape[-1], 1) * (alpha + beta)
+    tol = outer_zero_tol(a.shape[-1], b.shape[-1]) * (alpha + beta)
     a0, b0 = alpha <= tol, beta <= tol
     with np.errstate(divide="ignore", invalid="ignore"):
         s1 = np.where(b0, 0, 1 / beta)
         t1 = np.where(a0, 0, 1 / alpha)
         both = ~(a0 | b0)
-        s2 = np.where(both, (beta * xi / alpha + eta) / (alpha + beta) ** 2 - xi / (alpha * beta), 0)
-        t2 = np.where(both, (xi + alpha * eta / beta) / (alpha + beta) ** 2 - eta / (alpha * beta), 0)
+        # (βξ/α + η)/(α + β)² - ξ/(αβ) = (η - ξ(α + 2β)/β)/(α + β)², free of 1/α (no cancellation for α ≪ β)
+        s2 = np.where(both, (eta - xi * (alpha + 2 * beta) / beta) / (alpha + beta) ** 2, 0)
+        t2 = np.where(both, (xi - eta * (2 * alpha + beta) / alpha) / (alpha + beta) ** 2, 0)
     # a = 0 (b ≠ 0): J θ̇ = ȧ bᵀ only and (JᵀJ)⁺ = (ẋ/β, 0); b = 0 alike; both: J = 0
     return tuple(outer.combine(v, c1, w, c2).reshape(batch + f.shape[f.ndim - k:]).astype(dtype, copy=False)
                  for v, c1, w, c2, f, k in ((x, s1, a, s2, fields[0], ranks[0]), (y, t1, b, t2, fields[1], ranks[1])))

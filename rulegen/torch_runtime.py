@@ -25,6 +25,7 @@ import torch.nn.functional as _F
 
 from .runtime import _broadcast, batch_shape  # noqa: F401 (batch_shape re-exported: generated modules call it)
 from .runtime import FACTOR_COND as _FACTOR_COND, block_counts as _block_counts, pinv2 as _pinv2
+from .runtime import outer_zero_tol as _outer_zero_tol
 from .runtime import (ConvergenceWarning, bad_arguments, check_dims,  # noqa: F401 (re-exported)
                       given_size, parametrisation_class, solve_size)
 from .runtime import IntField as _IntField
@@ -1186,7 +1187,6 @@ def select(ok, fast, slow, rank: int):
 # included). torch.where with guarded denominators: no branch on values (vmap),
 # and no NaN in a derivative from the branch not taken.
 
-_EPS64 = float(np.finfo(np.float64).eps)
 
 
 def _vectors(arrays, ranks):
@@ -1204,11 +1204,11 @@ def outer_gram_pinv(fields, arrays, ranks):
     rearranged, at the fields ``fields`` (a, b in the fields' order), for the
     broadcast batch of both. With α = ‖a‖², β = ‖b‖², ξ = aᴴẋ, η = bᴴẏ it is
     (ẋ s1 + a s2, ẏ t1 + b t2); a factor counts as zero below
-    eps64 · max(p) · (α + β) (rulegen.runtime._outer_norms)."""
+    rulegen.runtime.outer_zero_tol · (α + β)."""
     a, b, x, y = _vectors((*fields, *arrays), ranks + ranks)
     alpha, beta = _sq(a), _sq(b)
     xi, eta = torch.linalg.vecdot(a, x), torch.linalg.vecdot(b, y)
-    tol = _EPS64 * max(a.shape[-1], b.shape[-1], 1) * (alpha + beta)
+    tol = _outer_zero_tol(a.shape[-1], b.shape[-1]) * (alpha + beta)
     a0, b0 = alpha <= tol, beta <= tol
     both = ~(a0 | b0)
     sa, sb = torch.where(a0, 1.0, alpha), torch.where(b0, 1.0, beta)
@@ -1233,7 +1233,7 @@ def outer_class(owner: str, fields, ranks, n_entries: int):
         raise ValueError(f"parametrisation: x ({owner}) has NaN or infinite field values, so rank J is undefined")
     a, b = _vectors([f.detach() for f in fields], ranks)
     alpha, beta = _sq(a), _sq(b)
-    tol = _EPS64 * max(a.shape[-1], b.shape[-1], 1) * (alpha + beta)
+    tol = _outer_zero_tol(a.shape[-1], b.shape[-1]) * (alpha + beta)
     za, zb = torch.broadcast_tensors(alpha <= tol, beta <= tol)
     per = 2 if fields[0].is_complex() else 1
     names = []

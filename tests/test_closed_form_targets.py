@@ -517,3 +517,20 @@ def test_torch_vmap_equals_the_leading_dimension_batch():
         Wb = torch.as_tensor(rng.standard_normal((3,) + xb.shape))
         for fn, args in [(mod.project, (xb, Wb)), (mod.restructure_pullback, (xb, xb))]:
             assert_norm_close(_np(torch.func.vmap(fn)(*args)), _np(fn(*args)), stem, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("target", ["jax", "torch"])
+@pytest.mark.parametrize("scale", [1e-7, 1e-10])
+def test_a_small_factor_is_not_zero(target, scale):
+    """‖a‖ ≪ ‖b‖ is still a non-zero factor (numpy's matrix_rank judges the
+    singular value √α, not α): ScaledMatrix stays "over" and J⁺ matches pinv."""
+    mod = gen(target, "scaled_matrix")
+    D = np.arange(1.0, 7.0).reshape(2, 3)
+    Y = np.ones((2, 3))
+    with jax.enable_x64(True):
+        x = mod.ScaledMatrix(**_native(target, dict(scale=scale, data=D)))
+        assert mod.parametrisation(x) == "over"
+        t = _svec(mod.restructure_pushforward(x, _native(target, dict(Y=Y))["Y"]), ["scale", "data"])
+    J = np.column_stack([D.ravel(), scale * np.eye(6)])
+    want = np.linalg.pinv(J) @ Y.ravel()
+    assert_norm_close(t, want, "restructure_pushforward", rtol=1e-9)

@@ -235,3 +235,39 @@ size: [m, n]
 getindex: "{entry}"
 """
     assert derive(parse_spec(text)).product == ()
+
+
+@pytest.mark.parametrize("scale", [1e-7, 1e-9, 1e-12])
+def test_a_small_factor_is_not_zero(scale):
+    """‖a‖ ≪ ‖b‖ is still a non-zero factor (numpy's matrix_rank judges the
+    singular value √α, not α): ScaledMatrix stays "over" and J J⁺ = I."""
+    D = np.arange(1.0, 7.0).reshape(2, 3)
+    x = S.ScaledMatrix(scale=scale, data=D)
+    assert S.parametrisation(x) == "over"
+    Y = np.ones((2, 3))
+    t = S.restructure_pushforward(x, Y)
+    np.testing.assert_allclose(S.destructure_pushforward(x, t), Y, rtol=1e-9)
+    J = np.column_stack([D.ravel(), scale * np.eye(6)])
+    want = np.linalg.pinv(J) @ Y.ravel()
+    got = np.concatenate([np.ravel(t.scale), t.data.ravel()])
+    assert np.linalg.norm(got - want) <= 1e-9 * np.linalg.norm(want)
+
+
+OUT_OF_RANGE = """name: DoubleI
+sizes: [m, n]
+fields:
+  u: [m]
+  v: [n]
+size: [m, n]
+getindex: "u[2 * i] * v[j]"
+"""
+
+
+def test_parametrisation_refuses_a_read_past_the_end(build_once):
+    mod = build_once(OUT_OF_RANGE)
+    assert derive(parse_spec(OUT_OF_RANGE)).product == ("u", "v")
+    x = mod.DoubleI(u=np.ones(3), v=np.ones(4))
+    for call in (lambda: mod.destructure(x), lambda: mod.parametrisation(x),
+                 lambda: mod.restructure_pushforward(x, np.ones((3, 4)))):
+        with pytest.raises(IndexError, match="reads u out of range"):
+            call()
