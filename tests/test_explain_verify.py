@@ -138,13 +138,28 @@ def test_explain_with_a_size_named_p(tmp_path):
     assert regions[k - 1].strip().startswith("s⋅a[i]") and regions[k - 1].startswith(" " * 17)
 
 
+EXP_SCALED = """name: ExpScaled
+sizes: [m, n]
+fields:
+  t: []
+  data: [m, n]
+size: [m, n]
+getindex: "exp(t) * data[i, j]"
+"""
+
+
 def test_explain_kinds_and_coverage_are_worded_truthfully(tmp_path):
     out = explain(_write(tmp_path, "e.yaml", EXP_DIAGONAL), instance=False)
     assert "no coupled field" in out and "coupled fields ;" not in out and "fields ;" not in out
     assert "1 non-zero region; entries outside it are zero:" in out
-    out = explain(os.path.join(ROOT, "specs", "scaled_matrix.yaml"), instance=False)
-    assert "coupled fields scale;" in out
+    out = explain(_write(tmp_path, "x.yaml", EXP_SCALED), instance=False)
+    assert "coupled fields t;" in out
     assert "2 passes (one per coupled field element, plus one)" in out
+    out = explain(os.path.join(ROOT, "specs", "scaled_matrix.yaml"), instance=False)
+    assert "coupled fields scale;" in out       # bordered, and an outer product: the closed form serves
+    assert "every entry is scale[α]·data[β], each pair of elements once" in out
+    assert "one pass (a pullback, or a pushforward; project both) plus two passes over the fields" in out
+    assert "passes (one per coupled field element" not in out
     out = explain(os.path.join(ROOT, "specs", "dense.yaml"), instance=False)
     assert "Regions (1; together they cover the matrix):" in out and "1. everywhere" in out
 
