@@ -52,6 +52,11 @@ getindex: "c[(j - i) % n]"
 
 # why a row misses its target, and what would fix it (printed only for a miss)
 WHY = {
+    "held-out skew-symmetric project": "the fused kernel (rulegen/transpose.py) reads each 4 × 4 tile of Ȳ twice, "
+                                       "straight and from its mirror, then writes once; pairing each tile with its "
+                                       "mirror (Ȳ read once) gained about 3% in a hand-written kernel, so the rest "
+                                       "is not yet explained (Symmetric, the same kernel with + instead of -, sits "
+                                       "at the target's edge)",
     "Diagonal destructure_pullback": "the Python side of a call (argument checks, allocation, the numba "
                                      "dispatcher's type checks) is a few µs; a cached per-shape fast path or "
                                      "one compiled entry point per map would remove most of it",
